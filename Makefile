@@ -1,0 +1,31 @@
+# Everything runs from a project virtualenv that `make install` builds from the pinned requirements.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install test stack-up stack-down demo clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+stack-up: $(STAMP)
+	$(PY) -m devstack up
+
+stack-down:
+	$(PY) -m devstack down
+
+demo: $(STAMP)
+	$(PY) -m devstack.demo
+
+clean:
+	rm -rf .stack dist .pytest_cache
