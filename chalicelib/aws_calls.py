@@ -1,0 +1,36 @@
+"""One way to call AWS APIs: botocore errors become the broker's typed errors."""
+
+from .errors import Unavailable
+
+_THROTTLING = frozenset({"ThrottlingException", "Throttling", "ProvisionedThroughputExceededException",
+                         "RequestLimitExceeded", "TooManyRequestsException"})
+
+
+def error_code(error):
+    """The AWS error code of a botocore ClientError, or None for other exceptions."""
+    response = getattr(error, "response", None)
+    if isinstance(response, dict):
+        return response.get("Error", {}).get("Code")
+    return None
+
+
+def call(backend, fn, /, *args, **kwargs):
+    """Call a botocore client method; every failure becomes Unavailable naming the backend."""
+    result, _ = try_call(backend, (), fn, *args, **kwargs)
+    return result
+
+
+def try_call(backend, expected_codes, fn, /, *args, **kwargs):
+    """Call a botocore client method and return (result, None), or (None, code) when
+    AWS answered with one of the expected error codes. Anything else is Unavailable."""
+    try:
+        return fn(*args, **kwargs), None
+    except Exception as e:  # botocore raises many unrelated classes for network trouble
+        code = error_code(e)
+        if code is not None and code in expected_codes:
+            return None, code
+        raise Unavailable(
+            f"{backend} is unavailable", backend=backend,
+            retry_after=2 if code in _THROTTLING else 5,
+            detail=f"{backend} {getattr(fn, '__name__', 'call')} failed: {code or type(e).__name__}",
+        ) from None

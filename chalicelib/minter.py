@@ -1,0 +1,199 @@
+"""Mint wrapped AppRole credentials with the broker's own AppRole.
+
+The broker logs in with its role ID (configuration) and secret ID (Secrets
+Manager, fetched once per cold start and again if Vault refuses it), keeps its
+token until shortly before it expires, and asks Vault to wrap the role ID and the
+new secret ID at creation, so their `creation_path` is the AppRole path itself.
+"""
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+from .errors import Unavailable
+
+# Log in again when less than this share of the token's lifetime is left.
+TOKEN_REFRESH_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Wrap:
+    token: str
+    accessor: str
+    ttl: int
+    creation_time: str
+    creation_path: str
+
+    def public(self):
+        return {"token": self.token, "accessor": self.accessor, "ttl": self.ttl,
+                "creation_time": self.creation_time, "creation_path": self.creation_path}
+
+
+@dataclass(frozen=True)
+class Issued:
+    role: str
+    role_id_wrap: Wrap
+    secret_id_wrap: Wrap
+    secret_id_accessor: str | None
+
+
+class VaultMinter:
+    def __init__(self, settings, http_session, fetch_secret_id, clock=time.monotonic):
+        import hvac  # imported here so that importing the module stays cheap
+
+        self._hvac = hvac
+        self._addr = settings.vault_addr
+        self._mount = settings.vault_approle_mount
+        self._role_id = settings.vault_role_id
+        self._timeout = settings.vault_timeout
+        self._http = http_session
+        self._fetch_secret_id = fetch_secret_id
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._client = hvac.Client(url=self._addr, timeout=self._timeout, session=http_session)
+        self._token_good_until = 0.0
+        self._secret_id = None
+
+    # ---- the broker's own session -----------------------------------------
+
+    def _ensure_token(self, force=False):
+        with self._lock:
+            if not force and self._client.token and self._clock() < self._token_good_until:
+                return
+            if self._secret_id is None:
+                self._secret_id = self._fetch_secret_id()
+            try:
+                auth = self._login()
+            except self._hvac.exceptions.InvalidRequest:
+                # The secret ID may have been rotated: fetch it again, once.
+                self._secret_id = self._fetch_secret_id()
+                auth = self._login()
+            self._client.token = auth["client_token"]
+            lease = int(auth.get("lease_duration") or 0)
+            self._token_good_until = self._clock() + max(lease * (1 - TOKEN_REFRESH_FRACTION), 1) if lease else float("inf")
+
+    def _login(self):
+        # use_token=False: other threads keep using the old token until the new one is set.
+        response = self._vault_call(
+            "log in", self._client.auth.approle.login,
+            role_id=self._role_id, secret_id=self._secret_id, mount_point=self._mount, use_token=False,
+            retry_on_forbidden=False, invalid_request_passes=True,
+        )
+        return response["auth"]
+
+    def _vault_call(self, what, fn, *args, retry_on_forbidden=True, invalid_request_passes=False, **kwargs):
+        """Run one Vault call; Vault being sealed, down or refusing becomes Unavailable."""
+        exc = self._hvac.exceptions
+        for attempt in (1, 2):
+            try:
+                return fn(*args, **kwargs)
+            except exc.Forbidden:
+                if retry_on_forbidden and attempt == 1:
+                    self._ensure_token(force=True)  # our token may have been revoked or expired
+                    continue
+                raise Unavailable("Vault refused the broker", backend="vault",
+                                  detail=f"Vault refused to {what}: permission denied (check the broker's Vault policy)") from None
+            except exc.InvalidRequest as e:
+                if invalid_request_passes:
+                    raise
+                raise Unavailable("Vault refused the request", backend="vault",
+                                  detail=f"Vault refused to {what}: {_first_error(e)}") from None
+            except exc.VaultDown:
+                raise Unavailable("Vault is sealed", backend="vault", detail=f"Vault is sealed ({what})") from None
+            except exc.VaultError as e:
+                raise Unavailable("Vault failed", backend="vault",
+                                  detail=f"Vault failed to {what}: {type(e).__name__} {_first_error(e)}") from None
+            except Exception as e:  # requests' connection errors and timeouts
+                raise Unavailable("Vault could not be reached", backend="vault",
+                                  detail=f"Vault unreachable ({what}): {type(e).__name__}") from None
+
+    # ---- issuance ----------------------------------------------------------
+
+    def issue(self, role, issuance, metadata, source_ip=None):
+        """A wrapped role ID and a wrapped single-use secret ID for `role`.
+
+        If the secret ID can't be created after the role ID was wrapped, the role
+        ID's wrapping token is consumed so that nothing half-issued stays usable.
+        """
+        self._ensure_token()
+        wrap_ttl = f"{issuance.wrap_ttl}s"
+        role_path = f"auth/{self._mount}/role/{role}"
+        role_id = self._vault_call("read the role ID", self._client.read, f"{role_path}/role-id", wrap_ttl=wrap_ttl)
+        role_id_wrap = _wrap(role_id, f"{role_path}/role-id")
+        payload = {
+            "metadata": json.dumps({k: str(v) for k, v in metadata.items() if v is not None}),
+            "ttl": f"{issuance.secret_id_ttl}s",
+            "num_uses": issuance.secret_id_num_uses,
+        }
+        if issuance.bind_source_cidr and source_ip:
+            payload["cidr_list"] = [f"{source_ip}/32" if ":" not in source_ip else f"{source_ip}/128"]
+        try:
+            secret = self._vault_call("create a secret ID", self._client.write_data,
+                                      f"{role_path}/secret-id", data=payload, wrap_ttl=wrap_ttl)
+            secret_id_wrap = _wrap(secret, f"{role_path}/secret-id")
+        except Exception:
+            self.consume_wrapping_token(role_id_wrap.token)
+            raise
+        accessor = (secret.get("wrap_info") or {}).get("wrapped_accessor") or None
+        return Issued(role, role_id_wrap, secret_id_wrap, accessor)
+
+    def take_back(self, issued):
+        """Make an issuance unusable (used when its audit record could not be written).
+
+        Returns what could not be undone (accessors only), for the error log.
+        """
+        failures = []
+        for wrap in (issued.role_id_wrap, issued.secret_id_wrap):
+            if not self.consume_wrapping_token(wrap.token):
+                failures.append(f"wrapping accessor {wrap.accessor}")
+        if issued.secret_id_accessor and not self.destroy_secret_id(issued.role, issued.secret_id_accessor):
+            failures.append(f"secret ID accessor {issued.secret_id_accessor}")
+        return failures
+
+    def consume_wrapping_token(self, token):
+        """Unwrap a wrapping token and drop what it held; True if it is spent now."""
+        try:
+            r = self._http.post(f"{self._addr}/v1/sys/wrapping/unwrap", headers={"X-Vault-Token": token},
+                                timeout=self._timeout)
+            return r.status_code in (200, 204, 400)  # 400: already used or expired
+        except Exception:
+            return False
+
+    def destroy_secret_id(self, role, accessor):
+        try:
+            self._ensure_token()
+            self._vault_call("destroy a secret ID", self._client.write_data,
+                             f"auth/{self._mount}/role/{role}/secret-id-accessor/destroy",
+                             data={"secret_id_accessor": accessor})
+            return True
+        except Unavailable:
+            return False
+
+    def health(self):
+        """None when Vault is reachable, initialised and unsealed; else what is wrong."""
+        try:
+            r = self._http.get(f"{self._addr}/v1/sys/health", params={"standbyok": "true", "perfstandbyok": "true"},
+                               timeout=self._timeout)
+        except Exception as e:
+            return f"unreachable ({type(e).__name__})"
+        if r.status_code in (200, 429, 473):
+            return None
+        return {503: "sealed", 501: "not initialised"}.get(r.status_code, f"HTTP {r.status_code}")
+
+
+def _wrap(response, expected_path):
+    info = (response or {}).get("wrap_info") if isinstance(response, dict) else None
+    if not info or not info.get("token"):
+        raise Unavailable("Vault did not wrap the response", backend="vault",
+                          detail=f"no wrap_info for {expected_path}")
+    if info.get("creation_path") != expected_path:
+        raise Unavailable("Vault wrapped at an unexpected path", backend="vault",
+                          detail=f"creation_path {info.get('creation_path')!r}, expected {expected_path!r}")
+    return Wrap(info["token"], info.get("accessor", ""), int(info.get("ttl", 0)),
+                info.get("creation_time", ""), info["creation_path"])
+
+
+def _first_error(e):
+    errors = getattr(e, "errors", None) or []
+    return str(errors[0])[:200] if errors else ""

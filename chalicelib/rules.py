@@ -1,0 +1,305 @@
+"""The access rules: which verified caller may receive which AppRole. Deny by default.
+
+The rules file (TOML, `policies/rules.toml`) is validated when it is loaded; a bad
+file stops the broker's start with a message naming the rule and the field.
+Deciding is pure: facts in, decision out, no I/O.
+"""
+
+import fnmatch
+import re
+import tomllib
+from dataclasses import dataclass, field
+
+SUPPORTED_VERSION = 1
+_RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ACCOUNT = re.compile(r"^\d{12}$")
+_DURATION = re.compile(r"^(\d+)(s|m|h)?$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, None: 1}
+
+# Bounds of what a rule may ask for. The wrap TTL must also fit the broker's own
+# Vault policy (policies/vault/secret-zero-broker.hcl: 10s to 5m).
+WRAP_TTL_BOUNDS = (10, 300)
+SECRET_ID_TTL_BOUNDS = (30, 86400)
+DEFAULT_WRAP_TTL = 60
+DEFAULT_SECRET_ID_TTL = 300
+
+
+class RulesError(ValueError):
+    """The rules file is invalid; the message names the rule and the field."""
+
+
+@dataclass(frozen=True)
+class Issuance:
+    """How the granted credentials are issued."""
+
+    wrap_ttl: int = DEFAULT_WRAP_TTL
+    secret_id_ttl: int = DEFAULT_SECRET_ID_TTL
+    secret_id_num_uses: int = 1
+    bind_source_cidr: bool = False
+
+
+@dataclass(frozen=True)
+class AwsMatch:
+    accounts: tuple
+    principal_arns: tuple
+    require_instance: bool = False
+    instance_tags: tuple = ()  # ((key, value glob), ...)
+    role_tags: tuple = ()
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    role: str
+    aws: AwsMatch
+    issuance: Issuance
+    description: str = ""
+
+    def mismatches(self, facts):
+        """The reasons this rule does not match the facts; empty when it does."""
+        if facts.method != "aws":
+            return [f"rule is for aws callers, caller is {facts.method}"]
+        match = self.aws
+        reasons = []
+        if facts.account not in match.accounts:
+            reasons.append(f"account {facts.account} is not one of {', '.join(match.accounts)}")
+        if not any(fnmatch.fnmatchcase(facts.canonical_arn, p) for p in match.principal_arns):
+            reasons.append(f"principal {facts.canonical_arn} matches none of {', '.join(match.principal_arns)}")
+        if match.require_instance and facts.instance is None:
+            reasons.append("caller is not a verified running EC2 instance")
+        if match.instance_tags:
+            tags = facts.instance.tags if facts.instance else {}
+            reasons += _tag_mismatches("instance", tags, match.instance_tags)
+        if match.role_tags:
+            if facts.role_name is None:
+                reasons.append("caller is not a role, so it has no role tags")
+            else:
+                reasons += _tag_mismatches("role", facts.role_tags, match.role_tags)
+        return reasons
+
+
+def _tag_mismatches(kind, tags, wanted):
+    reasons = []
+    for key, pattern in wanted:
+        if key not in tags:
+            reasons.append(f"{kind} tag {key} is missing (needs {pattern!r})")
+        elif not fnmatch.fnmatchcase(tags[key], pattern):
+            reasons.append(f"{kind} tag {key} is {tags[key]!r}, needs {pattern!r}")
+    return reasons
+
+
+@dataclass(frozen=True)
+class Decision:
+    granted: bool
+    role: str
+    rule: str | None = None
+    issuance: Issuance | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One rule's answer for `explain`."""
+
+    rule: str
+    role: str
+    granted: bool
+    reasons: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    rules: tuple
+    source: str = "<rules>"
+
+    @property
+    def roles(self):
+        return sorted({r.role for r in self.rules})
+
+    @property
+    def instance_tag_keys(self):
+        return sorted({k for r in self.rules for k, _ in r.aws.instance_tags})
+
+    @property
+    def role_tag_keys(self):
+        return sorted({k for r in self.rules for k, _ in r.aws.role_tags})
+
+    def decide(self, facts, role):
+        """Grant `role` to the caller if a rule for that role matches, else say why not."""
+        if facts.instance_claim_error:
+            return Decision(False, role, reason=facts.instance_claim_error)
+        candidates = [r for r in self.rules if r.role == role]
+        if not candidates:
+            return Decision(False, role, reason=f"no rule grants role {role!r}")
+        failures = []
+        for rule in candidates:
+            reasons = rule.mismatches(facts)
+            if not reasons:
+                return Decision(True, role, rule=rule.name, issuance=rule.issuance,
+                                reason=f"granted by rule {rule.name}")
+            failures.append(f"rule {rule.name}: " + "; ".join(reasons))
+        return Decision(False, role, reason=" | ".join(failures))
+
+    def explain(self, facts, role=None):
+        """Every rule's verdict (for `role` only, when given), in file order."""
+        verdicts = []
+        for rule in self.rules:
+            if role is not None and rule.role != role:
+                continue
+            if facts.instance_claim_error:
+                reasons = [facts.instance_claim_error]
+            else:
+                reasons = rule.mismatches(facts)
+            verdicts.append(Verdict(rule.name, rule.role, not reasons, reasons))
+        return verdicts
+
+    def used_facts(self, facts):
+        """The facts worth recording: only the tag keys that some rule names count."""
+        data = facts.to_dict()
+        inst_keys = set(self.instance_tag_keys)
+        role_keys = set(self.role_tag_keys)
+        if data.get("instance"):
+            data["instance"]["tags"] = {k: v for k, v in data["instance"]["tags"].items() if k in inst_keys}
+        data["role_tags"] = {k: v for k, v in data["role_tags"].items() if k in role_keys}
+        return data
+
+
+# ---- loading and validation -------------------------------------------------
+
+
+def load_rules(path):
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as e:
+        raise RulesError(f"{path}: cannot read the rules file ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise RulesError(f"{path}: the rules file is not UTF-8") from None
+    return parse_rules(text, source=str(path))
+
+
+def parse_rules(text, source="<rules>"):
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RulesError(f"{source}: not valid TOML: {e}") from None
+    _only_keys(doc, {"version", "rule"}, source)
+    if doc.get("version") != SUPPORTED_VERSION:
+        raise RulesError(f"{source}: 'version' must be {SUPPORTED_VERSION}")
+    raw_rules = doc.get("rule", [])
+    if not isinstance(raw_rules, list):
+        raise RulesError(f"{source}: 'rule' must be an array of tables ([[rule]])")
+    rules, names = [], set()
+    for index, raw in enumerate(raw_rules, start=1):
+        rule = _parse_rule(raw, f"{source}: rule #{index}")
+        if rule.name in names:
+            raise RulesError(f"{source}: rule #{index}: name {rule.name!r} is used twice")
+        names.add(rule.name)
+        rules.append(rule)
+    return RuleSet(tuple(rules), source)
+
+
+def _parse_rule(raw, where):
+    if not isinstance(raw, dict):
+        raise RulesError(f"{where}: must be a table")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _RULE_NAME.match(name):
+        raise RulesError(f"{where}: 'name' must be a short identifier (letters, digits, - _ .)")
+    where = f"{where} ({name})"
+    _only_keys(raw, {"name", "role", "description", "aws", "issue"}, where)
+    role = raw.get("role")
+    if not isinstance(role, str) or not _ROLE_NAME.match(role):
+        raise RulesError(f"{where}: 'role' must be an AppRole name")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise RulesError(f"{where}: 'description' must be a string")
+    if "aws" not in raw:
+        raise RulesError(f"{where}: needs an [rule.aws] table saying whom it grants")
+    aws = _parse_aws(raw["aws"], f"{where}: aws")
+    issuance = _parse_issue(raw.get("issue", {}), f"{where}: issue")
+    return Rule(name, role, aws, issuance, description)
+
+
+def _parse_aws(raw, where):
+    if not isinstance(raw, dict):
+        raise RulesError(f"{where}: must be a table")
+    _only_keys(raw, {"accounts", "principal_arns", "require_instance", "instance_tags", "role_tags"}, where)
+    accounts = _string_list(raw, "accounts", where, required=True)
+    for account in accounts:
+        if not _ACCOUNT.match(account):
+            raise RulesError(f"{where}.accounts: {account!r} is not a 12-digit account ID")
+    principals = _string_list(raw, "principal_arns", where, required=True)
+    for p in principals:
+        if not p.startswith("arn:"):
+            raise RulesError(f"{where}.principal_arns: {p!r} is not an ARN (glob)")
+    require_instance = raw.get("require_instance", False)
+    if not isinstance(require_instance, bool):
+        raise RulesError(f"{where}.require_instance: must be true or false")
+    instance_tags = _tag_table(raw, "instance_tags", where)
+    role_tags = _tag_table(raw, "role_tags", where)
+    if instance_tags and not require_instance:
+        raise RulesError(f"{where}.instance_tags: needs require_instance = true")
+    return AwsMatch(tuple(accounts), tuple(principals), require_instance, instance_tags, role_tags)
+
+
+def _parse_issue(raw, where):
+    if not isinstance(raw, dict):
+        raise RulesError(f"{where}: must be a table")
+    _only_keys(raw, {"wrap_ttl", "secret_id_ttl", "bind_source_cidr"}, where)
+    wrap_ttl = _duration(raw, "wrap_ttl", where, DEFAULT_WRAP_TTL, WRAP_TTL_BOUNDS)
+    secret_id_ttl = _duration(raw, "secret_id_ttl", where, DEFAULT_SECRET_ID_TTL, SECRET_ID_TTL_BOUNDS)
+    bind = raw.get("bind_source_cidr", False)
+    if not isinstance(bind, bool):
+        raise RulesError(f"{where}.bind_source_cidr: must be true or false")
+    return Issuance(wrap_ttl=wrap_ttl, secret_id_ttl=secret_id_ttl, bind_source_cidr=bind)
+
+
+def _only_keys(table, allowed, where):
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise RulesError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _string_list(raw, key, where, required):
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise RulesError(f"{where}.{key}: must be a list of non-empty strings")
+    if required and not value:
+        raise RulesError(f"{where}.{key}: must name at least one value")
+    return value
+
+
+def _tag_table(raw, key, where):
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise RulesError(f"{where}.{key}: must be a table of tag key = value (glob)")
+    for k, v in value.items():
+        if not k or not isinstance(v, str) or not v:
+            raise RulesError(f"{where}.{key}.{k}: must be a non-empty string")
+    return tuple(sorted(value.items()))
+
+
+def parse_duration(value):
+    """Seconds from an int or a string like '90', '90s', '5m', '1h'; None if malformed."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _DURATION.match(value.strip())
+        if m:
+            return int(m.group(1)) * _UNITS[m.group(2)]
+    return None
+
+
+def _duration(raw, key, where, default, bounds):
+    if key not in raw:
+        return default
+    seconds = parse_duration(raw[key])
+    if seconds is None:
+        raise RulesError(f"{where}.{key}: {raw[key]!r} is not a duration like '60s', '5m' or '1h'")
+    low, high = bounds
+    if not low <= seconds <= high:
+        raise RulesError(f"{where}.{key}: {seconds}s is outside {low}s..{high}s")
+    return seconds

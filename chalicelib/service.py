@@ -1,0 +1,120 @@
+"""The broker's pipeline: proof -> facts -> rules -> minting -> audit.
+
+Every request ends in exactly one audit record (issued, denied or error), written
+before the answer. If that record can't be written, whatever was minted is taken
+back and the caller gets 503: nothing is issued without its record.
+"""
+
+import logging
+import uuid
+
+from .audit import AuditRecord
+from .errors import BrokerError, NotAuthorized, Unavailable
+from .jsonlog import log
+from .login_request import parse_aws_login
+
+
+class InternalError(BrokerError):
+    status = 500
+    code = "internal_error"
+
+
+class BrokerService:
+    def __init__(self, *, settings, rules, verifier, facts_reader, replay, minter, audit, logger):
+        self.settings = settings
+        self.rules = rules
+        self._verifier = verifier
+        self._facts = facts_reader
+        self._replay = replay
+        self._minter = minter
+        self._audit = audit
+        self._log = logger
+
+    # ---- POST /v1/credentials/aws ------------------------------------------
+
+    def issue_aws(self, raw_body, *, source_ip=None, api_request_id=None):
+        """The success body, or a BrokerError carrying `request_id`."""
+        record = AuditRecord(request_id=str(uuid.uuid4()), method="aws",
+                             source_ip=source_ip, api_request_id=api_request_id)
+        issued = None
+        try:
+            login = parse_aws_login(raw_body)
+            record.role = login.role
+            identity = self._verifier.verify(login)
+            record.principal, record.account = identity.arn, identity.account
+            # Spent once verified, whatever the decision: a refused proof can't be tried for another role.
+            self._replay.spend(identity.proof_hash, request_id=record.request_id, method="aws",
+                               valid_until=identity.signed_at.timestamp() + self.settings.max_clock_skew)
+            facts = self._facts.read(identity)
+            record.instance = facts.instance_id or (facts.session_name if facts.instance_claim_error else None)
+            record.facts = self.rules.used_facts(facts)
+            decision = self.rules.decide(facts, login.role)
+            record.rule = decision.rule
+            if not decision.granted:
+                raise NotAuthorized(f"role {login.role!r} is not granted to this caller", detail=decision.reason)
+            issued = self._minter.issue(
+                login.role, decision.issuance,
+                metadata={"request_id": record.request_id, "principal": identity.arn,
+                          "instance": facts.instance_id, "rule": decision.rule},
+                source_ip=source_ip,
+            )
+            record.role_id_wrap_accessor = issued.role_id_wrap.accessor
+            record.secret_id_wrap_accessor = issued.secret_id_wrap.accessor
+            record.secret_id_accessor = issued.secret_id_accessor
+            record.outcome, record.code, record.reason = "issued", "issued", decision.reason
+            self._write_audit(record, issued)
+            return {
+                "request_id": record.request_id,
+                "role": login.role,
+                "vault_addr": self.settings.vault_public_addr,
+                "role_id_wrap": issued.role_id_wrap.public(),
+                "secret_id_wrap": issued.secret_id_wrap.public(),
+            }
+        except BrokerError as error:
+            error.request_id = record.request_id
+            if record.outcome == "issued":  # the audit write itself failed: already handled
+                raise
+            self._record_failure(record, error)
+            raise
+        except Exception as error:  # a bug: still no credential without a record, and no 500 without one
+            if issued is not None:
+                self._take_back(record, issued)
+            wrapped = InternalError("internal error", detail=f"unexpected {type(error).__name__}")
+            wrapped.request_id = record.request_id
+            self._log.exception("unexpected error", extra={"fields": {"request_id": record.request_id}})
+            self._record_failure(record, wrapped)
+            raise wrapped from None
+
+    def _record_failure(self, record, error):
+        record.outcome = "denied" if error.status < 500 else "error"
+        record.code = error.code
+        record.reason = error.detail
+        try:
+            self._write_audit(record, None)
+        except Unavailable as audit_error:
+            # The decision stands, but unrecorded it must not be an answer: say 503.
+            audit_error.request_id = record.request_id
+            raise audit_error from None
+
+    def _write_audit(self, record, issued):
+        try:
+            self._audit.write(record)
+        except Unavailable as e:
+            if issued is not None:
+                self._take_back(record, issued)
+            log(self._log, logging.ERROR, "audit write failed", **record.fields(), audit_error=e.detail)
+            raise Unavailable("the audit store is unavailable; nothing was issued", backend="audit store",
+                              detail=e.detail) from None
+        log(self._log, logging.INFO, "decision", **record.fields())
+
+    def _take_back(self, record, issued):
+        failures = self._minter.take_back(issued)
+        if failures:
+            log(self._log, logging.ERROR, "could not take back an unrecorded issuance",
+                request_id=record.request_id, role=issued.role, left=failures)
+
+    # ---- GET /v1/health ----------------------------------------------------
+
+    def health(self):
+        checks = {"vault": self._minter.health() or "ok", "audit_store": self._audit.health() or "ok"}
+        return all(v == "ok" for v in checks.values()), checks
