@@ -6,7 +6,7 @@ accessors and the secret ID accessor) -- never a token, secret ID or signature.
 """
 
 import json
-import time
+from time import time as _now
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -20,7 +20,7 @@ class AuditRecord:
     request_id: str
     method: str
     time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
-    epoch: float = field(default_factory=time.time)
+    epoch: float = field(default_factory=_now)
     outcome: str = "error"
     code: str = ""
     reason: str = ""
