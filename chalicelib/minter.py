@@ -132,8 +132,10 @@ class VaultMinter:
             secret = self._vault_call("create a secret ID", self._client.write_data,
                                       f"{role_path}/secret-id", data=payload, wrap_ttl=wrap_ttl)
             secret_id_wrap = _wrap(secret, f"{role_path}/secret-id")
-        except Exception:
-            self.consume_wrapping_token(role_id_wrap.token)
+        except Unavailable as e:
+            spent = self.consume_wrapping_token(role_id_wrap.token)
+            e.detail += (f"; the role ID wrapping token (accessor {role_id_wrap.accessor}) "
+                         + ("was revoked" if spent else "could NOT be revoked"))
             raise
         accessor = (secret.get("wrap_info") or {}).get("wrapped_accessor") or None
         return Issued(role, role_id_wrap, secret_id_wrap, accessor)

@@ -261,3 +261,20 @@ def test_audit_store_unavailable_means_nothing_is_issued(broker, fresh_service):
         assert _live_secret_ids(broker.stack, "batch") - before == set()
     finally:
         restore()
+
+
+def test_a_failed_secret_id_revokes_the_role_id_already_wrapped(broker):
+    vault = broker.stack.vault()
+    policy = vault.sys.read_policy("secret-zero-broker")["data"]["rules"]
+    crippled = policy.replace('path "auth/approle/role/batch/secret-id" {', 'path "auth/approle/role/batch/secret-id-disabled" {')
+    assert crippled != policy
+    vault.sys.create_or_update_policy("secret-zero-broker", crippled)
+    try:
+        doc = assert_error(broker.login_as("demo-batch", "half-issued", "batch"), 503, "unavailable")
+    finally:
+        vault.sys.create_or_update_policy("secret-zero-broker", policy)
+    reason = broker.audit.get(doc["request_id"])["reason"]
+    assert "permission denied" in reason and "was revoked" in reason
+    accessor = reason.split("(accessor ")[1].split(")")[0]
+    with pytest.raises(hvac.exceptions.VaultError):
+        vault.auth.token.lookup_accessor(accessor)
