@@ -1,0 +1,517 @@
+"""The ``broker`` command line: ``broker login`` and ``broker policy check|explain``.
+
+Human messages go to stderr; ``--json`` puts one machine-readable summary on
+stdout. Nothing secret is ever printed: no wrapping token, role ID, secret ID,
+Vault token, AWS key or signature (accessors and request IDs are fine). As a
+last line of defence, every message is also scrubbed of the secrets this process
+has handled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import ssl
+import sys
+import traceback
+from typing import Any, Sequence, TextIO
+
+from broker import __version__
+from broker.errors import (
+    EXIT_CODES,
+    EXIT_OK,
+    EXIT_POLICY_DENIED,
+    EXIT_UNEXPECTED,
+    ClientError,
+    InterceptionError,
+    RulesInvalidError,
+    UsageError,
+)
+
+_ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+
+
+def _exit_code_epilog() -> str:
+    lines = ["exit codes:"]
+    lines += [f"  {code}  {text}" for code, text in sorted(EXIT_CODES.items())]
+    return "\n".join(lines)
+
+
+LOGIN_EPILOG = (
+    "The command of --exec comes after '--', at the end: broker login ... --exec -- CMD ARGS...\n"
+    "\n"
+    "examples:\n"
+    "  broker login --broker-url https://broker.example.com --role web \\\n"
+    "      --server-id broker.example.com --out-dir /run/vault-agent\n"
+    "  BROKER_URL=... BROKER_ROLE=batch BROKER_SERVER_ID=... broker login --exec -- python job.py\n"
+    "\n" + _exit_code_epilog()
+)
+
+
+class Output:
+    """stderr for people, stdout for --json; scrubs known secrets from everything."""
+
+    def __init__(self, *, quiet: bool = False, json_mode: bool = False,
+                 stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
+        self.quiet = quiet
+        self.json_mode = json_mode
+        self._stdout = stdout
+        self._stderr = stderr
+        self._secrets: set[str] = set()
+
+    @property
+    def stdout(self) -> TextIO:
+        return self._stdout or sys.stdout
+
+    @property
+    def stderr(self) -> TextIO:
+        return self._stderr or sys.stderr
+
+    def add_secrets(self, *values: str | None) -> None:
+        self._secrets.update(v for v in values if v and len(v) >= 4)
+
+    def scrub(self, text: str) -> str:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, "[redacted]")
+        return text
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            print(self.scrub(f"broker: {message}"), file=self.stderr, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(self.scrub(f"broker: warning: {message}"), file=self.stderr, flush=True)
+
+    def error(self, message: str) -> None:
+        print(self.scrub(f"broker: error: {message}"), file=self.stderr, flush=True)
+
+    def alarm(self, message: str) -> None:
+        bar = "!" * 72
+        print(self.scrub(f"{bar}\nbroker: SECURITY ALERT: {message}\n{bar}"), file=self.stderr, flush=True)
+
+    def result(self, data: dict[str, Any]) -> None:
+        if self.json_mode:
+            print(self.scrub(json.dumps(data, sort_keys=True)), file=self.stdout, flush=True)
+
+    def flush(self) -> None:
+        for stream in (self.stdout, self.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+
+
+# ---- argument parsing ----------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    common.add_argument("-q", "--quiet", action="store_true", help="print only errors on stderr")
+    common.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+
+    parser = argparse.ArgumentParser(
+        prog="broker",
+        description="Client of the secret-zero broker: trade this machine's cloud identity "
+        "for Vault/OpenBao AppRole credentials.",
+        epilog=_exit_code_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    login = sub.add_parser(
+        "login",
+        parents=[common],
+        help="prove this machine's AWS identity, receive and unwrap AppRole credentials, hand them on",
+        description="Sign an sts:GetCallerIdentity proof with the default AWS credential chain, ask the "
+        "broker for the role, check and unwrap the wrapped role ID and secret ID, and hand them on.",
+        epilog=LOGIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = login.add_argument_group("broker")
+    g.add_argument("--broker-url", default=_env("BROKER_URL"), metavar="URL",
+                   help="base URL of the broker (env BROKER_URL)")
+    g.add_argument("--role", default=_env("BROKER_ROLE"), help="AppRole to ask for (env BROKER_ROLE)")
+    g.add_argument("--server-id", default=_env("BROKER_SERVER_ID"), metavar="ID",
+                   help="the broker's X-Vault-AWS-IAM-Server-ID value (env BROKER_SERVER_ID)")
+    g.add_argument("--ca-cert", default=_env("BROKER_CA_CERT"), metavar="FILE",
+                   help="CA bundle to verify the broker's TLS certificate (env BROKER_CA_CERT)")
+    g.add_argument("--timeout", type=_positive_float, default=_env("BROKER_TIMEOUT", "10"), metavar="SECONDS",
+                   help="timeout of each HTTP request (default 10; env BROKER_TIMEOUT)")
+    g.add_argument("--max-attempts", type=_positive_int, default=_env("BROKER_MAX_ATTEMPTS", "6"), metavar="N",
+                   help="attempts at the broker, each with a fresh proof (default 6; env BROKER_MAX_ATTEMPTS)")
+    g.add_argument("--max-wait", type=_positive_float, default=_env("BROKER_MAX_WAIT", "120"), metavar="SECONDS",
+                   help="give up retrying after this long (default 120; env BROKER_MAX_WAIT)")
+
+    a = login.add_argument_group("AWS proof")
+    a.add_argument("--sts-url", default=_env("BROKER_STS_URL", "https://sts.amazonaws.com/"), metavar="URL",
+                   help="STS endpoint the proof is signed for (default https://sts.amazonaws.com/; "
+                   "env BROKER_STS_URL); the broker must accept it")
+    a.add_argument("--sts-region", default=_env("BROKER_STS_REGION"), metavar="REGION",
+                   help="SigV4 region (default: from a regional --sts-url, else us-east-1; env BROKER_STS_REGION)")
+
+    v = login.add_argument_group("Vault")
+    v.add_argument("--vault-addr", default=_env("VAULT_ADDR"), metavar="URL",
+                   help="Vault address (env VAULT_ADDR; default: the vault_addr the broker returns)")
+    v.add_argument("--vault-ca-cert", default=_env("VAULT_CACERT"), metavar="FILE",
+                   help="CA bundle to verify Vault's TLS certificate (env VAULT_CACERT)")
+    v.add_argument("--vault-namespace", default=_env("VAULT_NAMESPACE"), metavar="NS",
+                   help="Vault Enterprise namespace (env VAULT_NAMESPACE)")
+    v.add_argument("--approle-mount", default=_env("BROKER_APPROLE_MOUNT", "approle"), metavar="PATH",
+                   help="mount path of the AppRole auth method (default approle; env BROKER_APPROLE_MOUNT)")
+
+    h = login.add_argument_group("hand-off (exactly one)").add_mutually_exclusive_group()
+    h.add_argument("--out-dir", metavar="DIR", help="write DIR/role_id and DIR/secret_id, mode 0600")
+    h.add_argument("--sink", metavar="FILE", help="log in and write the Vault token to FILE, mode 0600")
+    h.add_argument("--exec", dest="exec_", action="store_true",
+                   help="log in and exec the command given after '--' with VAULT_TOKEN and VAULT_ADDR set")
+    login.set_defaults(func=cmd_login)
+
+    policy = sub.add_parser("policy", help="check the rules file, explain decisions (needs a checkout)")
+    psub = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
+    psub.required = True
+    check = psub.add_parser("check", parents=[common], help="validate a rules file",
+                            epilog=_exit_code_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("file", metavar="FILE", help="the rules file (TOML)")
+    check.set_defaults(func=cmd_policy_check)
+    explain = psub.add_parser("explain", parents=[common],
+                              help="say which rules grant ROLE to a caller with these facts, and why not",
+                              epilog=_exit_code_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    explain.add_argument("--facts", required=True, metavar="FACTS.json",
+                         help="the caller's facts as JSON (as the audit trail records them; '-' for stdin)")
+    explain.add_argument("--role", required=True, help="the role asked for")
+    explain.add_argument("--rules", default=_env("BROKER_RULES_FILE"), metavar="FILE",
+                         help="the rules file (env BROKER_RULES_FILE; default chalicelib/policies/rules.toml "
+                         "or policies/rules.toml in the checkout)")
+    explain.set_defaults(func=cmd_policy_explain)
+    return parser
+
+
+# ---- login ------------------------------------------------------------------------------
+
+
+def _ssl_context(cafile: str | None, what: str) -> ssl.SSLContext | None:
+    if not cafile:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load the CA bundle for {what} from {cafile}: {exc}") from None
+
+
+def _is_loopback(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def cmd_login(args: argparse.Namespace, out: Output) -> int:
+    from broker.api import BrokerClient, RetryPolicy
+    from broker.aws_proof import ProofSigner
+    from broker.handoff import exec_with_token, write_approle_files, write_sink
+    from broker.vault import VaultClient, normalize_mount, unwrap_credentials
+
+    missing = [flag for flag, value in (("--broker-url/BROKER_URL", args.broker_url),
+                                        ("--role/BROKER_ROLE", args.role),
+                                        ("--server-id/BROKER_SERVER_ID", args.server_id)) if not value]
+    if missing:
+        raise UsageError("missing " + ", ".join(missing))
+    if not _ROLE_NAME.match(args.role):
+        raise UsageError(f"invalid role name {args.role!r}")
+    mount = normalize_mount(args.approle_mount)
+    command = list(args.command_argv or [])
+    if not (args.out_dir or args.sink or args.exec_):
+        raise UsageError("choose a hand-off: --out-dir DIR, --sink FILE or --exec -- CMD ARGS...")
+    if args.exec_ and not command:
+        raise UsageError("--exec needs a command after '--': broker login ... --exec -- CMD ARGS...")
+    if command and not args.exec_:
+        raise UsageError("a command after '--' is only used with --exec")
+    for url, what in ((args.broker_url, "broker"), (args.vault_addr, "Vault")):
+        if url and url.startswith("http://") and not _is_loopback(url):
+            out.warn(f"the {what} URL {url} is not https: credentials would cross the network in clear")
+
+    signer = ProofSigner(args.server_id, sts_url=args.sts_url, region=args.sts_region)
+    client = BrokerClient(
+        args.broker_url,
+        timeout=args.timeout,
+        retry=RetryPolicy(max_attempts=args.max_attempts, max_wait=args.max_wait),
+        ssl_context=_ssl_context(args.ca_cert, "the broker"),
+        log=out.info,
+    )
+    vault_ssl = _ssl_context(args.vault_ca_cert, "Vault")
+
+    out.info(f"asking {client.base_url} for role {args.role}")
+    issued = client.request_credentials(args.role, lambda: signer.sign().login_fields())
+    out.add_secrets(issued.role_id_wrap.token, issued.secret_id_wrap.token)
+    out.info(
+        f"issued: request ID {issued.request_id}, wrapping accessors "
+        f"role ID {issued.role_id_wrap.accessor}, secret ID {issued.secret_id_wrap.accessor}"
+    )
+    summary: dict[str, Any] = {
+        "status": "ok",
+        "request_id": issued.request_id,
+        "role": issued.role,
+        "attempts": issued.attempts,
+        "role_id_wrap_accessor": issued.role_id_wrap.accessor,
+        "secret_id_wrap_accessor": issued.secret_id_wrap.accessor,
+    }
+
+    vault_addr = args.vault_addr or issued.vault_addr
+    if not vault_addr:
+        raise UsageError("no Vault address: the broker returned none; set --vault-addr or VAULT_ADDR",
+                         request_id=issued.request_id)
+    vault = VaultClient(vault_addr, timeout=args.timeout, ssl_context=vault_ssl, namespace=args.vault_namespace)
+    summary["vault_addr"] = vault.addr
+    creds = unwrap_credentials(vault, issued, mount=mount)
+    out.add_secrets(creds.role_id, creds.secret_id)
+    summary["secret_id_accessor"] = creds.secret_id_accessor
+    out.info(f"wrapping tokens checked and unwrapped (secret ID accessor {creds.secret_id_accessor})")
+
+    if args.out_dir:
+        role_path, secret_path = write_approle_files(args.out_dir, creds.role_id, creds.secret_id)
+        summary.update(handoff="out-dir", role_id_file=os.path.abspath(role_path),
+                       secret_id_file=os.path.abspath(secret_path))
+        out.info(f"wrote {role_path} and {secret_path}")
+        out.result(summary)
+        return EXIT_OK
+
+    login = vault.approle_login(creds.role_id, creds.secret_id, mount=mount)
+    out.add_secrets(login.client_token)
+    summary.update(token_accessor=login.accessor, token_ttl=login.lease_duration,
+                   token_policies=list(login.policies))
+    out.info(f"logged in to Vault (token accessor {login.accessor}, ttl {login.lease_duration}s)")
+    if args.sink:
+        path = write_sink(args.sink, login.client_token)
+        summary.update(handoff="sink", sink=path)
+        out.info(f"wrote the token to {path}")
+        out.result(summary)
+        return EXIT_OK
+
+    summary.update(handoff="exec", command=command[0])
+    out.info(f"exec {command[0]}")
+    out.result(summary)
+    out.flush()
+    extra_env = {}
+    if args.vault_namespace:
+        extra_env["VAULT_NAMESPACE"] = args.vault_namespace
+    if args.vault_ca_cert:
+        extra_env["VAULT_CACERT"] = args.vault_ca_cert
+    exec_with_token(command, token=login.client_token, vault_addr=vault.addr, extra_env=extra_env)
+    return EXIT_OK  # pragma: no cover - exec does not return
+
+
+# ---- policy ---------------------------------------------------------------------------
+
+
+def _find_checkout() -> str | None:
+    """The nearest directory, from the current one upwards, that holds chalicelib/rules.py."""
+    directory = os.path.abspath(os.getcwd())
+    while True:
+        if os.path.isfile(os.path.join(directory, "chalicelib", "rules.py")):
+            return directory
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
+
+
+def _import_policy_modules() -> tuple[Any, Any]:
+    """``chalicelib.rules`` and ``chalicelib.facts``, imported lazily from the checkout."""
+    import importlib
+
+    def attempt() -> tuple[Any, Any]:
+        return importlib.import_module("chalicelib.rules"), importlib.import_module("chalicelib.facts")
+
+    try:
+        return attempt()
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("chalicelib"):
+            raise
+    checkout = _find_checkout()
+    if checkout is not None and checkout not in sys.path:
+        sys.path.insert(0, checkout)
+        for name in [m for m in sys.modules if m == "chalicelib" or m.startswith("chalicelib.")]:
+            del sys.modules[name]
+        try:
+            return attempt()
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("chalicelib"):
+                raise
+    raise UsageError(
+        "the policy commands need the broker's server code (chalicelib/rules.py), which is not installed "
+        "with the client: run them from inside a checkout of the broker repository"
+    )
+
+
+def _default_rules_file() -> str:
+    base = _find_checkout() or os.getcwd()
+    for candidate in ("chalicelib/policies/rules.toml", "policies/rules.toml"):
+        path = os.path.join(base, candidate)
+        if os.path.isfile(path):
+            return path
+    return os.path.join(base, "chalicelib/policies/rules.toml")
+
+
+def _load_rules(rules_mod: Any, path: str) -> Any:
+    try:
+        return rules_mod.load_rules(path)
+    except rules_mod.RulesError as exc:
+        raise RulesInvalidError(f"invalid rules: {exc}") from None
+
+
+def cmd_policy_check(args: argparse.Namespace, out: Output) -> int:
+    rules_mod, _ = _import_policy_modules()
+    ruleset = _load_rules(rules_mod, args.file)
+    rules = list(getattr(ruleset, "rules", ()))
+    names = [getattr(r, "name", str(r)) for r in rules]
+    roles = sorted({getattr(r, "role", "") for r in rules} - {""})
+    if not out.json_mode:
+        print(f"{args.file}: OK, {len(rules)} rule(s) for role(s) {', '.join(roles) or '(none)'}",
+              file=out.stderr if out.quiet else out.stdout)
+    out.result({"status": "ok", "file": args.file, "rules": names, "roles": roles})
+    return EXIT_OK
+
+
+def cmd_policy_explain(args: argparse.Namespace, out: Output) -> int:
+    rules_mod, facts_mod = _import_policy_modules()
+    rules_path = args.rules or _default_rules_file()
+    ruleset = _load_rules(rules_mod, rules_path)
+    try:
+        if args.facts == "-":
+            raw = json.load(sys.stdin)
+        else:
+            with open(args.facts, encoding="utf-8") as f:
+                raw = json.load(f)
+    except OSError as exc:
+        raise RulesInvalidError(f"cannot read the facts file {args.facts}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise RulesInvalidError(f"the facts file {args.facts} is not JSON: {exc}") from None
+    fact_errors: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError)
+    try:
+        from chalicelib.errors import BrokerError  # type: ignore[import-not-found]
+
+        fact_errors += (BrokerError,)
+    except ImportError:
+        pass
+    try:
+        facts = facts_mod.CallerFacts.from_dict(raw)
+    except fact_errors as exc:
+        raise RulesInvalidError(f"invalid facts in {args.facts}: {exc}") from None
+
+    verdicts = list(ruleset.explain(facts, args.role))
+    granted_by = [str(getattr(v.rule, "name", v.rule)) for v in verdicts if v.granted and v.role == args.role]
+    if not out.json_mode:
+        stream = out.stdout
+        if not verdicts:
+            print(f"role {args.role}: DENIED: no rule in {rules_path} grants this role", file=stream)
+        for v in verdicts:
+            name = getattr(v.rule, "name", v.rule)
+            print(f"rule {name} (role {v.role}): {'GRANTED' if v.granted else 'denied'}", file=stream)
+            for reason in v.reasons:
+                print(f"  - {reason}", file=stream)
+        if verdicts:
+            verdict = f"GRANTED by {', '.join(granted_by)}" if granted_by else "DENIED"
+            print(f"role {args.role}: {verdict}", file=stream)
+    out.result({
+        "status": "ok",
+        "rules_file": rules_path,
+        "role": args.role,
+        "granted": bool(granted_by),
+        "granted_by": granted_by,
+        "verdicts": [
+            {"rule": str(getattr(v.rule, "name", v.rule)), "role": v.role, "granted": bool(v.granted),
+             "reasons": [str(r) for r in v.reasons]}
+            for v in verdicts
+        ],
+    })
+    return EXIT_OK if granted_by else EXIT_POLICY_DENIED
+
+
+# ---- entry point ---------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (``broker`` and ``python -m broker`` exit with it)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command_argv: list[str] = []
+    parse_argv = argv
+    if "--" in argv:
+        index = argv.index("--")
+        parse_argv, command_argv = argv[:index], argv[index + 1:]
+    parser = build_parser()
+    try:
+        args = parser.parse_args(parse_argv)
+        if command_argv and args.command != "login":
+            args = parser.parse_args(argv)
+            command_argv = []
+    except SystemExit as exc:  # --help, --version, or a usage error (argparse printed it)
+        return exc.code if isinstance(exc.code, int) else EXIT_UNEXPECTED
+    args.command_argv = command_argv
+
+    out = Output(quiet=args.quiet, json_mode=args.json)
+    try:
+        return args.func(args, out)
+    except InterceptionError as exc:
+        out.alarm(str(exc))
+        out.result(_error_summary(exc, accessor=exc.accessor))
+        return exc.exit_code
+    except ClientError as exc:
+        out.error(str(exc))
+        out.result(_error_summary(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last resort: no traceback unless asked
+        if args.debug:
+            out.error("unexpected error:\n" + traceback.format_exc())
+        else:
+            out.error(f"unexpected error: {type(exc).__name__}: {exc} (--debug shows the traceback)")
+        out.result({"status": "error", "exit_code": EXIT_UNEXPECTED, "error": type(exc).__name__})
+        return EXIT_UNEXPECTED
+
+
+def _error_summary(exc: ClientError, accessor: str | None = None) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "status": "error",
+        "exit_code": exc.exit_code,
+        "error": type(exc).__name__,
+        "message": exc.message,
+        "request_id": exc.request_id,
+    }
+    if accessor:
+        summary["accessor"] = accessor
+    code = getattr(exc, "code", None)
+    if code:
+        summary["code"] = code
+    return summary
