@@ -1,0 +1,175 @@
+"""`make demo`: the broker's main job, told as a short story on the local stack.
+
+An EC2 instance boots with no credential but its instance role, runs the real
+`broker login` client against the broker under `chalice local`, and reads its
+application secret from OpenBao. A second instance, tagged for another role, is
+refused. Then the audit records of both. KEEP=1 leaves the stack running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import hvac
+
+from chalicelib.audit import AuditStore
+from devstack import aws as stack_aws
+from devstack.broker import PROJECT_DIR
+from devstack.procs import StackError
+from devstack.stack import Stack
+
+STATE_DIR = PROJECT_DIR / ".stack"
+
+
+def say(text=""):
+    print(textwrap.dedent(text).strip("\n"), flush=True)
+
+
+def step(number, title):
+    print(f"\n\033[1m{number}. {title}\033[0m", flush=True)
+
+
+def run_client(stack, creds, role, handoff):
+    """Run the real client as a process on the 'instance': only its role credentials in the environment."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "BROKER_URL": stack.broker_url,
+        "BROKER_SERVER_ID": stack.broker_env()["BROKER_SERVER_ID"],
+        "AWS_ACCESS_KEY_ID": creds["access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": creds["secret_access_key"],
+        "AWS_SESSION_TOKEN": creds["session_token"],
+        "AWS_EC2_METADATA_DISABLED": "true",  # no IMDS on this laptop: the env stands in for it
+    }
+    cmd = [sys.executable, "-m", "broker", "login", "--role", role, "--json", *handoff]
+    shown = "broker login --role " + role + " " + " ".join(handoff)
+    print(f"   $ {shown}", flush=True)
+    proc = subprocess.run(cmd, env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
+    for line in proc.stderr.splitlines():
+        print(f"     {line}")
+    summary = {}
+    if proc.stdout.strip():
+        try:
+            summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        except ValueError:
+            pass
+    return proc.returncode, summary
+
+
+def show_record(record):
+    keys = ("time", "outcome", "code", "role", "rule", "principal", "instance", "source_ip", "reason",
+            "secret_id_accessor")
+    for key in keys:
+        if record.get(key):
+            print(f"     {key:<19} {record[key]}")
+
+
+def main():
+    keep = os.environ.get("KEEP") == "1"
+    say("""
+        The secret-zero broker, on a local stack: OpenBao (Vault's open-source fork),
+        moto standing in for AWS (it checks every SigV4 signature and IAM policy), and
+        the broker itself under `chalice local`.
+    """)
+    try:
+        stack = Stack.start(STATE_DIR, with_broker=True, detached=keep, progress=lambda m: print(f"   {m}"))
+    except StackError as e:
+        print(f"Could not start the local stack: {e}", file=sys.stderr)
+        print("If one already runs, stop it first: make stack-down", file=sys.stderr)
+        return 1
+    try:
+        return story(stack)
+    finally:
+        if keep:
+            stack.write_endpoints(STATE_DIR / "endpoints.json")
+            stack.write_broker_env(STATE_DIR / "broker.env")
+            say(f"\nKEEP=1: the stack keeps running ({STATE_DIR / 'endpoints.json'}); stop it with `make stack-down`.")
+        else:
+            stack.stop()
+            say("\nThe local stack is stopped. (KEEP=1 make demo leaves it running.)")
+
+
+def story(stack):
+    audit = AuditStore(stack.client("dynamodb"), stack_aws.AUDIT_TABLE, 400)
+    rules = (PROJECT_DIR / "policies" / "rules.toml").read_text()
+    failures = 0
+
+    step(1, "An EC2 instance boots")
+    web = stack.launch_instance({"vault-role": "web", "Name": "web-1"}, profile="demo-node")
+    say(f"""
+        Instance {web} runs with instance profile demo-node and the tag vault-role=web.
+        It carries no Vault credential. EC2 hands it its role's credentials as a session
+        named after the instance: arn:aws:sts::123456789012:assumed-role/demo-node/{web}
+        The rule that will decide (policies/rules.toml):
+    """)
+    print(textwrap.indent("[[rule]]\n" + rules.split("\n[[rule]]\n")[1].strip(), "     "))
+
+    step(2, "Its user-data runs the broker client")
+    with tempfile.TemporaryDirectory(prefix="secret-zero-demo-") as tmp:
+        token_file = Path(tmp) / "vault-token"
+        code, summary = run_client(stack, stack.assume("demo-node", web), "web", ["--sink", str(token_file)])
+        if code != 0:
+            print(f"   The client failed with exit code {code}; see {stack.broker.log_path}")
+            return 1
+        say(f"""
+            The client signed GetCallerIdentity, the broker verified it with STS, read the
+            instance and its tags itself, matched rule web-nodes, and answered with a wrapped
+            role ID and a wrapped single-use secret ID. The client checked both wrapping
+            tokens' creation paths, unwrapped them, logged in, and wrote a Vault token to
+            {token_file} (mode {oct(token_file.stat().st_mode & 0o777)}).
+        """)
+        granted_request = summary.get("request_id")
+
+        step(3, "The application reads its secret with that token")
+        client = hvac.Client(url=stack.vault_addr, token=token_file.read_text().strip())
+        secret = client.secrets.kv.v2.read_secret_version(path="web/config", raise_on_deleted_version=True)["data"]["data"]
+        say(f"""
+            GET secret/web/config -> keys {sorted(secret)}; api_url = {secret['api_url']}
+            (the password is there too; a demo doesn't print secrets either)
+        """)
+        try:
+            client.secrets.kv.v2.read_secret_version(path="batch/config", raise_on_deleted_version=True)
+            print("   UNEXPECTED: the web token could read batch's secret")
+            failures += 1
+        except hvac.exceptions.Forbidden:
+            say("GET secret/batch/config -> 403 permission denied: the web role reads web's secrets only")
+
+    step(4, "Another instance, tagged for another role, asks for web")
+    other = stack.launch_instance({"vault-role": "batch", "Name": "batch-1"}, profile="demo-node")
+    say(f"Instance {other} has the same instance profile but the tag vault-role=batch.")
+    with tempfile.TemporaryDirectory(prefix="secret-zero-demo-") as tmp:
+        code, summary = run_client(stack, stack.assume("demo-node", other), "web", ["--out-dir", tmp])
+        written = sorted(os.listdir(tmp))
+    say(f"""
+        Exit code {code} (4 = refused by the broker); files written: {written or 'none'}.
+        The caller is told which role was refused, never which condition failed.
+    """)
+    if code != 4 or written:
+        failures += 1
+    refused_request = summary.get("request_id")
+
+    step(5, "The security team reads the audit trail")
+    say("Every decision is a DynamoDB record written before the answer; no token or secret ID in it.")
+    for label, request_id in (("granted", granted_request), ("refused", refused_request)):
+        record = audit.get(request_id) if request_id else None
+        print(f"\n   {label}: request {request_id}")
+        if record is None:
+            print("     (no record found)")
+            failures += 1
+        else:
+            show_record(record)
+
+    if failures:
+        print(f"\nThe demo saw {failures} unexpected outcome(s).")
+        return 1
+    print("\nDone: one instance bootstrapped with no shipped credential, one refused, both on the record.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
