@@ -1,0 +1,64 @@
+"""The broker itself under ``chalice local``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import requests
+
+from .procs import Proc, StackError, find_executable, free_port, start_process, wait_until
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+# never inherited from the developer's shell: the broker gets exactly our env
+_DROP_PREFIXES = ("AWS_", "BROKER_")
+
+
+class ChaliceLocal:
+    """``chalice local --stage local`` in the project directory."""
+
+    def __init__(self, workdir: Path, env: Mapping[str, str], *, port: int | None = None,
+                 project_dir: Path = PROJECT_DIR, detached: bool = False):
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.project_dir = Path(project_dir)
+        self.broker_env = dict(env)
+        self.detached = detached
+        self.log_path = self.workdir / "broker.log"
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> "ChaliceLocal":
+        argv = [find_executable("chalice"), "local", "--host", "127.0.0.1",
+                "--port", str(self.port), "--stage", "local", "--no-autoreload"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_DROP_PREFIXES)}
+        env.update(self.broker_env)
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(self.log_path, "a") as f:
+            f.write(f"--- devstack: starting chalice local on {self.url}\n")
+        self.proc = start_process("chalice local", argv, self.log_path, env=env,
+                                  cwd=self.project_dir, detached=self.detached)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> "ChaliceLocal":
+        # any HTTP answer counts: 503 means "up, but a backend is down"
+        wait_until(lambda: requests.get(f"{self.url}/v1/health", timeout=2) is not None,
+                   timeout=timeout, proc=self.proc,
+                   what=f"the broker (chalice local) to answer GET {self.url}/v1/health")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+
+__all__ = ["ChaliceLocal", "PROJECT_DIR", "StackError"]

@@ -1,0 +1,345 @@
+"""The whole local stack: OpenBao + moto (SigV4 on) + seed (+ ``chalice local``)."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Mapping
+
+import boto3
+import hvac
+
+from . import aws
+from .aws import ACCOUNT_ID, REGION, AwsSeed, Keys, MotoServer
+from .broker import PROJECT_DIR, ChaliceLocal
+from .procs import StackError, bypass_proxy_for_loopback, stop_all, wait_until
+from .vault import ROOT_TOKEN, OpenBaoServer, VaultSeed, seed_vault
+
+SERVER_ID = "secret-zero-broker.local"
+STS_ENDPOINTS = "https://sts.amazonaws.com"
+
+
+class Stack:
+    """A running local stack. Build it with :meth:`Stack.start`; always :meth:`stop` it
+    (it is a context manager, and in-process stacks also stop at interpreter exit)."""
+
+    def __init__(self, workdir: Path | str, *, detached: bool = False,
+                 project_dir: Path | str = PROJECT_DIR, moto_workaround: bool = True):
+        bypass_proxy_for_loopback()  # our own clients talk to 127.0.0.1 only
+        self.workdir = Path(workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o700)
+        self.project_dir = Path(project_dir).resolve()
+        self.detached = detached
+        self.moto_workaround = moto_workaround
+        self.openbao = OpenBaoServer(self.workdir, detached=detached)
+        self.moto = MotoServer(self.workdir, detached=detached)
+        self.broker: ChaliceLocal | None = None
+        self.aws_seed: AwsSeed | None = None
+        self.vault_seed: VaultSeed | None = None
+        self.startup_seconds: float | None = None
+        self._clients: dict[tuple, Any] = {}
+        if not detached:
+            atexit.register(self.stop)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @classmethod
+    def start(cls, workdir: Path | str, *, with_broker: bool = False, detached: bool = False,
+              project_dir: Path | str = PROJECT_DIR, moto_workaround: bool = True,
+              progress=None) -> "Stack":
+        """Start OpenBao and moto, seed both, and with ``with_broker`` start
+        ``chalice local``. On any failure everything started is stopped again.
+        ``progress`` (a callable taking one str) hears short friendly lines."""
+        say = progress or (lambda _msg: None)
+        t0 = time.monotonic()
+        stack = cls(workdir, detached=detached, project_dir=project_dir,
+                    moto_workaround=moto_workaround)
+        try:
+            stack.openbao.start()
+            stack.moto.start()
+            with ThreadPoolExecutor(2) as pool:
+                fut_aws = pool.submit(stack._start_aws)
+                stack.openbao.wait_ready()
+                say(f"OpenBao dev server on {stack.openbao.addr}")
+                stack.vault_seed = seed_vault(stack.vault(), stack.project_dir / "policies" / "vault")
+                say("OpenBao seeded: approle auth, policies, AppRoles secret-zero-broker/web/batch, KV secrets")
+                fut_aws.result()
+            say(f"moto server on {stack.moto.url} (SigV4 verified; admin user bootstrapped)")
+            say("AWS seeded: roles demo-node/demo-batch/demo-other, broker IAM user, DynamoDB tables")
+            if stack.moto_workaround:
+                say(f"note: broker IAM user also has policy {aws.MOTO_WORKAROUND_POLICY_NAME!r} "
+                    "(moto cannot match resource-scoped statements for DynamoDB/Secrets Manager)")
+            aws.put_vault_secret_id(stack.moto, stack.admin_keys, stack.vault_seed.broker_secret_id)
+            say(f"broker secret ID stored in Secrets Manager as {aws.VAULT_SECRET_ID_SECRET}")
+            # moto's first EC2 request costs ~1 s (it imports moto.ec2, which
+            # parses big JSON files while holding the GIL). Pay it now, while
+            # chalice local starts, rather than in the first test that needs EC2.
+            with ThreadPoolExecutor(1) as pool:
+                warm = pool.submit(lambda: stack.client("ec2").describe_instances())
+                if with_broker:
+                    stack.start_broker()
+                    say(f"broker (chalice local) on {stack.broker_url}")
+                warm.result()
+        except BaseException:
+            stack.stop()
+            raise
+        stack.startup_seconds = time.monotonic() - t0
+        return stack
+
+    def _start_aws(self) -> None:
+        self.moto.wait_ready()
+        admin = self.moto.bootstrap_admin()
+        self.aws_seed = aws.seed_aws(self.moto, admin, self.project_dir,
+                                     moto_workaround=self.moto_workaround)
+
+    def stop(self) -> None:
+        """Stop every process of the stack (idempotent)."""
+        parts = [p for p in (self.broker, self.openbao, self.moto) if p is not None]
+        try:
+            stop_all([p.proc for p in parts])
+        finally:
+            for part in parts:
+                try:
+                    part.stop()  # clears part.proc; also the fallback if stop_all failed
+                except Exception:  # keep stopping the others
+                    pass
+        if not self.detached:
+            atexit.unregister(self.stop)
+
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- facts -----------------------------------------------------------------
+
+    @property
+    def admin_keys(self) -> Keys:
+        assert self.aws_seed is not None, "the stack is not seeded"
+        return self.aws_seed.admin
+
+    @property
+    def broker_keys(self) -> Keys:
+        assert self.aws_seed is not None, "the stack is not seeded"
+        return self.aws_seed.broker
+
+    @property
+    def aws_endpoint_url(self) -> str:
+        return self.moto.url
+
+    @property
+    def vault_addr(self) -> str:
+        return self.openbao.addr
+
+    @property
+    def broker_url(self) -> str | None:
+        return self.broker.url if self.broker is not None else None
+
+    @property
+    def endpoints(self) -> dict:
+        """Everything a test or a developer needs to reach the stack (holds secrets)."""
+        return {
+            "broker_url": self.broker_url,
+            "broker_log": str(self.broker.log_path) if self.broker else str(self.workdir / "broker.log"),
+            "vault_addr": self.vault_addr,
+            "vault_root_token": ROOT_TOKEN,
+            "vault_unseal_key": self.openbao.unseal_key,
+            "vault_log": str(self.openbao.log_path),
+            "aws_endpoint_url": self.aws_endpoint_url,
+            "aws_region": REGION,
+            "account_id": ACCOUNT_ID,
+            "aws_admin_access_key_id": self.admin_keys.access_key_id,
+            "aws_admin_secret_access_key": self.admin_keys.secret_access_key,
+            "broker_aws_access_key_id": self.broker_keys.access_key_id,
+            "broker_aws_secret_access_key": self.broker_keys.secret_access_key,
+            "moto_log": str(self.moto.log_path),
+            "server_id": SERVER_ID,
+            "sts_endpoints": STS_ENDPOINTS,
+            "audit_table": aws.AUDIT_TABLE,
+            "replay_table": aws.REPLAY_TABLE,
+            "vault_secret_id_secret": aws.VAULT_SECRET_ID_SECRET,
+            "workdir": str(self.workdir),
+            "project_dir": str(self.project_dir),
+            "pids": {"vault": self.openbao.pid, "moto": self.moto.pid,
+                     "broker": self.broker.pid if self.broker else None},
+        }
+
+    def broker_env(self) -> dict[str, str]:
+        """The broker's environment (docs/architecture.md), with its own AWS keys."""
+        assert self.vault_seed is not None, "the stack is not seeded"
+        return {
+            "BROKER_VAULT_ADDR": self.vault_addr,
+            "BROKER_VAULT_ROLE_ID": self.vault_seed.broker_role_id,
+            "BROKER_VAULT_SECRET_ID_SECRET": aws.VAULT_SECRET_ID_SECRET,
+            "BROKER_SERVER_ID": SERVER_ID,
+            "BROKER_STS_ENDPOINTS": STS_ENDPOINTS,
+            "BROKER_STS_FORWARD_URL": self.aws_endpoint_url,
+            "BROKER_AWS_ENDPOINT_URL": self.aws_endpoint_url,
+            "BROKER_AWS_REGION": REGION,
+            "BROKER_AUDIT_TABLE": aws.AUDIT_TABLE,
+            "BROKER_REPLAY_TABLE": aws.REPLAY_TABLE,
+            "AWS_ACCESS_KEY_ID": self.broker_keys.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.broker_keys.secret_access_key,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+        }
+
+    # -- AWS (moto) --------------------------------------------------------------
+
+    def admin_session(self) -> boto3.Session:
+        return self.admin_keys.session()
+
+    def broker_session(self) -> boto3.Session:
+        """Session with the broker IAM user's own (least-privilege) keys."""
+        return self.broker_keys.session()
+
+    def client(self, name: str, keys: Keys | Mapping[str, str] | None = None):
+        """A (cached) boto3 client for moto; admin keys unless ``keys`` (a
+        :class:`Keys` or the dict :meth:`assume` returns) are given."""
+        if keys is None:
+            keys = self.admin_keys
+        if isinstance(keys, Mapping):
+            keys = Keys(keys["access_key_id"], keys["secret_access_key"], keys.get("session_token"))
+        cache_key = (name, keys.access_key_id, keys.secret_access_key, keys.session_token)
+        client = self._clients.get(cache_key)
+        if client is None:
+            client = self._clients[cache_key] = self.moto.client(keys, name)
+        return client
+
+    def assume(self, role_name: str, session_name: str) -> dict[str, str]:
+        """sts:AssumeRole (as the admin) -> access_key_id, secret_access_key, session_token."""
+        creds = self.client("sts").assume_role(
+            RoleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/{role_name}",
+            RoleSessionName=session_name)["Credentials"]
+        return {"access_key_id": creds["AccessKeyId"],
+                "secret_access_key": creds["SecretAccessKey"],
+                "session_token": creds["SessionToken"]}
+
+    def assumed_session(self, role_name: str, session_name: str) -> boto3.Session:
+        c = self.assume(role_name, session_name)
+        return Keys(c["access_key_id"], c["secret_access_key"], c["session_token"]).session()
+
+    def launch_instance(self, tags: Mapping[str, str] | None = None, profile: str | None = "demo-node") -> str:
+        """Run an EC2 instance with instance profile ``profile`` and ``tags``; returns
+        its ID once describe_instances shows it running (moto's run_instances
+        itself answers "pending", describe_instances "running")."""
+        ec2 = self.client("ec2")
+        kwargs: dict[str, Any] = {}
+        if profile:
+            kwargs["IamInstanceProfile"] = {"Name": profile}
+        if tags:
+            kwargs["TagSpecifications"] = [{"ResourceType": "instance",
+                                            "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
+        inst = ec2.run_instances(ImageId=aws.AMI_ID, MinCount=1, MaxCount=1,
+                                 InstanceType="t3.micro", **kwargs)["Instances"][0]
+        instance_id = inst["InstanceId"]
+        wait_until(lambda: self.instance_state(instance_id) == "running", timeout=5,
+                   what=f"instance {instance_id} to be running")
+        return instance_id
+
+    def instance_state(self, instance_id: str) -> str:
+        res = self.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"]
+        return res[0]["Instances"][0]["State"]["Name"]
+
+    def stop_instance(self, instance_id: str) -> None:
+        self.client("ec2").stop_instances(InstanceIds=[instance_id])
+        wait_until(lambda: self.instance_state(instance_id) == "stopped", timeout=5,
+                   what=f"instance {instance_id} to be stopped")
+
+    def terminate_instance(self, instance_id: str) -> None:
+        self.client("ec2").terminate_instances(InstanceIds=[instance_id])
+
+    # -- Vault (OpenBao) ---------------------------------------------------------
+
+    def vault(self, token: str | None = ROOT_TOKEN) -> hvac.Client:
+        return self.openbao.client(token)
+
+    def seal_vault(self) -> None:
+        self.openbao.seal()
+
+    def unseal_vault(self) -> None:
+        self.openbao.unseal()
+
+    def stop_vault(self) -> None:
+        """Stop OpenBao ("Vault down"). Its in-memory data is gone."""
+        self.openbao.stop()
+
+    def start_vault(self, keep_ids: bool = True) -> dict[str, str]:
+        """(Re)start OpenBao on the same port and seed it again.
+
+        A dev server loses everything when it stops. With ``keep_ids`` (default)
+        the seed puts the same role IDs, broker secret ID and KV data back, like
+        a real Vault coming back; tokens, leases, wrapping tokens and secret IDs
+        issued before are still lost. With ``keep_ids=False`` new IDs are made.
+        Either way the Secrets Manager secret is updated. Returns the broker
+        environment variables that changed (empty with ``keep_ids``); a running
+        broker keeps its old environment until :meth:`start_broker`."""
+        before = self.broker_env()
+        if self.openbao.proc is not None:
+            self.openbao.stop()
+        self.openbao.start()
+        self.openbao.wait_ready()
+        self.vault_seed = seed_vault(self.vault(), self.project_dir / "policies" / "vault",
+                                     previous=self.vault_seed if keep_ids else None)
+        aws.put_vault_secret_id(self.moto, self.admin_keys, self.vault_seed.broker_secret_id)
+        after = self.broker_env()
+        return {k: v for k, v in after.items() if before.get(k) != v}
+
+    # -- the broker (chalice local) ----------------------------------------------
+
+    def start_broker(self, env_overrides: Mapping[str, str] | None = None,
+                     timeout: float = 30.0) -> ChaliceLocal:
+        """Start (or restart, same port) ``chalice local`` with :meth:`broker_env`
+        plus ``env_overrides``; waits until GET /v1/health answers."""
+        port = None
+        if self.broker is not None:
+            port = self.broker.port
+            self.broker.stop()
+        env = self.broker_env()
+        env.update(env_overrides or {})
+        self.broker = ChaliceLocal(self.workdir, env, port=port, project_dir=self.project_dir,
+                                   detached=self.detached)
+        self.broker.start()
+        try:
+            self.broker.wait_ready(timeout=timeout)
+        except BaseException:
+            self.broker.stop()
+            raise
+        return self.broker
+
+    def stop_broker(self) -> None:
+        if self.broker is not None:
+            self.broker.stop()
+
+    # -- files ---------------------------------------------------------------------
+
+    def write_endpoints(self, path: Path | str | None = None) -> Path:
+        """Write :attr:`endpoints` as JSON, mode 0600."""
+        path = Path(path) if path else self.workdir / "endpoints.json"
+        _write_private(path, json.dumps(self.endpoints, indent=2) + "\n")
+        return path
+
+    def write_broker_env(self, path: Path | str | None = None) -> Path:
+        """Write :meth:`broker_env` as a shell-sourceable file, mode 0600."""
+        import shlex
+        path = Path(path) if path else self.workdir / "broker.env"
+        _write_private(path, "".join(f"{k}={shlex.quote(v)}\n" for k, v in self.broker_env().items()))
+        return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+__all__ = ["Stack", "StackError", "SERVER_ID", "STS_ENDPOINTS"]

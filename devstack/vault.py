@@ -1,0 +1,189 @@
+"""OpenBao dev server (in memory) and its seed: AppRoles, policies, KV secrets."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hvac
+import requests
+
+from .procs import Proc, StackError, find_executable, free_port, start_process, wait_until
+
+ROOT_TOKEN = "root"
+BROKER_ROLE = "secret-zero-broker"
+APPROLE_MOUNT = "approle"
+KV_MOUNT = "secret"
+_UNSEAL_RE = re.compile(r"^Unseal Key:\s*(\S+)\s*$", re.MULTILINE)
+
+
+class OpenBaoServer:
+    """``bao server -dev`` on a loopback port. All data lives in memory."""
+
+    def __init__(self, workdir: Path, port: int | None = None, detached: bool = False):
+        self.workdir = Path(workdir)
+        # the dev cluster listener takes port+1
+        self.port = port or free_port(span=2)
+        self.detached = detached
+        self.log_path = self.workdir / "openbao.log"
+        self.proc: Proc | None = None
+        self.unseal_key: str | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> "OpenBaoServer":
+        """Start the process (returns at once; call :meth:`wait_ready`)."""
+        if self.proc is not None and self.proc.alive():
+            raise StackError(f"OpenBao already runs on {self.addr}")
+        self.unseal_key = None
+        # a fresh log per start, so the unseal key read is this run's
+        if self.log_path.exists():
+            self.log_path.unlink()
+        argv = [
+            find_executable("bao"), "server", "-dev",
+            f"-dev-root-token-id={ROOT_TOKEN}",
+            f"-dev-listen-address=127.0.0.1:{self.port}",
+            "-dev-no-store-token",  # don't write ~/.vault-token
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
+        self.proc = start_process("OpenBao", argv, self.log_path, env=env, detached=self.detached)
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> "OpenBaoServer":
+        assert self.proc is not None
+
+        def ready() -> bool:
+            if self.unseal_key is None:
+                m = _UNSEAL_RE.search(self.log_path.read_text(errors="replace"))
+                if m:
+                    self.unseal_key = m.group(1)
+            if self.unseal_key is None:
+                return False
+            r = requests.get(f"{self.addr}/v1/sys/health", timeout=1)
+            return r.status_code == 200
+
+        wait_until(ready, timeout=timeout, proc=self.proc,
+                   what=f"OpenBao to answer on {self.addr}/v1/sys/health")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+    def client(self, token: str | None = ROOT_TOKEN) -> hvac.Client:
+        return hvac.Client(url=self.addr, token=token, timeout=5)
+
+    def health(self) -> dict:
+        """``sys/health`` as JSON (sealed/standby answer with non-200 codes)."""
+        r = requests.get(f"{self.addr}/v1/sys/health", timeout=2)
+        return r.json()
+
+    def seal(self) -> None:
+        self.client().sys.seal()
+        wait_until(lambda: self.client().sys.is_sealed(), timeout=5, proc=self.proc,
+                   what="OpenBao to report sealed")
+
+    def unseal(self) -> None:
+        if not self.unseal_key:
+            raise StackError("the OpenBao unseal key was not captured")
+        self.client().sys.submit_unseal_key(self.unseal_key)
+        # standby/active settle a moment after unseal: wait for health 200
+        wait_until(lambda: requests.get(f"{self.addr}/v1/sys/health", timeout=1).status_code == 200,
+                   timeout=10, proc=self.proc, what="OpenBao to be active after unseal")
+
+
+@dataclass
+class VaultSeed:
+    """What the seed produced; the IDs are secrets except the accessors."""
+
+    broker_role_id: str
+    broker_secret_id: str
+    role_ids: dict[str, str] = field(default_factory=dict)  # web/batch
+    kv: dict[str, dict] = field(default_factory=dict)  # path -> data
+
+
+def _retry(fn, what: str, timeout: float = 10.0):
+    """Retry while a fresh dev server's KV v2 mount is still upgrading."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except (hvac.exceptions.VaultError, requests.ConnectionError) as e:
+            if time.monotonic() >= deadline:
+                raise StackError(f"OpenBao seed failed at {what}: {e}") from e
+            time.sleep(0.05)
+
+
+def seed_vault(
+    client: hvac.Client,
+    policy_dir: Path,
+    *,
+    previous: VaultSeed | None = None,
+) -> VaultSeed:
+    """Seed a fresh dev server with the root-token ``client``.
+
+    With ``previous`` the role IDs, the broker's secret ID and the KV data are
+    put back as they were (a restarted dev server has lost everything, a real
+    one would not have), so a running broker keeps working configuration.
+    """
+    sys_ = client.sys
+    if "approle/" not in sys_.list_auth_methods():
+        _retry(lambda: sys_.enable_auth_method("approle", path=APPROLE_MOUNT), "enable approle")
+
+    policies = sorted(Path(policy_dir).glob("*.hcl"))
+    if not policies:
+        raise StackError(f"no Vault policies (*.hcl) in {policy_dir}")
+    for hcl in policies:
+        _retry(lambda hcl=hcl: sys_.create_or_update_policy(name=hcl.stem, policy=hcl.read_text()),
+               f"policy {hcl.stem}")
+
+    approle = client.auth.approle
+    approle.create_or_update_approle(
+        BROKER_ROLE, token_policies=[BROKER_ROLE], secret_id_num_uses=0,
+        token_ttl="1h", token_max_ttl="4h", mount_point=APPROLE_MOUNT,
+    )
+    for role in ("web", "batch"):
+        approle.create_or_update_approle(
+            role, token_policies=[role], secret_id_num_uses=1, secret_id_ttl="300",
+            token_ttl="1h", mount_point=APPROLE_MOUNT,
+        )
+
+    role_ids: dict[str, str] = {}
+    for role in (BROKER_ROLE, "web", "batch"):
+        if previous is not None:
+            old = previous.broker_role_id if role == BROKER_ROLE else previous.role_ids[role]
+            client.write_data(f"auth/{APPROLE_MOUNT}/role/{role}/role-id", data={"role_id": old})
+        role_ids[role] = approle.read_role_id(role, mount_point=APPROLE_MOUNT)["data"]["role_id"]
+
+    if previous is not None:
+        secret_id = previous.broker_secret_id
+        client.write_data(f"auth/{APPROLE_MOUNT}/role/{BROKER_ROLE}/custom-secret-id",
+                          data={"secret_id": secret_id})
+    else:
+        secret_id = approle.generate_secret_id(BROKER_ROLE, mount_point=APPROLE_MOUNT)["data"]["secret_id"]
+
+    kv = dict(previous.kv) if previous is not None else {
+        "web/config": {"db_password": secrets.token_urlsafe(18), "api_url": "https://web.internal"},
+        "batch/config": {"db_password": secrets.token_urlsafe(18), "queue_url": "https://batch.internal/queue"},
+    }
+    for path, data in kv.items():
+        _retry(lambda path=path, data=data: client.secrets.kv.v2.create_or_update_secret(
+            path=path, secret=data, mount_point=KV_MOUNT), f"kv {path}")
+
+    return VaultSeed(
+        broker_role_id=role_ids[BROKER_ROLE],
+        broker_secret_id=secret_id,
+        role_ids={"web": role_ids["web"], "batch": role_ids["batch"]},
+        kv=kv,
+    )
