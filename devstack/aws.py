@@ -14,7 +14,8 @@ import botocore.session
 import requests
 from botocore.config import Config
 
-from .procs import Proc, StackError, find_executable, free_port, start_process, wait_until
+from .procs import (Proc, StackError, find_executable, free_port, lost_port_race, start_process,
+                    wait_until)
 
 ACCOUNT_ID = "123456789012"  # moto's default account
 REGION = "us-east-1"
@@ -107,6 +108,7 @@ class MotoServer:
     def __init__(self, workdir: Path, port: int | None = None, detached: bool = False):
         self.workdir = Path(workdir)
         self.port = port or free_port()
+        self._auto_port = port is None
         self.detached = detached
         self.log_path = self.workdir / "moto.log"
         self.proc: Proc | None = None
@@ -129,10 +131,18 @@ class MotoServer:
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> "MotoServer":
-        # /moto-api/ is not an AWS action: it does not use up the no-auth budget
-        wait_until(lambda: requests.get(f"{self.url}/moto-api/", timeout=1).status_code == 200,
-                   timeout=timeout, proc=self.proc, what=f"moto server to answer on {self.url}")
-        return self
+        for attempt in range(3):
+            try:
+                # /moto-api/ is not an AWS action: it does not use the no-auth budget
+                wait_until(lambda: requests.get(f"{self.url}/moto-api/", timeout=1).status_code == 200,
+                           timeout=timeout, proc=self.proc, what=f"moto server to answer on {self.url}")
+                return self
+            except StackError:
+                if attempt == 2 or not (self._auto_port and lost_port_race(self.proc)):
+                    raise
+                self.port = free_port()
+                self.start()
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         if self.proc is not None:

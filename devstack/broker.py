@@ -8,7 +8,7 @@ from typing import Mapping
 
 import requests
 
-from .procs import Proc, StackError, find_executable, free_port, start_process, wait_until
+from .procs import Proc, StackError, find_executable, free_port, lost_port_race, start_process, wait_until
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # never inherited from the developer's shell: the broker gets exactly our env
@@ -22,6 +22,7 @@ class ChaliceLocal:
                  project_dir: Path = PROJECT_DIR, detached: bool = False):
         self.workdir = Path(workdir)
         self.port = port or free_port()
+        self._auto_port = port is None
         self.project_dir = Path(project_dir)
         self.broker_env = dict(env)
         self.detached = detached
@@ -49,11 +50,19 @@ class ChaliceLocal:
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> "ChaliceLocal":
-        # any HTTP answer counts: 503 means "up, but a backend is down"
-        wait_until(lambda: requests.get(f"{self.url}/v1/health", timeout=2) is not None,
-                   timeout=timeout, proc=self.proc,
-                   what=f"the broker (chalice local) to answer GET {self.url}/v1/health")
-        return self
+        for attempt in range(3):
+            try:
+                # any HTTP answer counts: 503 means "up, but a backend is down"
+                wait_until(lambda: requests.get(f"{self.url}/v1/health", timeout=2) is not None,
+                           timeout=timeout, proc=self.proc,
+                           what=f"the broker (chalice local) to answer GET {self.url}/v1/health")
+                return self
+            except StackError:
+                if attempt == 2 or not (self._auto_port and lost_port_race(self.proc)):
+                    raise
+                self.port = free_port()
+                self.start()
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         if self.proc is not None:

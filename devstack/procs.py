@@ -234,6 +234,12 @@ def tail(path: Path, lines: int = 30) -> str:
     return text or "(log is empty)"
 
 
+def lost_port_race(proc: Proc | None) -> bool:
+    """Did ``proc`` exit because its port was taken after :func:`free_port` chose it?"""
+    return (proc is not None and not proc.alive()
+            and "address already in use" in proc.log_tail(60).lower())
+
+
 def wait_until(
     check: Callable[[], bool],
     *,

@@ -12,7 +12,8 @@ from pathlib import Path
 import hvac
 import requests
 
-from .procs import Proc, StackError, find_executable, free_port, start_process, wait_until
+from .procs import (Proc, StackError, find_executable, free_port, lost_port_race, start_process,
+                    wait_until)
 
 ROOT_TOKEN = "root"
 BROKER_ROLE = "secret-zero-broker"
@@ -28,6 +29,7 @@ class OpenBaoServer:
         self.workdir = Path(workdir)
         # the dev cluster listener takes port+1
         self.port = port or free_port(span=2)
+        self._auto_port = port is None
         self.detached = detached
         self.log_path = self.workdir / "openbao.log"
         self.proc: Proc | None = None
@@ -60,6 +62,17 @@ class OpenBaoServer:
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> "OpenBaoServer":
+        for attempt in range(3):
+            try:
+                return self._wait_ready(timeout)
+            except StackError:
+                if attempt == 2 or not (self._auto_port and lost_port_race(self.proc)):
+                    raise
+                self.port = free_port(span=2)
+                self.start()
+        raise AssertionError("unreachable")
+
+    def _wait_ready(self, timeout: float) -> "OpenBaoServer":
         assert self.proc is not None
 
         def ready() -> bool:
