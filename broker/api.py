@@ -2,8 +2,9 @@
 
 Retried, with exponential backoff and full jitter: 429, 502, 503, 504, and
 connection errors and timeouts. ``Retry-After`` is honoured as a floor (capped).
-Never retried: 400, 401, 403 and other 4xx, which are refusals. A fresh proof is
-signed for every attempt, because the broker spends each proof once.
+Never retried: 400, 401, 403 and other 4xx, which are refusals, with one
+exception: 401 ``proof_replayed``, which a fresh proof cures (see below). A fresh
+proof is signed for every attempt, because the broker spends each proof once.
 
 Only the standard library is used (urllib.request); redirects are refused.
 """
@@ -30,6 +31,7 @@ LOGIN_PATH = "/v1/credentials/aws"
 USER_AGENT = f"secret-zero-broker-client/{__version__}"
 MAX_RESPONSE_BYTES = 1 << 20
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+REPLAYED_CODE = "proof_replayed"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -158,6 +160,11 @@ class RetryPolicy:
             delay = max(delay, min(retry_after, self.max_retry_after))
         return delay
 
+    def replay_backoff(self, retry_number: int, rng: Callable[[], float]) -> float:
+        """After ``proof_replayed``: uniform over 2, 4, 8... seconds, so that processes which
+        signed in the same second sign their next proofs in different seconds."""
+        return rng() * min(self.max_delay, 2.0 * (2 ** (retry_number - 1)))
+
 
 def _error_fields(result: HttpResult) -> tuple[str, str, str | None]:
     """(code, message, request_id) from a broker error answer, tolerating non-JSON bodies."""
@@ -225,11 +232,13 @@ class BrokerClient:
         start = self._clock()
         deadline = start + self.retry.max_wait
         last_problem = "no attempt made"
+        last_refusal: RefusedError | None = None
         for attempt in range(1, self.retry.max_attempts + 1):
             payload = {"role": role, **make_proof()}
             remaining = deadline - self._clock()
             timeout = max(0.1, min(self.timeout, remaining))
             retry_after: float | None = None
+            last_refusal = None
             try:
                 result = post_json(self._opener, self.login_url, payload, timeout=timeout)
             except (OSError, http.client.HTTPException) as exc:
@@ -243,27 +252,43 @@ class BrokerClient:
                 if result.status == 200:
                     return self._parse_issued(result, role, attempt)
                 code, message, request_id = _error_fields(result)
-                if result.status not in RETRYABLE_STATUSES:
+                if result.status == 401 and code == REPLAYED_CODE:
+                    # SigV4 is deterministic: another process with the same AWS credentials
+                    # (a sidecar, a second service on this instance) that signed in the same
+                    # second sent the very same proof first. A proof signed in a later second
+                    # is a different one, so this refusal alone is worth another attempt.
+                    last_refusal = RefusedError(result.status, code, message, request_id=request_id)
+                    message += " (another process with the same AWS credentials signed in the same second?)"
+                elif result.status not in RETRYABLE_STATUSES:
                     if 400 <= result.status < 500:
                         raise RefusedError(result.status, code, message, request_id=request_id)
                     raise UnavailableError(
                         f"the broker failed: HTTP {result.status} {code}: {message}", request_id=request_id
                     )
-                retry_after = parse_retry_after(result.headers.get("retry-after"))
+                else:
+                    retry_after = parse_retry_after(result.headers.get("retry-after"))
                 last_problem = f"HTTP {result.status} {code}: {message}" + (
                     f" (request ID {request_id})" if request_id else ""
                 )
             if attempt == self.retry.max_attempts:
                 break
-            delay = self.retry.backoff(attempt, retry_after, self._rng)
+            if last_refusal is not None:
+                # Spread the colliding processes over different seconds.
+                delay = self.retry.replay_backoff(attempt, self._rng)
+            else:
+                delay = self.retry.backoff(attempt, retry_after, self._rng)
             if self._clock() + delay >= deadline:
-                self._log(f"broker: {last_problem}; giving up, --max-wait ({self.retry.max_wait:g}s) would be exceeded")
+                self._log(f"{last_problem}; giving up, --max-wait ({self.retry.max_wait:g}s) would be exceeded")
+                if last_refusal is not None:
+                    raise last_refusal
                 raise UnavailableError(
                     f"the broker is unavailable after {attempt} attempt(s) in "
                     f"{self._clock() - start:.1f}s (--max-wait {self.retry.max_wait:g}s); last: {last_problem}"
                 )
-            self._log(f"broker: {last_problem}; attempt {attempt}/{self.retry.max_attempts}, retrying in {delay:.1f}s")
+            self._log(f"{last_problem}; attempt {attempt}/{self.retry.max_attempts}, retrying in {delay:.1f}s")
             self._sleep(delay)
+        if last_refusal is not None:
+            raise last_refusal
         raise UnavailableError(
             f"the broker is unavailable after {self.retry.max_attempts} attempt(s); last: {last_problem}"
         )

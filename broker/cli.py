@@ -21,6 +21,7 @@ from typing import Any, Sequence, TextIO
 from broker import __version__
 from broker.errors import (
     EXIT_CODES,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_POLICY_DENIED,
     EXIT_UNEXPECTED,
@@ -491,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         out.error("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the last resort: no traceback unless asked
         if args.debug:
             out.error("unexpected error:\n" + traceback.format_exc())

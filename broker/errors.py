@@ -18,18 +18,21 @@ EXIT_INTERCEPTION = 6
 EXIT_HANDOFF = 7
 EXIT_RULES_INVALID = 8
 EXIT_POLICY_DENIED = 9
+EXIT_INTERRUPTED = 130
 
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_UNEXPECTED: "unexpected error (a bug; --debug shows the traceback)",
     EXIT_USAGE: "usage or configuration error",
     EXIT_NO_AWS_CREDENTIALS: "no AWS credentials available to sign the proof",
-    EXIT_REFUSED: "refused by the broker (400 invalid_request, 401 invalid_proof/proof_replayed, 403 not_authorized, other 4xx)",
+    EXIT_REFUSED: "refused by the broker (400 invalid_request, 401 invalid_proof, 403 not_authorized, other 4xx; "
+    "401 proof_replayed on every attempt)",
     EXIT_UNAVAILABLE: "broker unavailable after retries (429/5xx/connection errors/timeouts), or an unusable answer",
     EXIT_INTERCEPTION: "POSSIBLE INTERCEPTION: wrapping token unknown/expired/already used, wrong creation path, or unwrap failed",
     EXIT_HANDOFF: "Vault unreachable, Vault login failed, or the hand-off (files, sink, exec) failed",
     EXIT_RULES_INVALID: "policy commands: the rules file or the facts file is invalid",
     EXIT_POLICY_DENIED: "policy explain: no rule grants the role for these facts",
+    EXIT_INTERRUPTED: "interrupted (SIGINT)",
 }
 
 

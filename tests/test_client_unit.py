@@ -351,7 +351,7 @@ def test_retries_503_with_retry_after_and_a_fresh_proof_each_time(fake_broker):
 
 
 @pytest.mark.parametrize("status,code", [(400, "invalid_request"), (401, "invalid_proof"),
-                                         (401, "proof_replayed"), (403, "not_authorized")])
+                                         (403, "not_authorized"), (404, "http_404")])
 def test_refusals_are_not_retried(fake_broker, capsys, status, code):
     fake_broker.script = [(status, {}, error_body(code, f"because {code}", "req-refused"))] + [_ok_response()] * 3
     rc = cli.main(["login", "--broker-url", fake_broker.url, "--role", "web", "--server-id", SERVER_ID,
@@ -360,6 +360,24 @@ def test_refusals_are_not_retried(fake_broker, capsys, status, code):
     assert len(fake_broker.requests) == 1
     err = capsys.readouterr().err
     assert f"HTTP {status} {code}: because {code}" in err and "req-refused" in err
+
+
+def test_replayed_proof_is_retried_with_a_proof_from_a_later_second(fake_broker):
+    """Another process with the same credentials that signed in the same second sent the
+    same proof first: a new proof (a later X-Amz-Date) is a different one."""
+    fake_broker.script = [(401, {}, error_body("proof_replayed", "this proof was already used")), _ok_response()]
+    signer = ProofSigner(SERVER_ID)
+    client = BrokerClient(fake_broker.url, sleep=lambda s: None)
+    assert client.request_credentials("web", lambda: signer.sign().login_fields()).attempts == 2
+    first, second = (decode_fields(r["body"])[3] for r in fake_broker.requests)
+    assert first["X-Amz-Date"] != second["X-Amz-Date"]
+
+    # Still a refusal (exit 4) when it never stops.
+    fake_broker.default = (401, {}, error_body("proof_replayed", "this proof was already used", "req-r"))
+    client = BrokerClient(fake_broker.url, sleep=lambda s: None, retry=RetryPolicy(max_attempts=2))
+    with pytest.raises(RefusedError) as info:
+        client.request_credentials("web", lambda: {})
+    assert info.value.exit_code == EXIT_REFUSED and info.value.code == "proof_replayed"
 
 
 def test_429_is_retried_then_gives_up_after_max_attempts(fake_broker):
