@@ -41,11 +41,20 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def build_opener(ssl_context: ssl.SSLContext | None = None) -> urllib.request.OpenerDirector:
+def is_loopback(url: str) -> bool:
+    """True for http(s)://localhost, 127.x.x.x and [::1] URLs."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def build_opener(ssl_context: ssl.SSLContext | None = None, url: str = "") -> urllib.request.OpenerDirector:
+    """An opener that never follows redirects. It honours HTTP(S)_PROXY / NO_PROXY from the
+    environment like most clients, except for a loopback ``url`` (never through a proxy)."""
     handlers: list[Any] = [_NoRedirect()]
     if ssl_context is not None:
         handlers.append(urllib.request.HTTPSHandler(context=ssl_context))
-    # urllib honours HTTP(S)_PROXY / NO_PROXY from the environment, like most clients.
+    if url and is_loopback(url):
+        handlers.append(urllib.request.ProxyHandler({}))
     return urllib.request.build_opener(*handlers)
 
 
@@ -217,7 +226,7 @@ class BrokerClient:
         self.retry = retry or RetryPolicy()
         if self.retry.max_attempts < 1:
             raise UsageError("--max-attempts must be at least 1")
-        self._opener = build_opener(ssl_context)
+        self._opener = build_opener(ssl_context, self.base_url)
         self._sleep = sleep
         self._clock = clock
         self._rng = rng

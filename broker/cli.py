@@ -229,15 +229,8 @@ def _ssl_context(cafile: str | None, what: str) -> ssl.SSLContext | None:
         raise UsageError(f"cannot load the CA bundle for {what} from {cafile}: {exc}") from None
 
 
-def _is_loopback(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    host = (urlsplit(url).hostname or "").lower()
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
 def cmd_login(args: argparse.Namespace, out: Output) -> int:
-    from broker.api import BrokerClient, RetryPolicy
+    from broker.api import BrokerClient, RetryPolicy, is_loopback
     from broker.aws_proof import ProofSigner
     from broker.handoff import exec_with_token, write_approle_files, write_sink
     from broker.vault import VaultClient, normalize_mount, unwrap_credentials
@@ -258,7 +251,7 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
     if command and not args.exec_:
         raise UsageError("a command after '--' is only used with --exec")
     for url, what in ((args.broker_url, "broker"), (args.vault_addr, "Vault")):
-        if url and url.startswith("http://") and not _is_loopback(url):
+        if url and url.startswith("http://") and not is_loopback(url):
             out.warn(f"the {what} URL {url} is not https: credentials would cross the network in clear")
 
     signer = ProofSigner(args.server_id, sts_url=args.sts_url, region=args.sts_region)

@@ -79,7 +79,7 @@ class VaultClient:
         self.addr = addr.rstrip("/")
         self.timeout = timeout
         self.namespace = namespace or None
-        self._opener = build_opener(ssl_context)
+        self._opener = build_opener(ssl_context, self.addr)
         self._sleep = sleep
         self._lookup_attempts = max(1, lookup_attempts)
 

@@ -89,6 +89,18 @@ def decode_fields(fields: dict) -> tuple[str, str, str, dict]:
     return fields["iam_http_request_method"], url, body, headers
 
 
+@pytest.fixture(scope="module", autouse=True)
+def loopback_without_proxy():
+    """On a machine with HTTP(S)_PROXY set, keep this file's loopback traffic (requests, boto3,
+    child processes) off the proxy."""
+    with pytest.MonkeyPatch.context() as mp:
+        if any(os.environ.get(v) for v in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")):
+            extra = "127.0.0.1,localhost"
+            for name in ("NO_PROXY", "no_proxy"):
+                mp.setenv(name, ",".join(filter(None, [os.environ.get(name), extra])))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
     """Dummy AWS keys, no AWS config files, no IMDS, no stray BROKER_*/VAULT_* settings."""
@@ -378,6 +390,15 @@ def test_replayed_proof_is_retried_with_a_proof_from_a_later_second(fake_broker)
     with pytest.raises(RefusedError) as info:
         client.request_credentials("web", lambda: {})
     assert info.value.exit_code == EXIT_REFUSED and info.value.code == "proof_replayed"
+
+
+def test_loopback_is_never_sent_through_a_proxy(fake_broker, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # a dead proxy
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    fake_broker.script = [_ok_response()]
+    assert BrokerClient(fake_broker.url).request_credentials("web", lambda: {}).attempts == 1
 
 
 def test_429_is_retried_then_gives_up_after_max_attempts(fake_broker):
