@@ -232,7 +232,14 @@ def _ssl_context(cafile: str | None, what: str) -> ssl.SSLContext | None:
 def cmd_login(args: argparse.Namespace, out: Output) -> int:
     from broker.api import BrokerClient, RetryPolicy, is_loopback
     from broker.aws_proof import ProofSigner
-    from broker.handoff import exec_with_token, write_approle_files, write_sink
+    from broker.handoff import (
+        exec_with_token,
+        preflight_command,
+        preflight_out_dir,
+        preflight_sink,
+        write_approle_files,
+        write_sink,
+    )
     from broker.vault import VaultClient, normalize_mount, unwrap_credentials
 
     missing = [flag for flag, value in (("--broker-url/BROKER_URL", args.broker_url),
@@ -250,6 +257,13 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
         raise UsageError("--exec needs a command after '--': broker login ... --exec -- CMD ARGS...")
     if command and not args.exec_:
         raise UsageError("a command after '--' is only used with --exec")
+    # Check the hand-off before anything is issued: a secret ID minted for nothing is waste
+    # (and one more thing in the audit trail to explain).
+    problem = (preflight_out_dir(args.out_dir) if args.out_dir
+               else preflight_sink(args.sink) if args.sink
+               else preflight_command(command))
+    if problem:
+        raise UsageError(problem)
     for url, what in ((args.broker_url, "broker"), (args.vault_addr, "Vault")):
         if url and url.startswith("http://") and not is_loopback(url):
             out.warn(f"the {what} URL {url} is not https: credentials would cross the network in clear")

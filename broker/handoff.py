@@ -19,6 +19,54 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def preflight_out_dir(out_dir: str) -> str | None:
+    """Why ``out_dir`` cannot receive the files (checked before anything is issued), or None."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        return f"--out-dir {out_dir} exists and is not a directory"
+    base = _nearest_existing(out_dir)
+    if not os.path.isdir(base):
+        return f"--out-dir {out_dir}: {base} is not a directory"
+    if not os.access(base, os.W_OK | os.X_OK):
+        return f"--out-dir {out_dir}: {base} is not writable"
+    return None
+
+
+def preflight_sink(path: str) -> str | None:
+    """Why the sink file cannot be written (checked before anything is issued), or None."""
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    if os.path.isdir(path):
+        return f"--sink {path} is a directory"
+    if not os.path.isdir(directory):
+        return f"--sink {path}: directory {directory} does not exist"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"--sink {path}: directory {directory} is not writable"
+    return None
+
+
+def preflight_command(command: Sequence[str]) -> str | None:
+    """Why ``command`` cannot be exec'd (checked before anything is issued), or None."""
+    if not command:
+        return "no command to exec after '--'"
+    program = command[0]
+    if os.sep in program:
+        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            return f"--exec: {program} is not an executable file"
+    elif shutil.which(program) is None:
+        return f"--exec: command not found in PATH: {program}"
+    return None
+
+
 def write_secret_file(path: str, content: str) -> None:
     """Atomically replace ``path`` with ``content``, mode 0600."""
     path = os.path.abspath(path)

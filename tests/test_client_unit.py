@@ -224,11 +224,11 @@ def test_every_proof_is_fresh():
     assert first.headers["Authorization"] != second.headers["Authorization"]
 
 
-def test_no_aws_credentials_exit_code_3(monkeypatch, fake_broker, capsys):
+def test_no_aws_credentials_exit_code_3(monkeypatch, fake_broker, capsys, tmp_path):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     code = cli.main(["login", "--broker-url", fake_broker.url, "--role", "web", "--server-id", SERVER_ID,
-                     "--out-dir", "/nonexistent/never"])
+                     "--out-dir", str(tmp_path / "creds")])
     assert code == EXIT_NO_AWS_CREDENTIALS
     assert fake_broker.requests == []
     assert "no AWS credentials" in capsys.readouterr().err
@@ -364,10 +364,10 @@ def test_retries_503_with_retry_after_and_a_fresh_proof_each_time(fake_broker):
 
 @pytest.mark.parametrize("status,code", [(400, "invalid_request"), (401, "invalid_proof"),
                                          (403, "not_authorized"), (404, "http_404")])
-def test_refusals_are_not_retried(fake_broker, capsys, status, code):
+def test_refusals_are_not_retried(fake_broker, capsys, tmp_path, status, code):
     fake_broker.script = [(status, {}, error_body(code, f"because {code}", "req-refused"))] + [_ok_response()] * 3
     rc = cli.main(["login", "--broker-url", fake_broker.url, "--role", "web", "--server-id", SERVER_ID,
-                   "--out-dir", "/nonexistent/never"])
+                   "--out-dir", str(tmp_path / "creds")])
     assert rc == EXIT_REFUSED
     assert len(fake_broker.requests) == 1
     err = capsys.readouterr().err
@@ -700,12 +700,25 @@ def test_usage_errors_exit_2(argv, capsys):
     assert cli.main(argv) == EXIT_USAGE
 
 
-def test_flags_come_from_the_environment(monkeypatch, fake_broker):
+@pytest.mark.parametrize("handoff", [
+    ["--out-dir", "/proc/version/creds"],                  # under a file
+    ["--sink", "/nonexistent-dir/token"],                  # no such directory
+    ["--exec", "--", "no-such-command-for-broker-tests"],  # not in PATH
+])
+def test_hand_off_is_checked_before_anything_is_issued(fake_broker, capsys, handoff):
+    fake_broker.script = [_ok_response()]
+    rc = cli.main(["login", "--broker-url", fake_broker.url, "--role", "web", "--server-id", SERVER_ID, *handoff])
+    assert rc == EXIT_USAGE
+    assert fake_broker.requests == []
+    assert handoff[0] in capsys.readouterr().err
+
+
+def test_flags_come_from_the_environment(monkeypatch, fake_broker, tmp_path):
     fake_broker.script = [(403, {}, error_body("not_authorized", "no rule grants role web"))]
     monkeypatch.setenv("BROKER_URL", fake_broker.url)
     monkeypatch.setenv("BROKER_ROLE", "web")
     monkeypatch.setenv("BROKER_SERVER_ID", SERVER_ID)
-    assert cli.main(["login", "--sink", "/nonexistent/never"]) == EXIT_REFUSED
+    assert cli.main(["login", "--sink", str(tmp_path / "token")]) == EXIT_REFUSED
     (request,) = fake_broker.requests
     assert request["body"]["role"] == "web"
     assert decode_fields(request["body"])[3][SERVER_ID_HEADER] == [SERVER_ID]
