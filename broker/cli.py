@@ -31,7 +31,7 @@ from broker.errors import (
     UsageError,
 )
 
-_ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+_ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def _exit_code_epilog() -> str:
@@ -277,6 +277,8 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
         log=out.info,
     )
     vault_ssl = _ssl_context(args.vault_ca_cert, "Vault")
+    if args.vault_addr:  # a bad address is a usage error before anything is issued
+        VaultClient(args.vault_addr)
 
     out.info(f"asking {client.base_url} for role {args.role}")
     issued = client.request_credentials(args.role, lambda: signer.sign().login_fields())
@@ -298,6 +300,8 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
     if not vault_addr:
         raise UsageError("no Vault address: the broker returned none; set --vault-addr or VAULT_ADDR",
                          request_id=issued.request_id)
+    if not args.vault_addr and vault_addr.startswith("http://") and not is_loopback(vault_addr):
+        out.warn(f"the Vault address from the broker, {vault_addr}, is not https")
     vault = VaultClient(vault_addr, timeout=args.timeout, ssl_context=vault_ssl, namespace=args.vault_namespace)
     summary["vault_addr"] = vault.addr
     creds = unwrap_credentials(vault, issued, mount=mount)
