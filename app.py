@@ -69,6 +69,15 @@ def credentials_aws():
     return _json(200, body)
 
 
+@app.route("/v1/credentials/gcp", methods=["POST"], content_types=["*/*"])
+def credentials_gcp():
+    try:
+        body = get_service().issue_gcp(app.current_request.raw_body, **_request_context())
+    except BrokerError as e:
+        return _error(e)
+    return _json(200, body)
+
+
 @app.route("/v1/health", methods=["GET"])
 def health():
     try:

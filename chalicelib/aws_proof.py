@@ -51,6 +51,11 @@ class CallerIdentity:
     user_id: str
     proof_hash: str  # SHA-256 of the signature: the replay key; not a secret
     signed_at: datetime
+    valid_until: float  # after this the broker refuses the proof as stale anyway
+
+    @property
+    def principal(self):
+        return self.arn
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,7 @@ class AwsProofVerifier:
             arn=fields["Arn"], account=fields["Account"], user_id=fields["UserId"],
             proof_hash=hashlib.sha256(proof.signature.encode()).hexdigest(),
             signed_at=proof.signed_at,
+            valid_until=proof.signed_at.timestamp() + self._max_skew,
         )
 
 

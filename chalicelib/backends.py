@@ -40,8 +40,6 @@ def http_session():
 
 def build_service(settings):
     from .audit import AuditStore
-    from .aws_facts import AwsFactsReader
-    from .aws_proof import AwsProofVerifier
     from .minter import VaultMinter
     from .replay import ReplayStore
     from .rules import load_rules
@@ -60,13 +58,37 @@ def build_service(settings):
                               detail=f"secret {settings.vault_secret_id_secret} is empty")
         return secret
 
+    methods = {"aws": lambda: aws_method(settings, make)}
+    if settings.gcp_audience:
+        methods["gcp"] = lambda: gcp_method(settings)
     return BrokerService(
         settings=settings,
         rules=rules,
-        verifier=AwsProofVerifier(settings, http_session()),
-        facts_reader=AwsFactsReader(make("iam"), {r: make("ec2", r) for r in settings.ec2_regions}),
+        methods=methods,
         replay=ReplayStore(dynamodb, settings.replay_table),
         minter=VaultMinter(settings, http_session(), fetch_secret_id),
         audit=AuditStore(dynamodb, settings.audit_table, settings.audit_retention_days),
         logger=get_logger(settings.log_level),
     )
+
+
+def aws_method(settings, make):
+    from .aws_facts import AwsFactsReader
+    from .aws_proof import AwsProofVerifier
+    from .login_request import parse_aws_login
+    from .service import ProofMethod
+
+    verifier = AwsProofVerifier(settings, http_session())
+    reader = AwsFactsReader(make("iam"), {r: make("ec2", r) for r in settings.ec2_regions})
+    return ProofMethod(parse=parse_aws_login, verify=verifier.verify, read_facts=reader.read)
+
+
+def gcp_method(settings):
+    # Built on the first GCP request: AWS-only traffic never imports the Google libraries.
+    from .gcp_facts import ComputeSession, GcpFactsReader
+    from .gcp_proof import GcpProofVerifier, GoogleCerts, parse_gcp_login
+    from .service import ProofMethod
+
+    verifier = GcpProofVerifier(settings, GoogleCerts(http_session(), settings.gcp_certs_url))
+    reader = GcpFactsReader(ComputeSession(), settings.gcp_compute_url)
+    return ProofMethod(parse=parse_gcp_login, verify=verifier.verify, read_facts=reader.read)

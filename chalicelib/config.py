@@ -35,6 +35,10 @@ class Settings:
     max_clock_skew: int
     audit_retention_days: int
     log_level: str
+    gcp_audience: str | None  # None: GCP proofs are not accepted
+    gcp_certs_url: str
+    gcp_compute_url: str
+    gcp_max_token_age: int
 
     @classmethod
     def from_env(cls, env=None):
@@ -60,6 +64,10 @@ class Settings:
             max_clock_skew=int(_number(env, "BROKER_MAX_CLOCK_SKEW", 300, low=30, high=900)),
             audit_retention_days=int(_number(env, "BROKER_AUDIT_RETENTION_DAYS", 400, low=1, high=3650)),
             log_level=_get(env, "BROKER_LOG_LEVEL", "INFO").upper(),
+            gcp_audience=_get(env, "BROKER_GCP_AUDIENCE"),
+            gcp_certs_url=_url(env, "BROKER_GCP_CERTS_URL") or "https://www.googleapis.com/oauth2/v1/certs",
+            gcp_compute_url=_url(env, "BROKER_GCP_COMPUTE_URL") or "https://compute.googleapis.com",
+            gcp_max_token_age=int(_number(env, "BROKER_GCP_MAX_TOKEN_AGE", 300, low=30, high=3600)),
         )
 
 

@@ -40,6 +40,13 @@ class CallerFacts:
     def instance_id(self):
         return self.instance.instance_id if self.instance else None
 
+    @property
+    def claimed_instance(self):
+        """The instance the session name claims, when it is one (verified or not)."""
+        from .arn import INSTANCE_ID
+
+        return self.session_name if self.session_name and INSTANCE_ID.match(self.session_name) else None
+
     def to_dict(self):
         return asdict(self)
 
@@ -68,3 +75,66 @@ class CallerFacts:
             data.setdefault("role_name", arn.role_name)
             data.setdefault("session_name", arn.session_name)
         return cls(instance=instance, **data)
+
+
+@dataclass(frozen=True)
+class GceInstanceFacts:
+    instance_id: str
+    name: str
+    project_id: str
+    project_number: str
+    zone: str
+    region: str
+    status: str
+    service_accounts: tuple = ()
+    labels: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GcpCallerFacts:
+    """A caller proven by a Google-signed ID token: a GCE instance or a service account."""
+
+    email: str  # the service account the token was minted for
+    project_id: str | None  # the instance's project, or the service account's project
+    instance: GceInstanceFacts | None = None
+    # Set when a GCE token's instance claim does not hold (gone, recreated, stopped...).
+    instance_claim_error: str | None = None
+    claimed_instance: str | None = None  # the instance ID a GCE token names
+    method: str = "gcp"
+
+    @property
+    def principal(self):
+        return self.email
+
+    @property
+    def account(self):
+        return self.project_id
+
+    @property
+    def instance_id(self):
+        return self.instance.instance_id if self.instance else None
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        data = dict(data)
+        instance = data.pop("instance", None)
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown fact fields: {', '.join(sorted(unknown))}")
+        if instance is not None:
+            instance = dict(instance)
+            instance["service_accounts"] = tuple(instance.get("service_accounts", ()))
+            instance = GceInstanceFacts(**instance)
+        return cls(instance=instance, **data)
+
+
+def facts_from_dict(data):
+    """Facts of either kind from a dict (its `method` says which); for `broker policy explain`."""
+    if not isinstance(data, dict):
+        raise ValueError("facts must be a JSON object")
+    if data.get("method", "aws") == "gcp":
+        return GcpCallerFacts.from_dict(data)
+    return CallerFacts.from_dict(data)

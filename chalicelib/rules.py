@@ -49,17 +49,55 @@ class AwsMatch:
 
 
 @dataclass(frozen=True)
+class GcpMatch:
+    projects: tuple  # globs on the project ID
+    service_accounts: tuple = ()  # globs on the token's service account email
+    require_instance: bool = False
+    zones: tuple = ()
+    regions: tuple = ()
+    instance_names: tuple = ()
+    labels: tuple = ()  # ((key, value glob), ...)
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     role: str
-    aws: AwsMatch
     issuance: Issuance
+    aws: AwsMatch | None = None
+    gcp: GcpMatch | None = None
     description: str = ""
+
+    @property
+    def method(self):
+        return "aws" if self.aws else "gcp"
 
     def mismatches(self, facts):
         """The reasons this rule does not match the facts; empty when it does."""
-        if facts.method != "aws":
-            return [f"rule is for aws callers, caller is {facts.method}"]
+        if facts.method != self.method:
+            return [f"rule is for {self.method} callers, caller is {facts.method}"]
+        return self._aws_mismatches(facts) if self.aws else self._gcp_mismatches(facts)
+
+    def _gcp_mismatches(self, facts):
+        match = self.gcp
+        reasons = []
+        if facts.project_id is None or not _any_glob(facts.project_id, match.projects):
+            reasons.append(f"project {facts.project_id} matches none of {', '.join(match.projects)}")
+        if match.service_accounts and not _any_glob(facts.email, match.service_accounts):
+            reasons.append(f"service account {facts.email} matches none of {', '.join(match.service_accounts)}")
+        instance = facts.instance
+        if match.require_instance and instance is None:
+            reasons.append("caller is not a verified running GCE instance")
+        if instance is not None:
+            for what, value, patterns in (("zone", instance.zone, match.zones), ("region", instance.region, match.regions),
+                                          ("instance name", instance.name, match.instance_names)):
+                if patterns and not _any_glob(value, patterns):
+                    reasons.append(f"{what} {value} matches none of {', '.join(patterns)}")
+        if match.labels:
+            reasons += _tag_mismatches("label", instance.labels if instance else {}, match.labels)
+        return reasons
+
+    def _aws_mismatches(self, facts):
         match = self.aws
         reasons = []
         if facts.account not in match.accounts:
@@ -77,6 +115,10 @@ class Rule:
             else:
                 reasons += _tag_mismatches("role", facts.role_tags, match.role_tags)
         return reasons
+
+
+def _any_glob(value, patterns):
+    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
 
 
 def _tag_mismatches(kind, tags, wanted):
@@ -119,11 +161,15 @@ class RuleSet:
 
     @property
     def instance_tag_keys(self):
-        return sorted({k for r in self.rules for k, _ in r.aws.instance_tags})
+        return sorted({k for r in self.rules if r.aws for k, _ in r.aws.instance_tags})
 
     @property
     def role_tag_keys(self):
-        return sorted({k for r in self.rules for k, _ in r.aws.role_tags})
+        return sorted({k for r in self.rules if r.aws for k, _ in r.aws.role_tags})
+
+    @property
+    def label_keys(self):
+        return sorted({k for r in self.rules if r.gcp for k, _ in r.gcp.labels})
 
     def decide(self, facts, role):
         """Grant `role` to the caller if a rule for that role matches, else say why not."""
@@ -155,8 +201,13 @@ class RuleSet:
         return verdicts
 
     def used_facts(self, facts):
-        """The facts worth recording: only the tag keys that some rule names count."""
+        """The facts worth recording: only the tag and label keys that some rule names count."""
         data = facts.to_dict()
+        if facts.method == "gcp":
+            if data.get("instance"):
+                keys = set(self.label_keys)
+                data["instance"]["labels"] = {k: v for k, v in data["instance"]["labels"].items() if k in keys}
+            return data
         inst_keys = set(self.instance_tag_keys)
         role_keys = set(self.role_tag_keys)
         if data.get("instance"):
@@ -207,18 +258,19 @@ def _parse_rule(raw, where):
     if not isinstance(name, str) or not _RULE_NAME.match(name):
         raise RulesError(f"{where}: 'name' must be a short identifier (letters, digits, - _ .)")
     where = f"{where} ({name})"
-    _only_keys(raw, {"name", "role", "description", "aws", "issue"}, where)
+    _only_keys(raw, {"name", "role", "description", "aws", "gcp", "issue"}, where)
     role = raw.get("role")
     if not isinstance(role, str) or not _ROLE_NAME.match(role):
         raise RulesError(f"{where}: 'role' must be an AppRole name")
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise RulesError(f"{where}: 'description' must be a string")
-    if "aws" not in raw:
-        raise RulesError(f"{where}: needs an [rule.aws] table saying whom it grants")
-    aws = _parse_aws(raw["aws"], f"{where}: aws")
+    if ("aws" in raw) == ("gcp" in raw):
+        raise RulesError(f"{where}: needs exactly one of [rule.aws] or [rule.gcp] saying whom it grants")
+    aws = _parse_aws(raw["aws"], f"{where}: aws") if "aws" in raw else None
+    gcp = _parse_gcp(raw["gcp"], f"{where}: gcp") if "gcp" in raw else None
     issuance = _parse_issue(raw.get("issue", {}), f"{where}: issue")
-    return Rule(name, role, aws, issuance, description)
+    return Rule(name, role, issuance, aws=aws, gcp=gcp, description=description)
 
 
 def _parse_aws(raw, where):
@@ -241,6 +293,27 @@ def _parse_aws(raw, where):
     if instance_tags and not require_instance:
         raise RulesError(f"{where}.instance_tags: needs require_instance = true")
     return AwsMatch(tuple(accounts), tuple(principals), require_instance, instance_tags, role_tags)
+
+
+def _parse_gcp(raw, where):
+    if not isinstance(raw, dict):
+        raise RulesError(f"{where}: must be a table")
+    _only_keys(raw, {"projects", "service_accounts", "require_instance", "zones", "regions", "instance_names",
+                     "labels"}, where)
+    projects = _string_list(raw, "projects", where, required=True)
+    service_accounts = _string_list(raw, "service_accounts", where, required=False)
+    require_instance = raw.get("require_instance", False)
+    if not isinstance(require_instance, bool):
+        raise RulesError(f"{where}.require_instance: must be true or false")
+    zones = _string_list(raw, "zones", where, required=False)
+    regions = _string_list(raw, "regions", where, required=False)
+    names = _string_list(raw, "instance_names", where, required=False)
+    labels = _tag_table(raw, "labels", where)
+    for key, value in (("zones", zones), ("regions", regions), ("instance_names", names), ("labels", labels)):
+        if value and not require_instance:
+            raise RulesError(f"{where}.{key}: needs require_instance = true")
+    return GcpMatch(tuple(projects), tuple(service_accounts), require_instance, tuple(zones), tuple(regions),
+                    tuple(names), labels)
 
 
 def _parse_issue(raw, where):

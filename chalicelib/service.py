@@ -6,12 +6,14 @@ back and the caller gets 503: nothing is issued without its record.
 """
 
 import logging
+import threading
 import uuid
+from dataclasses import dataclass
+from typing import Callable
 
 from .audit import AuditRecord
-from .errors import BrokerError, NotAuthorized, Unavailable
+from .errors import BrokerError, InvalidProof, NotAuthorized, Unavailable
 from .jsonlog import log
-from .login_request import parse_aws_login
 
 
 class InternalError(BrokerError):
@@ -19,34 +21,66 @@ class InternalError(BrokerError):
     code = "internal_error"
 
 
+@dataclass(frozen=True)
+class ProofMethod:
+    """One kind of identity proof: how to parse the body, verify the proof, and read facts.
+
+    `verify` returns an identity with `principal`, `account`, `proof_hash` and
+    `valid_until`; `read_facts` turns it into facts the rules understand.
+    """
+
+    parse: Callable
+    verify: Callable
+    read_facts: Callable
+
+
 class BrokerService:
-    def __init__(self, *, settings, rules, verifier, facts_reader, replay, minter, audit, logger):
+    def __init__(self, *, settings, rules, methods, replay, minter, audit, logger):
         self.settings = settings
         self.rules = rules
-        self._verifier = verifier
-        self._facts = facts_reader
+        self._method_factories = methods  # {"aws": () -> ProofMethod, ...}, built on first use
+        self._methods = {}
+        self._methods_lock = threading.Lock()
         self._replay = replay
         self._minter = minter
         self._audit = audit
         self._log = logger
 
-    # ---- POST /v1/credentials/aws ------------------------------------------
+    def _method(self, name):
+        if name not in self._methods:
+            with self._methods_lock:
+                if name not in self._methods:
+                    factory = self._method_factories.get(name)
+                    if factory is None:
+                        raise InvalidProof(f"{name} proofs are not enabled on this broker")
+                    self._methods[name] = factory()
+        return self._methods[name]
 
-    def issue_aws(self, raw_body, *, source_ip=None, api_request_id=None):
+    # ---- POST /v1/credentials/{aws,gcp} ----------------------------------------
+
+    def issue_aws(self, raw_body, **context):
+        return self.issue("aws", raw_body, **context)
+
+    def issue_gcp(self, raw_body, **context):
+        return self.issue("gcp", raw_body, **context)
+
+    def issue(self, method_name, raw_body, *, source_ip=None, api_request_id=None):
         """The success body, or a BrokerError carrying `request_id`."""
-        record = AuditRecord(request_id=str(uuid.uuid4()), method="aws",
+        record = AuditRecord(request_id=str(uuid.uuid4()), method=method_name,
                              source_ip=source_ip, api_request_id=api_request_id)
         issued = None
         try:
-            login = parse_aws_login(raw_body)
+            method = self._method(method_name)
+            login = method.parse(raw_body)
             record.role = login.role
-            identity = self._verifier.verify(login)
-            record.principal, record.account = identity.arn, identity.account
+            identity = method.verify(login)
+            record.principal, record.account = identity.principal, identity.account
             # Spent once verified, whatever the decision: a refused proof can't be tried for another role.
-            self._replay.spend(identity.proof_hash, request_id=record.request_id, method="aws",
-                               valid_until=identity.signed_at.timestamp() + self.settings.max_clock_skew)
-            facts = self._facts.read(identity)
-            record.instance = facts.instance_id or (facts.session_name if facts.instance_claim_error else None)
+            self._replay.spend(identity.proof_hash, request_id=record.request_id, method=method_name,
+                               valid_until=identity.valid_until)
+            facts = method.read_facts(identity)
+            record.account = facts.account or record.account
+            record.instance = facts.instance_id or facts.claimed_instance
             record.facts = self.rules.used_facts(facts)
             decision = self.rules.decide(facts, login.role)
             record.rule = decision.rule
@@ -54,7 +88,7 @@ class BrokerService:
                 raise NotAuthorized(f"role {login.role!r} is not granted to this caller", detail=decision.reason)
             issued = self._minter.issue(
                 login.role, decision.issuance,
-                metadata={"request_id": record.request_id, "principal": identity.arn,
+                metadata={"request_id": record.request_id, "principal": identity.principal,
                           "instance": facts.instance_id, "rule": decision.rule},
                 source_ip=source_ip,
             )

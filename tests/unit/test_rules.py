@@ -102,7 +102,7 @@ def test_the_shipped_rules_file_is_valid():
 @pytest.mark.parametrize("text, message", [
     ("version = 2", "'version' must be 1"),
     ("version = 1\n[[rule]]\nname='a b'\nrole='web'", "'name' must be"),
-    ("version = 1\n[[rule]]\nname='a'\nrole='web'", "rule #1 (a): needs an [rule.aws]"),
+    ("version = 1\n[[rule]]\nname='a'\nrole='web'", "rule #1 (a): needs exactly one of [rule.aws] or [rule.gcp]"),
     ("version = 1\n[[rule]]\nname='a'\nrole='web'\ncolour='red'\n[rule.aws]\naccounts=['123456789012']\nprincipal_arns=['arn:*']",
      "unknown field(s) colour"),
     ("version = 1\n[[rule]]\nname='a'\nrole='web'\n[rule.aws]\naccounts=['12345']\nprincipal_arns=['arn:*']", "not a 12-digit account"),
