@@ -108,12 +108,12 @@ class Rule:
             reasons.append("caller is not a verified running EC2 instance")
         if match.instance_tags:
             tags = facts.instance.tags if facts.instance else {}
-            reasons += _tag_mismatches("instance", tags, match.instance_tags)
+            reasons += _tag_mismatches("instance tag", tags, match.instance_tags)
         if match.role_tags:
             if facts.role_name is None:
                 reasons.append("caller is not a role, so it has no role tags")
             else:
-                reasons += _tag_mismatches("role", facts.role_tags, match.role_tags)
+                reasons += _tag_mismatches("role tag", facts.role_tags, match.role_tags)
         return reasons
 
 
@@ -125,9 +125,9 @@ def _tag_mismatches(kind, tags, wanted):
     reasons = []
     for key, pattern in wanted:
         if key not in tags:
-            reasons.append(f"{kind} tag {key} is missing (needs {pattern!r})")
+            reasons.append(f"{kind} {key} is missing (needs {pattern!r})")
         elif not fnmatch.fnmatchcase(tags[key], pattern):
-            reasons.append(f"{kind} tag {key} is {tags[key]!r}, needs {pattern!r}")
+            reasons.append(f"{kind} {key} is {tags[key]!r}, needs {pattern!r}")
     return reasons
 
 

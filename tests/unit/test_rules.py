@@ -2,7 +2,7 @@
 
 import pytest
 
-from chalicelib.facts import CallerFacts, InstanceFacts
+from chalicelib.facts import CallerFacts, InstanceFacts, facts_from_dict
 from chalicelib.rules import RulesError, load_rules, parse_rules
 
 RULES = """
@@ -97,6 +97,7 @@ def test_used_facts_keep_only_tag_keys_named_by_rules():
 def test_the_shipped_rules_file_is_valid():
     shipped = load_rules("policies/rules.toml")
     assert shipped.roles == ["batch", "web"]
+    assert [r.name for r in shipped.rules] == ["web-nodes", "batch-jobs", "web-gce", "batch-cloud-run"]
 
 
 @pytest.mark.parametrize("text, message", [
@@ -126,3 +127,94 @@ def test_invalid_files_name_the_rule_and_field(text, message):
 def test_missing_file_is_a_rules_error(tmp_path):
     with pytest.raises(RulesError, match="cannot read"):
         load_rules(tmp_path / "absent.toml")
+
+
+GCP_RULES = """
+version = 1
+[[rule]]
+name = "web-gce"
+role = "web"
+[rule.gcp]
+projects = ["demo-*"]
+service_accounts = ["demo-node@demo-project.iam.gserviceaccount.com"]
+require_instance = true
+zones = ["us-central1-*"]
+instance_names = ["web-*"]
+labels = { "vault-role" = "web" }
+
+[[rule]]
+name = "runner"
+role = "batch"
+[rule.gcp]
+projects = ["demo-project"]
+service_accounts = ["batch-runner@demo-project.iam.gserviceaccount.com"]
+
+[[rule]]
+name = "aws-batch"
+role = "batch"
+[rule.aws]
+accounts = ["123456789012"]
+principal_arns = ["arn:aws:iam::123456789012:role/demo-batch"]
+"""
+gcp_rules = parse_rules(GCP_RULES)
+
+
+def gce(labels=None, name="web-1", zone="us-central1-a", email="demo-node@demo-project.iam.gserviceaccount.com",
+        claim_error=None):
+    instance = None if claim_error else {
+        "instance_id": "42", "name": name, "project_id": "demo-project", "project_number": "1", "zone": zone,
+        "region": zone.rsplit("-", 1)[0], "status": "RUNNING", "service_accounts": [email],
+        "labels": labels if labels is not None else {"vault-role": "web"}}
+    return facts_from_dict({"method": "gcp", "email": email, "project_id": "demo-project", "instance": instance,
+                            "instance_claim_error": claim_error})
+
+
+def test_gce_instance_granted_by_labels_zone_and_name():
+    d = gcp_rules.decide(gce(), "web")
+    assert d.granted and d.rule == "web-gce"
+
+
+@pytest.mark.parametrize("facts, why", [
+    (gce({"vault-role": "batch"}), "label vault-role is 'batch', needs 'web'"),
+    (gce({}), "label vault-role is missing"),
+    (gce(zone="europe-west1-b"), "zone europe-west1-b matches none of us-central1-*"),
+    (gce(name="db-1"), "instance name db-1 matches none of web-*"),
+    (gce(email="other@demo-project.iam.gserviceaccount.com"), "service account other@"),
+    (gce(claim_error="instance demo-project/us-central1-a/web-1 is TERMINATED, not running"), "TERMINATED"),
+])
+def test_gce_refusals_say_why(facts, why):
+    d = gcp_rules.decide(facts, "web")
+    assert not d.granted and why in d.reason
+
+
+def test_service_account_tokens_and_aws_rules_for_one_role():
+    runner = facts_from_dict({"method": "gcp", "email": "batch-runner@demo-project.iam.gserviceaccount.com",
+                              "project_id": "demo-project"})
+    assert gcp_rules.decide(runner, "batch").rule == "runner"
+    aws = CallerFacts.from_dict({"principal_arn": "arn:aws:sts::123456789012:assumed-role/demo-batch/job"})
+    assert gcp_rules.decide(aws, "batch").rule == "aws-batch"
+    # A service account token is not an instance: the instance rule refuses it.
+    sa = facts_from_dict({"method": "gcp", "email": "demo-node@demo-project.iam.gserviceaccount.com",
+                          "project_id": "demo-project"})
+    assert "not a verified running GCE instance" in gcp_rules.decide(sa, "web").reason
+    verdicts = gcp_rules.explain(runner, role="batch")
+    assert [(v.rule, v.granted) for v in verdicts] == [("runner", True), ("aws-batch", False)]
+    assert verdicts[1].reasons == ["rule is for aws callers, caller is gcp"]
+
+
+def test_used_facts_keep_only_label_keys_named_by_rules():
+    used = gcp_rules.used_facts(gce({"vault-role": "web", "owner": "alice"}))
+    assert used["instance"]["labels"] == {"vault-role": "web"}
+
+
+@pytest.mark.parametrize("table, message", [
+    ("[rule.gcp]\nprojects=[]", "projects: must name at least one"),
+    ("[rule.gcp]\nprojects=['p']\nlabels={a='b'}", "labels: needs require_instance = true"),
+    ("[rule.gcp]\nprojects=['p']\nzones=['us-*']", "zones: needs require_instance = true"),
+    ("[rule.gcp]\nprojects=['p']\nsubnet='x'", "unknown field(s) subnet"),
+    ("[rule.gcp]\nprojects=['p']\n[rule.aws]\naccounts=['123456789012']\nprincipal_arns=['arn:*']", "exactly one of"),
+])
+def test_invalid_gcp_rules(table, message):
+    with pytest.raises(RulesError) as e:
+        parse_rules(f"version = 1\n[[rule]]\nname='g'\nrole='web'\n{table}")
+    assert message in str(e.value)
