@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = login.add_argument_group("hand-off (exactly one)").add_mutually_exclusive_group()
     h.add_argument("--out-dir", metavar="DIR", help="write DIR/role_id and DIR/secret_id, mode 0600")
+    h.add_argument("--agent-dir", metavar="DIR",
+                   help="for a Vault/OpenBao Agent: write DIR/role_id and, still wrapped, DIR/secret_id "
+                   "(the wrapping token; set secret_id_response_wrapping_path in the Agent), mode 0600")
     h.add_argument("--sink", metavar="FILE", help="log in and write the Vault token to FILE, mode 0600")
     h.add_argument("--exec", dest="exec_", action="store_true",
                    help="log in and exec the command given after '--' with VAULT_TOKEN and VAULT_ADDR set")
@@ -240,7 +243,7 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
         write_approle_files,
         write_sink,
     )
-    from broker.vault import VaultClient, normalize_mount, unwrap_credentials
+    from broker.vault import VaultClient, normalize_mount, unwrap_credentials, unwrap_role_id_for_agent
 
     missing = [flag for flag, value in (("--broker-url/BROKER_URL", args.broker_url),
                                         ("--role/BROKER_ROLE", args.role),
@@ -251,8 +254,8 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"invalid role name {args.role!r}")
     mount = normalize_mount(args.approle_mount)
     command = list(args.command_argv or [])
-    if not (args.out_dir or args.sink or args.exec_):
-        raise UsageError("choose a hand-off: --out-dir DIR, --sink FILE or --exec -- CMD ARGS...")
+    if not (args.out_dir or args.agent_dir or args.sink or args.exec_):
+        raise UsageError("choose a hand-off: --out-dir DIR, --agent-dir DIR, --sink FILE or --exec -- CMD ARGS...")
     if args.exec_ and not command:
         raise UsageError("--exec needs a command after '--': broker login ... --exec -- CMD ARGS...")
     if command and not args.exec_:
@@ -260,6 +263,7 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
     # Check the hand-off before anything is issued: a secret ID minted for nothing is waste
     # (and one more thing in the audit trail to explain).
     problem = (preflight_out_dir(args.out_dir) if args.out_dir
+               else preflight_out_dir(args.agent_dir, "--agent-dir") if args.agent_dir
                else preflight_sink(args.sink) if args.sink
                else preflight_command(command))
     if problem:
@@ -304,6 +308,19 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
         out.warn(f"the Vault address from the broker, {vault_addr}, is not https")
     vault = VaultClient(vault_addr, timeout=args.timeout, ssl_context=vault_ssl, namespace=args.vault_namespace)
     summary["vault_addr"] = vault.addr
+    if args.agent_dir:
+        # The secret ID stays wrapped: the Agent checks its creation path again and unwraps it.
+        role_id = unwrap_role_id_for_agent(vault, issued, mount=mount)
+        out.add_secrets(role_id)
+        role_path, secret_path = write_approle_files(args.agent_dir, role_id, issued.secret_id_wrap.token)
+        ttl = issued.secret_id_wrap.ttl
+        summary.update(handoff="agent-dir", role_id_file=os.path.abspath(role_path),
+                       secret_id_file=os.path.abspath(secret_path), secret_id_wrap_ttl=ttl)
+        out.info(f"wrapping tokens checked; wrote {role_path} and the secret ID's wrapping token to "
+                 f"{secret_path}: start the Agent now, it must unwrap it within "
+                 f"{f'{ttl} s' if ttl else 'the wrap TTL'}")
+        out.result(summary)
+        return EXIT_OK
     creds = unwrap_credentials(vault, issued, mount=mount)
     out.add_secrets(creds.role_id, creds.secret_id)
     summary["secret_id_accessor"] = creds.secret_id_accessor

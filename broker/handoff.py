@@ -29,15 +29,15 @@ def _nearest_existing(path: str) -> str:
     return path
 
 
-def preflight_out_dir(out_dir: str) -> str | None:
+def preflight_out_dir(out_dir: str, flag: str = "--out-dir") -> str | None:
     """Why ``out_dir`` cannot receive the files (checked before anything is issued), or None."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        return f"--out-dir {out_dir} exists and is not a directory"
+        return f"{flag} {out_dir} exists and is not a directory"
     base = _nearest_existing(out_dir)
     if not os.path.isdir(base):
-        return f"--out-dir {out_dir}: {base} is not a directory"
+        return f"{flag} {out_dir}: {base} is not a directory"
     if not os.access(base, os.W_OK | os.X_OK):
-        return f"--out-dir {out_dir}: {base} is not writable"
+        return f"{flag} {out_dir}: {base} is not writable"
     return None
 
 

@@ -175,6 +175,34 @@ def _check_wrap(vault: VaultClient, wrap: WrapInfo, expected: str, what: str, re
         raise intercepted(f"the wrapping token was created at {actual!r}, not at {expected!r}")
 
 
+def unwrap_role_id_for_agent(
+    vault: VaultClient, issued: Issued, *, mount: str = DEFAULT_APPROLE_MOUNT
+) -> str:
+    """The ``--agent-dir`` hand-off: look up both wrapping tokens and check their creation
+    paths, unwrap the role ID only, and leave the secret ID wrapped.
+
+    The secret ID's wrapping token is handed to a Vault/OpenBao Agent as is; the Agent
+    (``secret_id_response_wrapping_path``) checks its creation path again and unwraps it.
+    """
+    role_id_path, secret_id_path = expected_paths(issued.role, mount)
+    rid = issued.request_id
+    _check_wrap(vault, issued.role_id_wrap, role_id_path, "role ID", rid)
+    _check_wrap(vault, issued.secret_id_wrap, secret_id_path, "secret ID", rid)
+    try:
+        status, data, error = vault.unwrap(issued.role_id_wrap.token)
+    except VaultError as exc:
+        raise VaultError(f"{exc.message} while unwrapping the role ID; the wrapping token may be spent",
+                         request_id=rid) from None
+    role_id = data.get("role_id") if data else None
+    if status != 200 or not isinstance(role_id, str) or not role_id:
+        raise InterceptionError(
+            f"unwrap failed after a good lookup (HTTP {status}: {error or 'no role_id in the answer'}): "
+            "someone may have unwrapped it in between",
+            what="role ID", accessor=issued.role_id_wrap.accessor, request_id=rid,
+        )
+    return role_id
+
+
 def unwrap_credentials(
     vault: VaultClient, issued: Issued, *, mount: str = DEFAULT_APPROLE_MOUNT
 ) -> AppRoleCredentials:
