@@ -9,6 +9,7 @@ is kept in the facts and makes the rules refuse the caller.
 
 from .arn import parse_principal_arn
 from .aws_calls import try_call
+from .concurrency import raise_first, settle
 from .errors import InvalidProof
 from .facts import CallerFacts, InstanceFacts
 
@@ -24,10 +25,9 @@ class AwsFactsReader:
         arn = parse_principal_arn(identity.arn)
         if arn.account != identity.account:
             raise InvalidProof("STS answer is inconsistent: the ARN's account differs from Account")
-        role_tags = self._role_tags(arn.role_name) if arn.role_name else {}
-        instance, claim_error = None, None
-        if arn.session_instance_id:
-            instance, claim_error = self._verify_instance(arn)
+        instance_check = (lambda: self._verify_instance(arn)) if arn.session_instance_id else (lambda: (None, None))
+        tags = (lambda: self._role_tags(arn.role_name)) if arn.role_name else dict
+        (instance, claim_error), role_tags = raise_first(settle(instance_check, tags))
         return CallerFacts(
             method="aws",
             account=arn.account,

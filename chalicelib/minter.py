@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from .concurrency import settle
 from .errors import Unavailable
 
 # Log in again when less than this share of the token's lifetime is left.
@@ -119,8 +120,6 @@ class VaultMinter:
         self._ensure_token()
         wrap_ttl = f"{issuance.wrap_ttl}s"
         role_path = f"auth/{self._mount}/role/{role}"
-        role_id = self._vault_call("read the role ID", self._client.read, f"{role_path}/role-id", wrap_ttl=wrap_ttl)
-        role_id_wrap = _wrap(role_id, f"{role_path}/role-id")
         payload = {
             "metadata": json.dumps({k: str(v) for k, v in metadata.items() if v is not None}),
             "ttl": f"{issuance.secret_id_ttl}s",
@@ -128,17 +127,35 @@ class VaultMinter:
         }
         if issuance.bind_source_cidr and source_ip:
             payload["cidr_list"] = [f"{source_ip}/32" if ":" not in source_ip else f"{source_ip}/128"]
-        try:
-            secret = self._vault_call("create a secret ID", self._client.write_data,
-                                      f"{role_path}/secret-id", data=payload, wrap_ttl=wrap_ttl)
-            secret_id_wrap = _wrap(secret, f"{role_path}/secret-id")
-        except Unavailable as e:
+
+        def secret_id():
+            response = self._vault_call("create a secret ID", self._client.write_data,
+                                        f"{role_path}/secret-id", data=payload, wrap_ttl=wrap_ttl)
+            wrap = _wrap(response, f"{role_path}/secret-id")
+            return wrap, (response.get("wrap_info") or {}).get("wrapped_accessor") or None
+
+        def role_id():
+            response = self._vault_call("read the role ID", self._client.read, f"{role_path}/role-id", wrap_ttl=wrap_ttl)
+            return _wrap(response, f"{role_path}/role-id")
+
+        # Both at once; if one fails, the other's result is taken back before the error goes up.
+        (secret, secret_error), (role_id_wrap, role_error) = settle(secret_id, role_id)
+        if secret_error is None and role_error is None:
+            secret_id_wrap, accessor = secret
+            return Issued(role, role_id_wrap, secret_id_wrap, accessor)
+        error = secret_error or role_error
+        undone = []
+        if role_id_wrap is not None:
             spent = self.consume_wrapping_token(role_id_wrap.token)
-            e.detail += (f"; the role ID wrapping token (accessor {role_id_wrap.accessor}) "
-                         + ("was revoked" if spent else "could NOT be revoked"))
-            raise
-        accessor = (secret.get("wrap_info") or {}).get("wrapped_accessor") or None
-        return Issued(role, role_id_wrap, secret_id_wrap, accessor)
+            undone.append(f"the role ID wrapping token (accessor {role_id_wrap.accessor}) "
+                          + ("was revoked" if spent else "could NOT be revoked"))
+        if secret is not None:
+            wrap, accessor = secret
+            spent = self.consume_wrapping_token(wrap.token) and (accessor is None or self.destroy_secret_id(role, accessor))
+            undone.append(f"the secret ID (accessor {accessor}) " + ("was destroyed" if spent else "could NOT be destroyed"))
+        if isinstance(error, Unavailable) and undone:
+            error.detail += "; " + "; ".join(undone)
+        raise error
 
     def take_back(self, issued):
         """Make an issuance unusable (used when its audit record could not be written).

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .audit import AuditRecord
+from .concurrency import settle
 from .errors import BrokerError, InvalidProof, NotAuthorized, Unavailable
 from .jsonlog import log
 
@@ -76,9 +77,13 @@ class BrokerService:
             identity = method.verify(login)
             record.principal, record.account = identity.principal, identity.account
             # Spent once verified, whatever the decision: a refused proof can't be tried for another role.
-            self._replay.spend(identity.proof_hash, request_id=record.request_id, method=method_name,
-                               valid_until=identity.valid_until)
-            facts = method.read_facts(identity)
+            # The replay record is written while the facts are read; a replay's error comes first.
+            (facts, facts_error), (_, replay_error) = settle(
+                lambda: method.read_facts(identity),
+                lambda: self._replay.spend(identity.proof_hash, request_id=record.request_id, method=method_name,
+                                           valid_until=identity.valid_until))
+            if replay_error or facts_error:
+                raise replay_error or facts_error
             record.account = facts.account or record.account
             record.instance = facts.instance_id or facts.claimed_instance
             record.facts = self.rules.used_facts(facts)
