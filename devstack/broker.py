@@ -12,19 +12,20 @@ from .procs import Proc, StackError, find_executable, free_port, lost_port_race,
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # never inherited from the developer's shell: the broker gets exactly our env
-_DROP_PREFIXES = ("AWS_", "BROKER_")
+_DROP_PREFIXES = ("AWS_", "BROKER_", "GOOGLE_", "GCE_METADATA_", "CLOUDSDK_")
 
 
 class ChaliceLocal:
     """``chalice local --stage local`` in the project directory."""
 
     def __init__(self, workdir: Path, env: Mapping[str, str], *, port: int | None = None,
-                 project_dir: Path = PROJECT_DIR, detached: bool = False):
+                 project_dir: Path = PROJECT_DIR, detached: bool = False, url_env: tuple[str, ...] = ()):
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self._auto_port = port is None
         self.project_dir = Path(project_dir)
         self.broker_env = dict(env)
+        self.url_env = url_env  # variables set to this broker's own URL at each start
         self.detached = detached
         self.log_path = self.workdir / "broker.log"
         self.proc: Proc | None = None
@@ -40,6 +41,8 @@ class ChaliceLocal:
     def start(self) -> "ChaliceLocal":
         argv = [find_executable("chalice"), "local", "--host", "127.0.0.1",
                 "--port", str(self.port), "--stage", "local", "--no-autoreload"]
+        for name in self.url_env:  # the port may change when a start loses a port race
+            self.broker_env[name] = self.url
         env = {k: v for k, v in os.environ.items() if not k.startswith(_DROP_PREFIXES)}
         env.update(self.broker_env)
         env["PYTHONUNBUFFERED"] = "1"

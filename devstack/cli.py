@@ -1,6 +1,6 @@
 """``python -m devstack up|down|status [--dir .stack]``.
 
-``up`` starts OpenBao, moto (SigV4 on), seeds them and starts the broker under
+``up`` starts OpenBao, moto (SigV4 on), the simulated Google, seeds them and starts the broker under
 ``chalice local``, all detached, and writes ``DIR/endpoints.json`` (mode 0600:
 it holds the root token and keys, which are never printed). ``down`` stops what
 ``up`` started and removes the state; ``status`` tells what runs.
@@ -19,7 +19,8 @@ from .procs import StackError, cmdline, kill_group, pid_alive
 from .stack import Stack
 
 STATE_FILE = "endpoints.json"
-STATE_FILES = (STATE_FILE, "broker.env", "openbao.log", "moto.log", "broker.log")
+STATE_FILES = (STATE_FILE, "broker.env", "openbao.log", "moto.log", "broker.log", "google.log",
+               "gcp-credentials.json")
 
 
 def _say(msg: str) -> None:
@@ -51,6 +52,8 @@ def _ours(name: str, pid: int | None, state: dict) -> bool:
         return "moto_server" in text and _port(state.get("aws_endpoint_url")) in argv
     if name == "broker":
         return "chalice" in text and "local" in argv and _port(state.get("broker_url")) in argv
+    if name == "google":
+        return "google_sim.py" in text and _port(state.get("gcp_compute_url")) in argv
     return False
 
 
@@ -90,7 +93,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         _say(f"Nothing to stop (no {state_dir / STATE_FILE}).")
         return 0
     running = _running(state)
-    for name in ("broker", "vault", "moto"):
+    for name in ("broker", "vault", "moto", "google"):
         if name in running:
             kill_group(running[name])
             _say(f"Stopped {name} (pid {running[name]}).")
@@ -128,6 +131,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, label, url, probe in (
         ("vault", "OpenBao", state.get("vault_addr"), "/v1/sys/health"),
         ("moto", "moto server", state.get("aws_endpoint_url"), "/moto-api/"),
+        ("google", "Google simulator", state.get("gcp_compute_url"), "/_admin/health"),
         ("broker", "broker (chalice local)", state.get("broker_url"), "/v1/health"),
     ):
         if not url and not pids.get(name):

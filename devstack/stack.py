@@ -12,8 +12,9 @@ from typing import Any, Mapping
 
 import boto3
 import hvac
+import requests
 
-from . import aws
+from . import aws, gcp
 from .aws import ACCOUNT_ID, REGION, AwsSeed, Keys, MotoServer
 from .broker import PROJECT_DIR, ChaliceLocal
 from .procs import StackError, bypass_proxy_for_loopback, stop_all, wait_until
@@ -38,9 +39,11 @@ class Stack:
         self.moto_workaround = moto_workaround
         self.openbao = OpenBaoServer(self.workdir, detached=detached)
         self.moto = MotoServer(self.workdir, detached=detached)
+        self.google = gcp.GoogleSim(self.workdir, detached=detached)
         self.broker: ChaliceLocal | None = None
         self.aws_seed: AwsSeed | None = None
         self.vault_seed: VaultSeed | None = None
+        self.gcp_seed: dict | None = None  # the seeded GCE instance's Compute JSON
         self.startup_seconds: float | None = None
         self._clients: dict[tuple, Any] = {}
         if not detached:
@@ -62,6 +65,7 @@ class Stack:
         try:
             stack.openbao.start()
             stack.moto.start()
+            stack.google.start()
             with ThreadPoolExecutor(2) as pool:
                 fut_aws = pool.submit(stack._start_aws)
                 stack.openbao.wait_ready()
@@ -76,6 +80,9 @@ class Stack:
                     "(moto cannot match resource-scoped statements for DynamoDB/Secrets Manager)")
             aws.put_vault_secret_id(stack.moto, stack.admin_keys, stack.vault_seed.broker_secret_id)
             say(f"broker secret ID stored in Secrets Manager as {aws.VAULT_SECRET_ID_SECRET}")
+            stack._start_google()
+            say(f"simulated Google on {stack.google.url}: certs, token, Compute, metadata servers; "
+                f"GCE instance {gcp.SEED_INSTANCE} ({gcp.PROJECT}/{gcp.ZONE}, vault-role=web)")
             # moto's first EC2 request costs ~1 s (it imports moto.ec2, which
             # parses big JSON files while holding the GIL). Pay it now, while
             # chalice local starts, rather than in the first test that needs EC2.
@@ -97,9 +104,18 @@ class Stack:
         self.aws_seed = aws.seed_aws(self.moto, admin, self.project_dir,
                                      moto_workaround=self.moto_workaround)
 
+    def _start_google(self) -> None:
+        self.google.wait_ready()
+        self.gcp_seed = gcp.seed_google(self.google)
+        # The broker's own Google identity: workload identity federation from its AWS keys.
+        self.google.configure_federation({self.broker_keys.access_key_id: {
+            "secret": self.broker_keys.secret_access_key,
+            "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/{aws.BROKER_USER}"}})
+        _write_private(self.gcp_credentials_path, json.dumps(gcp.adc_config(self.google.url), indent=2) + "\n")
+
     def stop(self) -> None:
         """Stop every process of the stack (idempotent)."""
-        parts = [p for p in (self.broker, self.openbao, self.moto) if p is not None]
+        parts = [p for p in (self.broker, self.openbao, self.moto, self.google) if p is not None]
         try:
             stop_all([p.proc for p in parts])
         finally:
@@ -166,7 +182,19 @@ class Stack:
             "vault_secret_id_secret": aws.VAULT_SECRET_ID_SECRET,
             "workdir": str(self.workdir),
             "project_dir": str(self.project_dir),
-            "pids": {"vault": self.openbao.pid, "moto": self.moto.pid,
+            "gcp_certs_url": self.gcp_certs_url,
+            "gcp_compute_url": self.google.url,
+            "gcp_metadata_url": self.gcp_metadata_url_for(gcp.SEED_INSTANCE),
+            "gcp_audience": self.gcp_audience,
+            "gcp_admin_url": f"{self.google.url}/_admin",
+            "gcp_token_url": f"{self.google.url}/token",
+            "gcp_credentials_file": str(self.gcp_credentials_path),
+            "gcp_project": gcp.PROJECT,
+            "gcp_project_number": gcp.PROJECT_NUMBER,
+            "gcp_zone": gcp.ZONE,
+            "gcp_instance": gcp.SEED_INSTANCE,
+            "google_log": str(self.google.log_path),
+            "pids": {"vault": self.openbao.pid, "moto": self.moto.pid, "google": self.google.pid,
                      "broker": self.broker.pid if self.broker else None},
         }
 
@@ -188,6 +216,10 @@ class Stack:
             "AWS_SECRET_ACCESS_KEY": self.broker_keys.secret_access_key,
             "AWS_DEFAULT_REGION": REGION,
             "AWS_REGION": REGION,
+            "BROKER_GCP_AUDIENCE": self.gcp_audience,
+            "BROKER_GCP_CERTS_URL": self.gcp_certs_url,
+            "BROKER_GCP_COMPUTE_URL": self.google.url,
+            "GOOGLE_APPLICATION_CREDENTIALS": str(self.gcp_credentials_path),
         }
 
     # -- AWS (moto) --------------------------------------------------------------
@@ -255,6 +287,142 @@ class Stack:
     def terminate_instance(self, instance_id: str) -> None:
         self.client("ec2").terminate_instances(InstanceIds=[instance_id])
 
+    # -- GCP (the simulated Google, devstack/google_sim.py) -----------------------
+
+    @property
+    def gcp_certs_url(self) -> str:
+        return f"{self.google.url}/oauth2/v1/certs"
+
+    @property
+    def gcp_credentials_path(self) -> Path:
+        """The broker's ADC file (GOOGLE_APPLICATION_CREDENTIALS), mode 0600."""
+        return self.workdir / gcp.ADC_FILE
+
+    @property
+    def gcp_audience(self) -> str:
+        """The audience the broker expects (BROKER_GCP_AUDIENCE): the broker's URL
+        while ``chalice local`` runs, else ``https://secret-zero-broker.local``."""
+        if self.broker is not None and self.broker.proc is not None:
+            return self.broker.broker_env.get("BROKER_GCP_AUDIENCE") or self.broker.url
+        return gcp.DEFAULT_AUDIENCE
+
+    def gcp_metadata_url_for(self, name: str, project: str = gcp.PROJECT, zone: str = gcp.ZONE) -> str:
+        """Base URL of that instance's metadata server: the client's ``--metadata-url``
+        (it appends ``/computeMetadata/v1/...``)."""
+        return self.google.metadata_url_for(name, project, zone)
+
+    def gcp_create_instance(self, name: str, labels: Mapping[str, str] | None = None, *,
+                            project: str = gcp.PROJECT, zone: str = gcp.ZONE, status: str = "RUNNING",
+                            service_account: str | None = gcp.NODE_SA, **extra: Any) -> dict:
+        """Create a simulated GCE instance; returns its Compute API JSON (``id``,
+        ``creationTimestamp``, ...). ``service_account=None``: no service account.
+        ``extra``: ``project_number``, ``scopes``, ``machine_type``."""
+        return self.google.admin("POST", "instances", {
+            "project": project, "zone": zone, "name": name, "labels": dict(labels or {}), "status": status,
+            "service_account": service_account or "", **extra})
+
+    def gcp_instance(self, name: str, project: str = gcp.PROJECT, zone: str = gcp.ZONE) -> dict:
+        """The instance as the Compute API shows it."""
+        return self.google.admin("GET", f"instances/{project}/{zone}/{name}")
+
+    def gcp_set_status(self, name: str, status: str, project: str = gcp.PROJECT, zone: str = gcp.ZONE) -> dict:
+        """PROVISIONING, STAGING, RUNNING, STOPPING, STOPPED, SUSPENDED, TERMINATED, ..."""
+        return self.google.admin("POST", f"instances/{project}/{zone}/{name}/status", {"status": status})
+
+    def gcp_set_labels(self, name: str, labels: Mapping[str, str], project: str = gcp.PROJECT,
+                       zone: str = gcp.ZONE) -> dict:
+        return self.google.admin("POST", f"instances/{project}/{zone}/{name}/labels", {"labels": dict(labels)})
+
+    def gcp_delete_instance(self, name: str, project: str = gcp.PROJECT, zone: str = gcp.ZONE) -> None:
+        self.google.admin("DELETE", f"instances/{project}/{zone}/{name}")
+
+    def gcp_recreate_instance(self, name: str, project: str = gcp.PROJECT, zone: str = gcp.ZONE,
+                              **changes: Any) -> dict:
+        """Delete and create again under the same name: a new ``id`` and a
+        ``creationTimestamp`` at least one second later. ``changes``: labels, status, ..."""
+        return self.google.admin("POST", f"instances/{project}/{zone}/{name}/recreate", changes)
+
+    def gcp_instance_token(self, name: str, audience: str | None = None, *, project: str = gcp.PROJECT,
+                           zone: str = gcp.ZONE, format: str = "full", iat: int | None = None,
+                           exp: int | None = None, claims: Mapping[str, Any] | None = None,
+                           key: str | None = None) -> str:
+        """The instance's identity token, as its metadata server gives it (``format=full``
+        by default; the default audience is :attr:`gcp_audience`). With ``iat``, ``exp``,
+        ``claims`` (merged over the real ones) or ``key`` ("unpublished", or a kid) it is
+        minted through the admin API instead, signed the same way."""
+        audience = audience or self.gcp_audience
+        if iat is None and exp is None and not claims and key is None:
+            r = requests.get(f"{self.gcp_metadata_url_for(name, project, zone)}/computeMetadata/v1/instance/"
+                             "service-accounts/default/identity", params={"audience": audience, "format": format},
+                             headers={"Metadata-Flavor": "Google"}, timeout=5,
+                             proxies={"http": None, "https": None})
+            if r.status_code != 200:
+                raise StackError(f"metadata server of {project}/{zone}/{name}: HTTP {r.status_code}")
+            return r.text
+        body: dict[str, Any] = {"project": project, "zone": zone, "name": name, "audience": audience,
+                                "format": format, "claims": dict(claims or {})}
+        if iat is not None:
+            body["iat"] = iat
+        if exp is not None:
+            body["exp"] = exp
+        if key is not None:
+            body["key"] = key
+        return self.google.admin("POST", "tokens/instance", body)["token"]
+
+    def gcp_sa_token(self, email: str, audience: str | None = None, *, iat: int | None = None,
+                     exp: int | None = None, claims: Mapping[str, Any] | None = None, key: str | None = None) -> str:
+        """A service account's ID token (Cloud Run, GKE workload identity): ``email``,
+        ``email_verified``, no ``google.compute_engine`` claim."""
+        body: dict[str, Any] = {"email": email, "audience": audience or self.gcp_audience,
+                                "claims": dict(claims or {})}
+        for k, v in (("iat", iat), ("exp", exp), ("key", key)):
+            if v is not None:
+                body[k] = v
+        return self.google.admin("POST", "tokens/service-account", body)["token"]
+
+    def gcp_forge_token(self, header: Mapping[str, Any] | None, claims: Mapping[str, Any],
+                        sign: bool | str = True, key: str | None = None) -> str:
+        """Any header and claims. ``sign``: True (RS256 with the current key, or ``key``:
+        a kid or "unpublished"), False (no signature: ``header.payload.``) or
+        "hs256-public-key" (HMAC-SHA256 keyed with the published certificate's PEM).
+        ``header=None``: {"alg": "RS256", "kid": <the key's kid>, "typ": "JWT"}."""
+        body: dict[str, Any] = {"header": dict(header) if header is not None else None,
+                                "claims": dict(claims), "sign": sign}
+        if key is not None:
+            body["key"] = key
+        return self.google.admin("POST", "tokens/forge", body)["token"]
+
+    def gcp_rotate_key(self, keep_old: bool = True) -> str:
+        """A new signing key (and kid) signs from now on; the old one stays published
+        unless ``keep_old=False``. Returns the new kid."""
+        return self.google.admin("POST", "keys/rotate", {"keep_old": keep_old})["kid"]
+
+    def gcp_drop_old_keys(self) -> None:
+        """Unpublish every key but the current one."""
+        self.google.admin("POST", "keys/drop-old", {})
+
+    def gcp_kids(self) -> list[str]:
+        """The published kids, oldest first; the last one signs."""
+        return self.google.admin("GET", "keys")["kids"]
+
+    def gcp_certs_fetch_count(self) -> int:
+        """How many times the certs endpoints (v1 and v3) were fetched."""
+        return self.google.admin("GET", "certs-fetch-count")["count"]
+
+    def gcp_request_counts(self, reset: bool = False) -> dict[str, int]:
+        """Requests per endpoint: certs_v1, certs_v3, token, compute, metadata_identity,
+        metadata_other (``reset``: return them and start again from zero)."""
+        return self.google.admin("DELETE" if reset else "GET", "counts")
+
+    def gcp_outage(self, which: str, down: bool = True) -> None:
+        """Make "certs", "compute", "token" or "metadata" answer 503 (``down=False``: back)."""
+        self.google.admin("POST", "outage", {"service": which, "down": down})
+
+    def gcp_configure(self, **settings: Any) -> dict:
+        """``certs_max_age`` (int), ``readable_projects`` (list), ``keep_old_keys`` (bool),
+        ``projects`` ({id: number})."""
+        return self.google.admin("POST", "config", settings)
+
     # -- Vault (OpenBao) ---------------------------------------------------------
 
     def vault(self, token: str | None = ROOT_TOKEN) -> hvac.Client:
@@ -303,8 +471,10 @@ class Stack:
             self.broker.stop()
         env = self.broker_env()
         env.update(env_overrides or {})
+        # BROKER_GCP_AUDIENCE is the broker's own URL, as in production (unless overridden)
+        url_env = () if "BROKER_GCP_AUDIENCE" in (env_overrides or {}) else ("BROKER_GCP_AUDIENCE",)
         self.broker = ChaliceLocal(self.workdir, env, port=port, project_dir=self.project_dir,
-                                   detached=self.detached)
+                                   detached=self.detached, url_env=url_env)
         self.broker.start()
         try:
             self.broker.wait_ready(timeout=timeout)

@@ -172,10 +172,11 @@ def test_chalice_local_runner(stack, tmp_path, monkeypatch):
         "app = Chalice(app_name='secret-zero-broker')\n"
         "@app.route('/v1/health')\n"
         "def health():\n"
-        "    env = {k: v for k, v in os.environ.items() if k.startswith(('AWS_', 'BROKER_'))}\n"
+        "    env = {k: v for k, v in os.environ.items() if k.startswith(('AWS_', 'BROKER_', 'GOOGLE_'))}\n"
         "    return Response(status_code=503, body=env)\n")
     monkeypatch.setenv("AWS_PROFILE", "someone-elses")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "stale")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "someone-elses")
     from devstack.broker import ChaliceLocal
 
     broker = ChaliceLocal(tmp_path, stack.broker_env(), project_dir=project).start()
@@ -187,6 +188,7 @@ def test_chalice_local_runner(stack, tmp_path, monkeypatch):
         for k, v in stack.broker_env().items():
             assert env[k] == v
         assert "AWS_PROFILE" not in env and "AWS_SESSION_TOKEN" not in env
+        assert "GOOGLE_CLOUD_PROJECT" not in env
         pid = broker.pid
     finally:
         broker.stop()
