@@ -278,3 +278,18 @@ def test_a_failed_secret_id_revokes_the_role_id_already_wrapped(broker):
     accessor = reason.split("(accessor ")[1].split(")")[0]
     with pytest.raises(hvac.exceptions.VaultError):
         vault.auth.token.lookup_accessor(accessor)
+
+
+def test_a_failed_role_id_read_destroys_the_secret_id_minted_beside_it(broker):
+    vault = broker.stack.vault()
+    policy = vault.sys.read_policy("secret-zero-broker")["data"]["rules"]
+    crippled = policy.replace('path "auth/approle/role/batch/role-id" {', 'path "auth/approle/role/batch/role-id-disabled" {')
+    assert crippled != policy
+    before = _live_secret_ids(broker.stack, "batch")
+    vault.sys.create_or_update_policy("secret-zero-broker", crippled)
+    try:
+        doc = assert_error(broker.login_as("demo-batch", "half-issued-2", "batch"), 503, "unavailable")
+    finally:
+        vault.sys.create_or_update_policy("secret-zero-broker", policy)
+    assert "was destroyed" in broker.audit.get(doc["request_id"])["reason"]
+    assert _live_secret_ids(broker.stack, "batch") - before == set()
