@@ -89,6 +89,13 @@ def health():
                  None if healthy else {"Retry-After": "5"})
 
 
+@app.route("/v1/openapi.json", methods=["GET"])
+def openapi():
+    from chalicelib.openapi import document
+
+    return _json(200, document())
+
+
 # Configuration is validated at import in the Lambda runtime, so a bad one fails the
 # cold start with a message naming the variable (Chalice's CLI imports app.py too).
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not os.environ.get("AWS_CHALICE_CLI_MODE"):

@@ -1,0 +1,222 @@
+"""The OpenAPI 3 description of the broker's HTTP API, served at GET /v1/openapi.json.
+
+Written by hand beside the routes (app.py); tests/unit/test_openapi.py checks that
+it validates and that it describes exactly the routes and methods the app has,
+and Schemathesis (tests/fuzz) checks every answer of the running broker against it.
+Keep it in chalicelib/ so that it ships in the Lambda zip.
+"""
+
+import copy
+
+VERSION = "1"
+
+_ROLE = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+         "description": "The Vault AppRole asked for.", "example": "web"}
+_B64 = {"type": "string", "format": "byte"}
+
+
+def _error(codes, description):
+    return {
+        "description": description,
+        "headers": {"Cache-Control": {"$ref": "#/components/headers/CacheControl"}},
+        "content": {"application/json": {"schema": {
+            "allOf": [{"$ref": "#/components/schemas/Error"}],
+            "properties": {"error": {"type": "object", "properties": {"code": {"type": "string", "enum": codes}}}},
+        }}},
+    }
+
+
+def _unavailable(description):
+    response = _error(["unavailable"], description)
+    response["headers"]["Retry-After"] = {"$ref": "#/components/headers/RetryAfter"}
+    return response
+
+
+def _credentials(method, summary, description, body_ref, extra_401=""):
+    return {
+        "post": {
+            "operationId": f"credentials_{method}",
+            "tags": ["credentials"],
+            "summary": summary,
+            "description": description,
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": {"$ref": body_ref}}}},
+            "responses": {
+                "200": {
+                    "description": "Granted: a wrapped role ID and a wrapped single-use secret ID.",
+                    "headers": {"Cache-Control": {"$ref": "#/components/headers/CacheControl"}},
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Credentials"}}},
+                },
+                "400": _error(["invalid_request"],
+                              "Malformed JSON, missing or unknown fields, bad encodings, a body over 64 KiB."),
+                "401": _error(["invalid_proof", "proof_replayed"],
+                              "The proof failed a check (the message names it)" + extra_401
+                              + ", or it was used before (proof_replayed)."),
+                "403": _error(["not_authorized"],
+                              "The identity is proven but no rule grants it the role."),
+                "503": _unavailable("A backend (Vault, STS, Google, EC2/IAM, DynamoDB, Secrets Manager) "
+                                    "is unavailable, or the audit record could not be written: nothing "
+                                    "was issued. Try again after Retry-After seconds."),
+            },
+        }
+    }
+
+
+SPEC = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "secret-zero broker",
+        "version": VERSION,
+        "description": (
+            "Gives a freshly booted machine its first Vault credentials in exchange for a proof of its "
+            "cloud identity (a signed AWS sts:GetCallerIdentity request, or a Google-signed ID token). "
+            "Every error has the shape {\"error\": {\"code\", \"message\"}, \"request_id\"}; "
+            "no input yields a 500."
+        ),
+    },
+    "tags": [
+        {"name": "credentials", "description": "Identity proofs in, wrapped AppRole credentials out."},
+        {"name": "operations", "description": "Health and this description."},
+    ],
+    "paths": {
+        "/v1/credentials/aws": _credentials(
+            "aws", "Exchange a signed sts:GetCallerIdentity request for wrapped AppRole credentials",
+            "The fields and encodings of Vault's aws auth method `iam` login. The "
+            "X-Vault-AWS-IAM-Server-ID header must carry the broker's server ID and be signed.",
+            "#/components/schemas/AwsLogin",
+            " (signature rejected by STS, wrong body, URL not an allowed STS endpoint, server ID, "
+            "X-Amz-Date skew, ...)"),
+        "/v1/credentials/gcp": _credentials(
+            "gcp", "Exchange a Google-signed ID token for wrapped AppRole credentials",
+            "An RS256 ID token signed by Google (a GCE instance identity token with format=full, "
+            "or a service account's ID token) whose audience is this broker.",
+            "#/components/schemas/GcpLogin",
+            " (alg, kid, signature, issuer, audience, age, ...)"),
+        "/v1/health": {
+            "get": {
+                "operationId": "health",
+                "tags": ["operations"],
+                "summary": "Whether Vault and the audit store answer",
+                "responses": {
+                    "200": {
+                        "description": "Vault is reachable and unsealed, the audit table answers.",
+                        "headers": {"Cache-Control": {"$ref": "#/components/headers/CacheControl"}},
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                    },
+                    "503": {
+                        "description": "A check failed (its value says what is wrong), or the broker "
+                                       "is misconfigured (the error shape).",
+                        "headers": {"Cache-Control": {"$ref": "#/components/headers/CacheControl"},
+                                    "Retry-After": {"$ref": "#/components/headers/RetryAfter"}},
+                        "content": {"application/json": {"schema": {"oneOf": [
+                            {"$ref": "#/components/schemas/Health"},
+                            {"$ref": "#/components/schemas/Error"},
+                        ]}}},
+                    },
+                },
+            }
+        },
+        "/v1/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "tags": ["operations"],
+                "summary": "This description (OpenAPI 3)",
+                "responses": {
+                    "200": {"description": "The OpenAPI document.",
+                            "content": {"application/json": {"schema": {"type": "object",
+                                                                         "required": ["openapi", "paths"]}}}},
+                },
+            }
+        },
+    },
+    "components": {
+        "headers": {
+            "RetryAfter": {"description": "Seconds to wait before trying again.", "required": True,
+                           "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+            "CacheControl": {"description": "Answers are never cached.",
+                             "schema": {"type": "string", "enum": ["no-store"]}},
+        },
+        "schemas": {
+            "AwsLogin": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["role", "iam_http_request_method", "iam_request_url", "iam_request_body",
+                             "iam_request_headers"],
+                "properties": {
+                    "role": _ROLE,
+                    "iam_http_request_method": {"type": "string", "maxLength": 16, "example": "POST",
+                                                "description": "Must be POST."},
+                    "iam_request_url": dict(_B64, description="base64 of the signed URL, e.g. https://sts.amazonaws.com/"),
+                    "iam_request_body": dict(_B64, description="base64 of Action=GetCallerIdentity&Version=2011-06-15"),
+                    "iam_request_headers": dict(_B64, description=(
+                        "base64 of a JSON object: header name -> string or [string] (at most 32 headers)")),
+                },
+            },
+            "GcpLogin": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["role", "jwt"],
+                "properties": {
+                    "role": _ROLE,
+                    "jwt": {"type": "string", "maxLength": 8192, "pattern": "^[\\x00-\\x7f]*$",
+                            "description": "The ID token (header.claims.signature, base64url)."},
+                },
+            },
+            "Wrap": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["token", "accessor", "ttl", "creation_time", "creation_path"],
+                "properties": {
+                    "token": {"type": "string", "description": "The wrapping token: unwrap it once."},
+                    "accessor": {"type": "string"},
+                    "ttl": {"type": "integer", "minimum": 0},
+                    "creation_time": {"type": "string"},
+                    "creation_path": {"type": "string",
+                                      "description": "Check it with sys/wrapping/lookup before unwrapping."},
+                },
+            },
+            "Credentials": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["request_id", "role", "vault_addr", "role_id_wrap", "secret_id_wrap"],
+                "properties": {
+                    "request_id": {"type": "string"},
+                    "role": {"type": "string"},
+                    "vault_addr": {"type": "string"},
+                    "role_id_wrap": {"$ref": "#/components/schemas/Wrap"},
+                    "secret_id_wrap": {"$ref": "#/components/schemas/Wrap"},
+                },
+            },
+            "Health": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["status", "checks"],
+                "properties": {
+                    "status": {"type": "string", "enum": ["ok", "unavailable"]},
+                    "checks": {"type": "object", "additionalProperties": {"type": "string"},
+                               "example": {"vault": "ok", "audit_store": "ok"}},
+                },
+            },
+            "Error": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["error", "request_id"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["code", "message"],
+                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                    },
+                    "request_id": {"type": "string", "nullable": True,
+                                   "description": "The audit record's ID; null only when the broker is misconfigured."},
+                },
+            },
+        },
+    },
+}
+
+
+def document():
+    """A fresh copy of the description (callers may change it)."""
+    return copy.deepcopy(SPEC)
