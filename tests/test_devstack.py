@@ -216,3 +216,212 @@ def test_cli_up_status_down(tmp_path):
         assert pid is None or not pid_alive(pid)
     assert not state.exists()
     assert run("down").returncode == 0  # idempotent
+
+
+# ---- the simulated Google -----------------------------------------------------------------
+
+GCP_PROJECT, GCP_ZONE = "demo-project", "us-central1-a"
+IDENTITY = "/computeMetadata/v1/instance/service-accounts/default/identity"
+NO_PROXY = {"http": None, "https": None}
+
+
+def _jwt_parts(token: str) -> tuple[dict, dict]:
+    import base64
+    header, payload = (json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))) for p in token.split(".")[:2])
+    return header, payload
+
+
+def _compute(stack, path: str, token: str | None = None) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.get(f"{stack.google.url}/compute/v1/{path}", headers=headers, timeout=5, proxies=NO_PROXY)
+
+
+@pytest.fixture
+def google_adc(stack, monkeypatch):
+    """The broker's Google credentials as the broker process has them: the ADC file
+    (workload identity federation from its AWS keys) and its AWS keys in the env."""
+    env = stack.broker_env()
+    for key in [k for k in list(__import__("os").environ) if k.startswith(("AWS_", "GOOGLE_"))]:
+        monkeypatch.delenv(key)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "GOOGLE_APPLICATION_CREDENTIALS"):
+        monkeypatch.setenv(key, env[key])
+    return env
+
+
+def _authorized_session(env):
+    """ADC as the broker should load it. Not ``google.auth.default(scopes=...)``: with an
+    external_account file *and* scopes, google-auth looks the pool's project up at
+    cloudresourcemanager.googleapis.com (the real one) before anything else."""
+    import google.auth
+    from google.auth.transport.requests import AuthorizedSession
+
+    creds, _ = google.auth.default()
+    assert type(creds).__module__ == "google.auth.aws"
+    creds = google.auth.credentials.with_scopes_if_required(
+        creds, ["https://www.googleapis.com/auth/compute.readonly"])
+    return AuthorizedSession(creds)
+
+
+def test_gcp_seed_and_endpoints(stack):
+    env, ep = stack.broker_env(), stack.endpoints
+    assert env["BROKER_GCP_AUDIENCE"] == ep["gcp_audience"] == "https://secret-zero-broker.local"
+    assert env["BROKER_GCP_CERTS_URL"] == ep["gcp_certs_url"] == stack.google.url + "/oauth2/v1/certs"
+    assert env["BROKER_GCP_COMPUTE_URL"] == ep["gcp_compute_url"] == stack.google.url
+    adc = Path(env["GOOGLE_APPLICATION_CREDENTIALS"])
+    assert adc == Path(ep["gcp_credentials_file"]) and adc.stat().st_mode & 0o077 == 0
+    assert json.loads(adc.read_text())["type"] == "external_account"
+    assert ep["gcp_metadata_url"] == stack.gcp_metadata_url_for("web-gce-1")
+    seeded = stack.gcp_instance("web-gce-1")
+    assert (seeded["status"], seeded["labels"]) == ("RUNNING", {"vault-role": "web"})
+    assert seeded["serviceAccounts"][0]["email"] == "demo-node@demo-project.iam.gserviceaccount.com"
+
+
+def test_gcp_metadata_server_behaves_like_googles(stack):
+    import google.auth.jwt
+
+    base = stack.gcp_metadata_url_for("web-gce-1")
+    get = lambda path, headers=None, **params: requests.get(base + path, params=params, headers=headers or {},
+                                                            timeout=5, proxies=NO_PROXY)
+    flavor = {"Metadata-Flavor": "Google"}
+    probe = get("/computeMetadata/v1/", flavor)
+    assert probe.status_code == 200 and probe.headers["Metadata-Flavor"] == "Google"
+    assert get(IDENTITY, audience="x").status_code == 403                      # no Metadata-Flavor
+    assert get(IDENTITY, {"Metadata-Flavor": "google"}, audience="x").status_code == 403
+    assert get(IDENTITY, {**flavor, "X-Forwarded-For": "10.0.0.1"}, audience="x").status_code == 403
+    missing_aud = get(IDENTITY, flavor, format="full")
+    assert missing_aud.status_code == 400 and "audience" in missing_aud.text
+    assert get("/computeMetadata/v1/instance/id", flavor).text == stack.gcp_instance("web-gce-1")["id"]
+
+    r = get(IDENTITY, flavor, audience="https://broker.example", format="full")
+    assert r.status_code == 200 and r.headers["Metadata-Flavor"] == "Google"
+    header, _ = _jwt_parts(r.text)
+    certs = requests.get(stack.gcp_certs_url, timeout=5, proxies=NO_PROXY).json()
+    assert header == {"alg": "RS256", "kid": header["kid"], "typ": "JWT"} and header["kid"] in certs
+    claims = google.auth.jwt.decode(r.text, certs=certs, audience="https://broker.example")
+    gce = claims.pop("google")["compute_engine"]
+    inst = stack.gcp_instance("web-gce-1")
+    assert gce == {"instance_creation_timestamp": gce["instance_creation_timestamp"], "instance_id": inst["id"],
+                   "instance_name": "web-gce-1", "project_id": GCP_PROJECT, "project_number": 123456789000,
+                   "zone": GCP_ZONE}
+    assert isinstance(gce["instance_creation_timestamp"], int)
+    assert claims["iss"] == "https://accounts.google.com" and claims["email_verified"] is True
+    assert claims["email"] == "demo-node@demo-project.iam.gserviceaccount.com"
+    assert claims["sub"] == claims["azp"] and claims["sub"].isdigit() and claims["exp"] - claims["iat"] == 3600
+    with pytest.raises(ValueError):
+        google.auth.jwt.decode(r.text, certs=certs, audience="https://someone-else.example")
+    standard = get(IDENTITY, flavor, audience="https://broker.example")
+    assert set(_jwt_parts(standard.text)[1]) == {"aud", "azp", "exp", "iat", "iss", "sub"}
+
+
+def test_gcp_compute_api_behaves_like_googles(stack, google_adc):
+    path = f"projects/{GCP_PROJECT}/zones/{GCP_ZONE}/instances/web-gce-1"
+    anon = _compute(stack, path)
+    assert anon.status_code == 401 and anon.headers["WWW-Authenticate"].startswith("Bearer")
+    assert anon.json()["error"]["errors"][0]["reason"] == "required"
+    bogus = _compute(stack, path, "ya29.not-a-token")
+    assert bogus.status_code == 401 and bogus.json()["error"]["status"] == "UNAUTHENTICATED"
+
+    session = _authorized_session(google_adc)  # google-auth: STS exchange of a signed GetCallerIdentity
+    base = google_adc["BROKER_GCP_COMPUTE_URL"] + "/compute/v1/"
+    inst = session.get(base + path, timeout=5).json()
+    assert inst["kind"] == "compute#instance" and inst["name"] == "web-gce-1" and inst["status"] == "RUNNING"
+    assert isinstance(inst["id"], str) and inst["id"].isdigit() and int(inst["id"]) < 2**64
+    assert inst["zone"] == f"https://www.googleapis.com/compute/v1/projects/{GCP_PROJECT}/zones/{GCP_ZONE}"
+    assert inst["selfLink"] == f"https://www.googleapis.com/compute/v1/{path}"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}-07:00", inst["creationTimestamp"])
+
+    forbidden = session.get(base + f"projects/other-project/zones/{GCP_ZONE}/instances/web-gce-1", timeout=5)
+    assert forbidden.status_code == 403 and forbidden.json()["error"]["errors"][0]["reason"] == "forbidden"
+    missing = session.get(base + f"projects/{GCP_PROJECT}/zones/{GCP_ZONE}/instances/nope", timeout=5)
+    msg = f"The resource 'projects/{GCP_PROJECT}/zones/{GCP_ZONE}/instances/nope' was not found"
+    assert missing.status_code == 404
+    assert missing.json() == {"error": {"code": 404, "message": msg, "errors": [
+        {"message": msg, "domain": "global", "reason": "notFound"}]}}
+
+
+def test_gcp_token_endpoints_refuse_wrong_credentials(stack, google_adc, monkeypatch):
+    import google.auth.exceptions
+    import google.oauth2.credentials
+    from google.auth.transport.requests import Request
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")  # the STS exchange is checked
+    with pytest.raises(google.auth.exceptions.OAuthError, match="SignatureDoesNotMatch"):
+        _authorized_session(google_adc).get(stack.google.url + "/compute/v1/projects/x/zones/y/instances/z")
+
+    oauth = stack.google.oauth_client  # the refresh_token grant (authorized_user credentials)
+    def refresh(**override):
+        kw = dict(oauth, token_uri=stack.google.url + "/token", token=None)
+        kw.update(override)
+        creds = google.oauth2.credentials.Credentials(**kw)
+        creds.refresh(Request())
+        return creds
+    assert refresh().token.startswith("ya29.")
+    with pytest.raises(google.auth.exceptions.RefreshError, match="invalid_grant"):
+        refresh(refresh_token="1//wrong")
+    with pytest.raises(google.auth.exceptions.RefreshError, match="invalid_client"):
+        refresh(client_secret="wrong")
+
+
+def test_gcp_instance_lifecycle(stack):
+    made = stack.gcp_create_instance("lifecycle-1", status="STAGING")
+    assert "labels" not in made and made["status"] == "STAGING"   # Google leaves empty fields out
+    token = stack.gcp_instance_token("lifecycle-1", audience="aud")
+    assert stack.gcp_set_status("lifecycle-1", "TERMINATED")["status"] == "TERMINATED"
+    assert stack.gcp_set_labels("lifecycle-1", {"vault-role": "web"})["labels"] == {"vault-role": "web"}
+    again = stack.gcp_recreate_instance("lifecycle-1")
+    assert again["id"] != made["id"] and again["labels"] == {"vault-role": "web"}
+    from datetime import datetime
+    t = lambda inst: datetime.fromisoformat(inst["creationTimestamp"]).timestamp()
+    assert int(t(again)) > _jwt_parts(token)[1]["google"]["compute_engine"]["instance_creation_timestamp"]
+    assert int(t(again)) >= int(t(made)) + 1
+    stack.gcp_delete_instance("lifecycle-1")
+    r = requests.get(stack.gcp_metadata_url_for("lifecycle-1") + "/computeMetadata/v1/",
+                     headers={"Metadata-Flavor": "Google"}, timeout=5, proxies=NO_PROXY)
+    assert r.status_code == 404
+    with pytest.raises(Exception, match="404"):
+        stack.gcp_instance("lifecycle-1")
+
+
+def test_gcp_keys_rotate_and_certs_are_counted(stack):
+    import google.auth.jwt
+
+    before = stack.gcp_certs_fetch_count()
+    r = requests.get(stack.gcp_certs_url, timeout=5, proxies=NO_PROXY)
+    assert stack.gcp_certs_fetch_count() == before + 1
+    assert re.fullmatch(r"public, max-age=\d+, must-revalidate, no-transform", r.headers["Cache-Control"])
+    assert r.headers["Expires"].endswith("GMT")
+    old_kid = stack.gcp_kids()[-1]
+    new_kid = stack.gcp_rotate_key()
+    token = stack.gcp_sa_token("svc@demo-project.iam.gserviceaccount.com", audience="aud")
+    assert _jwt_parts(token)[0]["kid"] == new_kid
+    certs = requests.get(stack.gcp_certs_url, timeout=5, proxies=NO_PROXY).json()
+    assert {old_kid, new_kid} <= set(certs)
+    claims = google.auth.jwt.decode(token, certs=certs, audience="aud")
+    assert "google" not in claims and claims["email_verified"] is True
+    stack.gcp_drop_old_keys()
+    assert stack.gcp_kids() == [new_kid]
+    assert set(requests.get(stack.gcp_certs_url, timeout=5, proxies=NO_PROXY).json()) == {new_kid}
+
+
+def test_gcp_forged_tokens_and_outages(stack):
+    import hashlib
+    import hmac
+
+    claims = {"iss": "https://evil.example", "aud": "aud", "iat": 1, "exp": 2}
+    unsigned = stack.gcp_forge_token({"alg": "none", "typ": "JWT"}, claims, sign=False)
+    assert unsigned.endswith(".") and _jwt_parts(unsigned) == ({"alg": "none", "typ": "JWT"}, claims)
+    hs = stack.gcp_forge_token({"alg": "HS256", "typ": "JWT"}, claims, sign="hs256-public-key")
+    pem = requests.get(stack.gcp_certs_url, timeout=5, proxies=NO_PROXY).json()[stack.gcp_kids()[-1]]
+    mac = hmac.new(pem.encode(), hs.rsplit(".", 1)[0].encode(), hashlib.sha256).digest()
+    assert hs.rsplit(".", 1)[1] == __import__("base64").urlsafe_b64encode(mac).rstrip(b"=").decode()
+    foreign = stack.gcp_forge_token(None, claims, key="unpublished")
+    assert _jwt_parts(foreign)[0]["kid"] not in stack.gcp_kids()
+
+    for which, probe in (("certs", lambda: requests.get(stack.gcp_certs_url, timeout=5, proxies=NO_PROXY)),
+                         ("compute", lambda: _compute(stack, "projects/demo-project/zones/us-central1-a/instances/x"))):
+        stack.gcp_outage(which, down=True)
+        try:
+            assert probe().status_code == 503
+        finally:
+            stack.gcp_outage(which, down=False)
+        assert probe().status_code != 503
