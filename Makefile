@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test stack-up stack-down demo clean
+.PHONY: install test stack-up stack-down demo package clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ stack-down:
 
 demo: $(STAMP)
 	$(PY) -m devstack.demo
+
+# SAM (dist/sam) and Terraform (dist/terraform) packages of a stage, cfn-lint, the zip size.
+STAGE ?= prod
+package: $(STAMP)
+	$(PY) deploy/package.py --stage $(STAGE) --out dist
 
 clean:
 	rm -rf .stack dist .pytest_cache
