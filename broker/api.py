@@ -1,10 +1,10 @@
-"""The call to the broker: ``POST /v1/credentials/aws``, with retries.
+"""The call to the broker: ``POST /v1/credentials/aws`` (or ``/gcp``), with retries.
 
 Retried, with exponential backoff and full jitter: 429, 502, 503, 504, and
 connection errors and timeouts. ``Retry-After`` is honoured as a floor (capped).
 Never retried: 400, 401, 403 and other 4xx, which are refusals, with one
 exception: 401 ``proof_replayed``, which a fresh proof cures (see below). A fresh
-proof is signed for every attempt, because the broker spends each proof once.
+proof is made for every attempt, because the broker spends each proof once.
 
 Only the standard library is used (urllib.request); redirects are refused.
 """
@@ -202,7 +202,7 @@ def _one_line(text: str, limit: int) -> str:
 
 
 class BrokerClient:
-    """Calls the broker's AWS login route with bounded retries."""
+    """Calls a login route of the broker with bounded retries."""
 
     def __init__(
         self,
@@ -236,8 +236,14 @@ class BrokerClient:
     def login_url(self) -> str:
         return self.base_url + LOGIN_PATH
 
-    def request_credentials(self, role: str, make_proof: Callable[[], dict[str, str]]) -> Issued:
-        """POST the login; ``make_proof`` is called once per attempt for a fresh proof."""
+    def request_credentials(self, role: str, make_proof: Callable[[], dict[str, str]], *,
+                            path: str = LOGIN_PATH, replay_hint: str | None = None) -> Issued:
+        """POST the login to ``path``; ``make_proof`` is called once per attempt for a fresh
+        proof (the body's fields besides ``role``). ``replay_hint`` explains a
+        ``proof_replayed`` refusal to the operator."""
+        url = self.base_url + path
+        if replay_hint is None:
+            replay_hint = "another process with the same AWS credentials signed in the same second?"
         start = self._clock()
         deadline = start + self.retry.max_wait
         last_problem = "no attempt made"
@@ -249,7 +255,7 @@ class BrokerClient:
             retry_after: float | None = None
             last_refusal = None
             try:
-                result = post_json(self._opener, self.login_url, payload, timeout=timeout)
+                result = post_json(self._opener, url, payload, timeout=timeout)
             except (OSError, http.client.HTTPException) as exc:
                 if _is_tls_verification_failure(exc):
                     raise UnavailableError(
@@ -267,7 +273,7 @@ class BrokerClient:
                     # second sent the very same proof first. A proof signed in a later second
                     # is a different one, so this refusal alone is worth another attempt.
                     last_refusal = RefusedError(result.status, code, message, request_id=request_id)
-                    message += " (another process with the same AWS credentials signed in the same second?)"
+                    message += f" ({replay_hint})"
                 elif result.status not in RETRYABLE_STATUSES:
                     if 400 <= result.status < 500:
                         raise RefusedError(result.status, code, message, request_id=request_id)

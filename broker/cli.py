@@ -47,6 +47,7 @@ LOGIN_EPILOG = (
     "  broker login --broker-url https://broker.example.com --role web \\\n"
     "      --server-id broker.example.com --out-dir /run/vault-agent\n"
     "  BROKER_URL=... BROKER_ROLE=batch BROKER_SERVER_ID=... broker login --exec -- python job.py\n"
+    "  broker login --cloud gcp --broker-url https://broker.example.com --role web --sink /run/vault/token\n"
     "\n" + _exit_code_epilog()
 )
 
@@ -152,9 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     login = sub.add_parser(
         "login",
         parents=[common],
-        help="prove this machine's AWS identity, receive and unwrap AppRole credentials, hand them on",
-        description="Sign an sts:GetCallerIdentity proof with the default AWS credential chain, ask the "
-        "broker for the role, check and unwrap the wrapped role ID and secret ID, and hand them on.",
+        help="prove this machine's AWS or GCP identity, receive and unwrap AppRole credentials, hand them on",
+        description="Prove this machine's cloud identity (AWS: an sts:GetCallerIdentity signed with the default "
+        "credential chain; GCP: the GCE metadata server's identity token), ask the broker for the role, check "
+        "and unwrap the wrapped role ID and secret ID, and hand them on.",
         epilog=LOGIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -163,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="base URL of the broker (env BROKER_URL)")
     g.add_argument("--role", default=_env("BROKER_ROLE"), help="AppRole to ask for (env BROKER_ROLE)")
     g.add_argument("--server-id", default=_env("BROKER_SERVER_ID"), metavar="ID",
-                   help="the broker's X-Vault-AWS-IAM-Server-ID value (env BROKER_SERVER_ID)")
+                   help="the broker's X-Vault-AWS-IAM-Server-ID value, for the AWS proof (env BROKER_SERVER_ID)")
     g.add_argument("--ca-cert", default=_env("BROKER_CA_CERT"), metavar="FILE",
                    help="CA bundle to verify the broker's TLS certificate (env BROKER_CA_CERT)")
     g.add_argument("--timeout", type=_positive_float, default=_env("BROKER_TIMEOUT", "10"), metavar="SECONDS",
@@ -172,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attempts at the broker, each with a fresh proof (default 6; env BROKER_MAX_ATTEMPTS)")
     g.add_argument("--max-wait", type=_positive_float, default=_env("BROKER_MAX_WAIT", "120"), metavar="SECONDS",
                    help="give up retrying after this long (default 120; env BROKER_MAX_WAIT)")
+
+    g.add_argument("--cloud", choices=("auto", "aws", "gcp"), default=_env("BROKER_CLOUD", "auto"),
+                   help="which cloud proves this machine's identity (default auto: AWS credentials without "
+                   "IMDS, else a GCE metadata server, else EC2 IMDS; env BROKER_CLOUD)")
+
+    gcp = login.add_argument_group("GCP proof")
+    gcp.add_argument("--audience", default=_env("BROKER_GCP_AUDIENCE"), metavar="AUD",
+                     help="audience of the identity token (default: the broker URL; env BROKER_GCP_AUDIENCE)")
+    gcp.add_argument("--metadata-url", default=_env("BROKER_GCP_METADATA_URL"), metavar="URL",
+                     help="base URL of the GCE metadata server (default http://metadata.google.internal; "
+                     "env BROKER_GCP_METADATA_URL)")
 
     a = login.add_argument_group("AWS proof")
     a.add_argument("--sts-url", default=_env("BROKER_STS_URL", "https://sts.amazonaws.com/"), metavar="URL",
@@ -234,7 +247,6 @@ def _ssl_context(cafile: str | None, what: str) -> ssl.SSLContext | None:
 
 def cmd_login(args: argparse.Namespace, out: Output) -> int:
     from broker.api import BrokerClient, RetryPolicy, is_loopback
-    from broker.aws_proof import ProofSigner
     from broker.handoff import (
         exec_with_token,
         preflight_command,
@@ -243,11 +255,13 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
         write_approle_files,
         write_sink,
     )
+    from broker.proofs import build_proof_source
     from broker.vault import VaultClient, normalize_mount, unwrap_credentials, unwrap_role_id_for_agent
 
     missing = [flag for flag, value in (("--broker-url/BROKER_URL", args.broker_url),
-                                        ("--role/BROKER_ROLE", args.role),
-                                        ("--server-id/BROKER_SERVER_ID", args.server_id)) if not value]
+                                        ("--role/BROKER_ROLE", args.role)) if not value]
+    if args.cloud == "aws" and not args.server_id:
+        missing.append("--server-id/BROKER_SERVER_ID")
     if missing:
         raise UsageError("missing " + ", ".join(missing))
     if not _ROLE_NAME.match(args.role):
@@ -272,7 +286,6 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
         if url and url.startswith("http://") and not is_loopback(url):
             out.warn(f"the {what} URL {url} is not https: credentials would cross the network in clear")
 
-    signer = ProofSigner(args.server_id, sts_url=args.sts_url, region=args.sts_region)
     client = BrokerClient(
         args.broker_url,
         timeout=args.timeout,
@@ -284,8 +297,12 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
     if args.vault_addr:  # a bad address is a usage error before anything is issued
         VaultClient(args.vault_addr)
 
+    proof = build_proof_source(
+        cloud=args.cloud, broker_url=client.base_url, server_id=args.server_id, sts_url=args.sts_url,
+        sts_region=args.sts_region, audience=args.audience, metadata_url=args.metadata_url,
+        timeout=args.timeout, add_secret=out.add_secrets, log=out.info)
     out.info(f"asking {client.base_url} for role {args.role}")
-    issued = client.request_credentials(args.role, lambda: signer.sign().login_fields())
+    issued = client.request_credentials(args.role, proof.make, path=proof.path, replay_hint=proof.replay_hint)
     out.add_secrets(issued.role_id_wrap.token, issued.secret_id_wrap.token)
     out.info(
         f"issued: request ID {issued.request_id}, wrapping accessors "
@@ -295,6 +312,7 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
         "status": "ok",
         "request_id": issued.request_id,
         "role": issued.role,
+        "cloud": proof.cloud,
         "attempts": issued.attempts,
         "role_id_wrap_accessor": issued.role_id_wrap.accessor,
         "secret_id_wrap_accessor": issued.secret_id_wrap.accessor,

@@ -12,6 +12,7 @@ EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_USAGE = 2
 EXIT_NO_AWS_CREDENTIALS = 3
+EXIT_NO_IDENTITY = EXIT_NO_AWS_CREDENTIALS  # the same code, whichever cloud
 EXIT_REFUSED = 4
 EXIT_UNAVAILABLE = 5
 EXIT_INTERCEPTION = 6
@@ -24,7 +25,8 @@ EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_UNEXPECTED: "unexpected error (a bug; --debug shows the traceback)",
     EXIT_USAGE: "usage or configuration error",
-    EXIT_NO_AWS_CREDENTIALS: "no AWS credentials available to sign the proof",
+    EXIT_NO_AWS_CREDENTIALS: "no cloud identity for the proof: no AWS credentials, no GCE identity token "
+    "(or, without --cloud, neither cloud detected)",
     EXIT_REFUSED: "refused by the broker (400 invalid_request, 401 invalid_proof, 403 not_authorized, other 4xx; "
     "401 proof_replayed on every attempt)",
     EXIT_UNAVAILABLE: "broker unavailable after retries (429/5xx/connection errors/timeouts), or an unusable answer",
@@ -59,7 +61,8 @@ class UsageError(ClientError):
 
 
 class NoCredentialsError(ClientError):
-    """The default AWS credential chain found nothing to sign with."""
+    """No cloud identity to build the proof with: the default AWS credential chain found
+    nothing to sign with, or the GCE metadata server gave no identity token."""
 
     exit_code = EXIT_NO_AWS_CREDENTIALS
 

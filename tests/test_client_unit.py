@@ -112,6 +112,7 @@ def clean_env(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("BROKER_GCP_METADATA_URL", "http://127.0.0.1:9")  # no GCE metadata server either
 
 
 # ---- a tiny broker stand-in ---------------------------------------------------------------
