@@ -78,7 +78,7 @@ def credentials_gcp():
     return _json(200, body)
 
 
-@app.route("/v1/health", methods=["GET"])
+@app.route("/v1/health", methods=["GET"], content_types=["*/*"])  # a GET has no body: any Content-Type
 def health():
     try:
         healthy, checks = get_service().health()
@@ -89,7 +89,7 @@ def health():
                  None if healthy else {"Retry-After": "5"})
 
 
-@app.route("/v1/openapi.json", methods=["GET"])
+@app.route("/v1/openapi.json", methods=["GET"], content_types=["*/*"])
 def openapi():
     from chalicelib.openapi import document
 

@@ -15,6 +15,33 @@ _ROLE = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
 _B64 = {"type": "string", "format": "byte"}
 
 
+def _b64(text):
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
+# Well-formed but not genuine (an old date, a made-up signature): refused with 401, as it must be.
+_AWS_EXAMPLE = {
+    "role": "web",
+    "iam_http_request_method": "POST",
+    "iam_request_url": _b64("https://sts.amazonaws.com/"),
+    "iam_request_body": _b64("Action=GetCallerIdentity&Version=2011-06-15"),
+    "iam_request_headers": _b64(
+        '{"Host": ["sts.amazonaws.com"], "X-Amz-Date": ["20240101T000000Z"],'
+        ' "Content-Type": ["application/x-www-form-urlencoded; charset=utf-8"],'
+        ' "X-Vault-AWS-IAM-Server-ID": ["broker.example.com"],'
+        ' "Authorization": ["AWS4-HMAC-SHA256 Credential=AKIAEXAMPLEEXAMPLE00/20240101/us-east-1/sts/aws4_request,'
+        ' SignedHeaders=content-type;host;x-amz-date;x-vault-aws-iam-server-id, Signature=' + "0" * 64 + '"]}'),
+}
+_GCP_EXAMPLE = {
+    "role": "web",
+    "jwt": "eyJhbGciOiJSUzI1NiIsImtpZCI6ImV4YW1wbGUiLCJ0eXAiOiJKV1QifQ"  # {"alg":"RS256","kid":"example","typ":"JWT"}
+           ".eyJpc3MiOiJodHRwczovL2FjY291bnRzLmdvb2dsZS5jb20iLCJhdWQiOiJodHRwczovL2Jyb2tlci5leGFtcGxlLmNvbSJ9"
+           ".c2lnbmF0dXJl",
+}
+
+
 def _error(codes, description):
     return {
         "description": description,
@@ -142,6 +169,7 @@ SPEC = {
                 "additionalProperties": False,
                 "required": ["role", "iam_http_request_method", "iam_request_url", "iam_request_body",
                              "iam_request_headers"],
+                "example": _AWS_EXAMPLE,
                 "properties": {
                     "role": _ROLE,
                     "iam_http_request_method": {"type": "string", "maxLength": 16, "example": "POST",
@@ -156,6 +184,7 @@ SPEC = {
                 "type": "object",
                 "additionalProperties": False,
                 "required": ["role", "jwt"],
+                "example": _GCP_EXAMPLE,
                 "properties": {
                     "role": _ROLE,
                     "jwt": {"type": "string", "maxLength": 8192, "pattern": "^[\\x00-\\x7f]*$",
