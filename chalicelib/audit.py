@@ -3,6 +3,10 @@
 A record holds who asked (principal, account, instance, source IP), what was
 decided (outcome, rule, role, reason) and what was issued (the wrapping
 accessors and the secret ID accessor) -- never a token, secret ID or signature.
+The security team's own actions (audit reads, revocations) and interception
+reports are records too (outcomes `admin` and `incident`).
+
+Keys and indexes: chalicelib/audit_schema.py; queries: chalicelib/audit_query.py.
 """
 
 import json
@@ -10,9 +14,12 @@ from time import time as _now
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+from .audit_schema import INTERNAL_ATTRIBUTES, TTL_ATTRIBUTE, index_attributes
 from .aws_calls import call
 
-OUTCOMES = ("issued", "denied", "error")
+OUTCOMES = ("issued", "denied", "error", "incident", "admin")
+# Fields held as JSON text in DynamoDB (and decoded when read).
+JSON_FIELDS = frozenset({"facts", "query", "target", "destroyed", "vault_audit_hmacs"})
 
 
 @dataclass
@@ -35,10 +42,22 @@ class AuditRecord:
     role_id_wrap_accessor: str | None = None
     secret_id_wrap_accessor: str | None = None
     secret_id_accessor: str | None = None
+    secret_id_expires_at: int | None = None  # when the issued secret ID expires (epoch seconds)
+    # HMACs of the accessors as Vault's audit device logs them (BROKER_VAULT_AUDIT_HASH_PATH)
+    vault_audit_hmacs: dict | None = None
+    # security-team actions and incidents
+    action: str | None = None  # audit.search, audit.show, revoke, lift, incident
+    related_request_id: str | None = None  # the issuance an incident or revocation is about
+    revocation_id: str | None = None
+    target: dict | None = None  # what a revocation targets: {"instance": ...} / {"principal": ...} / ...
+    query: dict | None = None  # the filters of an audit search
+    result_count: int | None = None
+    destroyed: list | None = None  # [{"request_id", "role", "secret_id_accessor", "result"}]
+    quarantine_until: str | None = None
 
     def fields(self):
         """The record as plain data without empty fields (also what the log line shows)."""
-        return {k: v for k, v in asdict(self).items() if v not in (None, "", {})}
+        return {k: v for k, v in asdict(self).items() if v not in (None, "", {}, [])}
 
 
 class AuditStore:
@@ -51,13 +70,18 @@ class AuditStore:
         """Write the record; Unavailable if the store can't take it (the caller then issues nothing)."""
         item = {}
         for key, value in record.fields().items():
-            if key == "facts":
+            if key in JSON_FIELDS or isinstance(value, (dict, list)):
                 item[key] = {"S": json.dumps(value, sort_keys=True, separators=(",", ":"))}
             elif key == "epoch":
                 item[key] = {"N": f"{value:.3f}"}
+            elif isinstance(value, int) and not isinstance(value, bool):
+                item[key] = {"N": str(value)}
             else:
                 item[key] = {"S": str(value)}
-        item["expires_at"] = {"N": str(int(record.epoch) + self._retention)}
+        epoch = item["epoch"]["N"]
+        for key, value in index_attributes(record.request_id, epoch, record.principal, record.role).items():
+            item[key] = {"S": value}
+        item[TTL_ATTRIBUTE] = {"N": str(int(record.epoch) + self._retention)}
         call("audit store", self._db.put_item, TableName=self._table, Item=item,
              ConditionExpression="attribute_not_exists(request_id)")
 
@@ -66,12 +90,7 @@ class AuditStore:
         page = call("audit store", self._db.get_item, TableName=self._table,
                     Key={"request_id": {"S": request_id}}, ConsistentRead=True)
         item = page.get("Item")
-        if not item:
-            return None
-        out = {k: (v.get("S") if "S" in v else float(v["N"])) for k, v in item.items()}
-        if "facts" in out:
-            out["facts"] = json.loads(out["facts"])
-        return out
+        return item_to_record(item) if item else None
 
     def health(self):
         """None when the table answers, else what is wrong."""
@@ -80,3 +99,22 @@ class AuditStore:
             return None
         except Exception as e:
             return getattr(e, "detail", "unavailable")
+
+
+def item_to_record(item):
+    """A DynamoDB item of the audit table as plain data (what the API shows)."""
+    out = {}
+    for key, value in item.items():
+        if key in INTERNAL_ATTRIBUTES:
+            continue
+        if "S" in value:
+            out[key] = value["S"]
+        elif "N" in value:
+            number = float(value["N"])
+            out[key] = int(number) if number.is_integer() and key != "epoch" else number
+    for key in JSON_FIELDS & set(out):
+        try:
+            out[key] = json.loads(out[key])
+        except ValueError:
+            pass
+    return out

@@ -51,3 +51,24 @@ class Unavailable(BrokerError):
 
 class ConfigError(Exception):
     """The broker's configuration is unusable: raised at start, names the variable."""
+
+
+class Quarantined(BrokerError):
+    """The caller (its instance or principal) is quarantined by a revocation."""
+
+    status = 403
+    code = "quarantined"
+
+
+class NotFound(BrokerError):
+    status = 404
+    code = "not_found"
+
+
+class RateLimited(BrokerError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message, *, retry_after, detail=None):
+        super().__init__(message, detail=detail)
+        self.retry_after = retry_after
