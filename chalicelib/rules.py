@@ -154,6 +154,12 @@ class Verdict:
 class RuleSet:
     rules: tuple
     source: str = "<rules>"
+    # [security] principal_arns: globs on the canonical IAM ARN of who may use the
+    # security-team routes (audit queries, revocations). Empty: nobody.
+    security_principals: tuple = ()
+
+    def is_security_principal(self, canonical_arn):
+        return bool(canonical_arn) and _any_glob(canonical_arn, self.security_principals)
 
     @property
     def roles(self):
@@ -235,7 +241,7 @@ def parse_rules(text, source="<rules>"):
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise RulesError(f"{source}: not valid TOML: {e}") from None
-    _only_keys(doc, {"version", "rule"}, source)
+    _only_keys(doc, {"version", "rule", "security"}, source)
     if doc.get("version") != SUPPORTED_VERSION:
         raise RulesError(f"{source}: 'version' must be {SUPPORTED_VERSION}")
     raw_rules = doc.get("rule", [])
@@ -248,7 +254,24 @@ def parse_rules(text, source="<rules>"):
             raise RulesError(f"{source}: rule #{index}: name {rule.name!r} is used twice")
         names.add(rule.name)
         rules.append(rule)
-    return RuleSet(tuple(rules), source)
+    return RuleSet(tuple(rules), source, _parse_security(doc.get("security", {}), f"{source}: security"))
+
+
+def _parse_security(raw, where):
+    """[security]: who may read the audit trail and revoke (the security team)."""
+    if not isinstance(raw, dict):
+        raise RulesError(f"{where}: must be a table ([security])")
+    _only_keys(raw, {"principal_arns"}, where)
+    principals = _string_list(raw, "principal_arns", where, required=False)
+    for p in principals:
+        if not p.startswith("arn:") or p.count(":") < 5:
+            raise RulesError(f"{where}.principal_arns: {p!r} is not an IAM ARN (glob)")
+        if ":assumed-role/" in p or p.startswith("arn:aws:sts:"):
+            raise RulesError(f"{where}.principal_arns: {p!r} must be an IAM role or user ARN "
+                             "(arn:aws:iam::ACCOUNT:role/NAME), not an STS session ARN")
+        if p.split(":", 5)[5] in ("*", "role/*", "user/*") or p.split(":")[4] in ("*", ""):
+            raise RulesError(f"{where}.principal_arns: {p!r} is too broad: name the account and the role or user")
+    return tuple(principals)
 
 
 def _parse_rule(raw, where):
