@@ -32,6 +32,8 @@ from broker.errors import (
 )
 
 _ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Anything shaped like a JWT (even cut short): identity tokens are bearer credentials.
+_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?)?")
 
 
 def _exit_code_epilog() -> str:
@@ -77,7 +79,7 @@ class Output:
     def scrub(self, text: str) -> str:
         for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, "[redacted]")
-        return text
+        return _JWT_LIKE.sub("[redacted]", text)
 
     def info(self, message: str) -> None:
         if not self.quiet:
