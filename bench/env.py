@@ -1,0 +1,330 @@
+"""The benchmark's world: the local stack, the in-process broker, proofs, tracing.
+
+Nothing in here times anything; the benchmark modules do. What is set up here
+(stack start, instance launch, role sessions, proof signing, Lambda events) is
+kept out of every timed region.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+if str(PROJECT_DIR) not in sys.path:
+    sys.path.insert(0, str(PROJECT_DIR))
+
+from devstack import Stack  # noqa: E402
+from tests.sigv4 import GCI_BODY, login_body, sign  # noqa: E402
+
+LOGIN_PATH = "/v1/credentials/aws"
+HEALTH_PATH = "/v1/health"
+WEB_TAGS = {"vault-role": "web"}
+NODE_ROLE = "demo-node"
+
+
+def quick() -> bool:
+    return os.environ.get("BENCH_QUICK", "") not in ("", "0", "false", "no")
+
+
+# ---- proofs ------------------------------------------------------------------
+
+
+class ProofFactory:
+    """Distinct signed GetCallerIdentity proofs for one role session name.
+
+    SigV4 signatures made in the same second with the same keys are identical and
+    the broker spends each proof once, so every proof gets a (keys, second) pair
+    never used before: the newest unused second within ``window`` seconds of now
+    (the broker allows 300 s of skew), and a new assumed-role session when one
+    session has used up its window. Signing is pure CPU (a few HMACs); call
+    :meth:`headers` / :meth:`login` outside the timed region.
+    """
+
+    def __init__(self, stack: Stack, session_name: str, *, role_name: str = NODE_ROLE,
+                 role: str = "web", window: int = 200):
+        self.stack = stack
+        self.role_name = role_name
+        self.session_name = session_name
+        self.role = role
+        self.window = window
+        self.server_id = stack.broker_env()["BROKER_SERVER_ID"]
+        self._sessions: list[tuple[dict, set[int]]] = []
+        self._lock = threading.Lock()
+
+    def _pick(self) -> tuple[dict, int]:
+        now = int(time.time())
+        for creds, used in reversed(self._sessions[-2:]):
+            for second in range(now, now - self.window, -1):
+                if second not in used:
+                    used.add(second)
+                    return creds, second
+        creds = self.stack.assume(self.role_name, self.session_name)
+        self._sessions.append((creds, {now}))
+        return creds, now
+
+    def headers(self) -> dict:
+        """The signed headers of one fresh STS GetCallerIdentity request."""
+        with self._lock:
+            creds, second = self._pick()
+        return sign(creds, server_id=self.server_id, when=datetime.fromtimestamp(second, timezone.utc))
+
+    def login(self, headers: dict | None = None) -> bytes:
+        """The JSON body of POST /v1/credentials/aws for a fresh proof."""
+        return json.dumps(login_body(self.role, headers or self.headers())).encode()
+
+
+def login_for(creds: dict, role: str, server_id: str) -> bytes:
+    return json.dumps(login_body(role, sign(creds, server_id=server_id))).encode()
+
+
+def proof_hash(headers: dict) -> str:
+    """What the broker keys the replay record on: SHA-256 of the signature."""
+    signature = headers["Authorization"].rsplit("Signature=", 1)[1]
+    return hashlib.sha256(signature.encode()).hexdigest()
+
+
+# ---- the in-process app --------------------------------------------------------
+
+
+class ThreadLocalRequests:
+    """Make ``app.current_request`` / ``app.lambda_context`` thread-local while active.
+
+    Chalice keeps the current request as a plain attribute of the app: right for
+    Lambda, where an execution environment runs one request at a time, wrong for
+    threads sharing one process. The boot storm simulates concurrent execution
+    environments with threads, so it swaps the app's class for a subclass whose
+    two attributes live in a ``threading.local`` (nothing in app.py changes).
+    """
+
+    def __init__(self, chalice_app):
+        self.app = chalice_app
+        self._old_class = None
+
+    def __enter__(self):
+        local = threading.local()
+
+        def attr(name):
+            return property(lambda self: getattr(local, name, None),
+                            lambda self, value: setattr(local, name, value))
+
+        self._old_class = type(self.app)
+        patched = type("ThreadLocalChalice", (self._old_class,),
+                       {"current_request": attr("current_request"), "lambda_context": attr("lambda_context")})
+        self.app.__class__ = patched
+        return self
+
+    def __exit__(self, *exc):
+        self.app.__class__ = self._old_class
+
+
+class Bench:
+    """The local stack, the broker in process (chalice.test.Client and the Lambda
+    entry point) and under ``chalice local``, and one running web instance."""
+
+    def __init__(self, stack: Stack | None = None, workdir: Path | str | None = None,
+                 say: Callable[[str], None] = lambda _m: None):
+        self.say = say
+        self._own_stack = stack is None
+        self._workdir = workdir
+        self.stack = stack
+        self._saved_env: dict | None = None
+        self._log_streams: list = []
+        self._added_handler = None
+        self._devnull = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> "Bench":
+        if self.stack is None:
+            import tempfile
+            workdir = self._workdir or tempfile.mkdtemp(prefix="bench-stack-")
+            t0 = time.perf_counter()
+            self.stack = Stack.start(workdir, with_broker=True)
+            self.say(f"local stack up in {time.perf_counter() - t0:.1f} s (workdir {workdir})")
+        elif self.stack.broker is None or self.stack.broker.proc is None:
+            self.stack.start_broker()
+        import app as broker_app
+        from chalice.test import Client
+
+        self.app_module = broker_app
+        self._saved_env = dict(os.environ)
+        os.environ.update(self.stack.broker_env())
+        broker_app._service = None
+        self._quiet_broker_log()
+        self.client = Client(broker_app.app, stage_name="local", project_dir=str(PROJECT_DIR))
+        self.server_id = self.stack.broker_env()["BROKER_SERVER_ID"]
+        self.instance_id = self.stack.launch_instance(WEB_TAGS)
+        self.proofs = ProofFactory(self.stack, self.instance_id)
+        return self
+
+    def close(self) -> None:
+        if self._saved_env is not None:
+            os.environ.clear()
+            os.environ.update(self._saved_env)
+            self._saved_env = None
+            self.app_module._service = None
+        self._restore_broker_log()
+        if self._own_stack and self.stack is not None:
+            self.stack.stop()
+
+    def __enter__(self) -> "Bench":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _quiet_broker_log(self) -> None:
+        """The broker logs one JSON line per decision to stdout: keep the formatting
+        (it is part of the handler's work) but send the lines to /dev/null."""
+        from chalicelib import jsonlog
+
+        logger = logging.getLogger(jsonlog.LOGGER_NAME)
+        self._devnull = open(os.devnull, "w")
+        if not logger.handlers:
+            with contextlib.redirect_stdout(self._devnull):
+                jsonlog.get_logger()
+            self._added_handler = logger.handlers[0]
+        else:
+            for h in logger.handlers:
+                if isinstance(h, logging.StreamHandler):
+                    self._log_streams.append((h, h.setStream(self._devnull)))
+
+    def _restore_broker_log(self) -> None:
+        from chalicelib import jsonlog
+
+        logger = logging.getLogger(jsonlog.LOGGER_NAME)
+        if self._added_handler is not None:
+            logger.removeHandler(self._added_handler)
+            self._added_handler = None
+        for h, old in self._log_streams:
+            h.setStream(old)
+        self._log_streams = []
+        if self._devnull is not None:
+            self._devnull.close()
+            self._devnull = None
+
+    # -- calling the broker ------------------------------------------------------
+
+    def post_inprocess(self, body: bytes):
+        """POST through chalice.test.Client; returns (status, parsed JSON body)."""
+        r = self.client.http.post(LOGIN_PATH, body=body, headers={"Content-Type": "application/json"})
+        return r.status_code, r.body
+
+    def lambda_event(self, body: bytes, method: str = "POST", path: str = LOGIN_PATH):
+        """A prebuilt API Gateway proxy event and Lambda context, as chalice.test builds them."""
+        gw = self.client.http._local_gateway
+        headers = {"Content-Type": "application/json"} if body else {}
+        return gw._generate_lambda_event(method, path, headers, body), gw._generate_lambda_context()
+
+    def invoke(self, event, context) -> dict:
+        """The Lambda entry point itself: ``app.app(event, context)``."""
+        return self.app_module.app(event, context)
+
+    def service(self):
+        return self.app_module.get_service()
+
+    def warm(self, n: int = 3) -> None:
+        """Build the service, log the broker into Vault, open connections (in process and over HTTP)."""
+        import requests
+
+        self.http = requests.Session()
+        self.http.trust_env = False
+        for _ in range(n):
+            status, body = self.post_inprocess(self.proofs.login())
+            if status != 200:
+                raise RuntimeError(f"warm-up issuance in process failed: {status} {body[:300]!r}")
+            r = self.http.post(self.stack.broker_url + LOGIN_PATH, data=self.proofs.login(),
+                               headers={"Content-Type": "application/json"}, timeout=30)
+            if r.status_code != 200:
+                raise RuntimeError(f"warm-up issuance over HTTP failed: {r.status_code} {r.text[:300]}")
+
+
+# ---- tracing the broker's backend calls -------------------------------------------
+
+_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
+
+
+@contextlib.contextmanager
+def trace_http(ports: dict[int, str]):
+    """Record every urllib3 request (botocore and requests both use urllib3) made
+    while active: (start, end, label). ``ports`` names the servers by port."""
+    from urllib3.connectionpool import HTTPConnectionPool
+
+    original = HTTPConnectionPool.urlopen
+
+    def urlopen(pool, method, url, *args, **kwargs):
+        body = kwargs.get("body", args[0] if len(args) > 0 else None)
+        headers = kwargs.get("headers", args[1] if len(args) > 1 else None) or {}
+        t0 = time.perf_counter()
+        try:
+            return original(pool, method, url, *args, **kwargs)
+        finally:
+            calls.append((t0, time.perf_counter(), _label(ports.get(pool.port, f":{pool.port}"), method, url,
+                                                           body, headers)))
+
+    from urllib3.connection import HTTPConnection
+
+    original_connect = HTTPConnection.connect
+
+    def connect(conn):
+        calls.connects.append(ports.get(conn.port, f":{conn.port}"))
+        return original_connect(conn)
+
+    calls = _Calls()
+    HTTPConnectionPool.urlopen = urlopen
+    HTTPConnection.connect = connect
+    try:
+        yield calls
+    finally:
+        HTTPConnectionPool.urlopen = original
+        HTTPConnection.connect = original_connect
+
+
+class _Calls(list):
+    """The recorded calls, plus ``connects``: the server of each new TCP connection."""
+
+    def __init__(self):
+        super().__init__()
+        self.connects: list[str] = []
+
+
+def _label(server: str, method: str, url: str, body: Any, headers) -> str:
+    h = {str(k).lower(): (v.decode() if isinstance(v, bytes) else str(v)) for k, v in dict(headers).items()}
+    path = url.split("?", 1)[0]
+    if server == "vault":
+        return f"vault {method} {path.removeprefix('/v1/')}"
+    if h.get("host", "").startswith("sts."):
+        return "sts GetCallerIdentity (forwarded)"
+    target = h.get("x-amz-target")
+    if target:
+        return f"dynamodb {target.rsplit('.', 1)[-1]}"
+    m = _SCOPE.search(h.get("authorization", ""))
+    service = m.group(1) if m else server
+    text = body.decode(errors="replace") if isinstance(body, bytes) else body if isinstance(body, str) else ""
+    action = re.search(r"(?:^|&)Action=([A-Za-z]+)", text or "")
+    return f"{service} {action.group(1) if action else method + ' ' + path}"
+
+
+def backend_ports(stack: Stack) -> dict[int, str]:
+    """Port -> server name, for :func:`trace_http`."""
+    from urllib.parse import urlsplit
+
+    ports = {urlsplit(stack.aws_endpoint_url).port: "moto", urlsplit(stack.vault_addr).port: "vault"}
+    if stack.broker_url:
+        ports[urlsplit(stack.broker_url).port] = "broker"
+    return ports
+
+
+__all__ = ["Bench", "ProofFactory", "ThreadLocalRequests", "trace_http", "backend_ports", "quick",
+           "login_for", "proof_hash", "GCI_BODY", "PROJECT_DIR", "LOGIN_PATH", "HEALTH_PATH"]
