@@ -226,7 +226,7 @@ def _parse_xml(body):
 
     try:
         return ElementTree.fromstring(body, forbid_dtd=True)
-    except (ElementTree.ParseError, DefusedXmlException, ValueError):
+    except (ElementTree.ParseError, DefusedXmlException, ValueError, LookupError):  # LookupError: unknown encoding=
         return None
 
 
