@@ -153,26 +153,37 @@ def _resources() -> dict:
     return load_cfn(packaging.RESOURCES_TEMPLATE)["Resources"]
 
 
-@pytest.mark.parametrize("name, key, env", [
-    ("AuditTable", "request_id", "BROKER_AUDIT_TABLE"),
-    ("ReplayTable", "proof_hash", "BROKER_REPLAY_TABLE"),
+@pytest.mark.parametrize("name, kind, env", [
+    ("AuditTable", "audit", "BROKER_AUDIT_TABLE"),
+    ("ReplayTable", "replay", "BROKER_REPLAY_TABLE"),
+    ("QuarantineTable", "quarantine", "BROKER_QUARANTINE_TABLE"),
 ])
-def test_tables(name, key, env):
+def test_tables(name, kind, env):
+    from chalicelib.audit_schema import cloudformation_properties
+
     table = _resources()[name]
     assert table["Type"] == "AWS::DynamoDB::Table"
     assert table["DeletionPolicy"] == "Retain"
     p = table["Properties"]
-    assert p["KeySchema"] == [{"AttributeName": key, "KeyType": "HASH"}]
-    assert p["AttributeDefinitions"] == [{"AttributeName": key, "AttributeType": "S"}]
+    # keys, indexes, billing and TTL exactly as the code defines them
+    expected = cloudformation_properties(kind)
+    assert {k: p.get(k) for k in expected} == expected
     assert p["BillingMode"] == "PAY_PER_REQUEST"
     assert p["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
     assert p["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert p["SSESpecification"]["SSEEnabled"] is True
-    # the names the stages' functions are configured with
-    for stage, config in chalice_config()["stages"].items():
-        if stage in ("dev", "prod"):
-            expected = p["TableName"]["Fn::Sub"].replace("${Stage}", stage)
-            assert config["environment_variables"][env] == expected
+    assert p["DeletionProtectionEnabled"] is True
+    assert "GlobalSecondaryIndexes" not in p or kind == "audit"
+    # the names the stages' functions are configured with, and the prod policy names
+    policy = json.loads((CHALICE / "policy-prod.json").read_text())
+    resources = json.dumps(policy)
+    for stage in ("dev", "prod"):
+        name_in_stage = p["TableName"]["Fn::Sub"].replace("${Stage}", stage)
+        configured = chalice_config()["stages"][stage]["environment_variables"].get(env)
+        if configured is not None:  # BROKER_QUARANTINE_TABLE comes with the quarantine routes
+            assert configured == name_in_stage
+        if stage == "prod":
+            assert f"table/{name_in_stage}\"" in resources
 
 
 def test_secret_and_log_group():
