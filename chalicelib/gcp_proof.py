@@ -27,7 +27,7 @@ DEFAULT_CERTS_MAX_AGE = 300
 MAX_CERTS_MAX_AGE = 24 * 3600
 MIN_REFETCH_INTERVAL = 5  # unknown kids can't make us hammer the certs endpoint
 _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
-_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*(\d+)", re.IGNORECASE)
+_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*([0-9]+)", re.IGNORECASE)
 _NO_CACHE = re.compile(r"(?:^|,)\s*(no-store|no-cache)\b", re.IGNORECASE)
 
 
@@ -114,7 +114,8 @@ def _max_age(cache_control):
     if _NO_CACHE.search(cache_control):
         return 0
     m = _MAX_AGE.search(cache_control)
-    return min(int(m.group(1)), MAX_CERTS_MAX_AGE) if m else DEFAULT_CERTS_MAX_AGE
+    # at most 12 digits reach int(): a longer number is past the cap anyway (and int() refuses > 4300 digits)
+    return min(int(m.group(1)[:12]), MAX_CERTS_MAX_AGE) if m else DEFAULT_CERTS_MAX_AGE
 
 
 class GcpProofVerifier:
@@ -146,7 +147,7 @@ class GcpProofVerifier:
             raise InvalidProof("the token's typ is not JWT")
 
     def _check_claims(self, claims):
-        if claims.get("iss") not in GOOGLE_ISSUERS:
+        if not isinstance(claims.get("iss"), str) or claims["iss"] not in GOOGLE_ISSUERS:  # a list is unhashable
             raise InvalidProof("the token was not issued by Google (iss)")
         aud = claims.get("aud")
         if aud != self._audience:
