@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test stack-up stack-down demo package clean
+.PHONY: install test stack-up stack-down demo package bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ demo: $(STAMP)
 STAGE ?= prod
 package: $(STAMP)
 	$(PY) deploy/package.py --stage $(STAGE) --out dist
+
+# Issue 6 benchmarks (docs/performance.md): BENCH_QUICK=1 for short counts;
+# BENCH_ARGS="--save LABEL", "--rev REV", "--only 1,4"; `python -m bench compare A B`.
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf .stack dist .pytest_cache

@@ -18,14 +18,16 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 if str(PROJECT_DIR) not in sys.path:
     sys.path.insert(0, str(PROJECT_DIR))
 
-from devstack import Stack  # noqa: E402
-from tests.sigv4 import GCI_BODY, login_body, sign  # noqa: E402
+if TYPE_CHECKING:
+    from devstack import Stack
+
+GCI_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
 
 LOGIN_PATH = "/v1/credentials/aws"
 HEALTH_PATH = "/v1/health"
@@ -35,6 +37,46 @@ NODE_ROLE = "demo-node"
 
 def quick() -> bool:
     return os.environ.get("BENCH_QUICK", "") not in ("", "0", "false", "no")
+
+
+def tree() -> Path:
+    """The code under test: this checkout, or ``BENCH_TREE`` (e.g. an exported older
+    revision, for before/after figures). Only bench/ always comes from this checkout."""
+    return Path(os.environ.get("BENCH_TREE") or PROJECT_DIR).resolve()
+
+
+# What comes from the tree under test: the broker, its client, and the local stack
+# and test signer of the same revision (devstack seeds what that revision needs).
+TREE_PACKAGES = ("app", "chalicelib", "broker", "devstack", "tests")
+
+
+def activate_tree() -> Path:
+    """Put :func:`tree` first on sys.path; call before anything imports the packages above."""
+    t = tree()
+    if t != PROJECT_DIR:
+        for name in TREE_PACKAGES:
+            mod = sys.modules.get(name)
+            where = getattr(mod, "__file__", None) or next(iter(getattr(mod, "__path__", [])), None)
+            if mod is not None and where and not Path(where).resolve().is_relative_to(t):
+                raise RuntimeError(f"{name} was already imported from {where}, not from {t}")
+        if sys.path[0] != str(t):
+            sys.path.insert(0, str(t))
+    return t
+
+
+def import_app():
+    """Import app.py (and so chalicelib) from :func:`tree`."""
+    activate_tree()
+    import app
+
+    return app
+
+
+def _sigv4():
+    activate_tree()
+    from tests import sigv4
+
+    return sigv4
 
 
 # ---- proofs ------------------------------------------------------------------
@@ -77,15 +119,16 @@ class ProofFactory:
         """The signed headers of one fresh STS GetCallerIdentity request."""
         with self._lock:
             creds, second = self._pick()
-        return sign(creds, server_id=self.server_id, when=datetime.fromtimestamp(second, timezone.utc))
+        return _sigv4().sign(creds, server_id=self.server_id, when=datetime.fromtimestamp(second, timezone.utc))
 
     def login(self, headers: dict | None = None) -> bytes:
         """The JSON body of POST /v1/credentials/aws for a fresh proof."""
-        return json.dumps(login_body(self.role, headers or self.headers())).encode()
+        return json.dumps(_sigv4().login_body(self.role, headers or self.headers())).encode()
 
 
 def login_for(creds: dict, role: str, server_id: str) -> bytes:
-    return json.dumps(login_body(role, sign(creds, server_id=server_id))).encode()
+    sigv4 = _sigv4()
+    return json.dumps(sigv4.login_body(role, sigv4.sign(creds, server_id=server_id))).encode()
 
 
 def proof_hash(headers: dict) -> str:
@@ -146,23 +189,28 @@ class Bench:
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> "Bench":
+        activate_tree()
         if self.stack is None:
             import tempfile
+
+            from devstack import Stack
+
             workdir = self._workdir or tempfile.mkdtemp(prefix="bench-stack-")
             t0 = time.perf_counter()
-            self.stack = Stack.start(workdir, with_broker=True)
+            self.stack = Stack.start(workdir, with_broker=True, project_dir=tree())
             self.say(f"local stack up in {time.perf_counter() - t0:.1f} s (workdir {workdir})")
         elif self.stack.broker is None or self.stack.broker.proc is None:
             self.stack.start_broker()
-        import app as broker_app
         from chalice.test import Client
+
+        broker_app = import_app()
 
         self.app_module = broker_app
         self._saved_env = dict(os.environ)
         os.environ.update(self.stack.broker_env())
         broker_app._service = None
         self._quiet_broker_log()
-        self.client = Client(broker_app.app, stage_name="local", project_dir=str(PROJECT_DIR))
+        self.client = Client(broker_app.app, stage_name="local", project_dir=str(tree()))
         self.server_id = self.stack.broker_env()["BROKER_SERVER_ID"]
         self.instance_id = self.stack.launch_instance(WEB_TAGS)
         self.proofs = ProofFactory(self.stack, self.instance_id)
@@ -326,5 +374,5 @@ def backend_ports(stack: Stack) -> dict[int, str]:
     return ports
 
 
-__all__ = ["Bench", "ProofFactory", "ThreadLocalRequests", "trace_http", "backend_ports", "quick",
+__all__ = ["tree", "activate_tree", "import_app", "Bench", "ProofFactory", "ThreadLocalRequests", "trace_http", "backend_ports", "quick",
            "login_for", "proof_hash", "GCI_BODY", "PROJECT_DIR", "LOGIN_PATH", "HEALTH_PATH"]

@@ -40,10 +40,9 @@ class Floor:
 
     def __init__(self, bench: Bench, role: str = "web"):
         import botocore.config
+        import botocore.session
         import hvac
         import requests
-
-        from devstack.aws import make_client
 
         stack = bench.stack
         env = stack.broker_env()
@@ -52,9 +51,13 @@ class Floor:
         config = botocore.config.Config(connect_timeout=2, read_timeout=5,
                                         retries={"mode": "standard", "max_attempts": 2}, max_pool_connections=20)
 
+        session = botocore.session.Session(session_vars={"profile": (None, None, None, None)})
+
         def client(name):
-            return make_client(stack.aws_endpoint_url, name, keys.access_key_id, keys.secret_access_key,
-                               config=config)
+            return session.create_client(name, region_name=env["BROKER_AWS_REGION"],
+                                         endpoint_url=stack.aws_endpoint_url, config=config,
+                                         aws_access_key_id=keys.access_key_id,
+                                         aws_secret_access_key=keys.secret_access_key)
 
         self.ec2, self.iam, self.dynamodb = client("ec2"), client("iam"), client("dynamodb")
         self.http = requests.Session()

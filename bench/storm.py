@@ -24,13 +24,13 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from devstack import aws as stack_aws
-
 from .env import NODE_ROLE, WEB_TAGS, Bench, ThreadLocalRequests, login_for
 from .stats import summary_ms
 
 
 def launch_many(bench: Bench, n: int) -> list[str]:
+    from devstack import aws as stack_aws
+
     ec2 = bench.stack.client("ec2")
     ids: list[str] = []
     while len(ids) < n:  # moto takes 500 in one call; bounded anyway

