@@ -791,11 +791,11 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(claims, dict):
             raise ApiError(400, {"error": "claims: a JSON object"})
         key = sim.key_by_name(body.get("key"))
-        header = body.get("header")
-        if header is None:
-            header = {"alg": "RS256", "kid": key.kid, "typ": "JWT"}
-        if not isinstance(header, dict):
+        given = body.get("header") or {}
+        if not isinstance(given, dict):
             raise ApiError(400, {"error": "header: a JSON object"})
+        # the given fields over the usual header; a null value removes the field
+        header = {k: v for k, v in {"alg": "RS256", "kid": key.kid, "typ": "JWT", **given}.items() if v is not None}
         sign = body.get("sign", True)
         if sign in (True, "rs256"):
             return encode_jwt(header, claims, key)

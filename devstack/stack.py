@@ -46,6 +46,7 @@ class Stack:
         self.gcp_seed: dict | None = None  # the seeded GCE instance's Compute JSON
         self.startup_seconds: float | None = None
         self._clients: dict[tuple, Any] = {}
+        self._gcp_minted: dict[tuple, int] = {}  # (instance, audience, format) -> second of the last token
         if not detached:
             atexit.register(self.stop)
 
@@ -74,7 +75,7 @@ class Stack:
                 say("OpenBao seeded: approle auth, policies, AppRoles secret-zero-broker/web/batch, KV secrets")
                 fut_aws.result()
             say(f"moto server on {stack.moto.url} (SigV4 verified; admin user bootstrapped)")
-            say("AWS seeded: roles demo-node/demo-batch/demo-other, broker IAM user, DynamoDB tables")
+            say("AWS seeded: roles demo-node/demo-batch/demo-other/security-team, broker IAM user, DynamoDB tables")
             if stack.moto_workaround:
                 say(f"note: broker IAM user also has policy {aws.MOTO_WORKAROUND_POLICY_NAME!r} "
                     "(moto cannot match resource-scoped statements for DynamoDB/Secrets Manager)")
@@ -167,6 +168,7 @@ class Stack:
             "vault_root_token": ROOT_TOKEN,
             "vault_unseal_key": self.openbao.unseal_key,
             "vault_log": str(self.openbao.log_path),
+            "vault_audit_log": str(self.openbao.audit_log_path),
             "aws_endpoint_url": self.aws_endpoint_url,
             "aws_region": REGION,
             "account_id": ACCOUNT_ID,
@@ -179,6 +181,7 @@ class Stack:
             "sts_endpoints": STS_ENDPOINTS,
             "audit_table": aws.AUDIT_TABLE,
             "replay_table": aws.REPLAY_TABLE,
+            "quarantine_table": aws.QUARANTINE_TABLE,
             "vault_secret_id_secret": aws.VAULT_SECRET_ID_SECRET,
             "workdir": str(self.workdir),
             "project_dir": str(self.project_dir),
@@ -212,6 +215,8 @@ class Stack:
             "BROKER_AWS_REGION": REGION,
             "BROKER_AUDIT_TABLE": aws.AUDIT_TABLE,
             "BROKER_REPLAY_TABLE": aws.REPLAY_TABLE,
+            "BROKER_QUARANTINE_TABLE": aws.QUARANTINE_TABLE,
+            "BROKER_VAULT_AUDIT_HASH_PATH": "file",  # OpenBao's file audit device (openbao-audit.log)
             "AWS_ACCESS_KEY_ID": self.broker_keys.access_key_id,
             "AWS_SECRET_ACCESS_KEY": self.broker_keys.secret_access_key,
             "AWS_DEFAULT_REGION": REGION,
@@ -345,19 +350,29 @@ class Stack:
     def gcp_instance_token(self, name: str, audience: str | None = None, *, project: str = gcp.PROJECT,
                            zone: str = gcp.ZONE, format: str = "full", iat: int | None = None,
                            exp: int | None = None, claims: Mapping[str, Any] | None = None,
-                           key: str | None = None) -> str:
+                           key: str | None = None, distinct: bool = True) -> str:
         """The instance's identity token, as its metadata server gives it (``format=full``
         by default; the default audience is :attr:`gcp_audience`). With ``iat``, ``exp``,
         ``claims`` (merged over the real ones) or ``key`` ("unpublished", or a kid) it is
-        minted through the admin API instead, signed the same way."""
+        minted through the admin API instead, signed the same way.
+
+        Two tokens minted in the same second for the same audience are byte-identical
+        (RS256 is deterministic and ``iat`` counts seconds), as Google's would be. With
+        ``distinct`` (default) this call waits for the next second when needed, so that
+        it never returns the token of the previous call."""
         audience = audience or self.gcp_audience
         if iat is None and exp is None and not claims and key is None:
+            mint_key = (project, zone, name, audience, format)
+            last = self._gcp_minted.get(mint_key)
+            if distinct and last is not None and int(time.time()) <= last:
+                time.sleep(last + 1.01 - time.time())
             r = requests.get(f"{self.gcp_metadata_url_for(name, project, zone)}/computeMetadata/v1/instance/"
                              "service-accounts/default/identity", params={"audience": audience, "format": format},
                              headers={"Metadata-Flavor": "Google"}, timeout=5,
                              proxies={"http": None, "https": None})
             if r.status_code != 200:
                 raise StackError(f"metadata server of {project}/{zone}/{name}: HTTP {r.status_code}")
+            self._gcp_minted[mint_key] = int(time.time())  # the token's iat is this second or earlier
             return r.text
         body: dict[str, Any] = {"project": project, "zone": zone, "name": name, "audience": audience,
                                 "format": format, "claims": dict(claims or {})}
@@ -382,12 +397,12 @@ class Stack:
 
     def gcp_forge_token(self, header: Mapping[str, Any] | None, claims: Mapping[str, Any],
                         sign: bool | str = True, key: str | None = None) -> str:
-        """Any header and claims. ``sign``: True (RS256 with the current key, or ``key``:
-        a kid or "unpublished"), False (no signature: ``header.payload.``) or
-        "hs256-public-key" (HMAC-SHA256 keyed with the published certificate's PEM).
-        ``header=None``: {"alg": "RS256", "kid": <the key's kid>, "typ": "JWT"}."""
-        body: dict[str, Any] = {"header": dict(header) if header is not None else None,
-                                "claims": dict(claims), "sign": sign}
+        """Any header and claims. The header is {"alg": "RS256", "kid": <the key's kid>,
+        "typ": "JWT"} with ``header``'s fields over it (a None value removes a field:
+        ``{"kid": None}``). ``sign``: True (RS256 with the current key, or ``key``: a kid
+        or "unpublished"), False (no signature: ``header.payload.``) or
+        "hs256-public-key" (HMAC-SHA256 keyed with the published certificate's PEM)."""
+        body: dict[str, Any] = {"header": dict(header or {}), "claims": dict(claims), "sign": sign}
         if key is not None:
             body["key"] = key
         return self.google.admin("POST", "tokens/forge", body)["token"]

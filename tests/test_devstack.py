@@ -408,9 +408,12 @@ def test_gcp_forged_tokens_and_outages(stack):
     import hmac
 
     claims = {"iss": "https://evil.example", "aud": "aud", "iat": 1, "exp": 2}
-    unsigned = stack.gcp_forge_token({"alg": "none", "typ": "JWT"}, claims, sign=False)
+    unsigned = stack.gcp_forge_token({"alg": "none", "kid": None}, claims, sign=False)
     assert unsigned.endswith(".") and _jwt_parts(unsigned) == ({"alg": "none", "typ": "JWT"}, claims)
-    hs = stack.gcp_forge_token({"alg": "HS256", "typ": "JWT"}, claims, sign="hs256-public-key")
+    jku = stack.gcp_forge_token({"jku": "http://127.0.0.1:1/keys"}, claims)
+    assert _jwt_parts(jku)[0] == {"alg": "RS256", "kid": stack.gcp_kids()[-1], "typ": "JWT",
+                                  "jku": "http://127.0.0.1:1/keys"}
+    hs = stack.gcp_forge_token({"alg": "HS256"}, claims, sign="hs256-public-key")
     pem = requests.get(stack.gcp_certs_url, timeout=5, proxies=NO_PROXY).json()[stack.gcp_kids()[-1]]
     mac = hmac.new(pem.encode(), hs.rsplit(".", 1)[0].encode(), hashlib.sha256).digest()
     assert hs.rsplit(".", 1)[1] == __import__("base64").urlsafe_b64encode(mac).rstrip(b"=").decode()
@@ -425,3 +428,10 @@ def test_gcp_forged_tokens_and_outages(stack):
         finally:
             stack.gcp_outage(which, down=False)
         assert probe().status_code != 503
+
+
+def test_gcp_instance_tokens_are_distinct_per_call(stack):
+    first = stack.gcp_instance_token("web-gce-1", audience="aud-distinct")
+    second = stack.gcp_instance_token("web-gce-1", audience="aud-distinct")
+    assert first != second
+    assert _jwt_parts(second)[1]["iat"] > _jwt_parts(first)[1]["iat"]
