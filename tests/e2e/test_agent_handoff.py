@@ -151,3 +151,52 @@ def test_agent_refuses_a_wrapping_token_from_another_path(local_broker, web_inst
     wrapped = (agent_dir / "secret_id").read_text()
     lookup = requests.post(f"{stack.vault_addr}/v1/sys/wrapping/lookup", json={"token": wrapped}, timeout=10)
     assert lookup.status_code == 200
+
+
+# ---- the examples' Agent configurations, run as they are (paths and address replaced) ------------
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _example_agent(name: str) -> tuple[str, str, dict[str, str]]:
+    """(agent.hcl, the template, {path in the example: role}) of an example."""
+    if name == "agent":
+        return ((EXAMPLES / "agent" / "agent.hcl").read_text(), (EXAMPLES / "agent" / "app.env.tmpl").read_text(),
+                {"/run/vault-agent": "creds", "/etc/vault-agent": "config", "/run/app": "out"})
+    import yaml
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all((EXAMPLES / "kubernetes" / "pod.yaml").read_text())}
+    data = docs["ConfigMap"]["data"]
+    return data["agent.hcl"], data["app.env.tmpl"], {"/vault/agent": "creds", "/etc/vault-agent": "config",
+                                                     "/vault/secrets": "out"}
+
+
+@pytest.mark.parametrize("example", ["agent", "kubernetes"])
+def test_the_examples_agent_configuration_works(local_broker, web_instance_session, tmp_path, example):
+    stack = local_broker.stack
+    config, template, paths = _example_agent(example)
+    dirs = {role: tmp_path / role for role in ("creds", "config", "out")}
+    for d in dirs.values():
+        d.mkdir(mode=0o700)
+    (dirs["config"] / "app.env.tmpl").write_text(template)
+    for original, role in paths.items():
+        assert original in config
+        config = config.replace(original, str(dirs[role]))
+    assert "https://vault.example.internal:8200" in config
+    config = config.replace("https://vault.example.internal:8200", stack.vault_addr)
+    if "exit_after_auth" not in config:  # the long-running example: one-shot for the test
+        config = "exit_after_auth = true\n" + config
+
+    proc = login_for_agent(local_broker, web_instance_session, dirs["creds"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    agent = run_agent(config, tmp_path)
+    assert agent.returncode == 0, agent.stderr[-3000:]
+    assert not TOKEN_PATTERN.search(agent.stdout + agent.stderr)
+    web = stack.vault_seed.kv["web/config"]
+    (rendered,) = [p for p in dirs["out"].iterdir() if p.name.endswith(".env")]
+    assert f"DB_PASSWORD={web['db_password']}\n" in rendered.read_text()
+    assert stat.S_IMODE(rendered.stat().st_mode) == 0o600
+    sinks = [p for p in (dirs["creds"], dirs["out"]) if (p / "token").exists()]
+    assert len(sinks) == 1 and (sinks[0] / "token").read_text().strip()
+    if "remove_secret_id_file_after_reading = true" in config:
+        assert not (dirs["creds"] / "secret_id").exists()

@@ -1,0 +1,35 @@
+#!/bin/bash
+# GCE startup script (metadata key `startup-script`): at boot, trade the instance's
+# identity (the metadata server's identity token, format=full) for AppRole
+# credentials, then start OpenBao Agent on them as a transient systemd unit.
+# The broker's rules decide from the instance's project, zone, service account and
+# labels, which the broker reads from the Compute API itself.
+#
+# Set as instance metadata: broker-url, vault-role (e.g. web). Needs in the image:
+# the client (`pip install secret-zero-broker`: no extra needed on GCP) and `bao`.
+set -euo pipefail
+
+metadata() {
+  curl --fail --silent --show-error --max-time 5 -H 'Metadata-Flavor: Google' \
+    "http://metadata.google.internal/computeMetadata/v1/instance/attributes/$1"
+}
+
+BROKER_URL="$(metadata broker-url)"
+ROLE="$(metadata vault-role)"
+export BROKER_URL
+
+install -d -m 0700 /run/vault-agent
+install -d -m 0750 /run/app
+
+# role_id + the secret ID's wrapping token, mode 0600. The token's audience is the
+# broker URL. Exit code 6 means a possible interception: report, do not retry.
+rc=0
+broker login --cloud gcp --role "$ROLE" --agent-dir /run/vault-agent || rc=$?
+if [ "$rc" -ne 0 ]; then
+  echo "broker login failed (exit code $rc); see above" >&2
+  exit "$rc"
+fi
+
+# The wrapping token lives 60 s: start the Agent now (examples/agent/agent.hcl).
+systemd-run --unit=vault-agent --property=Restart=on-failure \
+  /usr/local/bin/bao agent -config /etc/vault-agent/agent.hcl
