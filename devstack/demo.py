@@ -3,7 +3,8 @@
 An EC2 instance boots with no credential but its instance role, runs the real
 `broker login` client against the broker under `chalice local`, and reads its
 application secret from OpenBao. A second instance, tagged for another role, is
-refused. Then the audit records of both. KEEP=1 leaves the stack running.
+refused. A GCE instance (on the simulated Google) bootstraps the same way with
+its identity token. Then the audit records. KEEP=1 leaves the stack running.
 """
 
 from __future__ import annotations
@@ -35,17 +36,21 @@ def step(number, title):
     print(f"\n\033[1m{number}. {title}\033[0m", flush=True)
 
 
-def run_client(stack, creds, role, handoff):
-    """Run the real client as a process on the 'instance': only its role credentials in the environment."""
+def run_client(stack, creds, role, handoff, metadata_url=None):
+    """Run the real client as a process on the 'instance': only its role credentials in the
+    environment (AWS), or only its metadata server (GCE, ``metadata_url``)."""
     env = {
         "PATH": os.environ.get("PATH", ""),
         "BROKER_URL": stack.broker_url,
         "BROKER_SERVER_ID": stack.broker_env()["BROKER_SERVER_ID"],
-        "AWS_ACCESS_KEY_ID": creds["access_key_id"],
-        "AWS_SECRET_ACCESS_KEY": creds["secret_access_key"],
-        "AWS_SESSION_TOKEN": creds["session_token"],
         "AWS_EC2_METADATA_DISABLED": "true",  # no IMDS on this laptop: the env stands in for it
+        "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     }
+    if creds:
+        env.update(AWS_ACCESS_KEY_ID=creds["access_key_id"], AWS_SECRET_ACCESS_KEY=creds["secret_access_key"],
+                   AWS_SESSION_TOKEN=creds["session_token"])
+    if metadata_url:  # metadata.google.internal of the simulated instance
+        env["BROKER_GCP_METADATA_URL"] = metadata_url
     cmd = [sys.executable, "-m", "broker", "login", "--role", role, "--json", *handoff]
     shown = "broker login --role " + role + " " + " ".join(handoff)
     print(f"   $ {shown}", flush=True)
@@ -153,9 +158,41 @@ def story(stack):
         failures += 1
     refused_request = summary.get("request_id")
 
-    step(5, "The security team reads the audit trail")
+    step(5, "A GCE instance boots, on the other cloud")
+    gce = stack.gcp_seed or stack.gcp_instance("web-gce-1")
+    say(f"""
+        Instance {gce['name']} (ID {gce['id']}) runs in project demo-project, zone us-central1-a, as
+        service account demo-node@demo-project.iam.gserviceaccount.com, labelled vault-role=web
+        (on the simulated Google of the local stack). Its metadata server hands it identity
+        tokens signed by Google; the broker checks them with Google's certificates and reads
+        the instance with the Compute API itself. The rule that will decide:
+    """)
+    gcp_rule = next((block for block in rules.split("\n[[rule]]\n") if 'name = "web-gce"' in block), None)
+    if gcp_rule:
+        print(textwrap.indent("[[rule]]\n" + gcp_rule.strip(), "     "))
+    with tempfile.TemporaryDirectory(prefix="secret-zero-demo-") as tmp:
+        token_file = Path(tmp) / "vault-token"
+        code, summary = run_client(stack, None, "web", ["--sink", str(token_file)],
+                                   metadata_url=stack.gcp_metadata_url_for(gce["name"]))
+        gce_request = summary.get("request_id")
+        if code != 0:
+            print(f"   The client failed with exit code {code}; see {stack.broker.log_path}")
+            failures += 1
+        else:
+            client = hvac.Client(url=stack.vault_addr, token=token_file.read_text().strip())
+            secret = client.secrets.kv.v2.read_secret_version(path="web/config",
+                                                              raise_on_deleted_version=True)["data"]["data"]
+            say(f"""
+                No --cloud flag: the client found no AWS credentials, found the GCE metadata
+                server, fetched an identity token for the broker's audience and sent it.
+                Same checks, same unwrap, same hand-off as on AWS. GET secret/web/config ->
+                keys {sorted(secret)}.
+            """)
+
+    step(6, "The security team reads the audit trail")
     say("Every decision is a DynamoDB record written before the answer; no token or secret ID in it.")
-    for label, request_id in (("granted", granted_request), ("refused", refused_request)):
+    for label, request_id in (("granted", granted_request), ("refused", refused_request),
+                              ("granted on GCP", gce_request)):
         record = audit.get(request_id) if request_id else None
         print(f"\n   {label}: request {request_id}")
         if record is None:
@@ -167,7 +204,8 @@ def story(stack):
     if failures:
         print(f"\nThe demo saw {failures} unexpected outcome(s).")
         return 1
-    print("\nDone: one instance bootstrapped with no shipped credential, one refused, both on the record.")
+    print("\nDone: an EC2 and a GCE instance bootstrapped with no shipped credential, one refused, "
+          "all on the record.")
     return 0
 
 
