@@ -8,6 +8,8 @@ reusing the name is caught), and runs as the token's service account. Labels
 come from the Compute API, never from the caller.
 """
 
+import json
+import os
 import re
 import threading
 from datetime import datetime
@@ -47,12 +49,45 @@ class ComputeSession:
                 from google.auth.transport.requests import AuthorizedSession
 
                 try:
-                    credentials, _ = google.auth.default(scopes=[COMPUTE_READONLY])
-                except google.auth.exceptions.GoogleAuthError as e:
+                    credentials = _load_credentials()
+                except (google.auth.exceptions.GoogleAuthError, OSError, ValueError, KeyError) as e:
                     raise Unavailable("the broker has no Google credentials", backend="gcp credentials",
                                       retry_after=60, detail=f"Application Default Credentials: {type(e).__name__}") from None
                 self._session = AuthorizedSession(credentials)
             return self._session
+
+
+def _load_credentials():
+    """The broker's Google credentials: the file GOOGLE_APPLICATION_CREDENTIALS names, else ADC.
+
+    Each file type has its own loader: the generic ones look the project up over the
+    network at load time (and would load any credential type a file claims).
+    """
+    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if not path:
+        import google.auth
+
+        return google.auth.default(scopes=[COMPUTE_READONLY])[0]
+    with open(path) as f:
+        info = json.load(f)
+    kind = info.get("type")
+    if kind == "external_account":  # workload identity federation: no key anywhere
+        if str(info.get("credential_source", {}).get("environment_id", "")).startswith("aws"):
+            from google.auth import aws
+
+            return aws.Credentials.from_info(info, scopes=[COMPUTE_READONLY])
+        from google.auth import identity_pool
+
+        return identity_pool.Credentials.from_info(info, scopes=[COMPUTE_READONLY])
+    if kind == "service_account":
+        from google.oauth2 import service_account
+
+        return service_account.Credentials.from_service_account_info(info, scopes=[COMPUTE_READONLY])
+    if kind == "authorized_user":
+        from google.oauth2 import credentials
+
+        return credentials.Credentials.from_authorized_user_info(info, scopes=[COMPUTE_READONLY])
+    raise ValueError(f"unsupported Google credentials type {kind!r}")
 
 
 class GcpFactsReader:
