@@ -79,6 +79,7 @@ def machine() -> dict:
         "memory_gib": round(int(mem.split()[0]) / (1 << 20), 1) if mem else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "loadavg": os.getloadavg(),
         "versions": versions,
     }
 
@@ -182,7 +183,8 @@ def report(doc: dict) -> str:
     lines = [f"secret-zero broker benchmarks -- {doc['label'] or 'unlabelled'} -- {doc['time']}",
              f"tree {doc['tree']} (rev {doc['git']['rev']}{', broker code modified' if doc['git']['broker_code_modified'] else ''})"
              f"{' -- QUICK' if doc['quick'] else ''}",
-             f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}", ""]
+             f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}; "
+             f"load average at the start {', '.join(f'{x:.2f}' for x in m.get('loadavg') or ())}", ""]
 
     o = r.get("overhead")
     if o:
@@ -265,11 +267,11 @@ def report(doc: dict) -> str:
     p = r.get("package")
     if p:
         lines += ["== 6. Package size ==",
-                  f"Lambda zip {fmt(p['lambda_zip_mb'])} MiB ({p['lambda_zip_bytes']} bytes; "
-                  f"{fmt(p['lambda_unzipped_mb'])} MiB unzipped, {p['lambda_files']} files); biggest: "
+                  f"Lambda zip {fmt(p['lambda_zip_mb'])} MB ({p['lambda_zip_bytes']} bytes; "
+                  f"{fmt(p['lambda_unzipped_mb'])} MB unzipped, {p['lambda_files']} files); biggest: "
                   + ", ".join(f"{n} {z:.2f}" for n, z, _ in p["lambda_top_entries_mb"][:5]),
-                  f"client: {fmt(p['client_mb'], 3)} MiB installed; with the [aws] extra (botocore and its "
-                  f"requirements) {fmt(p['client_with_aws_mb'])} MiB", ""]
+                  f"client: {fmt(p['client_mb'], 3)} MB installed; with the [aws] extra (botocore and its "
+                  f"requirements) {fmt(p['client_with_aws_mb'])} MB", ""]
     if r.get("errors"):
         lines += ["ERRORS:"] + [f"  {k}: {v}" for k, v in r["errors"].items()] + [""]
     lines += [f"{k} {_value(v)}" for k, v in doc["headlines"].items()]

@@ -1,8 +1,8 @@
 """Benchmark 6: package sizes.
 
 * the Lambda zip: ``AWS_DEFAULT_REGION=us-east-1 chalice package --stage dev DIR``
-  in the tree, the size of DIR/deployment.zip (MiB, 2^20 bytes, as Lambda's own
-  limits are counted), its unzipped size, and the biggest top-level entries;
+  in the tree, the size of DIR/deployment.zip in MB (10^6 bytes, as deploy/package.py
+  prints it), its unzipped size, and the biggest top-level entries;
 * the client: ``pip install --no-deps --no-build-isolation --target DIR TREE``
   (the ``broker`` package alone, what ``pip install secret-zero-broker`` installs
   with its zero dependencies), plus the ``[aws]`` extra: botocore and its
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .env import PROJECT_DIR
 
-MIB = 1 << 20
+MB = 1_000_000
 
 
 def lambda_zip(tree: Path, say=print) -> dict:
@@ -59,11 +59,11 @@ def lambda_zip(tree: Path, say=print) -> dict:
     say(f"benchmark 6: chalice package in {seconds:.1f} s"
         + (" (reused .chalice/deployments)" if "Reusing" in proc.stdout + proc.stderr else ""))
     return {
-        "lambda_zip_mb": size / MIB,
+        "lambda_zip_mb": size / MB,
         "lambda_zip_bytes": size,
-        "lambda_unzipped_mb": sum(top_u.values()) / MIB,
+        "lambda_unzipped_mb": sum(top_u.values()) / MB,
         "lambda_files": len(infos),
-        "lambda_top_entries_mb": [(k, v / MIB, top_u[k] / MIB) for k, v in top_c.most_common(10)],
+        "lambda_top_entries_mb": [(k, v / MB, top_u[k] / MB) for k, v in top_c.most_common(10)],
         "package_seconds": seconds,
     }
 
@@ -121,5 +121,5 @@ def client_size(tree: Path, say=print) -> dict:
         own = _tree_size(target)
     aws_extra = _installed_size("botocore", set())
     say("benchmark 6: client install size")
-    return {"client_mb": own / MIB, "client_aws_extra_mb": aws_extra / MIB,
-            "client_with_aws_mb": (own + aws_extra) / MIB}
+    return {"client_mb": own / MB, "client_aws_extra_mb": aws_extra / MB,
+            "client_with_aws_mb": (own + aws_extra) / MB}
