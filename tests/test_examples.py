@@ -211,3 +211,13 @@ def test_every_example_is_checked(path):
                "systemd/vault-agent.service", "kubernetes/pod.yaml", "gce/startup-script.sh",
                "agent/agent.hcl", "agent/app.env.tmpl", "README.md"}
     assert path in checked, f"examples/{path} is not checked by any test"
+
+
+def test_json_snippets_of_the_operations_guide_parse():
+    import re
+
+    text = (REPO / "docs" / "operations.md").read_text()
+    blocks = re.findall(r"```json\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for block in blocks:
+        json.loads(block)
