@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 
-from chalice import Chalice, Response
+from chalice import Chalice, IAMAuthorizer, Response
 
 from chalicelib.config import Settings
 from chalicelib.errors import BrokerError, ConfigError, Unavailable
@@ -46,7 +46,8 @@ def _json(status, body, headers=None):
 
 
 def _error(error):
-    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, Unavailable) else {}
+    retry_after = getattr(error, "retry_after", None)  # 503 unavailable, 429 rate_limited
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
     body = {"error": {"code": error.code, "message": error.message},
             "request_id": getattr(error, "request_id", None)}
     return _json(error.status, body, headers)
@@ -87,6 +88,55 @@ def health():
     status = "ok" if healthy else "unavailable"
     return _json(200 if healthy else 503, {"status": status, "checks": checks},
                  None if healthy else {"Retry-After": "5"})
+
+
+# ---- the security team's routes (chalicelib/security.py) ---------------------------------------
+# IAM authorization in the deployed stages; the broker also verifies the caller's signed proof
+# (X-Broker-Proof) against [security] in the rules file, since `chalice local` enforces no IAM.
+_security_team = IAMAuthorizer()
+
+
+def _security(action, *args):
+    request = app.current_request
+    context = dict(_request_context(), headers=request.headers,
+                   iam_caller_arn=((request.context or {}).get("identity") or {}).get("userArn"))
+    try:
+        body = getattr(get_service().security, action)(*args, **context)
+    except BrokerError as e:
+        return _error(e)
+    return _json(200, body)
+
+
+@app.route("/v1/audit/events", methods=["GET"], authorizer=_security_team, content_types=["*/*"])
+def audit_events():
+    params = app.current_request.query_params
+    return _security("search", {k: params.getlist(k) for k in params} if params else {})
+
+
+@app.route("/v1/audit/events/{request_id}", methods=["GET"], authorizer=_security_team, content_types=["*/*"])
+def audit_event(request_id):
+    return _security("show", request_id)
+
+
+@app.route("/v1/revocations", methods=["POST"], authorizer=_security_team, content_types=["*/*"])
+def revocations():
+    return _security("revoke", app.current_request.raw_body)
+
+
+@app.route("/v1/revocations/{revocation_id}", methods=["DELETE"], authorizer=_security_team,
+           content_types=["*/*"])
+def revocation(revocation_id):
+    return _security("lift", revocation_id, app.current_request.raw_body)
+
+
+@app.route("/v1/incidents", methods=["POST"], content_types=["*/*"])
+def incidents():
+    """A client reports a possible interception of its issuance (its own fresh proof in the body)."""
+    try:
+        body = get_service().security.report_incident(app.current_request.raw_body, **_request_context())
+    except BrokerError as e:
+        return _error(e)
+    return _json(200, body)
 
 
 @app.route("/v1/openapi.json", methods=["GET"], content_types=["*/*"])

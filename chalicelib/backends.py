@@ -41,8 +41,10 @@ def http_session():
 def build_service(settings):
     from .audit import AuditStore
     from .minter import VaultMinter
+    from .quarantine import QuarantineStore
     from .replay import ReplayStore
     from .rules import load_rules
+    from .security import SecurityService
     from .service import BrokerService
 
     rules = load_rules(settings.rules_file)
@@ -61,7 +63,8 @@ def build_service(settings):
     methods = {"aws": lambda: aws_method(settings, make)}
     if settings.gcp_audience:
         methods["gcp"] = lambda: gcp_method(settings)
-    return BrokerService(
+    quarantine = QuarantineStore(dynamodb, settings.quarantine_table) if settings.quarantine_table else None
+    service = BrokerService(
         settings=settings,
         rules=rules,
         methods=methods,
@@ -69,7 +72,11 @@ def build_service(settings):
         minter=VaultMinter(settings, http_session(), fetch_secret_id),
         audit=AuditStore(dynamodb, settings.audit_table, settings.audit_retention_days),
         logger=get_logger(settings.log_level),
+        quarantine=quarantine,
     )
+    # The security team's routes and the incident reports (chalicelib/security.py).
+    service.security = SecurityService.for_service(service, dynamodb=dynamodb, quarantine=quarantine)
+    return service
 
 
 def aws_method(settings, make):

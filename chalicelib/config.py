@@ -39,6 +39,9 @@ class Settings:
     gcp_certs_url: str
     gcp_compute_url: str
     gcp_max_token_age: int
+    # Optional (None: off). Revocation, quarantine and the incident rate limit need the table.
+    quarantine_table: str | None = None
+    vault_audit_hash_path: str | None = None  # an audit device's path, e.g. "file": sys/audit-hash/<path>
 
     @classmethod
     def from_env(cls, env=None):
@@ -68,6 +71,8 @@ class Settings:
             gcp_certs_url=_url(env, "BROKER_GCP_CERTS_URL") or "https://www.googleapis.com/oauth2/v1/certs",
             gcp_compute_url=_url(env, "BROKER_GCP_COMPUTE_URL") or "https://compute.googleapis.com",
             gcp_max_token_age=int(_number(env, "BROKER_GCP_MAX_TOKEN_AGE", 300, low=30, high=3600)),
+            quarantine_table=_get(env, "BROKER_QUARANTINE_TABLE"),
+            vault_audit_hash_path=_audit_path(env, "BROKER_VAULT_AUDIT_HASH_PATH"),
         )
 
 
@@ -98,6 +103,16 @@ def _number(env, name, default, low, high):
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {raw!r}")
     return value
+
+
+def _audit_path(env, name):
+    raw = _get(env, name)
+    if raw is None:
+        return None
+    path = raw.strip("/")
+    if not path or any(p in ("", ".", "..") or not all(c.isalnum() or c in "-_." for c in p) for p in path.split("/")):
+        raise ConfigError(f"{name} must be a Vault audit device path like file, got {raw!r}")
+    return path
 
 
 def _url(env, name, required=False):

@@ -189,6 +189,39 @@ class VaultMinter:
         except Unavailable:
             return False
 
+    def destroy_secret_id_status(self, role, accessor):
+        """Destroy a secret ID by accessor (revocation, incident): "destroyed", "gone" (Vault
+        no longer knows it: used up, expired or destroyed before) or "failed: why"."""
+        try:
+            self._ensure_token()
+            self._vault_call("destroy a secret ID", self._client.write_data,
+                             f"auth/{self._mount}/role/{role}/secret-id-accessor/destroy",
+                             data={"secret_id_accessor": accessor})
+            return "destroyed"
+        except Unavailable as e:
+            if "failed to find accessor entry" in (e.detail or ""):
+                return "gone"
+            return f"failed: {e.detail}"
+
+    def audit_hashes(self, audit_path, values):
+        """{name: HMAC} of each value as Vault's audit device at `audit_path` logs it
+        (sys/audit-hash), for finding an issuance in Vault's audit log. Best effort:
+        what fails is left out, nothing is raised."""
+        def one(value):
+            return self._vault_call("hash for the audit log", self._client.write_data,
+                                    f"sys/audit-hash/{audit_path}", data={"input": value})["data"]["hash"]
+
+        named = [(name, value) for name, value in values.items() if value]
+        if not named:
+            return {}
+        try:
+            self._ensure_token()
+            outcomes = settle(*(lambda v=value: one(v) for _, value in named))
+        except Exception:
+            return {}
+        return {name: result for (name, _), (result, error) in zip(named, outcomes)
+                if error is None and isinstance(result, str)}
+
     def health(self):
         """None when Vault is reachable, initialised and unsealed; else what is wrong."""
         try:

@@ -246,6 +246,14 @@ SPEC = {
 }
 
 
+# The security team's routes and the incident reports (chalicelib/openapi_security.py).
+from . import openapi_security as _security  # noqa: E402
+
+SPEC["tags"].append(_security.TAG)
+SPEC["paths"].update(_security.paths(_error, _unavailable))
+SPEC["components"]["schemas"].update(_security.SCHEMAS)
+
+
 def document():
     """A fresh copy of the description (callers may change it)."""
     return copy.deepcopy(SPEC)

@@ -48,6 +48,26 @@ def caller_keys(instance, principal):
     return keys
 
 
+def claimed_instance(identity):
+    """The instance a verified identity says it is, before any facts are read: an AWS
+    session named after an EC2 instance ID, a GCE token's instance_id claim; else None."""
+    claims = getattr(identity, "claims", None)
+    if isinstance(claims, dict):
+        gce = (claims.get("google") or {}).get("compute_engine") or {}
+        value = gce.get("instance_id")
+        return value if isinstance(value, str) and value else None
+    principal = getattr(identity, "principal", None)
+    if isinstance(principal, str) and principal.startswith("arn:"):
+        from .arn import parse_principal_arn
+        from .errors import InvalidProof
+
+        try:
+            return parse_principal_arn(principal).session_instance_id
+        except InvalidProof:
+            return None
+    return None
+
+
 @dataclass(frozen=True)
 class Entry:
     key: str

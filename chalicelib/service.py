@@ -7,6 +7,7 @@ back and the caller gets 503: nothing is issued without its record.
 
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable
@@ -15,6 +16,7 @@ from .audit import AuditRecord
 from .concurrency import settle
 from .errors import BrokerError, InvalidProof, NotAuthorized, Unavailable
 from .jsonlog import log
+from .quarantine import claimed_instance
 
 
 class InternalError(BrokerError):
@@ -36,8 +38,10 @@ class ProofMethod:
 
 
 class BrokerService:
-    def __init__(self, *, settings, rules, methods, replay, minter, audit, logger):
+    def __init__(self, *, settings, rules, methods, replay, minter, audit, logger, quarantine=None):
         self.settings = settings
+        self._quarantine = quarantine  # chalicelib.quarantine.QuarantineStore, or None (no quarantine)
+        self.security = None  # chalicelib.security.SecurityService, set by backends.build_service
         self.rules = rules
         self._method_factories = methods  # {"aws": () -> ProofMethod, ...}, built on first use
         self._methods = {}
@@ -78,12 +82,16 @@ class BrokerService:
             record.principal, record.account = identity.principal, identity.account
             # Spent once verified, whatever the decision: a refused proof can't be tried for another role.
             # The replay record is written while the facts are read; a replay's error comes first.
-            (facts, facts_error), (_, replay_error) = settle(
+            # A quarantined caller (revocation) is refused before anything is minted.
+            (facts, facts_error), (_, replay_error), (_, quarantine_error) = settle(
                 lambda: method.read_facts(identity),
                 lambda: self._replay.spend(identity.proof_hash, request_id=record.request_id, method=method_name,
-                                           valid_until=identity.valid_until))
-            if replay_error or facts_error:
-                raise replay_error or facts_error
+                                           valid_until=identity.valid_until),
+                lambda: self._check_quarantine(identity))
+            if quarantine_error and not replay_error:
+                record.instance = claimed_instance(identity)
+            if replay_error or quarantine_error or facts_error:
+                raise replay_error or quarantine_error or facts_error
             record.account = facts.account or record.account
             record.instance = facts.instance_id or facts.claimed_instance
             record.facts = self.rules.used_facts(facts)
@@ -100,6 +108,8 @@ class BrokerService:
             record.role_id_wrap_accessor = issued.role_id_wrap.accessor
             record.secret_id_wrap_accessor = issued.secret_id_wrap.accessor
             record.secret_id_accessor = issued.secret_id_accessor
+            record.secret_id_expires_at = int(time.time()) + decision.issuance.secret_id_ttl
+            record.vault_audit_hmacs = self._audit_hashes(issued)
             record.outcome, record.code, record.reason = "issued", "issued", decision.reason
             self._write_audit(record, issued)
             return {
@@ -123,6 +133,21 @@ class BrokerService:
             self._log.exception("unexpected error", extra={"fields": {"request_id": record.request_id}})
             self._record_failure(record, wrapped)
             raise wrapped from None
+
+    def _check_quarantine(self, identity):
+        if self._quarantine is not None:
+            self._quarantine.check(instance=claimed_instance(identity), principal=identity.principal)
+
+    def _audit_hashes(self, issued):
+        """HMACs of the accessors as Vault's audit log shows them (best effort), or None."""
+        path = getattr(self.settings, "vault_audit_hash_path", None)
+        if not path:
+            return None
+        return self._minter.audit_hashes(path, {
+            "role_id_wrap_accessor": issued.role_id_wrap.accessor,
+            "secret_id_wrap_accessor": issued.secret_id_wrap.accessor,
+            "secret_id_accessor": issued.secret_id_accessor,
+        }) or None
 
     def _record_failure(self, record, error):
         record.outcome = "denied" if error.status < 500 else "error"

@@ -30,6 +30,7 @@ BROKER_POLICY_NAME = "secret-zero-broker-dev"
 MOTO_WORKAROUND_POLICY_NAME = "moto-workaround-unscoped-resources"
 AUDIT_TABLE = "secret-zero-audit"
 REPLAY_TABLE = "secret-zero-replay"
+QUARANTINE_TABLE = "secret-zero-quarantine"
 VAULT_SECRET_ID_SECRET = "secret-zero-broker/local/vault-secret-id"
 AMI_ID = "ami-12c6146b"  # any ID works with moto; this is moto's example AMI
 
@@ -53,6 +54,7 @@ DEMO_ROLES: dict[str, tuple[dict[str, str], bool]] = {
     "demo-node": ({"team": "platform"}, True),
     "demo-batch": ({"vault-role": "batch"}, False),
     "demo-other": ({}, True),
+    "security-team": ({}, False),  # the security team: [security] principal_arns in policies/rules.toml
 }
 
 
@@ -243,10 +245,11 @@ def seed_aws(moto: MotoServer, admin: Keys, project_dir: Path, *, moto_workaroun
     key = iam.create_access_key(UserName=BROKER_USER)["AccessKey"]
 
     ddb = moto.client(admin, "dynamodb")
-    for table, hash_key in ((AUDIT_TABLE, "request_id"), (REPLAY_TABLE, "proof_hash")):
-        ddb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
-                         KeySchema=[{"AttributeName": hash_key, "KeyType": "HASH"}],
-                         AttributeDefinitions=[{"AttributeName": hash_key, "AttributeType": "S"}])
+    from chalicelib.audit_schema import table_definitions  # the deployed tables' definitions
+
+    definitions = table_definitions()
+    for table, kind in ((AUDIT_TABLE, "audit"), (REPLAY_TABLE, "replay"), (QUARANTINE_TABLE, "quarantine")):
+        ddb.create_table(TableName=table, **definitions[kind])
         ddb.update_time_to_live(TableName=table, TimeToLiveSpecification={
             "Enabled": True, "AttributeName": "expires_at"})
 

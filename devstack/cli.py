@@ -20,7 +20,7 @@ from .stack import Stack
 
 STATE_FILE = "endpoints.json"
 STATE_FILES = (STATE_FILE, "broker.env", "openbao.log", "moto.log", "broker.log", "google.log",
-               "gcp-credentials.json")
+               "gcp-credentials.json", "openbao-audit.hcl", "openbao-audit.log")
 
 
 def _say(msg: str) -> None:

@@ -75,7 +75,7 @@ class Stack:
                 say("OpenBao seeded: approle auth, policies, AppRoles secret-zero-broker/web/batch, KV secrets")
                 fut_aws.result()
             say(f"moto server on {stack.moto.url} (SigV4 verified; admin user bootstrapped)")
-            say("AWS seeded: roles demo-node/demo-batch/demo-other, broker IAM user, DynamoDB tables")
+            say("AWS seeded: roles demo-node/demo-batch/demo-other/security-team, broker IAM user, DynamoDB tables")
             if stack.moto_workaround:
                 say(f"note: broker IAM user also has policy {aws.MOTO_WORKAROUND_POLICY_NAME!r} "
                     "(moto cannot match resource-scoped statements for DynamoDB/Secrets Manager)")
@@ -168,6 +168,7 @@ class Stack:
             "vault_root_token": ROOT_TOKEN,
             "vault_unseal_key": self.openbao.unseal_key,
             "vault_log": str(self.openbao.log_path),
+            "vault_audit_log": str(self.openbao.audit_log_path),
             "aws_endpoint_url": self.aws_endpoint_url,
             "aws_region": REGION,
             "account_id": ACCOUNT_ID,
@@ -180,6 +181,7 @@ class Stack:
             "sts_endpoints": STS_ENDPOINTS,
             "audit_table": aws.AUDIT_TABLE,
             "replay_table": aws.REPLAY_TABLE,
+            "quarantine_table": aws.QUARANTINE_TABLE,
             "vault_secret_id_secret": aws.VAULT_SECRET_ID_SECRET,
             "workdir": str(self.workdir),
             "project_dir": str(self.project_dir),
@@ -213,6 +215,8 @@ class Stack:
             "BROKER_AWS_REGION": REGION,
             "BROKER_AUDIT_TABLE": aws.AUDIT_TABLE,
             "BROKER_REPLAY_TABLE": aws.REPLAY_TABLE,
+            "BROKER_QUARANTINE_TABLE": aws.QUARANTINE_TABLE,
+            "BROKER_VAULT_AUDIT_HASH_PATH": "file",  # OpenBao's file audit device (openbao-audit.log)
             "AWS_ACCESS_KEY_ID": self.broker_keys.access_key_id,
             "AWS_SECRET_ACCESS_KEY": self.broker_keys.secret_access_key,
             "AWS_DEFAULT_REGION": REGION,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -32,6 +33,9 @@ class OpenBaoServer:
         self._auto_port = port is None
         self.detached = detached
         self.log_path = self.workdir / "openbao.log"
+        # A file audit device at path "file" (declared in a config file: OpenBao refuses
+        # to enable audit devices through its API); the broker asks sys/audit-hash/file.
+        self.audit_log_path = self.workdir / "openbao-audit.log"
         self.proc: Proc | None = None
         self.unseal_key: str | None = None
 
@@ -56,10 +60,17 @@ class OpenBaoServer:
             f"-dev-root-token-id={ROOT_TOKEN}",
             f"-dev-listen-address=127.0.0.1:{self.port}",
             "-dev-no-store-token",  # don't write ~/.vault-token
+            f"-config={self._write_audit_config()}",
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
         self.proc = start_process("OpenBao", argv, self.log_path, env=env, detached=self.detached)
         return self
+
+    def _write_audit_config(self) -> Path:
+        config = self.workdir / "openbao-audit.hcl"
+        config.write_text('audit "file" "file" {\n  options {\n'
+                          f'    file_path = {json.dumps(str(self.audit_log_path))}\n    mode = "0600"\n  }}\n}}\n')
+        return config
 
     def wait_ready(self, timeout: float = 20.0) -> "OpenBaoServer":
         for attempt in range(3):

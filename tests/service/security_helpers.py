@@ -1,0 +1,72 @@
+"""Helpers of the security-team tests: signed admin proofs in the X-Broker-Proof header."""
+
+import base64
+import json
+import threading
+import time
+from datetime import datetime, timezone
+
+from tests.sigv4 import sign, signed_login
+
+_used_seconds = set()
+_lock = threading.Lock()
+
+
+def fresh_when():
+    """A signing time (within the broker's clock skew) that no other proof of this test
+    session used: the broker spends each proof once, and SigV4 signatures of one
+    credential within one second are identical."""
+    now = int(time.time())
+    with _lock:
+        for back in range(0, 240):
+            second = now - back
+            if second not in _used_seconds:
+                _used_seconds.add(second)
+                return datetime.fromtimestamp(second, timezone.utc)
+    raise RuntimeError("more than 240 proofs signed in 4 minutes: slow down")
+
+
+def proof_header(creds, server_id, **kwargs):
+    """The X-Broker-Proof value: base64 of the JSON of the four iam_* fields."""
+    kwargs.setdefault("when", fresh_when())
+    body = signed_login(creds, "unused", server_id, **kwargs)
+    del body["role"]
+    return base64.b64encode(json.dumps(body).encode()).decode()
+
+
+def proof_fields(creds, server_id, **kwargs):
+    """The four iam_* fields of a fresh proof (for an incident report's body)."""
+    kwargs.setdefault("when", fresh_when())
+    body = signed_login(creds, "unused", server_id, **kwargs)
+    del body["role"]
+    return body
+
+
+class SecurityClient:
+    """Calls the security routes of the in-process broker as a given AWS identity."""
+
+    def __init__(self, broker, creds):
+        self.broker = broker
+        self.creds = creds
+
+    def headers(self, proof=None):
+        return {"X-Broker-Proof": proof or proof_header(self.creds, self.broker.server_id)}
+
+    def get(self, path, proof=None):
+        return self.broker.client.http.get(path, headers=self.headers(proof))
+
+    def post(self, path, body, proof=None):
+        return self.broker.client.http.post(path, body=json.dumps(body),
+                                            headers={"Content-Type": "application/json", **self.headers(proof)})
+
+    def delete(self, path, body=None, proof=None):
+        return self.broker.client.http.request("DELETE", path, body=json.dumps(body).encode() if body else b"",
+                                               headers={"Content-Type": "application/json", **self.headers(proof)})
+
+    def search(self, **params):
+        from urllib.parse import urlencode
+
+        return self.get("/v1/audit/events" + (f"?{urlencode(params)}" if params else ""))
+
+
+__all__ = ["SecurityClient", "fresh_when", "proof_header", "proof_fields", "sign"]
