@@ -245,8 +245,12 @@ class Bench:
             self._added_handler = logger.handlers[0]
         else:
             for h in logger.handlers:
-                if isinstance(h, logging.StreamHandler):
-                    self._log_streams.append((h, h.setStream(self._devnull)))
+                if type(h) is logging.StreamHandler:  # the broker's own, not e.g. pytest's capture
+                    # not setStream(): it flushes the old stream, which may be closed
+                    # (e.g. a capture file of an earlier test)
+                    with h.lock:
+                        self._log_streams.append((h, h.stream))
+                        h.stream = self._devnull
 
     def _restore_broker_log(self) -> None:
         from chalicelib import jsonlog
@@ -256,7 +260,8 @@ class Bench:
             logger.removeHandler(self._added_handler)
             self._added_handler = None
         for h, old in self._log_streams:
-            h.setStream(old)
+            with h.lock:
+                h.stream = old
         self._log_streams = []
         if self._devnull is not None:
             self._devnull.close()
