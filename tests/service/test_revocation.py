@@ -1,0 +1,253 @@
+"""Revocation, quarantine, interception reports and the Vault audit-log correlation, for
+real: secret IDs issued by the in-process broker from the real OpenBao, destroyed by the
+broker, then tried against OpenBao."""
+
+import json
+import uuid
+
+import hvac
+import pytest
+import requests
+
+from tests.service.security_helpers import SecurityClient, fresh_when, proof_fields
+from tests.sigv4 import signed_login
+
+ACCOUNT = "123456789012"
+
+
+def body_of(response):
+    return json.loads(response.body)
+
+
+@pytest.fixture(scope="module")
+def security(broker):
+    return SecurityClient(broker, broker.stack.assume("security-team", f"bob-{uuid.uuid4().hex[:6]}"))
+
+
+def issue(broker, creds, role):
+    """Credentials for `role`, as the in-process broker answers them (200 asserted)."""
+    response = broker.post(signed_login(creds, role, broker.server_id, when=fresh_when()))
+    assert response.status_code == 200, response.body
+    return body_of(response)
+
+
+def unwrap_secret_id(stack, doc):
+    data = hvac.Client(url=stack.vault_addr, token=doc["secret_id_wrap"]["token"]).sys.unwrap()["data"]
+    return data["secret_id"]
+
+
+def approle_login(stack, role, secret_id):
+    """The HTTP status of an AppRole login with the seeded role ID and this secret ID."""
+    response = requests.post(f"{stack.vault_addr}/v1/auth/approle/login",
+                             json={"role_id": stack.vault_seed.role_ids[role], "secret_id": secret_id}, timeout=10)
+    return response.status_code
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.body
+    doc = body_of(response)
+    assert doc["error"]["code"] == code
+    return doc
+
+
+# ---- revocation ------------------------------------------------------------------------------
+
+
+def test_revoking_an_instance_destroys_its_secret_ids_and_quarantines_it_until_lifted(broker, security):
+    stack = broker.stack
+    instance = broker.web_instance()
+    creds = stack.assume("demo-node", instance)
+    used, wrapped = issue(broker, creds, "web"), issue(broker, creds, "web")
+    secret_id = unwrap_secret_id(stack, used)  # unwrapped already (an Agent would hold it in a file)
+
+    response = security.post("/v1/revocations", {"instance": instance, "reason": "IDS alert 4711",
+                                                 "quarantine": "1h"})
+    assert response.status_code == 200, response.body
+    doc = body_of(response)
+    assert doc["complete"] is True and doc["target"] == {"instance": instance}
+    results = {d["request_id"]: d["result"] for d in doc["destroyed"]}
+    assert results == {used["request_id"]: "destroyed", wrapped["request_id"]: "destroyed"}
+    assert doc["quarantine"][0]["target"] == {"instance": instance}
+    assert doc["quarantine"][0]["revocation_id"] == doc["revocation_id"]
+
+    # Neither secret ID logs in any more: the unwrapped one, nor the one still wrapped.
+    assert approle_login(stack, "web", secret_id) == 400
+    assert approle_login(stack, "web", unwrap_secret_id(stack, wrapped)) == 400
+
+    # The instance is refused before anything is minted, and that is on the record.
+    refused = assert_error(broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when())),
+                           403, "quarantined")
+    assert "quarantined by the security team until" in refused["error"]["message"]
+    record = broker.audit.get(refused["request_id"])
+    assert record["outcome"] == "denied" and record["code"] == "quarantined" and record["instance"] == instance
+    assert doc["revocation_id"] in record["reason"] and "secret_id_accessor" not in record
+
+    revocation = broker.audit.get(doc["request_id"])
+    assert revocation["outcome"] == "admin" and revocation["action"] == "revoke"
+    assert revocation["revocation_id"] == doc["revocation_id"] and revocation["reason"] == "IDS alert 4711"
+    assert {d["request_id"] for d in revocation["destroyed"]} == set(results)
+
+    lifted = security.delete(f"/v1/revocations/{doc['revocation_id']}", {"reason": "reimaged"})
+    assert lifted.status_code == 200, lifted.body
+    assert body_of(lifted)["lifted"] == [{"instance": instance}]
+    assert broker.audit.get(body_of(lifted)["request_id"])["action"] == "lift"
+    issue(broker, creds, "web")  # accepted again
+    again = security.delete(f"/v1/revocations/{doc['revocation_id']}")  # idempotent
+    assert again.status_code == 200 and body_of(again)["lifted"] == []
+
+
+def test_revoking_a_principal_session_and_by_request_id(broker, security):
+    stack = broker.stack
+    session = f"nightly-{uuid.uuid4().hex[:6]}"
+    creds = stack.assume("demo-batch", session)
+    first, second = issue(broker, creds, "batch"), issue(broker, creds, "batch")
+    arn = f"arn:aws:sts::{ACCOUNT}:assumed-role/demo-batch/{session}"
+
+    by_id = body_of(security.post("/v1/revocations", {"request_id": first["request_id"], "reason": "leaked log",
+                                                      "quarantine": "0"}))
+    assert [(d["request_id"], d["result"]) for d in by_id["destroyed"]] == [(first["request_id"], "destroyed")]
+    assert by_id["quarantine"] == []
+    assert approle_login(stack, "batch", unwrap_secret_id(stack, first)) == 400
+
+    by_principal = body_of(security.post("/v1/revocations", {"principal": arn, "reason": "compromised job",
+                                                             "quarantine": "30m"}))
+    results = {d["request_id"]: d["result"] for d in by_principal["destroyed"]}
+    assert results == {first["request_id"]: "gone", second["request_id"]: "destroyed"}
+    assert approle_login(stack, "batch", unwrap_secret_id(stack, second)) == 400
+    try:
+        assert_error(broker.post(signed_login(creds, "batch", broker.server_id, when=fresh_when())), 403, "quarantined")
+        # another session of the same role is not this principal
+        issue(broker, stack.assume("demo-batch", f"other-{uuid.uuid4().hex[:6]}"), "batch")
+    finally:
+        security.delete(f"/v1/revocations/{by_principal['revocation_id']}")
+    issue(broker, creds, "batch")
+
+
+def test_quarantining_a_role_arn_refuses_every_session_of_the_role(broker, security):
+    stack = broker.stack
+    doc = body_of(security.post("/v1/revocations", {"principal": f"arn:aws:iam::{ACCOUNT}:role/demo-batch",
+                                                    "reason": "role credentials leaked", "quarantine": "10m"}))
+    try:
+        assert doc["quarantine"][0]["target"] == {"principal": f"arn:aws:iam::{ACCOUNT}:role/demo-batch"}
+        creds = stack.assume("demo-batch", f"any-{uuid.uuid4().hex[:6]}")
+        assert_error(broker.post(signed_login(creds, "batch", broker.server_id, when=fresh_when())), 403, "quarantined")
+    finally:
+        assert security.delete(f"/v1/revocations/{doc['revocation_id']}").status_code == 200
+    issue(broker, stack.assume("demo-batch", f"after-{uuid.uuid4().hex[:6]}"), "batch")
+
+
+@pytest.mark.parametrize("body, status", [
+    ({"reason": "no target"}, 400),
+    ({"instance": "i-0123456789abcdef0", "principal": "arn:aws:iam::123456789012:role/x", "reason": "two"}, 400),
+    ({"instance": "i-0123456789abcdef0"}, 400),
+    ({"instance": "i-0123456789abcdef0", "reason": "x", "quarantine": "forever"}, 400),
+    ({"instance": "i-0123456789abcdef0", "reason": "x", "quarantine": "400d"}, 400),
+    ({"instance": "i-0123456789abcdef0", "reason": "x", "colour": "red"}, 400),
+    ({"instance": "not an instance", "reason": "x"}, 400),
+    ({"request_id": "5b1259de-0c4e-4c8e-9a47-0d6f1c2b3a4d", "reason": "unknown"}, 404),
+])
+def test_bad_revocations(security, body, status):
+    response = security.post("/v1/revocations", body)
+    assert response.status_code == status, response.body
+
+
+def test_lifting_an_unknown_revocation_is_404(security):
+    assert security.delete(f"/v1/revocations/{uuid.uuid4()}").status_code == 404
+    assert security.delete("/v1/revocations/nope").status_code == 400
+
+
+# ---- interception reports ----------------------------------------------------------------------
+
+
+def report(broker, creds, request_id, **extra):
+    body = dict(proof_fields(creds, broker.server_id), request_id=request_id, **extra)
+    return broker.client.http.post("/v1/incidents", body=json.dumps(body), headers={"Content-Type": "application/json"})
+
+
+def test_an_interception_report_destroys_the_secret_id_the_thief_took(broker):
+    stack = broker.stack
+    instance = broker.web_instance()
+    creds = stack.assume("demo-node", instance)
+    doc = issue(broker, creds, "web")
+    stolen = unwrap_secret_id(stack, doc)  # somebody got to the wrapping token first
+
+    response = report(broker, creds, doc["request_id"], reason="wrapping token already used",
+                      accessor=doc["secret_id_wrap"]["accessor"])
+    assert response.status_code == 200, response.body
+    answer = body_of(response)
+    assert answer["secret_id"] == "destroyed" and answer["related_request_id"] == doc["request_id"]
+    assert approle_login(stack, "web", stolen) == 400  # the thief's secret ID is dead
+
+    record = broker.audit.get(answer["request_id"])
+    assert record["outcome"] == "incident" and record["related_request_id"] == doc["request_id"]
+    assert record["instance"] == instance and record["role"] == "web"
+    assert doc["secret_id_wrap"]["accessor"] in record["reason"]
+    assert stolen not in json.dumps(record)
+
+
+def test_nobody_else_can_report_an_issuance(broker):
+    stack = broker.stack
+    victim = stack.assume("demo-batch", f"victim-{uuid.uuid4().hex[:6]}")
+    doc = issue(broker, victim, "batch")
+    other = stack.assume("demo-batch", f"mallory-{uuid.uuid4().hex[:6]}")
+    refused = assert_error(report(broker, other, doc["request_id"]), 403, "not_authorized")
+    assert "issued to" in broker.audit.get(refused["request_id"])["reason"]
+    assert approle_login(stack, "batch", unwrap_secret_id(stack, doc)) == 200  # untouched
+    unknown = assert_error(report(broker, other, str(uuid.uuid4())), 403, "not_authorized")
+    assert broker.audit.get(unknown["request_id"])["outcome"] == "denied"
+
+
+def test_incident_reports_are_rate_limited_per_caller(broker):
+    from chalicelib.security import INCIDENT_LIMIT
+
+    creds = broker.stack.assume("demo-batch", f"noisy-{uuid.uuid4().hex[:6]}")
+    doc = issue(broker, creds, "batch")
+    results = [report(broker, creds, doc["request_id"]) for _ in range(INCIDENT_LIMIT)]
+    assert [r.status_code for r in results] == [200] * INCIDENT_LIMIT
+    assert [body_of(r)["secret_id"] for r in results] == ["destroyed"] + ["gone"] * (INCIDENT_LIMIT - 1)
+    limited = report(broker, creds, doc["request_id"])
+    assert_error(limited, 429, "rate_limited")
+    assert 0 < int(limited.headers["Retry-After"]) <= 3600
+    # another caller is not limited by this one
+    other = broker.stack.assume("demo-batch", f"quiet-{uuid.uuid4().hex[:6]}")
+    assert report(broker, other, issue(broker, other, "batch")["request_id"]).status_code == 200
+
+
+@pytest.mark.parametrize("body", [b"", b"[]", b'{"request_id": "x"}', b'{"reason": "no id"}',
+                                  json.dumps({"request_id": str(uuid.uuid4()), "jwt": "a.b.c", "x": 1}).encode()])
+def test_malformed_reports_are_400(broker, body):
+    response = broker.client.http.post("/v1/incidents", body=body, headers={"Content-Type": "application/json"})
+    assert_error(response, 400, "invalid_request")
+
+
+# ---- Vault's audit log ---------------------------------------------------------------------------
+
+
+def test_issuances_carry_the_hmacs_that_find_them_in_vaults_audit_log(broker):
+    stack = broker.stack
+    creds = stack.assume("demo-batch", f"traced-{uuid.uuid4().hex[:6]}")
+    doc = issue(broker, creds, "batch")
+    record = broker.audit.get(doc["request_id"])
+    hmacs = record["vault_audit_hmacs"]
+    assert set(hmacs) == {"role_id_wrap_accessor", "secret_id_wrap_accessor", "secret_id_accessor"}
+    for name, value in hmacs.items():
+        assert value.startswith("hmac-sha256:")
+        assert value == stack.vault().write_data("sys/audit-hash/file", data={"input": record[name]})["data"]["hash"]
+
+    # The client unwraps and logs in, as it would at boot.
+    client = hvac.Client(url=stack.vault_addr, token=doc["secret_id_wrap"]["token"])
+    secret = client.sys.unwrap()["data"]
+    assert approle_login(stack, "batch", secret["secret_id"]) == 200
+
+    lines = [json.loads(line) for line in stack.openbao.audit_log_path.read_text().splitlines()]
+
+    def where(value):
+        return [(entry["type"], entry["request"].get("path")) for entry in lines if value in json.dumps(entry)]
+
+    # the creation of the wrapped secret ID, and its unwrapping (which returns the secret ID accessor)
+    assert ("response", "auth/approle/role/batch/secret-id") in where(hmacs["secret_id_wrap_accessor"])
+    assert ("response", "sys/wrapping/unwrap") in where(hmacs["secret_id_accessor"])
+    # the login made with the secret ID names the broker's request ID in its metadata, in clear
+    logins = [e for e in lines if e["type"] == "response" and e["request"].get("path") == "auth/approle/login"
+              and (e.get("auth") or {}).get("metadata", {}).get("request_id") == doc["request_id"]]
+    assert len(logins) == 1
