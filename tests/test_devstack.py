@@ -3,6 +3,7 @@ seals, AppRole secret IDs are single-use, the broker's Vault identity works."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -168,11 +169,12 @@ def test_chalice_local_runner(stack, tmp_path, monkeypatch):
     shutil.copytree(PROJECT / ".chalice", project / ".chalice",
                     ignore=shutil.ignore_patterns("deployed", "deployments"))
     (project / "app.py").write_text(
-        "import os\nfrom chalice import Chalice, Response\n"
+        "import hashlib, os\nfrom chalice import Chalice, Response\n"
         "app = Chalice(app_name='secret-zero-broker')\n"
         "@app.route('/v1/health')\n"
-        "def health():\n"
-        "    env = {k: v for k, v in os.environ.items() if k.startswith(('AWS_', 'BROKER_', 'GOOGLE_'))}\n"
+        "def health():\n"  # digests only: the environment holds the broker's keys
+        "    env = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in os.environ.items()\n"
+        "           if k.startswith(('AWS_', 'BROKER_', 'GOOGLE_'))}\n"
         "    return Response(status_code=503, body=env)\n")
     monkeypatch.setenv("AWS_PROFILE", "someone-elses")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "stale")
@@ -186,7 +188,7 @@ def test_chalice_local_runner(stack, tmp_path, monkeypatch):
         assert r.status_code == 503
         env = r.json()
         for k, v in stack.broker_env().items():
-            assert env[k] == v
+            assert env[k] == hashlib.sha256(v.encode()).hexdigest(), k
         assert "AWS_PROFILE" not in env and "AWS_SESSION_TOKEN" not in env
         assert "GOOGLE_CLOUD_PROJECT" not in env
         pid = broker.pid
@@ -264,7 +266,9 @@ def _authorized_session(env):
 
 def test_gcp_seed_and_endpoints(stack):
     env, ep = stack.broker_env(), stack.endpoints
-    assert env["BROKER_GCP_AUDIENCE"] == ep["gcp_audience"] == "https://secret-zero-broker.local"
+    # the broker's own URL while chalice local runs (the local_broker fixture), else a fixed name
+    expected = stack.broker_url if stack.broker is not None and stack.broker.proc else "https://secret-zero-broker.local"
+    assert env["BROKER_GCP_AUDIENCE"] == ep["gcp_audience"] == stack.gcp_audience == expected
     assert env["BROKER_GCP_CERTS_URL"] == ep["gcp_certs_url"] == stack.google.url + "/oauth2/v1/certs"
     assert env["BROKER_GCP_COMPUTE_URL"] == ep["gcp_compute_url"] == stack.google.url
     adc = Path(env["GOOGLE_APPLICATION_CREDENTIALS"])
