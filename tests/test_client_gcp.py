@@ -257,3 +257,19 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_gcp_path_needs_no_botocore(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, broker.cli\n"
+        f"rc = broker.cli.main(['login', '--cloud', 'gcp', '--broker-url', 'http://127.0.0.1:9', '--role', 'web',\n"
+        f"                      '--metadata-url', 'http://127.0.0.1:{_closed_port()}', '--sink', {str(tmp_path / 't')!r}])\n"
+        "assert rc == 3, rc\n"
+        "assert not any(m == 'botocore' or m.startswith(('botocore.', 'google.')) for m in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BROKER_"))}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode == 0, proc.stderr
