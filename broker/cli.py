@@ -232,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the rules file (env BROKER_RULES_FILE; default chalicelib/policies/rules.toml "
                          "or policies/rules.toml in the checkout)")
     explain.set_defaults(func=cmd_policy_explain)
+
+    from broker.security_cli import add_security_commands  # broker audit ..., broker revoke ...
+
+    add_security_commands(sub, common)
     return parser
 
 
@@ -258,6 +262,7 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
         write_sink,
     )
     from broker.proofs import build_proof_source
+    from broker.incident import reporting
     from broker.vault import VaultClient, normalize_mount, unwrap_credentials, unwrap_role_id_for_agent
 
     missing = [flag for flag, value in (("--broker-url/BROKER_URL", args.broker_url),
@@ -328,9 +333,11 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
         out.warn(f"the Vault address from the broker, {vault_addr}, is not https")
     vault = VaultClient(vault_addr, timeout=args.timeout, ssl_context=vault_ssl, namespace=args.vault_namespace)
     summary["vault_addr"] = vault.addr
+    # A possible interception (exit 6) is reported to the broker before exiting (broker/incident.py).
+    report = {"client": client, "make_proof": proof.make, "out": out}
     if args.agent_dir:
         # The secret ID stays wrapped: the Agent checks its creation path again and unwraps it.
-        role_id = unwrap_role_id_for_agent(vault, issued, mount=mount)
+        role_id = reporting(lambda: unwrap_role_id_for_agent(vault, issued, mount=mount), **report)
         out.add_secrets(role_id)
         role_path, secret_path = write_approle_files(args.agent_dir, role_id, issued.secret_id_wrap.token)
         ttl = issued.secret_id_wrap.ttl
@@ -341,7 +348,7 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
                  f"{f'{ttl} s' if ttl else 'the wrap TTL'}")
         out.result(summary)
         return EXIT_OK
-    creds = unwrap_credentials(vault, issued, mount=mount)
+    creds = reporting(lambda: unwrap_credentials(vault, issued, mount=mount), **report)
     out.add_secrets(creds.role_id, creds.secret_id)
     summary["secret_id_accessor"] = creds.secret_id_accessor
     out.info(f"wrapping tokens checked and unwrapped (secret ID accessor {creds.secret_id_accessor})")
@@ -560,6 +567,8 @@ def _error_summary(exc: ClientError, accessor: str | None = None) -> dict[str, A
     }
     if accessor:
         summary["accessor"] = accessor
+    if getattr(exc, "incident", None):
+        summary["incident"] = exc.incident  # the report of a possible interception to the broker
     code = getattr(exc, "code", None)
     if code:
         summary["code"] = code
