@@ -4,13 +4,17 @@ An EC2 instance boots with no credential but its instance role, runs the real
 `broker login` client against the broker under `chalice local`, and reads its
 application secret from OpenBao. A second instance, tagged for another role, is
 refused. A GCE instance (on the simulated Google) bootstraps the same way with
-its identity token. Then the audit records. KEEP=1 leaves the stack running.
+its identity token. Then the security team's view: the audit trail searched with
+`broker audit search`, the web instance revoked and quarantined after an IDS alert,
+and its next attempt refused. KEEP=1 leaves the stack running.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,8 +23,6 @@ from pathlib import Path
 
 import hvac
 
-from chalicelib.audit import AuditStore
-from devstack import aws as stack_aws
 from devstack.broker import PROJECT_DIR
 from devstack.procs import StackError
 from devstack.stack import Stack
@@ -66,12 +68,23 @@ def run_client(stack, creds, role, handoff, metadata_url=None):
     return proc.returncode, summary
 
 
-def show_record(record):
-    keys = ("time", "outcome", "code", "role", "rule", "principal", "instance", "source_ip", "reason",
-            "secret_id_accessor")
-    for key in keys:
-        if record.get(key):
-            print(f"     {key:<19} {record[key]}")
+def run_security(stack, creds, *args):
+    """A security engineer's `broker audit ...` / `broker revoke ...`, signed with her own AWS identity."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "BROKER_URL": stack.broker_url,
+        "BROKER_SERVER_ID": stack.broker_env()["BROKER_SERVER_ID"],
+        "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_ACCESS_KEY_ID": creds["access_key_id"], "AWS_SECRET_ACCESS_KEY": creds["secret_access_key"],
+        "AWS_SESSION_TOKEN": creds["session_token"],
+        "COLUMNS": str(max(200, shutil.get_terminal_size((200, 24)).columns - 5)),
+    }
+    print(f"   $ broker {shlex.join(args)}", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "broker", *args], env=env, cwd=PROJECT_DIR, capture_output=True,
+                          text=True, timeout=120)
+    for line in (proc.stdout + proc.stderr).splitlines():
+        print(f"     {line}")
+    return proc
 
 
 def main():
@@ -100,7 +113,6 @@ def main():
 
 
 def story(stack):
-    audit = AuditStore(stack.client("dynamodb"), stack_aws.AUDIT_TABLE, 400)
     rules = (PROJECT_DIR / "policies" / "rules.toml").read_text()
     failures = 0
 
@@ -189,23 +201,50 @@ def story(stack):
                 keys {sorted(secret)}.
             """)
 
-    step(6, "The security team reads the audit trail")
-    say("Every decision is a DynamoDB record written before the answer; no token or secret ID in it.")
-    for label, request_id in (("granted", granted_request), ("refused", refused_request),
-                              ("granted on GCP", gce_request)):
-        record = audit.get(request_id) if request_id else None
-        print(f"\n   {label}: request {request_id}")
-        if record is None:
-            print("     (no record found)")
+    step(6, "The security team searches the audit trail")
+    engineer = stack.assume("security-team", "alice")
+    say("""
+        Every decision is a DynamoDB record written before the answer; no token or secret ID in it.
+        A security engineer (role security-team, listed under [security] in the rules file) asks
+        the broker, signing with her own AWS identity; the broker checks it and audits the read.
+    """)
+    proc = run_security(stack, engineer, "audit", "search", "--since", "15m")
+    if proc.returncode != 0:
+        failures += 1
+    for request_id in (granted_request, refused_request, gce_request):
+        if not request_id or request_id not in proc.stdout:
+            print(f"   (request {request_id} is missing from the search)")
             failures += 1
-        else:
-            show_record(record)
+    if refused_request:
+        say("Why was the second instance refused? The record says it (the caller was only told 403):")
+        proc = run_security(stack, engineer, "audit", "show", refused_request)
+        failures += proc.returncode != 0
+
+    step(7, "An intrusion detection system flags the web instance")
+    proc = run_security(stack, engineer, "revoke", "--instance", web, "--reason", "IDS alert: outbound scan",
+                        "--quarantine", "24h")
+    if proc.returncode != 0:
+        failures += 1
+    say("""
+        Every secret ID the broker issued to it that could still be valid is destroyed in OpenBao
+        by accessor ("gone" here: its login already used up its single-use secret ID; a wrapped
+        or unused one would say "destroyed"). And the instance is quarantined: whatever it
+        presents now, the broker refuses it before anything is minted.
+    """)
+
+    step(8, "The flagged instance asks again")
+    with tempfile.TemporaryDirectory(prefix="secret-zero-demo-") as tmp:
+        code, summary = run_client(stack, stack.assume("demo-node", web), "web", ["--out-dir", tmp])
+    say(f"Exit code {code}: refused ({summary.get('code')}), and that refusal is on the record too.")
+    if code != 4 or summary.get("code") != "quarantined":
+        failures += 1
+    run_security(stack, engineer, "audit", "search", "--instance", web, "--since", "15m")
 
     if failures:
         print(f"\nThe demo saw {failures} unexpected outcome(s).")
         return 1
     print("\nDone: an EC2 and a GCE instance bootstrapped with no shipped credential, one refused, "
-          "all on the record.")
+          "all on the record; the flagged instance cut off at once.")
     return 0
 
 
