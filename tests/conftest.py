@@ -7,6 +7,7 @@ Tests that change the shared stack put it back before they end: use the
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,17 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devstack import Stack  # noqa: E402
+
+# The secret scanner (issue 7): collects the suite's secrets, fails the session if any
+# shows up in a log, a test's output or another answer of the broker. SECRET_SCAN=0: off.
+from tests.secret_scan import pytest_configure, pytest_runtest_logreport, pytest_sessionfinish  # noqa: E402,F401
+
+# Hypothesis: the suite's budget; `make fuzz` runs HYPOTHESIS_PROFILE=fuzz.
+from hypothesis import HealthCheck, settings as _hypothesis  # noqa: E402
+
+_hypothesis.register_profile("suite", deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+_hypothesis.register_profile("fuzz", deadline=None, max_examples=3000, suppress_health_check=list(HealthCheck))
+_hypothesis.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
 @pytest.fixture(scope="session")

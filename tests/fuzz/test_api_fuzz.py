@@ -23,7 +23,7 @@ from schemathesis.specs.openapi import checks as openapi_checks
 
 from chalicelib.openapi import document
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
 ERROR_KEYS = {"error", "request_id"}
 
 

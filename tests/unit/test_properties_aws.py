@@ -379,7 +379,7 @@ def test_an_external_dtd_is_never_fetched():
         listener.close()
 
 
-@pytest.mark.parametrize("depth", [1000, 9000, 100_000])
+@pytest.mark.parametrize("depth", [1000, 9000, 50_000])
 def test_deeply_nested_documents_do_not_crash(depth):
     body = b"<a>" * depth + b"<Code>Throttling</Code>" + b"</a>" * depth
     started = time.monotonic()
