@@ -139,7 +139,8 @@ class BrokerService:
             self._quarantine.check(instance=claimed_instance(identity), principal=identity.principal)
 
     def _audit_hashes(self, issued):
-        """HMACs of the accessors as Vault's audit log shows them (best effort), or None."""
+        """HMACs of the accessors and wrapping tokens as Vault's audit log shows them (best
+        effort), or None. An HMAC is not a secret: Vault's audit device logs exactly these."""
         path = getattr(self.settings, "vault_audit_hash_path", None)
         if not path:
             return None
@@ -147,6 +148,8 @@ class BrokerService:
             "role_id_wrap_accessor": issued.role_id_wrap.accessor,
             "secret_id_wrap_accessor": issued.secret_id_wrap.accessor,
             "secret_id_accessor": issued.secret_id_accessor,
+            "role_id_wrap_token": issued.role_id_wrap.token,  # finds failed unwraps too (no accessor then)
+            "secret_id_wrap_token": issued.secret_id_wrap.token,
         }) or None
 
     def _record_failure(self, record, error):

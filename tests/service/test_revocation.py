@@ -229,10 +229,13 @@ def test_issuances_carry_the_hmacs_that_find_them_in_vaults_audit_log(broker):
     doc = issue(broker, creds, "batch")
     record = broker.audit.get(doc["request_id"])
     hmacs = record["vault_audit_hmacs"]
-    assert set(hmacs) == {"role_id_wrap_accessor", "secret_id_wrap_accessor", "secret_id_accessor"}
+    assert set(hmacs) == {"role_id_wrap_accessor", "secret_id_wrap_accessor", "secret_id_accessor",
+                          "role_id_wrap_token", "secret_id_wrap_token"}
+    clear = dict(record, role_id_wrap_token=doc["role_id_wrap"]["token"],
+                 secret_id_wrap_token=doc["secret_id_wrap"]["token"])
     for name, value in hmacs.items():
         assert value.startswith("hmac-sha256:")
-        assert value == stack.vault().write_data("sys/audit-hash/file", data={"input": record[name]})["data"]["hash"]
+        assert value == stack.vault().write_data("sys/audit-hash/file", data={"input": clear[name]})["data"]["hash"]
 
     # The client unwraps and logs in, as it would at boot.
     client = hvac.Client(url=stack.vault_addr, token=doc["secret_id_wrap"]["token"])
@@ -247,6 +250,16 @@ def test_issuances_carry_the_hmacs_that_find_them_in_vaults_audit_log(broker):
     # the creation of the wrapped secret ID, and its unwrapping (which returns the secret ID accessor)
     assert ("response", "auth/approle/role/batch/secret-id") in where(hmacs["secret_id_wrap_accessor"])
     assert ("response", "sys/wrapping/unwrap") in where(hmacs["secret_id_accessor"])
+    # the unwrap by its token and its accessor; a second unwrap fails and is found by the token's HMAC
+    again = requests.post(f"{stack.vault_addr}/v1/sys/wrapping/unwrap", timeout=10,
+                          headers={"X-Vault-Token": doc["secret_id_wrap"]["token"]})
+    assert again.status_code == 400
+    lines = [json.loads(line) for line in stack.openbao.audit_log_path.read_text().splitlines()]
+    unwraps = [e for e in lines if e["request"].get("path") == "sys/wrapping/unwrap"
+               and e["request"].get("client_token") == hmacs["secret_id_wrap_token"]]
+    assert [(e["type"], bool(e.get("error"))) for e in unwraps] == [
+        ("request", False), ("response", False), ("request", True)]  # a refused unwrap logs its request only
+    assert unwraps[0]["request"]["client_token_accessor"] == hmacs["secret_id_wrap_accessor"]
     # the login made with the secret ID names the broker's request ID in its metadata, in clear
     logins = [e for e in lines if e["type"] == "response" and e["request"].get("path") == "auth/approle/login"
               and (e.get("auth") or {}).get("metadata", {}).get("request_id") == doc["request_id"]]
