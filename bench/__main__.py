@@ -200,6 +200,10 @@ def report(doc: dict) -> str:
                          ["HTTP / floor", o["ratio_p50_http"], o["ratio_p50_http_vs_floor_gip"]]],
                         ("p50 ratio", "floor (issue 6)", "floor + GetInstanceProfile")),
                   "",
+                  f"CPU in this process per iteration (p50): the floor's own client calls "
+                  f"{fmt(o.get('floor_cpu_ms_p50'))} ms (with GetInstanceProfile), the broker through "
+                  f"chalice.test.Client {fmt(o.get('inprocess_cpu_ms_p50'))} ms",
+                  "",
                   "the floor, call by call (sequential, ms):",
                   table([[name, s["p50"], s["p95"], s["p99"]] for name, s in o["floor_calls_ms"].items()],
                         ("call", "p50", "p95", "p99")), ""]
@@ -297,6 +301,7 @@ COMPARE = (
     ("overhead_ratio_p50_inprocess", ("overhead", "ratio_p50_inprocess")),
     ("overhead_ratio_p50_http", ("overhead", "ratio_p50_http")),
     ("handler_cpu_ms_p50", ("cpu", "cpu_ms", "p50")),
+    ("floor's client CPU ms", ("overhead", "floor_cpu_ms_p50")),
     ("import app ms", ("imports", "app_import_ms")),
     ("import_overhead_ratio", ("imports", "import_overhead_ratio")),
     ("first health answered ms", ("first_request", "to_first_health_ms")),
@@ -331,7 +336,8 @@ def compare(refs: list[str]) -> str:
             a, b = values[0], values[-1]
             row.append(f"{(b - a) / a * 100:+.0f}%" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a else "-")
         rows.append(row)
-    notes = [f"{h}: {d.get('time')} rev {d.get('git', {}).get('rev')} {'QUICK' if d.get('quick') else ''}"
+    notes = [f"{h}: {d.get('time')} rev {d.get('git', {}).get('rev')} load "
+             f"{fmt((d.get('machine', {}).get('loadavg') or [None])[0])} {'QUICK' if d.get('quick') else ''}"
              for h, d in zip(header[1:], docs)]
     return table(rows, header) + "\n" + "\n".join(notes)
 
