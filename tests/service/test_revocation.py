@@ -264,3 +264,51 @@ def test_issuances_carry_the_hmacs_that_find_them_in_vaults_audit_log(broker):
     logins = [e for e in lines if e["type"] == "response" and e["request"].get("path") == "auth/approle/login"
               and (e.get("auth") or {}).get("metadata", {}).get("request_id") == doc["request_id"]]
     assert len(logins) == 1
+
+
+# ---- GCP ----------------------------------------------------------------------------------------------
+
+
+def test_gce_instances_report_incidents_and_are_quarantined_by_instance(broker, security):
+    """On GCP the principal (a service account) is shared by many instances: the instance in
+    the token must match too, and a quarantine of the instance leaves its siblings alone."""
+    stack = broker.stack
+    audience = stack.broker_env()["BROKER_GCP_AUDIENCE"]
+    uid = uuid.uuid4().hex[:6]
+    names = [f"web-sec-{uid}-{n}" for n in (1, 2)]
+    for name in names:
+        stack.gcp_create_instance(name, labels={"vault-role": "web"},
+                                  service_account="demo-node@demo-project.iam.gserviceaccount.com")
+
+    def gcp_post(path, body):
+        return broker.client.http.post(path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+
+    def login(name):
+        return gcp_post("/v1/credentials/gcp", {"role": "web", "jwt": stack.gcp_instance_token(name, audience=audience)})
+
+    issued = login(names[0])
+    assert issued.status_code == 200, issued.body
+    doc = body_of(issued)
+    stolen = unwrap_secret_id(stack, doc)
+    # the sibling instance (same service account) cannot report it
+    sibling = gcp_post("/v1/incidents", {"request_id": doc["request_id"],
+                                         "jwt": stack.gcp_instance_token(names[1], audience=audience)})
+    assert_error(sibling, 403, "not_authorized")
+    reported = gcp_post("/v1/incidents", {"request_id": doc["request_id"], "reason": "already unwrapped",
+                                          "jwt": stack.gcp_instance_token(names[0], audience=audience)})
+    assert reported.status_code == 200, reported.body
+    assert body_of(reported)["secret_id"] == "destroyed"
+    assert approle_login(stack, "web", stolen) == 400
+    instance_id = broker.audit.get(doc["request_id"])["instance"]
+    record = broker.audit.get(body_of(reported)["request_id"])
+    assert (record["method"], record["outcome"], record["instance"]) == ("gcp", "incident", instance_id)
+
+    revoked = body_of(security.post("/v1/revocations", {"instance": instance_id, "reason": "GCE alert",
+                                                        "quarantine": "10m"}))
+    try:
+        assert_error(login(names[0]), 403, "quarantined")
+        assert login(names[1]).status_code == 200  # the sibling is not quarantined
+    finally:
+        security.delete(f"/v1/revocations/{revoked['revocation_id']}")
+    assert login(names[0]).status_code == 200
+
