@@ -16,6 +16,7 @@ import re
 import ssl
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from broker import __version__
@@ -232,6 +233,42 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the rules file (env BROKER_RULES_FILE; default chalicelib/policies/rules.toml "
                          "or policies/rules.toml in the checkout)")
     explain.set_defaults(func=cmd_policy_explain)
+
+    vault = sub.add_parser("vault", help="set up Vault/OpenBao for the broker (needs a checkout)")
+    vsub = vault.add_subparsers(dest="vault_command", metavar="SUBCOMMAND")
+    vsub.required = True
+    vsetup = vsub.add_parser(
+        "setup", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="enable AppRole, write the policies and AppRoles the rules need, store the broker's secret ID",
+        description="Idempotent: enables the AppRole auth method, writes the policies of policies/vault/, the "
+        "broker's AppRole and one AppRole per role the rules serve (single-use secret IDs), and stores the "
+        "broker's secret ID in Secrets Manager (created response-wrapped, checked, unwrapped here) unless the "
+        "stored one is still valid. The Vault token comes from VAULT_TOKEN, BAO_TOKEN or ~/.vault-token.",
+        epilog=_exit_code_epilog())
+    vsetup.add_argument("--vault-addr", default=_env("VAULT_ADDR") or _env("BAO_ADDR"), metavar="URL",
+                        help="Vault address (env VAULT_ADDR or BAO_ADDR)")
+    vsetup.add_argument("--vault-ca-cert", default=_env("VAULT_CACERT"), metavar="FILE",
+                        help="CA bundle to verify Vault's TLS certificate (env VAULT_CACERT)")
+    vsetup.add_argument("--vault-namespace", default=_env("VAULT_NAMESPACE"), metavar="NS",
+                        help="Vault Enterprise namespace (env VAULT_NAMESPACE)")
+    vsetup.add_argument("--approle-mount", default=_env("BROKER_APPROLE_MOUNT", "approle"), metavar="PATH",
+                        help="mount path of the AppRole auth method (default approle)")
+    vsetup.add_argument("--broker-role", default="secret-zero-broker", metavar="NAME",
+                        help="the broker's own AppRole and policy name (default secret-zero-broker)")
+    vsetup.add_argument("--rules", default=_env("BROKER_RULES_FILE"), metavar="FILE",
+                        help="the rules file: which roles to serve (default: the checkout's)")
+    vsetup.add_argument("--policy-dir", metavar="DIR", help="the Vault policies (default: the checkout's policies/vault)")
+    vsetup.add_argument("--secret", default=_env("BROKER_VAULT_SECRET_ID_SECRET"), metavar="NAME",
+                        help="Secrets Manager secret for the broker's secret ID (env BROKER_VAULT_SECRET_ID_SECRET)")
+    vsetup.add_argument("--aws-region", default=_env("AWS_REGION") or _env("AWS_DEFAULT_REGION"), metavar="REGION",
+                        help="region of the secret (env AWS_REGION or AWS_DEFAULT_REGION)")
+    vsetup.add_argument("--aws-endpoint-url", default=None, metavar="URL", help=argparse.SUPPRESS)
+    vsetup.add_argument("--broker-cidrs", metavar="CIDR,...",
+                        help="bind the broker's secret IDs and tokens to these CIDRs (the function's egress)")
+    vsetup.add_argument("--token-bound-cidrs", metavar="CIDR,...",
+                        help="bind the served roles' tokens to these CIDRs")
+    vsetup.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    vsetup.set_defaults(func=cmd_vault_setup)
 
     from broker.security_cli import add_security_commands  # broker audit ..., broker revoke ...
 
@@ -511,6 +548,51 @@ def cmd_policy_explain(args: argparse.Namespace, out: Output) -> int:
         ],
     })
     return EXIT_OK if granted_by else EXIT_POLICY_DENIED
+
+
+# ---- vault setup -------------------------------------------------------------------------
+
+
+def cmd_vault_setup(args: argparse.Namespace, out: Output) -> int:
+    from broker.vault_setup import Vault, served_roles, setup, vault_token_from_env
+
+    if not args.vault_addr:
+        raise UsageError("missing --vault-addr/VAULT_ADDR")
+    if not args.secret:
+        raise UsageError("missing --secret/BROKER_VAULT_SECRET_ID_SECRET (where the broker's secret ID is kept)")
+    if not args.aws_region:
+        raise UsageError("missing --aws-region/AWS_REGION (the region of the secret)")
+    checkout = _find_checkout() or os.getcwd()
+    rules_path = args.rules or _default_rules_file()
+    policy_dir = args.policy_dir or os.path.join(checkout, "policies", "vault")
+    roles = served_roles(rules_path)
+    token = vault_token_from_env()
+    out.add_secrets(token)
+    vault = Vault(args.vault_addr, token or "", namespace=args.vault_namespace,
+                  ssl_context=_ssl_context(args.vault_ca_cert, "Vault"))
+    try:
+        import botocore.session
+    except ImportError:
+        raise UsageError("storing the broker's secret ID needs botocore: pip install 'secret-zero-broker[aws]'") from None
+    secrets_client = botocore.session.get_session().create_client(
+        "secretsmanager", region_name=args.aws_region, endpoint_url=args.aws_endpoint_url)
+
+    def cidrs(text: str | None) -> list[str] | None:
+        return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+    plan = setup(vault, roles=roles, policy_dir=Path(policy_dir), secrets_client=secrets_client,
+                 secret_name=args.secret, mount=args.approle_mount, broker_role=args.broker_role,
+                 broker_cidrs=cidrs(args.broker_cidrs), token_bound_cidrs=cidrs(args.token_bound_cidrs),
+                 dry_run=args.dry_run)
+    verb = "would" if args.dry_run else "did"
+    for change in plan.changes:
+        out.info(f"{verb}: {change}")
+    for same in plan.unchanged:
+        out.info(f"ok: {same}")
+    if not plan.changes:
+        out.info("nothing to change")
+    out.result(plan.summary())
+    return EXIT_OK
 
 
 # ---- entry point ---------------------------------------------------------------------
