@@ -232,6 +232,13 @@ class SecurityApi:
         raise UnavailableError(f"the broker is unavailable after {MAX_ATTEMPTS} attempts; last: {last}")
 
 
+def _api(args: argparse.Namespace, out: Any) -> SecurityApi:
+    api = SecurityApi(args)
+    if api.insecure:
+        out.warn(f"the broker URL {api.base_url} is not https: your signed proofs would cross the network in clear")
+    return api
+
+
 def _credentials() -> Any:
     try:
         import logging
@@ -300,8 +307,11 @@ def render_table(events: list[dict[str, Any]], stream: Any, width: int | None = 
     rows = [[_cell(e, key) for _, key in TABLE_COLUMNS] for e in events]
     headers = [title for title, _ in TABLE_COLUMNS]
     widths = [max([len(headers[i])] + [len(r[i]) for r in rows]) for i in range(len(headers))]
-    fixed = sum(widths[:-1]) + 2 * (len(widths) - 1)
-    widths[-1] = max(10, min(widths[-1], width - fixed))
+    # Too wide: the reason gives way first (to 10), then the principal (to 20); then it overflows.
+    for column, minimum in ((len(widths) - 1, 10), (headers.index("PRINCIPAL"), 20)):
+        excess = sum(widths) + 2 * (len(widths) - 1) - width
+        if excess > 0:
+            widths[column] = max(minimum, widths[column] - excess)
     for row in [headers] + rows:
         cells = [c if len(c) <= w else c[: w - 1] + "…" for c, w in zip(row, widths)]
         print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip(), file=stream)
@@ -331,7 +341,7 @@ def cmd_audit_search(args: argparse.Namespace, out: Any) -> int:
         raise UsageError("choose one of --json and --csv")
     if not 1 <= args.limit <= 500:
         raise UsageError("--limit must be from 1 to 500")
-    api = SecurityApi(args)
+    api = _api(args, out)
     params = {"since": to_iso(args.since), "until": to_iso(args.until), "outcome": args.outcome, "role": args.role,
               "instance": args.instance, "principal": args.principal, "method": args.method,
               "account": args.account, "limit": str(args.limit)}
@@ -359,7 +369,8 @@ def cmd_audit_search(args: argparse.Namespace, out: Any) -> int:
 
 
 def cmd_audit_show(args: argparse.Namespace, out: Any) -> int:
-    doc = SecurityApi(args).call("GET", f"/v1/audit/events/{_path_id(args.request_id, 'REQUEST_ID')}")
+    request_id = _path_id(args.request_id, "REQUEST_ID")
+    doc = _api(args, out).call("GET", f"/v1/audit/events/{request_id}")
     event = doc.get("event") or {}
     if args.json:
         print(json.dumps(event, sort_keys=True), file=out.stdout)
@@ -387,7 +398,7 @@ def cmd_revoke(args: argparse.Namespace, out: Any) -> int:
         raise UsageError("name the target: --instance ID, --principal ARN or --request-id ID")
     if not args.reason:
         raise UsageError("--reason is required: it goes into the audit trail")
-    doc = SecurityApi(args).call("POST", "/v1/revocations", body=dict(target, reason=args.reason,
+    doc = _api(args, out).call("POST", "/v1/revocations", body=dict(target, reason=args.reason,
                                                                       quarantine=args.quarantine))
     if args.json:
         print(json.dumps(doc, sort_keys=True), file=out.stdout)
@@ -422,7 +433,7 @@ def render_plain(rows: list[dict[str, Any]], keys: tuple[str, ...], stream: Any)
 def _lift(args: argparse.Namespace, out: Any) -> int:
     revocation_id = _path_id(args.lift[1], "the revocation ID")
     body = {"reason": args.reason} if args.reason else None
-    doc = SecurityApi(args).call("DELETE", f"/v1/revocations/{revocation_id}", body=body)
+    doc = _api(args, out).call("DELETE", f"/v1/revocations/{revocation_id}", body=body)
     if args.json:
         print(json.dumps(doc, sort_keys=True), file=out.stdout)
     else:
