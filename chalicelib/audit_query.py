@@ -339,7 +339,9 @@ class AuditQueryEngine:
             threshold = candidates[need - 1][0] if len(candidates) >= need else None
             todo = [s for s in active if threshold is None or s.frontier > threshold]
             budget["queries"] += len(todo)
-            pages = list(self._pool.map(lambda s: self._page(p, s, query, top, need), todo))
+            # A shard holds about 1/n of the page: read twice that share, at least 10 records.
+            share = need if len(shards) == 1 else max(10, -(-2 * need // len(shards)))
+            pages = list(self._pool.map(lambda s: self._page(p, s, query, top, share), todo))
             for shard, (items, last_key) in zip(todo, pages):
                 for item in items:
                     position = Position(Decimal(item[SORT_KEY]["N"]), item["request_id"]["S"])
@@ -352,7 +354,7 @@ class AuditQueryEngine:
                 else:
                     shard.exhausted = True
 
-    def _page(self, p, shard, query, top, need):
+    def _page(self, p, shard, query, top, share):
         values = dict(p.values, **{":pk": {"S": shard.key}, ":lo": {"N": str(query.since)}, ":hi": {"N": str(top)}})
         kwargs = {
             "TableName": self._table,
@@ -362,7 +364,7 @@ class AuditQueryEngine:
             "ExpressionAttributeValues": values,
             "ScanIndexForward": False,
             # DynamoDB applies Limit before the filter: read more when a filter thins the page.
-            "Limit": min(1000, need if not p.filter_expression else max(100, need * 4)),
+            "Limit": min(1000, share if not p.filter_expression else max(100, share * 4)),
         }
         if p.filter_expression:
             kwargs["FilterExpression"] = p.filter_expression

@@ -250,3 +250,28 @@ def test_reading_the_trail_is_itself_audited_and_logged(security, seeded, broker
     lines = [dict(r.fields, event=r.getMessage()) for r in caplog.records if hasattr(r, "fields")]
     admin_lines = [line for line in lines if line["event"] == "admin" and line.get("request_id") == doc["request_id"]]
     assert admin_lines and admin_lines[0]["action"] == "audit.search" and admin_lines[0]["query"] == record["query"]
+
+
+def test_a_crowded_shard_is_read_page_after_page_and_merged_in_order(broker, security):
+    """Most records of a day in one shard: that shard must be read in several rounds while the
+    others are exhausted, and the merge must stay newest first."""
+    from chalicelib.audit_schema import TIME_SHARDS, shard_of
+
+    day = datetime(2023, 6, 1, tzinfo=timezone.utc) + timedelta(days=random.randrange(0, 150))
+    crowded, others = [], []
+    while len(crowded) < 36 or len(others) < 6:
+        rid = str(uuid.uuid4())
+        bucket = crowded if shard_of(rid, TIME_SHARDS) == 3 else others
+        if (bucket is crowded and len(crowded) < 36) or (bucket is others and len(others) < 6):
+            bucket.append(rid)
+    records = []
+    for i, rid in enumerate(crowded + others):
+        epoch = day.timestamp() + 3600 + ((i * 7919) % 42) * 60  # interleaved in time
+        records.append(AuditRecord(request_id=rid, method="aws", epoch=epoch, time=iso(epoch), outcome="denied",
+                                   code="test", reason=f"crowded {i}"))
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(broker.audit.write, records))
+    want = [r.request_id for r in sorted(records, key=lambda r: (round(r.epoch, 3), r.request_id), reverse=True)]
+    params = {"since": iso(day.timestamp()), "until": iso(day.timestamp() + 86399)}
+    assert fetch_all(security, 20, **params)[0] == want
+    assert fetch_all(security, 500, **params)[0] == want
