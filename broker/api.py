@@ -1,7 +1,8 @@
 """The call to the broker: ``POST /v1/credentials/aws`` (or ``/gcp``), with retries.
 
-Retried, with exponential backoff and full jitter: 429, 502, 503, 504, and
-connection errors and timeouts. ``Retry-After`` is honoured as a floor (capped).
+Retried, with exponential backoff and full jitter: 429, 500, 502, 503, 504, and
+connection errors and timeouts (API Gateway answers 500 when Lambda throttles;
+the broker itself never answers 500 to any input). ``Retry-After`` is honoured as a floor (capped).
 Never retried: 400, 401, 403 and other 4xx, which are refusals, with one
 exception: 401 ``proof_replayed``, which a fresh proof cures (see below). A fresh
 proof is made for every attempt, because the broker spends each proof once.
@@ -30,7 +31,7 @@ from broker.errors import RefusedError, UnavailableError, UsageError
 LOGIN_PATH = "/v1/credentials/aws"
 USER_AGENT = f"secret-zero-broker-client/{__version__}"
 MAX_RESPONSE_BYTES = 1 << 20
-RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 REPLAYED_CODE = "proof_replayed"
 
 
