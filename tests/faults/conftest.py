@@ -39,10 +39,16 @@ def faulty(stack, tmp_path_factory):
         broker.stop()
         for proxy in (vault, aws, sts):
             proxy.stop()
-        out = os.environ.get("FAULT_FIGURES")
-        if out and FIGURES:
-            with open(out, "w") as f:
-                json.dump(FIGURES, f, indent=2, sort_keys=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fault_figures():
+    """Write the measured figures to $FAULT_FIGURES (JSON) at the end, when it is set."""
+    yield FIGURES
+    out = os.environ.get("FAULT_FIGURES")
+    if out and FIGURES:
+        with open(out, "w") as f:
+            json.dump(FIGURES, f, indent=2, sort_keys=True)
 
 
 @pytest.fixture
