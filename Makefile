@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test stack-up stack-down demo package bench clean
+.PHONY: install test stack-up stack-down demo package bench fuzz faults soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,21 @@ package: $(STAMP)
 # BENCH_ARGS="--save LABEL", "--rev REV", "--only 1,4"; `python -m bench compare A B`.
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Issue 7 (docs/reliability.md): the long runs of the hostile-input and fault tests.
+# fuzz: Schemathesis (FUZZ_EXAMPLES per operation, random seeds) and hypothesis (profile "fuzz").
+FUZZ_EXAMPLES ?= 1000
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RANDOM=1 HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/fuzz tests/unit/test_properties_aws.py tests/unit/test_properties_gcp.py tests/unit/test_properties_rules.py
+
+# faults: every fault test (also the slow ones) with the measured figures printed.
+faults: $(STAMP)
+	mkdir -p .stack; RELIABILITY_SLOW=1 FAULT_FIGURES=.stack/fault-figures.json $(PY) -m pytest tests/faults; \
+	  status=$$?; cat .stack/fault-figures.json; exit $$status
+
+# soak: SOAK_SECONDS (600) of steady issuance with faults every SOAK_FAULT_EVERY (60) s at SOAK_RATE (4/s).
+soak: $(STAMP)
+	mkdir -p .stack; $(PY) -m tests.soak.soak --out .stack/soak-report.json
 
 clean:
 	rm -rf .stack dist .pytest_cache
