@@ -26,7 +26,7 @@ from chalicelib.aws_proof import (ALLOWED_AMZ_HEADERS, MAX_RESPONSE_BYTES, SIGNA
 from chalicelib.config import Settings
 from chalicelib.errors import InvalidProof, InvalidRequest, Unavailable
 from chalicelib.login_request import AWS_FIELDS, ROLE_NAME, AwsLoginRequest, parse_aws_login
-from tests.sigv4 import sign, signed_login
+from tests.sigv4 import signed_login
 
 SERVER_ID = "broker.test"
 CREDS = {"access_key_id": "ASIAEXAMPLEEXAMPLE12", "secret_access_key": "not-a-real-secret", "session_token": "tok"}

@@ -12,9 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import time
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
