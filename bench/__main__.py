@@ -255,6 +255,8 @@ def report(doc: dict) -> str:
         lines += [f"== 4. Boot storm: {s['requests']} instances, {s['threads']} threads, in process ==",
                   f"{fmt(s['seconds'])} s, {fmt(s['throughput_rps'], 1)} issuances/s; statuses {s['statuses']}",
                   table(latency_rows([("latency", s["latency_ms"])]), LATENCY_HEADER),
+                  "CPU per issuance during the storm: " + ", ".join(
+                      f"{k} {v:.1f} ms" for k, v in (s.get("cpu_ms_per_issuance") or {}).items()),
                   f"check: {ck['answered_200']} answered 200, {ck['issued_with_record']} with their issued audit record, "
                   f"{ck['instances_with_records']} instances with records, {ck['extra_audit_records']} extra records, "
                   f"{ck['secret_id_accessors']} secret ID accessors, {ck['duplicate_accessors']} repeated accessors "

@@ -79,12 +79,20 @@ def storm(bench: Bench, n: int, threads: int, say=print) -> dict:
         t1 = time.perf_counter()
         results[i] = (t0, t1, out)
 
+    pids = {"moto": bench.stack.moto.pid, "openbao": bench.stack.openbao.pid}
     with ThreadLocalRequests(bench.app_module.app):
         with ThreadPoolExecutor(threads) as pool:
+            cpu0 = {name: _proc_cpu(pid) for name, pid in pids.items()}
+            own0 = time.process_time()
             started = time.perf_counter()
             list(pool.map(one, range(n)))
             finished = time.perf_counter()
+            own1 = time.process_time()
+            cpu1 = {name: _proc_cpu(pid) for name, pid in pids.items()}
     wall = finished - started
+    cpu_per_issuance = {name: (cpu1[name] - cpu0[name]) * 1000 / n
+                        for name in pids if cpu0[name] is not None and cpu1[name] is not None}
+    cpu_per_issuance["benchmark process (the handler)"] = (own1 - own0) * 1000 / n
 
     statuses = Counter()
     ok = []
@@ -105,11 +113,23 @@ def storm(bench: Bench, n: int, threads: int, say=print) -> dict:
         "seconds": wall,
         "throughput_rps": n / wall if wall else float("nan"),
         "latency_ms": summary_ms(latencies),
+        "cpu_ms_per_issuance": cpu_per_issuance,
         "statuses": {str(k): v for k, v in statuses.items()},
         "lost": lost,
         "duplicates": duplicates,
         "check": check,
     }
+
+
+def _proc_cpu(pid) -> float | None:
+    """User + system CPU seconds of a process (Linux /proc; 10 ms ticks: use over a long span)."""
+    import os
+
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
 
 
 def verify(bench: Bench, instance_ids: list[str], ok: list[tuple[int, dict]]) -> dict:
