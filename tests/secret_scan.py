@@ -178,6 +178,8 @@ class SecretScanner:
                 files.update(p for p in directory.rglob("*.log") if p.is_file())
         return sorted(files)
 
+    size_searched: int = 0
+
     def scan(self):
         items = list(self.texts)
         for path in self.log_files():
@@ -185,6 +187,7 @@ class SecretScanner:
                 items.append((str(path), path.read_text(errors="replace"), None, True))
             except OSError:
                 continue
+        self.size_searched = sum(len(item[1]) for item in items)
         hits = []
         # One big text with an index, so that each secret is one str.find pass.
         starts, chunks, pos = [], [], 0
@@ -390,7 +393,11 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session, exitstatus):
     if not _enabled(session.config) or not (SCANNER.texts or SCANNER.log_dirs):
         return
+    import time
+
+    started = time.monotonic()
     hits = SCANNER.scan()
+    took = time.monotonic() - started
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if hits:
         lines = [f"secret scan: {len(hits)} leak(s) of the suite's secrets (the secrets themselves are not shown):"]
@@ -400,4 +407,5 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     elif reporter:
         reporter.write_line(f"secret scan: {len(SCANNER.secrets)} secrets, {len(SCANNER.texts)} texts and "
-                            f"{len(SCANNER.log_files())} log files searched: no leak")
+                            f"{len(SCANNER.log_files())} log files ({SCANNER.size_searched / 1e6:.1f} MB) searched "
+                            f"in {took:.1f}s: no leak")
