@@ -192,7 +192,7 @@ class QuarantineStore:
 
     # ---- rate limits ---------------------------------------------------------------------------
 
-    def take_slot(self, scope, caller, *, limit, window):
+    def take_slot(self, scope, caller, *, limit, window, message=None):
         """Count one event of `caller` in the current window; RateLimited (429) past `limit`."""
         now = int(self._clock())
         start = now - now % window
@@ -206,8 +206,9 @@ class QuarantineStore:
                                        ":exp": {"N": str(start + 2 * window)}},
         )
         if refused:
-            raise RateLimited(f"too many {scope} reports from this caller; try again later",
-                              retry_after=max(1, start + window - now))
+            raise RateLimited(message or f"too many {scope} reports from this caller; try again later",
+                              retry_after=max(1, start + window - now),
+                              detail=f"rate limit {scope} {caller}: {limit} per {window}s reached")
 
     def health(self):
         try:

@@ -157,6 +157,8 @@ class RuleSet:
     # [security] principal_arns: globs on the canonical IAM ARN of who may use the
     # security-team routes (audit queries, revocations). Empty: nobody.
     security_principals: tuple = ()
+    # [rate_limits]: issuances per identity (instance, else principal) and per role.
+    rate_limits: "RateLimits" = None
 
     def is_security_principal(self, canonical_arn):
         return bool(canonical_arn) and _any_glob(canonical_arn, self.security_principals)
@@ -241,8 +243,9 @@ def parse_rules(text, source="<rules>"):
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise RulesError(f"{source}: not valid TOML: {e}") from None
-    _only_keys(doc, {"version", "rule", "security"}, source)
-    if doc.get("version") != SUPPORTED_VERSION:
+    _only_keys(doc, {"version", "rule", "security", "rate_limits"}, source)
+    version = doc.get("version")
+    if type(version) is not int or version != SUPPORTED_VERSION:  # not True, not 1.0
         raise RulesError(f"{source}: 'version' must be {SUPPORTED_VERSION}")
     raw_rules = doc.get("rule", [])
     if not isinstance(raw_rules, list):
@@ -254,7 +257,58 @@ def parse_rules(text, source="<rules>"):
             raise RulesError(f"{source}: rule #{index}: name {rule.name!r} is used twice")
         names.add(rule.name)
         rules.append(rule)
-    return RuleSet(tuple(rules), source, _parse_security(doc.get("security", {}), f"{source}: security"))
+    limits = _parse_rate_limits(doc.get("rate_limits", {}), f"{source}: rate_limits")
+    unknown_roles = sorted(set(limits.per_role) - {r.role for r in rules})
+    if unknown_roles:
+        raise RulesError(f"{source}: rate_limits.per_role names role(s) no rule grants: {', '.join(unknown_roles)}")
+    return RuleSet(tuple(rules), source, _parse_security(doc.get("security", {}), f"{source}: security"), limits)
+
+
+@dataclass(frozen=True)
+class Limit:
+    count: int
+    window: int  # seconds
+
+    def __str__(self):
+        return f"{self.count}/{self.window}s"
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """How many issuances the broker allows in a window, shared by every Lambda instance."""
+
+    per_identity: Limit = None  # None: the default below
+    per_role: dict = field(default_factory=dict)  # {role: Limit}
+
+    def __post_init__(self):
+        if self.per_identity is None:
+            object.__setattr__(self, "per_identity", DEFAULT_PER_IDENTITY)
+
+
+# A machine boots once; a crash-looping container a few times an hour. More than this
+# from one identity is a loop minting secret IDs, which is what the limit is for.
+DEFAULT_PER_IDENTITY = Limit(20, 3600)
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
+
+
+def _parse_limit(value, where):
+    m = _RATE.match(value) if isinstance(value, str) else None
+    window = parse_duration(m.group(2)) if m else None
+    if not m or window is None or not 1 <= window <= 86400 or not 1 <= int(m.group(1)) <= 1_000_000:
+        raise RulesError(f"{where}: {value!r} is not a rate like '20/1h' (1 to 1000000 per 1s..24h)")
+    return Limit(int(m.group(1)), window)
+
+
+def _parse_rate_limits(raw, where):
+    if not isinstance(raw, dict):
+        raise RulesError(f"{where}: must be a table ([rate_limits])")
+    _only_keys(raw, {"per_identity", "per_role"}, where)
+    per_identity = _parse_limit(raw["per_identity"], f"{where}.per_identity") if "per_identity" in raw \
+        else DEFAULT_PER_IDENTITY
+    per_role = raw.get("per_role", {})
+    if not isinstance(per_role, dict):
+        raise RulesError(f"{where}.per_role: must be a table of role = 'N/window'")
+    return RateLimits(per_identity, {role: _parse_limit(v, f"{where}.per_role.{role}") for role, v in per_role.items()})
 
 
 def _parse_security(raw, where):
@@ -382,7 +436,7 @@ def parse_duration(value):
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= 16:
         m = _DURATION.match(value.strip())
         if m:
             return int(m.group(1)) * _UNITS[m.group(2)]

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .audit import AuditRecord
-from .concurrency import settle
+from .concurrency import raise_first, settle
+from .rules import RateLimits
 from .errors import BrokerError, InvalidProof, NotAuthorized, Unavailable
 from .jsonlog import log
 from .quarantine import claimed_instance
@@ -99,6 +100,7 @@ class BrokerService:
             record.rule = decision.rule
             if not decision.granted:
                 raise NotAuthorized(f"role {login.role!r} is not granted to this caller", detail=decision.reason)
+            self._take_issuance_slots(login.role, facts)
             issued = self._minter.issue(
                 login.role, decision.issuance,
                 metadata={"request_id": record.request_id, "principal": identity.principal,
@@ -133,6 +135,27 @@ class BrokerService:
             self._log.exception("unexpected error", extra={"fields": {"request_id": record.request_id}})
             self._record_failure(record, wrapped)
             raise wrapped from None
+
+    def _take_issuance_slots(self, role, facts):
+        """Count this issuance against the rules' rate limits (per identity, per role):
+        a compromised machine can't mint secret IDs in a loop. The counters live in the
+        quarantine table, so every Lambda instance shares them."""
+        if self._quarantine is None:
+            return
+        limits = self.rules.rate_limits or RateLimits()
+        identity = f"instance:{facts.instance_id}" if facts.instance_id else f"principal:{facts.principal}"
+        calls = []
+        if limits.per_identity:
+            calls.append(lambda: self._quarantine.take_slot(
+                "issue-identity", identity, limit=limits.per_identity.count, window=limits.per_identity.window,
+                message="too many credentials issued to this caller recently; try again later"))
+        role_limit = limits.per_role.get(role)
+        if role_limit:
+            calls.append(lambda: self._quarantine.take_slot(
+                "issue-role", role, limit=role_limit.count, window=role_limit.window,
+                message=f"too many credentials issued for role {role!r} recently; try again later"))
+        if calls:
+            raise_first(settle(*calls))
 
     def _check_quarantine(self, identity):
         if self._quarantine is not None:
