@@ -11,10 +11,7 @@ import threading
 
 from chalice import Chalice, IAMAuthorizer, Response
 
-from chalicelib.config import Settings
 from chalicelib.errors import BrokerError, ConfigError, Unavailable
-from chalicelib.jsonlog import get_logger, log
-from chalicelib.rules import RulesError
 
 app = Chalice(app_name="secret-zero-broker")
 app.log.setLevel(logging.INFO)
@@ -29,7 +26,12 @@ def get_service():
     if _service is None:
         with _service_lock:
             if _service is None:
+                # Imported here, not at module level: the cold start's import phase stays
+                # chalice's own, and the service's modules load once, with the first request.
                 from chalicelib.backends import build_service
+                from chalicelib.config import Settings
+                from chalicelib.jsonlog import get_logger, log
+                from chalicelib.rules import RulesError
 
                 try:
                     _service = build_service(Settings.from_env())
@@ -149,4 +151,7 @@ def openapi():
 # Configuration is validated at import in the Lambda runtime, so a bad one fails the
 # cold start with a message naming the variable (Chalice's CLI imports app.py too).
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not os.environ.get("AWS_CHALICE_CLI_MODE"):
-    Settings.from_env()
+    from chalicelib.config import Settings
+    from chalicelib.rules import load_rules
+
+    load_rules(Settings.from_env().rules_file)  # ConfigError / RulesError name the variable or the rule

@@ -1,6 +1,7 @@
 """Rate limits from the rules file, shared through DynamoDB: a looping machine is stopped,
 a role is capped, and a storm of distinct machines within the limits goes through."""
 
+import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -12,12 +13,14 @@ from tests.service.test_aws_issuance import assert_error
 from tests.sigv4 import signed_login
 
 RULES = Path(__file__).resolve().parents[2] / "policies" / "rules.toml"
+# The shipped rules without their [rate_limits] table, for tests to put their own.
+BASE = re.sub(r"\n\[rate_limits\][^\[]*", "\n", RULES.read_text())
 
 
 @pytest.fixture
 def limited(broker, tmp_path, fresh_service):
     """The shipped rules plus tight limits, for this test only."""
-    text = RULES.read_text() + '\n[rate_limits]\nper_identity = "2/24h"\n[rate_limits.per_role]\nweb = "3/24h"\n'
+    text = BASE + '\n[rate_limits]\nper_identity = "2/24h"\n[rate_limits.per_role]\nweb = "3/24h"\n'
     path = tmp_path / "rules.toml"
     path.write_text(text)
     restore = use_environment({"BROKER_RULES_FILE": str(path)})
@@ -63,7 +66,7 @@ def test_a_storm_of_distinct_machines_within_the_limits_is_never_throttled(broke
 def test_rate_limit_values_are_validated(tmp_path):
     from chalicelib.rules import RulesError, parse_rules
 
-    base = RULES.read_text()
+    base = BASE
     for bad, message in (('per_identity = "lots"', "not a rate like"), ('per_identity = "0/1h"', "not a rate like"),
                          ('per_identity = "5/3d"', "not a rate like"), ('burst = "1/1s"', "unknown field"),
                          ('[rate_limits.per_role]\nadmin = "1/1h"', "no rule grants: admin")):
