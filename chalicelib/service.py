@@ -16,7 +16,7 @@ from .audit import AuditRecord
 from .concurrency import raise_first, settle
 from .rules import RateLimits
 from .errors import BrokerError, InvalidProof, NotAuthorized, Unavailable
-from .jsonlog import log
+from .jsonlog import decision_metrics, log
 from .quarantine import claimed_instance
 
 
@@ -180,13 +180,13 @@ class BrokerService:
         record.code = error.code
         record.reason = error.detail
         try:
-            self._write_audit(record, None)
+            self._write_audit(record, None, backend=getattr(error, "backend", None))
         except Unavailable as audit_error:
             # The decision stands, but unrecorded it must not be an answer: say 503.
             audit_error.request_id = record.request_id
             raise audit_error from None
 
-    def _write_audit(self, record, issued):
+    def _write_audit(self, record, issued, backend=None):
         try:
             self._audit.write(record)
         except Unavailable as e:
@@ -195,7 +195,7 @@ class BrokerService:
             log(self._log, logging.ERROR, "audit write failed", **record.fields(), audit_error=e.detail)
             raise Unavailable("the audit store is unavailable; nothing was issued", backend="audit store",
                               detail=e.detail) from None
-        log(self._log, logging.INFO, "decision", **record.fields())
+        log(self._log, logging.INFO, "decision", **record.fields(), **decision_metrics(record, backend=backend))
 
     def _take_back(self, record, issued):
         failures = self._minter.take_back(issued)
