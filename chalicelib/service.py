@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .audit import AuditRecord
-from .concurrency import raise_first, settle
+from .concurrency import settle
 from .rules import RateLimits
 from .errors import BrokerError, InvalidProof, NotAuthorized, Unavailable
 from .jsonlog import decision_metrics, log
@@ -84,15 +84,18 @@ class BrokerService:
             # Spent once verified, whatever the decision: a refused proof can't be tried for another role.
             # The replay record is written while the facts are read; a replay's error comes first.
             # A quarantined caller (revocation) is refused before anything is minted.
-            (facts, facts_error), (_, replay_error), (_, quarantine_error) = settle(
+            # The per-identity rate limit is counted there too, on what the cloud signed.
+            (facts, facts_error), (_, replay_error), (_, quarantine_error), (_, limit_error) = settle(
                 lambda: method.read_facts(identity),
                 lambda: self._replay.spend(identity.proof_hash, request_id=record.request_id, method=method_name,
                                            valid_until=identity.valid_until),
-                lambda: self._check_quarantine(identity))
-            if quarantine_error and not replay_error:
+                lambda: self._check_quarantine(identity),
+                lambda: self._take_identity_slot(identity))
+            if (quarantine_error or limit_error) and not replay_error:
                 record.instance = claimed_instance(identity)
-            if replay_error or quarantine_error or facts_error:
-                raise replay_error or quarantine_error or facts_error
+            first_error = replay_error or quarantine_error or limit_error or facts_error
+            if first_error:
+                raise first_error
             record.account = facts.account or record.account
             record.instance = facts.instance_id or facts.claimed_instance
             record.facts = self.rules.used_facts(facts)
@@ -100,7 +103,7 @@ class BrokerService:
             record.rule = decision.rule
             if not decision.granted:
                 raise NotAuthorized(f"role {login.role!r} is not granted to this caller", detail=decision.reason)
-            self._take_issuance_slots(login.role, facts)
+            self._take_role_slot(login.role)
             issued = self._minter.issue(
                 login.role, decision.issuance,
                 metadata={"request_id": record.request_id, "principal": identity.principal,
@@ -136,26 +139,30 @@ class BrokerService:
             self._record_failure(record, wrapped)
             raise wrapped from None
 
-    def _take_issuance_slots(self, role, facts):
-        """Count this issuance against the rules' rate limits (per identity, per role):
-        a compromised machine can't mint secret IDs in a loop. The counters live in the
-        quarantine table, so every Lambda instance shares them."""
-        if self._quarantine is None:
+    def _limits(self):
+        return self.rules.rate_limits or RateLimits()
+
+    def _take_identity_slot(self, identity):
+        """Count this request against the per-identity limit: a compromised machine can't
+        mint secret IDs in a loop. The identity is what the cloud signed: a GCE token's
+        instance ID, else the principal (an EC2 instance's session ARN names the instance).
+        Counters live in the quarantine table, shared by every Lambda instance."""
+        limit = self._limits().per_identity
+        if self._quarantine is None or not limit:
             return
-        limits = self.rules.rate_limits or RateLimits()
-        identity = f"instance:{facts.instance_id}" if facts.instance_id else f"principal:{facts.principal}"
-        calls = []
-        if limits.per_identity:
-            calls.append(lambda: self._quarantine.take_slot(
-                "issue-identity", identity, limit=limits.per_identity.count, window=limits.per_identity.window,
-                message="too many credentials issued to this caller recently; try again later"))
-        role_limit = limits.per_role.get(role)
-        if role_limit:
-            calls.append(lambda: self._quarantine.take_slot(
-                "issue-role", role, limit=role_limit.count, window=role_limit.window,
-                message=f"too many credentials issued for role {role!r} recently; try again later"))
-        if calls:
-            raise_first(settle(*calls))
+        gce_instance = claimed_instance(identity) if getattr(identity, "claims", None) else None
+        key = f"instance:{gce_instance}" if gce_instance else f"principal:{identity.principal}"
+        self._quarantine.take_slot("issue-identity", key, limit=limit.count, window=limit.window,
+                                   message="too many credentials asked for by this caller recently; try again later")
+
+    def _take_role_slot(self, role):
+        """The optional cap per AppRole, counted only for granted requests (a refused
+        caller must not be able to use up a role's budget)."""
+        limit = self._limits().per_role.get(role)
+        if self._quarantine is None or not limit:
+            return
+        self._quarantine.take_slot("issue-role", role, limit=limit.count, window=limit.window,
+                                   message=f"too many credentials issued for role {role!r} recently; try again later")
 
     def _check_quarantine(self, identity):
         if self._quarantine is not None:

@@ -39,7 +39,7 @@ def test_one_identity_looping_is_stopped_and_audited(broker, limited):
     session = f"looper-{uuid.uuid4().hex[:8]}"
     first, second, third = (broker.post(p) for p in proofs(broker, "demo-batch", session, "batch", 3))
     assert first.status_code == 200 and second.status_code == 200
-    doc = assert_error(third, 429, "rate_limited", "too many credentials issued to this caller")
+    doc = assert_error(third, 429, "rate_limited", "too many credentials asked for by this caller")
     assert int(third.headers["Retry-After"]) > 0
     record = broker.audit.get(doc["request_id"])
     assert record["outcome"] == "denied" and record["code"] == "rate_limited"
