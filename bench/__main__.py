@@ -142,7 +142,7 @@ def run(only: set[int], quick: bool, storm_threads: int | None) -> dict:
                     attempt("client", lambda: b_client.client(bench, tree, c["client_reps"], say=say))
                 if 3 in only:
                     attempt("first_request", lambda: coldstart.first_request(
-                        tree, bench.stack.broker_env(), bench.proofs.login, c["first_request_reps"], say=say))
+                        tree, bench.broker_env(), bench.proofs.login, c["first_request_reps"], say=say))
                 if 4 in only:
                     attempt("storm", lambda: storm.storm(bench, c["storm_requests"], c["storm_threads"], say=say))
             finally:
