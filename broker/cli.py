@@ -270,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     vsetup.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
     vsetup.set_defaults(func=cmd_vault_setup)
 
+    from broker.vault_rotate import add_rotate_command  # broker vault rotate-broker-secret
+
+    add_rotate_command(vsub, common)
+
     from broker.security_cli import add_security_commands  # broker audit ..., broker revoke ...
 
     add_security_commands(sub, common)

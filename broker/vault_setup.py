@@ -241,19 +241,7 @@ def ensure_broker_secret(vault: Vault, mount: str, broker_role: str, secrets_cli
     plan.change(f"create a secret ID for AppRole {broker_role} and store it in {secret_name} ({why})")
     if plan.dry_run:
         return
-    wrapped = vault.ok("POST", f"auth/{mount}/role/{broker_role}/secret-id", {}, wrap_ttl=SECRET_ID_WRAP_TTL)
-    wrap_info = wrapped.get("wrap_info") or {}
-    token = wrap_info.get("token")
-    expected = f"auth/{mount}/role/{broker_role}/secret-id"
-    if not token:
-        raise VaultError("Vault did not wrap the new secret ID (is X-Vault-Wrap-TTL allowed?)")
-    looked = vault.ok("POST", "sys/wrapping/lookup", {"token": token}).get("data") or {}
-    if looked.get("creation_path") != expected:
-        raise VaultError(f"the wrapping token of the new secret ID was created at {looked.get('creation_path')!r}, "
-                         f"not {expected!r}: not storing it")
-    secret_id = (vault.ok("POST", "sys/wrapping/unwrap", {}, token=token).get("data") or {}).get("secret_id")
-    if not secret_id:
-        raise VaultError("unwrapping the new secret ID gave nothing")
+    secret_id, accessor = mint_secret_id(vault, mount, broker_role)
     try:
         if exists:
             secrets_client.put_secret_value(SecretId=secret_name, SecretString=secret_id)
@@ -264,8 +252,32 @@ def ensure_broker_secret(vault: Vault, mount: str, broker_role: str, secrets_cli
         code = getattr(exc, "response", {}).get("Error", {}).get("Code")
         # the new secret ID is useless unstored: take it back
         vault.call("POST", f"auth/{mount}/role/{broker_role}/secret-id-accessor/destroy",
-                   {"secret_id_accessor": wrap_info.get("wrapped_accessor", "")})
+                   {"secret_id_accessor": accessor})
         raise VaultSetupAwsError(f"cannot store the secret ID in {secret_name}: {code or type(exc).__name__}") from None
+
+
+def mint_secret_id(vault: Vault, mount: str, role: str, metadata: dict[str, str] | None = None) -> tuple[str, str]:
+    """A new secret ID of ``role``, response-wrapped in transit: created with X-Vault-Wrap-TTL, the
+    wrapping token's creation path checked with sys/wrapping/lookup, then unwrapped here.
+    Returns (secret ID, its accessor). ``metadata`` is set on the secret ID (Vault copies it onto
+    the tokens it logs in, and logs it in plaintext: no secrets in it)."""
+    body: dict[str, Any] = {"metadata": json.dumps(metadata)} if metadata else {}
+    wrapped = vault.ok("POST", f"auth/{mount}/role/{role}/secret-id", body, wrap_ttl=SECRET_ID_WRAP_TTL)
+    wrap_info = wrapped.get("wrap_info") or {}
+    token = wrap_info.get("token")
+    expected = f"auth/{mount}/role/{role}/secret-id"
+    if not token:
+        raise VaultError("Vault did not wrap the new secret ID (is X-Vault-Wrap-TTL allowed?)")
+    looked = vault.ok("POST", "sys/wrapping/lookup", {"token": token}).get("data") or {}
+    if looked.get("creation_path") != expected:
+        raise VaultError(f"the wrapping token of the new secret ID was created at {looked.get('creation_path')!r}, "
+                         f"not {expected!r}: not storing it")
+    data = vault.ok("POST", "sys/wrapping/unwrap", {}, token=token).get("data") or {}
+    secret_id = data.get("secret_id")
+    accessor = data.get("secret_id_accessor") or wrap_info.get("wrapped_accessor") or ""
+    if not secret_id:
+        raise VaultError("unwrapping the new secret ID gave nothing")
+    return secret_id, accessor
 
 
 class VaultSetupAwsError(VaultError):
