@@ -13,6 +13,8 @@ from pathlib import Path
 import hvac
 import requests
 
+from broker.errors import ClientError, VaultError as BrokerVaultError
+
 from .procs import (Proc, StackError, find_executable, free_port, lost_port_race, start_process,
                     wait_until)
 
@@ -143,7 +145,7 @@ def _retry(fn, what: str, timeout: float = 10.0):
     while True:
         try:
             return fn()
-        except (hvac.exceptions.VaultError, requests.ConnectionError) as e:
+        except (hvac.exceptions.VaultError, BrokerVaultError, requests.ConnectionError) as e:
             if time.monotonic() >= deadline:
                 raise StackError(f"OpenBao seed failed at {what}: {e}") from e
             time.sleep(0.05)
@@ -154,48 +156,55 @@ def seed_vault(
     policy_dir: Path,
     *,
     previous: VaultSeed | None = None,
+    rules_file: Path | None = None,
 ) -> VaultSeed:
     """Seed a fresh dev server with the root-token ``client``.
+
+    The AppRole mount, the policies and the AppRoles are configured by ``broker vault
+    setup``'s own steps (``broker/vault_setup.py``), for the roles the rules file serves
+    (``rules_file``, default ``policy_dir/../rules.toml``), so `broker vault setup` on the
+    seeded stack finds nothing to change. The broker's AppRole is created with 1 h tokens
+    here (setup's default is 15 min). Then the dev-only parts: the broker's secret ID
+    (response-wrapped in transit, as setup does; stored in Secrets Manager by the stack
+    once moto is up), the KV secrets.
 
     With ``previous`` the role IDs, the broker's secret ID and the KV data are
     put back as they were (a restarted dev server has lost everything, a real
     one would not have), so a running broker keeps working configuration.
     """
-    sys_ = client.sys
-    if "approle/" not in sys_.list_auth_methods():
-        _retry(lambda: sys_.enable_auth_method("approle", path=APPROLE_MOUNT), "enable approle")
+    from broker import vault_setup as setup
 
-    policies = sorted(Path(policy_dir).glob("*.hcl"))
-    if not policies:
-        raise StackError(f"no Vault policies (*.hcl) in {policy_dir}")
-    for hcl in policies:
-        _retry(lambda hcl=hcl: sys_.create_or_update_policy(name=hcl.stem, policy=hcl.read_text()),
-               f"policy {hcl.stem}")
-
-    approle = client.auth.approle
-    approle.create_or_update_approle(
-        BROKER_ROLE, token_policies=[BROKER_ROLE], secret_id_num_uses=0,
-        token_ttl="1h", token_max_ttl="4h", mount_point=APPROLE_MOUNT,
-    )
-    for role in ("web", "batch"):
-        approle.create_or_update_approle(
-            role, token_policies=[role], secret_id_num_uses=1, secret_id_ttl="300",
-            token_ttl="1h", mount_point=APPROLE_MOUNT,
-        )
+    policy_dir = Path(policy_dir)
+    vault = setup.Vault(client.url, client.token, timeout=5)
+    try:
+        roles = setup.served_roles(str(rules_file or policy_dir.parent / "rules.toml"))
+        policies = setup.check_policy_dir(policy_dir, roles, APPROLE_MOUNT, BROKER_ROLE)
+    except ClientError as e:
+        raise StackError(f"OpenBao seed: {e}") from None
+    plan = setup.Plan(dry_run=False)
+    _retry(lambda: setup.ensure_approle(vault, APPROLE_MOUNT, plan), "enable approle")
+    _retry(lambda: setup.ensure_policies(vault, policies, plan), "policies")
+    _retry(lambda: setup.ensure_role(vault, APPROLE_MOUNT, BROKER_ROLE,
+                                     {"token_policies": [BROKER_ROLE], "secret_id_num_uses": 0},
+                                     {"token_ttl": 3600, "token_max_ttl": 14400}, plan), f"AppRole {BROKER_ROLE}")
+    for role, secret_id_ttl in sorted(roles.items()):
+        _retry(lambda role=role, ttl=secret_id_ttl: setup.ensure_role(
+            vault, APPROLE_MOUNT, role, {"token_policies": [role], "secret_id_num_uses": 1, "secret_id_ttl": ttl},
+            setup.SERVED_ROLE_CREATE_DEFAULTS, plan), f"AppRole {role}")
 
     role_ids: dict[str, str] = {}
-    for role in (BROKER_ROLE, "web", "batch"):
-        if previous is not None:
-            old = previous.broker_role_id if role == BROKER_ROLE else previous.role_ids[role]
-            client.write_data(f"auth/{APPROLE_MOUNT}/role/{role}/role-id", data={"role_id": old})
-        role_ids[role] = approle.read_role_id(role, mount_point=APPROLE_MOUNT)["data"]["role_id"]
+    for role in (BROKER_ROLE, *sorted(roles)):
+        old = previous.broker_role_id if previous is not None and role == BROKER_ROLE else \
+            (previous.role_ids.get(role) if previous is not None else None)
+        if old:
+            vault.ok("POST", f"auth/{APPROLE_MOUNT}/role/{role}/role-id", {"role_id": old})
+        role_ids[role] = (vault.read(f"auth/{APPROLE_MOUNT}/role/{role}/role-id") or {})["role_id"]
 
     if previous is not None:
         secret_id = previous.broker_secret_id
-        client.write_data(f"auth/{APPROLE_MOUNT}/role/{BROKER_ROLE}/custom-secret-id",
-                          data={"secret_id": secret_id})
+        vault.ok("POST", f"auth/{APPROLE_MOUNT}/role/{BROKER_ROLE}/custom-secret-id", {"secret_id": secret_id})
     else:
-        secret_id = approle.generate_secret_id(BROKER_ROLE, mount_point=APPROLE_MOUNT)["data"]["secret_id"]
+        secret_id, _accessor = setup.mint_secret_id(vault, APPROLE_MOUNT, BROKER_ROLE)
 
     kv = dict(previous.kv) if previous is not None else {
         "web/config": {"db_password": secrets.token_urlsafe(18), "api_url": "https://web.internal"},
@@ -206,8 +215,8 @@ def seed_vault(
             path=path, secret=data, mount_point=KV_MOUNT), f"kv {path}")
 
     return VaultSeed(
-        broker_role_id=role_ids[BROKER_ROLE],
+        broker_role_id=role_ids.pop(BROKER_ROLE),
         broker_secret_id=secret_id,
-        role_ids={"web": role_ids["web"], "batch": role_ids["batch"]},
+        role_ids=role_ids,
         kv=kv,
     )

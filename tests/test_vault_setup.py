@@ -190,3 +190,24 @@ def test_policy_directory_problems_stop_before_any_change(bao, env, capsys, tmp_
     assert rc == EXIT_USAGE
     assert message in output
     assert "approle/" not in bao.data("sys/auth")
+
+
+def test_the_seeded_stack_is_what_setup_makes(stack, capsys, monkeypatch):
+    """devstack seeds OpenBao with setup's own steps: `broker vault setup` finds nothing to change."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "BROKER_", "VAULT_", "BAO_")):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VAULT_TOKEN", "root")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", stack.admin_keys.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", stack.admin_keys.secret_access_key)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.chdir(REPO)
+    rc = cli.main(["vault", "setup", "--vault-addr", stack.vault_addr, "--secret", stack.broker_env()[
+        "BROKER_VAULT_SECRET_ID_SECRET"], "--aws-region", "us-east-1", "--aws-endpoint-url", stack.aws_endpoint_url,
+        "--json", "--dry-run"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    summary = json.loads(captured.out)
+    assert summary["changes"] == []
+    assert len(summary["unchanged"]) == 1 + 3 + 3 + 1
