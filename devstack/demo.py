@@ -1,6 +1,7 @@
 """`make demo`: the broker's main job, told as a short story on the local stack.
 
-An EC2 instance boots with no credential but its instance role, runs the real
+First the operator's `broker vault setup` (the real command, as a process) against the
+stack's OpenBao and moto: a dry run, then for real, then again (nothing to change). An EC2 instance boots with no credential but its instance role, runs the real
 `broker login` client against the broker under `chalice local`, and reads its
 application secret from OpenBao. A second instance, tagged for another role, is
 refused. A GCE instance (on the simulated Google) bootstraps the same way with
@@ -68,6 +69,36 @@ def run_client(stack, creds, role, handoff, metadata_url=None):
     return proc.returncode, summary
 
 
+def run_vault_setup(stack, *args):
+    """The operator's `broker vault setup` against the stack's OpenBao (its root token) and moto's
+    Secrets Manager (the admin's keys). Prints what changes; the rest as one count."""
+    from devstack.aws import REGION, VAULT_SECRET_ID_SECRET
+
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "VAULT_ADDR": stack.vault_addr, "VAULT_TOKEN": stack.endpoints["vault_root_token"],
+        "AWS_ACCESS_KEY_ID": stack.admin_keys.access_key_id, "AWS_SECRET_ACCESS_KEY": stack.admin_keys.secret_access_key,
+        "AWS_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+    shown = ["broker", "vault", "setup", "--secret", VAULT_SECRET_ID_SECRET, *args]
+    print(f"   $ {shlex.join(shown)}", flush=True)
+    proc = subprocess.run([sys.executable, "-m", *shown, "--json", "--aws-endpoint-url", stack.aws_endpoint_url],
+                          env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
+    same = [line for line in proc.stderr.splitlines() if line.startswith("broker: ok: ")]
+    for line in proc.stderr.splitlines():
+        if line not in same:
+            print(f"     {line}")
+    if same:
+        print(f"     ({len(same)} already as they should be: the approle mount, the policies, the AppRoles, "
+              "the stored secret ID)")
+    try:
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        summary = {}
+    return proc.returncode, summary
+
+
 def run_security(stack, creds, *args):
     """A security engineer's `broker audit ...` / `broker revoke ...`, signed with her own AWS identity."""
     env = {
@@ -115,6 +146,23 @@ def main():
 def story(stack):
     rules = (PROJECT_DIR / "policies" / "rules.toml").read_text()
     failures = 0
+
+    step(0, "The operator sets up OpenBao for the broker")
+    say("""
+        `broker vault setup` writes what the broker needs in Vault/OpenBao (the approle mount, the
+        policies of policies/vault, the broker's AppRole, one AppRole per role the rules serve with
+        single-use secret IDs) and keeps the broker's secret ID in Secrets Manager; the stack's
+        OpenBao was seeded by the same code. Then someone made web's secret IDs reusable by hand:
+    """)
+    stack.vault().write_data("auth/approle/role/web", data={"secret_id_num_uses": 0})
+    drift = ["update AppRole web: secret_id_num_uses=1"]
+    code, plan = run_vault_setup(stack, "--dry-run")
+    failures += code != 0 or plan.get("changes") != drift
+    code, plan = run_vault_setup(stack)
+    failures += code != 0 or plan.get("changes") != drift
+    code, plan = run_vault_setup(stack)
+    failures += code != 0 or plan.get("changes") != []
+    say("Safe to run again: it changes only what differs, and says so first with --dry-run.")
 
     step(1, "An EC2 instance boots")
     web = stack.launch_instance({"vault-role": "web", "Name": "web-1"}, profile="demo-node")
