@@ -1,7 +1,8 @@
 """`make demo`: the broker's main job, told as a short story on the local stack.
 
 First the operator's `broker vault setup` (the real command, as a process) against the
-stack's OpenBao and moto: a dry run, then for real, then again (nothing to change). An EC2 instance boots with no credential but its instance role, runs the real
+stack's OpenBao and moto: a dry run, then for real, then again (nothing to change).
+An EC2 instance boots with no credential but its instance role, runs the real
 `broker login` client against the broker under `chalice local`, and reads its
 application secret from OpenBao. A second instance, tagged for another role, is
 refused. A GCE instance (on the simulated Google) bootstraps the same way with
