@@ -45,6 +45,11 @@ from tests.secret_scan import SecretScanner  # noqa: E402
 from tests.sigv4 import signed_login  # noqa: E402
 
 
+CALLERS = 8  # chalice local's listen backlog is 5, but callers spend most of their time between requests
+WEB_EVERY = 12
+WEB_INSTANCES = 16
+
+
 def percentile(values, p):
     if not values:
         return None
@@ -90,12 +95,9 @@ class Soak:
         self.broker.start()
         self.broker.wait_ready()
         self.server_id = env["BROKER_SERVER_ID"]
-        instance = self.stack.launch_instance({"vault-role": "web"})
-        self.identities = [("web", self.stack.assume("demo-node", instance))]
-        self.identities += [("batch", self.stack.assume("demo-batch", f"{self.run}-{i}")) for i in range(7)]
-        for _, creds in self.identities:
-            self.scanner.register(creds["secret_access_key"], "a session's secret key")
-            self.scanner.register(creds["session_token"], "a session token")
+        # Every logical request is another machine (the per-identity rate limit is 20/h): a new
+        # demo-batch session each time, and 1 in WEB_EVERY a web instance from a pool, in turn.
+        self.instances = [self.stack.launch_instance({"vault-role": "web"}) for _ in range(WEB_INSTANCES)]
         print(f"soak: broker {self.broker.url} (pid {self.broker.pid}); {self.seconds}s at {self.rate}/s, "
               f"a fault every {self.fault_every}s", flush=True)
 
@@ -110,16 +112,26 @@ class Soak:
 
     # ---- load -------------------------------------------------------------------------------
 
+    def identity(self, ticket):
+        if ticket % WEB_EVERY == WEB_EVERY - 1:
+            instance = self.instances[(ticket // WEB_EVERY) % len(self.instances)]
+            role, creds = "web", self.stack.assume("demo-node", instance)
+        else:
+            role, creds = "batch", self.stack.assume("demo-batch", f"{self.run}-{ticket}")
+        self.scanner.register(creds["secret_access_key"], "a session's secret key")
+        self.scanner.register(creds["session_token"], "a session token")
+        return role, creds
+
     def caller(self, index, tickets):
-        role, creds = self.identities[index % len(self.identities)]
         session = requests.Session()
         session.trust_env = False
-        last_second = None
         while True:
             ticket = tickets.get()
             if ticket is None:
                 return
-            logical = f"{index}-{ticket}"
+            logical = ticket
+            role, creds = self.identity(ticket)
+            last_second = None
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 while int(time.time()) == last_second:  # the same second would sign the same proof
@@ -149,8 +161,7 @@ class Soak:
         import queue
 
         tickets = queue.Queue()
-        workers = [threading.Thread(target=self.caller, args=(i, tickets), daemon=True)
-                   for i in range(len(self.identities))]
+        workers = [threading.Thread(target=self.caller, args=(i, tickets), daemon=True) for i in range(CALLERS)]
         for w in workers:
             w.start()
         n = 0
@@ -250,8 +261,10 @@ class Soak:
             for item in page["Items"]:
                 if f"/{self.run}-" in item.get("principal", {}).get("S", ""):
                     records[item["request_id"]["S"]] = item["outcome"]["S"]
-        web_ids = {a["request_id"] for a in attempts if a["role"] == "web" and a["request_id"]}
-        for rid in web_ids:  # the web instance's session is named after the instance, not the run
+        # Records the scan could not attribute to the run: the web instance's session is named after
+        # the instance, and a request that failed before its proof was verified has no principal.
+        unattributed = {a["request_id"] for a in attempts if a["request_id"] and a["request_id"] not in records}
+        for rid in unattributed:
             item = ddb.get_item(TableName=stack_aws.AUDIT_TABLE, Key={"request_id": {"S": rid}}).get("Item")
             if item:
                 records[rid] = item["outcome"]["S"]
