@@ -59,6 +59,12 @@ def _unavailable(description):
     return response
 
 
+def _rate_limited(description):
+    response = _error(["rate_limited"], description)
+    response["headers"]["Retry-After"] = {"$ref": "#/components/headers/RetryAfter"}
+    return response
+
+
 def _credentials(method, summary, description, body_ref, extra_401=""):
     return {
         "post": {
@@ -79,8 +85,11 @@ def _credentials(method, summary, description, body_ref, extra_401=""):
                 "401": _error(["invalid_proof", "proof_replayed"],
                               "The proof failed a check (the message names it)" + extra_401
                               + ", or it was used before (proof_replayed)."),
-                "403": _error(["not_authorized"],
-                              "The identity is proven but no rule grants it the role."),
+                "403": _error(["not_authorized", "quarantined"],
+                              "The identity is proven but no rule grants it the role (not_authorized), "
+                              "or the caller is quarantined by a revocation (quarantined)."),
+                "429": _rate_limited("Too many requests from this identity (or for this role) in the rules "
+                                     "file's window; the refusal is audited. Try again after Retry-After seconds."),
                 "503": _unavailable("A backend (Vault, STS, Google, EC2/IAM, DynamoDB, Secrets Manager) "
                                     "is unavailable, or the audit record could not be written: nothing "
                                     "was issued. Try again after Retry-After seconds."),

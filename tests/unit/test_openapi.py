@@ -82,3 +82,18 @@ def test_described_limits_are_the_parsers_limits():
     for name in ("AwsLogin", "GcpLogin"):
         assert schemas[name]["properties"]["role"]["pattern"] == login_request.ROLE_NAME.pattern
     assert schemas["GcpLogin"]["properties"]["jwt"]["maxLength"] == gcp_proof.MAX_TOKEN_BYTES
+
+
+def test_every_error_the_issuance_can_raise_is_described():
+    from chalicelib import errors
+
+    raised = [errors.InvalidRequest, errors.InvalidProof, errors.ProofReplayed, errors.NotAuthorized,
+              errors.Quarantined, errors.RateLimited, errors.Unavailable]
+    for path in ("/v1/credentials/aws", "/v1/credentials/gcp"):
+        responses = SPEC["paths"][path]["post"]["responses"]
+        for error in raised:
+            described = responses.get(str(error.status))
+            assert described, f"{path}: status {error.status} ({error.code}) is not described"
+            schema = described["content"]["application/json"]["schema"]
+            codes = schema["properties"]["error"]["properties"]["code"]["enum"]
+            assert error.code in codes, f"{path}: {error.status} does not list {error.code}"
