@@ -23,7 +23,7 @@ from .audit_schema import canonical_principal
 from .concurrency import settle
 from .errors import BrokerError, InvalidRequest, NotAuthorized, NotFound, Unavailable
 from .jsonlog import log
-from .login_request import MAX_BODY_BYTES
+from .login_request import decode_json_object
 from .quarantine import claimed_instance, iso
 from .rules import SECRET_ID_TTL_BOUNDS
 
@@ -67,25 +67,7 @@ def parse_reason(value, what="reason", required=True):
 
 
 def parse_body(raw, allowed, required=()):
-    if raw is None or len(raw) == 0:
-        if required:
-            raise InvalidRequest("request body is empty; expected a JSON object")
-        return {}
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidRequest(f"request body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise InvalidRequest("request body is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    unknown = sorted(set(doc) - set(allowed))
-    if unknown:
-        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}")
-    missing = [f for f in required if f not in doc]
-    if missing:
-        raise InvalidRequest(f"missing field(s): {', '.join(missing)}")
-    return doc
+    return decode_json_object(raw, allowed, required)
 
 
 class SecurityService:
