@@ -86,7 +86,7 @@ def import_times(tree: Path, reps: int, python: str = sys.executable, say=print)
     def total(records):
         return sum(s for m, s, *_ in records if m not in baseline) / 1000.0
 
-    app_ms, deps_ms, pass_ms = [], [], []
+    app_ms, deps_ms = [], []
     for _ in range(reps):
         app_ms.append(total(_importtime(python, ["-c", "import app"], tree, env)))
         deps_ms.append(total(_importtime(python, ["-c", deps_code], tree, env)))
