@@ -37,6 +37,25 @@ _ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?)?")
 
 
+def add_vault_admin_arguments(parser, *, broker_role_help):
+    """Where Vault and the broker's secret are: the arguments `vault setup` and
+    `vault rotate-broker-secret` share."""
+    parser.add_argument("--vault-addr", default=_env("VAULT_ADDR") or _env("BAO_ADDR"), metavar="URL",
+                        help="Vault address (env VAULT_ADDR or BAO_ADDR)")
+    parser.add_argument("--vault-ca-cert", default=_env("VAULT_CACERT"), metavar="FILE",
+                        help="CA bundle to verify Vault's TLS certificate (env VAULT_CACERT)")
+    parser.add_argument("--vault-namespace", default=_env("VAULT_NAMESPACE"), metavar="NS",
+                        help="Vault Enterprise namespace (env VAULT_NAMESPACE)")
+    parser.add_argument("--approle-mount", default=_env("BROKER_APPROLE_MOUNT", "approle"), metavar="PATH",
+                        help="mount path of the AppRole auth method (default approle)")
+    parser.add_argument("--broker-role", default="secret-zero-broker", metavar="NAME", help=broker_role_help)
+    parser.add_argument("--secret", default=_env("BROKER_VAULT_SECRET_ID_SECRET"), metavar="NAME",
+                        help="Secrets Manager secret holding the broker's secret ID (env BROKER_VAULT_SECRET_ID_SECRET)")
+    parser.add_argument("--aws-region", default=_env("AWS_REGION") or _env("AWS_DEFAULT_REGION"), metavar="REGION",
+                        help="region of the secret (env AWS_REGION or AWS_DEFAULT_REGION)")
+    parser.add_argument("--aws-endpoint-url", default=None, metavar="URL", help=argparse.SUPPRESS)
+
+
 def _exit_code_epilog() -> str:
     lines = ["exit codes:"]
     lines += [f"  {code}  {text}" for code, text in sorted(EXIT_CODES.items())]
@@ -245,24 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
         "broker's secret ID in Secrets Manager (created response-wrapped, checked, unwrapped here) unless the "
         "stored one is still valid. The Vault token comes from VAULT_TOKEN, BAO_TOKEN or ~/.vault-token.",
         epilog=_exit_code_epilog())
-    vsetup.add_argument("--vault-addr", default=_env("VAULT_ADDR") or _env("BAO_ADDR"), metavar="URL",
-                        help="Vault address (env VAULT_ADDR or BAO_ADDR)")
-    vsetup.add_argument("--vault-ca-cert", default=_env("VAULT_CACERT"), metavar="FILE",
-                        help="CA bundle to verify Vault's TLS certificate (env VAULT_CACERT)")
-    vsetup.add_argument("--vault-namespace", default=_env("VAULT_NAMESPACE"), metavar="NS",
-                        help="Vault Enterprise namespace (env VAULT_NAMESPACE)")
-    vsetup.add_argument("--approle-mount", default=_env("BROKER_APPROLE_MOUNT", "approle"), metavar="PATH",
-                        help="mount path of the AppRole auth method (default approle)")
-    vsetup.add_argument("--broker-role", default="secret-zero-broker", metavar="NAME",
-                        help="the broker's own AppRole and policy name (default secret-zero-broker)")
+    add_vault_admin_arguments(vsetup, broker_role_help="the broker's own AppRole and policy name (default secret-zero-broker)")
     vsetup.add_argument("--rules", default=_env("BROKER_RULES_FILE"), metavar="FILE",
                         help="the rules file: which roles to serve (default: the checkout's)")
     vsetup.add_argument("--policy-dir", metavar="DIR", help="the Vault policies (default: the checkout's policies/vault)")
-    vsetup.add_argument("--secret", default=_env("BROKER_VAULT_SECRET_ID_SECRET"), metavar="NAME",
-                        help="Secrets Manager secret for the broker's secret ID (env BROKER_VAULT_SECRET_ID_SECRET)")
-    vsetup.add_argument("--aws-region", default=_env("AWS_REGION") or _env("AWS_DEFAULT_REGION"), metavar="REGION",
-                        help="region of the secret (env AWS_REGION or AWS_DEFAULT_REGION)")
-    vsetup.add_argument("--aws-endpoint-url", default=None, metavar="URL", help=argparse.SUPPRESS)
     vsetup.add_argument("--broker-cidrs", metavar="CIDR,...",
                         help="bind the broker's secret IDs and tokens to these CIDRs (the function's egress)")
     vsetup.add_argument("--token-bound-cidrs", metavar="CIDR,...",

@@ -351,7 +351,7 @@ def add_rotate_command(vsub: Any, common: Any) -> None:
     """Register ``broker vault rotate-broker-secret``."""
     import argparse
 
-    from broker.cli import _env, _exit_code_epilog
+    from broker.cli import _exit_code_epilog, add_vault_admin_arguments
 
     p = vsub.add_parser(
         "rotate-broker-secret", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -365,21 +365,7 @@ def add_rotate_command(vsub: Any, common: Any) -> None:
         "--finish OLD_ACCESSOR later. Prints accessors only. The Vault token comes from VAULT_TOKEN, BAO_TOKEN "
         "or ~/.vault-token.",
         epilog=_exit_code_epilog())
-    p.add_argument("--vault-addr", default=_env("VAULT_ADDR") or _env("BAO_ADDR"), metavar="URL",
-                   help="Vault address (env VAULT_ADDR or BAO_ADDR)")
-    p.add_argument("--vault-ca-cert", default=_env("VAULT_CACERT"), metavar="FILE",
-                   help="CA bundle to verify Vault's TLS certificate (env VAULT_CACERT)")
-    p.add_argument("--vault-namespace", default=_env("VAULT_NAMESPACE"), metavar="NS",
-                   help="Vault Enterprise namespace (env VAULT_NAMESPACE)")
-    p.add_argument("--approle-mount", default=_env("BROKER_APPROLE_MOUNT", "approle"), metavar="PATH",
-                   help="mount path of the AppRole auth method (default approle)")
-    p.add_argument("--broker-role", default="secret-zero-broker", metavar="NAME",
-                   help="the broker's own AppRole (default secret-zero-broker)")
-    p.add_argument("--secret", default=_env("BROKER_VAULT_SECRET_ID_SECRET"), metavar="NAME",
-                   help="Secrets Manager secret holding the broker's secret ID (env BROKER_VAULT_SECRET_ID_SECRET)")
-    p.add_argument("--aws-region", default=_env("AWS_REGION") or _env("AWS_DEFAULT_REGION"), metavar="REGION",
-                   help="region of the secret (env AWS_REGION or AWS_DEFAULT_REGION)")
-    p.add_argument("--aws-endpoint-url", default=None, metavar="URL", help=argparse.SUPPRESS)
+    add_vault_admin_arguments(p, broker_role_help="the broker's own AppRole (default secret-zero-broker)")
     p.add_argument("--grace", default="15m", metavar="DURATION",
                    help="how long the old secret ID stays valid after the new one is stored (default 15m): a "
                    "canary window in which only new execution environments use the new one and a rollback is "
