@@ -19,10 +19,15 @@ def aws_client_factory(settings):
         retries={"mode": "standard", "max_attempts": 2},
         max_pool_connections=20,
     )
+    # DynamoDB answers in milliseconds; a hanging table must not hold a request for
+    # 2 attempts x 5 s on each of its calls (the replay write, then the audit write of
+    # the failure), which would pass the Lambda timeout and API Gateway's 29 s.
+    fast = config.merge(botocore.config.Config(connect_timeout=1, read_timeout=2))
 
     def make(service, region=None):
         return session.create_client(service, region_name=region or settings.aws_region,
-                                     endpoint_url=settings.aws_endpoint_url, config=config)
+                                     endpoint_url=settings.aws_endpoint_url,
+                                     config=fast if service == "dynamodb" else config)
 
     return make
 
