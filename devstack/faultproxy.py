@@ -95,6 +95,7 @@ class FaultProxy:
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self.counts: dict[str, int] = {"forwarded": 0, "faulted": 0, "upstream_errors": 0}
+        self.in_flight = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -104,7 +105,13 @@ class FaultProxy:
                 pass
 
             def _handle(self):
-                proxy._serve(self)
+                with proxy._lock:
+                    proxy.in_flight += 1
+                try:
+                    proxy._serve(self)
+                finally:
+                    with proxy._lock:
+                        proxy.in_flight -= 1
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
             do_LIST = _handle  # Vault's LIST verb
@@ -140,6 +147,15 @@ class FaultProxy:
 
     def clear(self) -> None:
         self.set()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until no request is being delayed or forwarded (e.g. late writes have landed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.in_flight == 0:
+                return True
+            time.sleep(0.05)
+        return False
 
     def __enter__(self):
         return self.start()

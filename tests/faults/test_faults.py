@@ -76,7 +76,7 @@ def test_vault_slower_than_the_broker_timeout(clean_faults):
     # created that late is wrapped in a response nobody receives: its wrapping token
     # never leaves the proxy, so it cannot be unwrapped. Find such orphans by their
     # metadata (the failed request's ID).
-    time.sleep(delay - answer.seconds + 1)
+    assert faulty.vault.wait_idle(timeout=30), "delayed requests still in flight"
     orphans = faulty.live_secret_ids() - before
     for accessor in orphans:
         assert faulty.secret_id_metadata(accessor).get("request_id") == answer.request_id
