@@ -14,8 +14,7 @@ import botocore.session
 import requests
 from botocore.config import Config
 
-from .procs import (Proc, StackError, find_executable, free_port, lost_port_race, start_process,
-                    wait_until)
+from .procs import LoopbackServer, StackError, find_executable, start_process
 
 ACCOUNT_ID = "123456789012"  # moto's default account
 REGION = "us-east-1"
@@ -104,24 +103,10 @@ class Keys:
         return d
 
 
-class MotoServer:
+class MotoServer(LoopbackServer):
     """``moto_server`` on a loopback port, SigV4 verification after the bootstrap."""
 
-    def __init__(self, workdir: Path, port: int | None = None, detached: bool = False):
-        self.workdir = Path(workdir)
-        self.port = port or free_port()
-        self._auto_port = port is None
-        self.detached = detached
-        self.log_path = self.workdir / "moto.log"
-        self.proc: Proc | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
+    log_name = "moto.log"
 
     def start(self) -> "MotoServer":
         argv = [find_executable("moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
@@ -133,23 +118,9 @@ class MotoServer:
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> "MotoServer":
-        for attempt in range(3):
-            try:
-                # /moto-api/ is not an AWS action: it does not use the no-auth budget
-                wait_until(lambda: requests.get(f"{self.url}/moto-api/", timeout=1).status_code == 200,
-                           timeout=timeout, proc=self.proc, what=f"moto server to answer on {self.url}")
-                return self
-            except StackError:
-                if attempt == 2 or not (self._auto_port and lost_port_race(self.proc)):
-                    raise
-                self.port = free_port()
-                self.start()
-        raise AssertionError("unreachable")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-            self.proc = None
+        # /moto-api/ is not an AWS action: it does not use the no-auth budget
+        return self._wait_until_ready(lambda: requests.get(f"{self.url}/moto-api/", timeout=1).status_code == 200,
+                                      f"moto server to answer on {self.url}", timeout)
 
     def client(self, keys: Keys, name: str, **config):
         cfg = Config(connect_timeout=2, read_timeout=10, **config)

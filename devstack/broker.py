@@ -8,35 +8,24 @@ from typing import Mapping
 
 import requests
 
-from .procs import Proc, StackError, find_executable, free_port, lost_port_race, start_process, wait_until
+from .procs import LoopbackServer, StackError, find_executable, start_process
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # never inherited from the developer's shell: the broker gets exactly our env
 _DROP_PREFIXES = ("AWS_", "BROKER_", "GOOGLE_", "GCE_METADATA_", "CLOUDSDK_")
 
 
-class ChaliceLocal:
+class ChaliceLocal(LoopbackServer):
     """``chalice local --stage local`` in the project directory."""
+
+    log_name = "broker.log"
 
     def __init__(self, workdir: Path, env: Mapping[str, str], *, port: int | None = None,
                  project_dir: Path = PROJECT_DIR, detached: bool = False, url_env: tuple[str, ...] = ()):
-        self.workdir = Path(workdir)
-        self.port = port or free_port()
-        self._auto_port = port is None
+        super().__init__(workdir, port, detached)
         self.project_dir = Path(project_dir)
         self.broker_env = dict(env)
         self.url_env = url_env  # variables set to this broker's own URL at each start
-        self.detached = detached
-        self.log_path = self.workdir / "broker.log"
-        self.proc: Proc | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
     def start(self) -> "ChaliceLocal":
         argv = [find_executable("chalice"), "local", "--host", "127.0.0.1",
@@ -53,24 +42,9 @@ class ChaliceLocal:
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> "ChaliceLocal":
-        for attempt in range(3):
-            try:
-                # any HTTP answer counts: 503 means "up, but a backend is down"
-                wait_until(lambda: requests.get(f"{self.url}/v1/health", timeout=2) is not None,
-                           timeout=timeout, proc=self.proc,
-                           what=f"the broker (chalice local) to answer GET {self.url}/v1/health")
-                return self
-            except StackError:
-                if attempt == 2 or not (self._auto_port and lost_port_race(self.proc)):
-                    raise
-                self.port = free_port()
-                self.start()
-        raise AssertionError("unreachable")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-            self.proc = None
+        # any HTTP answer counts: 503 means "up, but a backend is down"
+        return self._wait_until_ready(lambda: requests.get(f"{self.url}/v1/health", timeout=2) is not None,
+                                      f"the broker (chalice local) to answer GET {self.url}/v1/health", timeout)
 
 
 __all__ = ["ChaliceLocal", "PROJECT_DIR", "StackError"]

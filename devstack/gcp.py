@@ -12,7 +12,7 @@ from typing import Any
 
 import requests
 
-from .procs import Proc, StackError, free_port, lost_port_race, start_process, wait_until
+from .procs import LoopbackServer, StackError, start_process
 
 SIM_SCRIPT = Path(__file__).resolve().parent / "google_sim.py"
 
@@ -35,33 +35,22 @@ AWS_SUBJECT_TOKEN_TYPE = "urn:ietf:params:aws:token-type:aws4_request"
 _DROP_PREFIXES = ("AWS_", "GOOGLE_", "GCE_METADATA_", "CLOUDSDK_")
 
 
-class GoogleSim:
+class GoogleSim(LoopbackServer):
     """``google_sim.py`` on a loopback port."""
+
+    log_name = "google.log"
 
     def __init__(self, workdir: Path, port: int | None = None, detached: bool = False,
                  certs_max_age: int = CERTS_MAX_AGE, readable_projects: tuple[str, ...] = READABLE_PROJECTS):
-        self.workdir = Path(workdir)
-        self.port = port or free_port()
-        self._auto_port = port is None
-        self.detached = detached
+        super().__init__(workdir, port, detached)
         self.certs_max_age = certs_max_age
         self.readable_projects = readable_projects
-        self.log_path = self.workdir / "google.log"
-        self.proc: Proc | None = None
         self._http = requests.Session()
         self._http.trust_env = False  # loopback only: never through a proxy
         # an OAuth client of the simulated accounts.google.com (refresh_token grant)
         self.oauth_client = {"client_id": f"{secrets.randbelow(10**12):012d}-secretzero.apps.googleusercontent.com",
                              "client_secret": "GOCSPX-" + secrets.token_urlsafe(21),
                              "refresh_token": "1//" + secrets.token_urlsafe(60)}
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
     def start(self) -> "GoogleSim":
         argv = [sys.executable, str(SIM_SCRIPT), "--port", str(self.port),
@@ -75,22 +64,8 @@ class GoogleSim:
         return self
 
     def wait_ready(self, timeout: float = 15.0) -> "GoogleSim":
-        for attempt in range(3):
-            try:
-                wait_until(lambda: self._http.get(f"{self.url}/_admin/health", timeout=1).status_code == 200,
-                           timeout=timeout, proc=self.proc, what=f"the Google simulator to answer on {self.url}")
-                return self
-            except StackError:
-                if attempt == 2 or not (self._auto_port and lost_port_race(self.proc)):
-                    raise
-                self.port = free_port()
-                self.start()
-        raise AssertionError("unreachable")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-            self.proc = None
+        return self._wait_until_ready(lambda: self._http.get(f"{self.url}/_admin/health", timeout=1).status_code == 200,
+                                      f"the Google simulator to answer on {self.url}", timeout)
 
     def admin(self, method: str, path: str, body: dict | None = None) -> Any:
         """Call the admin API; returns the JSON answer, raises StackError on an error."""

@@ -267,3 +267,46 @@ def wait_until(
             log = f"; its log {proc.log_path} ends with:\n{proc.log_tail()}" if proc else ""
             raise StackError(f"timed out after {timeout:.0f}s waiting for {what}{detail}{log}")
         time.sleep(interval)
+
+
+class LoopbackServer:
+    """A stack server process on a loopback port: its URL, pid, stop, and a wait for
+    readiness that moves to another free port when a concurrent start took this one."""
+
+    log_name = "server.log"
+
+    def __init__(self, workdir, port=None, detached=False):
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self._auto_port = port is None
+        self.detached = detached
+        self.log_path = self.workdir / self.log_name
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def start(self):
+        raise NotImplementedError
+
+    def _wait_until_ready(self, probe, what, timeout):
+        for attempt in range(3):
+            try:
+                wait_until(probe, timeout=timeout, proc=self.proc, what=what)
+                return self
+            except StackError:
+                if attempt == 2 or not (self._auto_port and lost_port_race(self.proc)):
+                    raise
+                self.port = free_port()
+                self.start()
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
