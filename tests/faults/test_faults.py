@@ -19,7 +19,7 @@ import pytest
 
 from devstack import SERVER_ID
 from devstack.faultproxy import STS_INTERNAL_ERROR, THROTTLED, Fault, dynamodb, sts
-from tests.faults.helpers import API_GATEWAY_LIMIT, FIGURES, assert_unavailable, record
+from tests.faults.helpers import FIGURES, assert_unavailable, record
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -195,12 +195,11 @@ def test_the_client_rides_through_a_short_vault_outage(clean_faults, tmp_path):
                                                         "attempts": summary["attempts"]}
 
 
-@pytest.mark.skipif(os.environ.get("RELIABILITY_SLOW") != "1", reason="~30 s: run by `make faults`")
-@pytest.mark.xfail(strict=True, reason="reported: with every DynamoDB call timing out the broker answers after "
-                                       "~30 s, past the Lambda timeout (20 s) and API Gateway's 29 s")
+@pytest.mark.skipif(os.environ.get("RELIABILITY_SLOW") != "1", reason="~10 s: run by `make faults`")
 def test_dynamodb_hangs(clean_faults):
-    """The worst case of the DynamoDB budget: every call times out (botocore: 5 s read
-    timeout, 2 attempts), for the replay record and then for the audit record."""
+    """The worst case of the DynamoDB budget: every call times out (2 s read timeout,
+    2 attempts), for the replay record and then for the audit record. It took ~30 s,
+    past API Gateway's 29 s, with the 5 s timeouts of the other AWS clients."""
     faulty = clean_faults
     before = faulty.live_secret_ids()
     faulty.aws.set(Fault("hang", match=dynamodb(), seconds=40))
@@ -209,4 +208,4 @@ def test_dynamodb_hangs(clean_faults):
     record("dynamodb hangs (read timeouts)", answer)
     assert faulty.live_secret_ids() == before
     assert recovered(faulty).status == 200
-    assert_unavailable(answer, within=API_GATEWAY_LIMIT)
+    assert_unavailable(answer, within=20)  # the Lambda timeout of .chalice/config.json
