@@ -15,6 +15,8 @@ import time
 
 import google.auth.jwt
 import pytest
+
+from tests.ports import closed_port
 import requests
 
 from broker import cli
@@ -254,9 +256,7 @@ def test_bad_cloud_from_environment_is_a_usage_error(fake_broker, tmp_path, monk
 
 
 def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return closed_port()
 
 
 def test_gcp_path_needs_no_botocore(tmp_path):

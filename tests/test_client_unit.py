@@ -21,6 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from tests.ports import closed_port
 import requests
 
 from broker import cli
@@ -394,8 +396,8 @@ def test_replayed_proof_is_retried_with_a_proof_from_a_later_second(fake_broker)
 
 
 def test_loopback_is_never_sent_through_a_proxy(fake_broker, monkeypatch):
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # a dead proxy
-    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")  # a dead proxy
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{closed_port()}")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     fake_broker.script = [_ok_response()]
@@ -425,7 +427,7 @@ def test_max_wait_bounds_the_total_time(fake_broker):
 
 def test_connection_errors_and_timeouts_are_retried(fake_broker):
     # Nothing listens on this port: connection refused, retried.
-    closed = f"http://127.0.0.1:{free_port()}"
+    closed = f"http://127.0.0.1:{closed_port()}"
     calls = []
     client = BrokerClient(closed, sleep=lambda s: None, retry=RetryPolicy(max_attempts=3))
     with pytest.raises(UnavailableError, match="cannot reach the broker"):
@@ -679,7 +681,7 @@ def test_exec_passes_vault_token_and_exit_code(bao, fake_broker, tmp_path):
 
 def test_vault_unreachable_is_exit_7(fake_broker, tmp_path, capsys):
     fake_broker.script = [_ok_response()]
-    rc = cli.main(_login_args(fake_broker.url, "--vault-addr", f"http://127.0.0.1:{free_port()}",
+    rc = cli.main(_login_args(fake_broker.url, "--vault-addr", f"http://127.0.0.1:{closed_port()}",
                               "--out-dir", str(tmp_path / "creds")))
     assert rc == EXIT_HANDOFF
     err = capsys.readouterr().err
