@@ -15,8 +15,6 @@ import time
 
 import google.auth.jwt
 import pytest
-
-from tests.ports import closed_port
 import requests
 
 from broker import cli
@@ -24,6 +22,7 @@ from broker.api import BrokerClient, RetryPolicy
 from broker.errors import EXIT_NO_IDENTITY, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from broker.gcp_proof import MetadataIdentity, probe_gce
 from broker.proofs import GCP_PATH, build_proof_source
+from tests.ports import closed_port
 from tests.test_client_unit import FakeBroker, error_body
 
 NO_PROXY = {"http": None, "https": None}

@@ -21,8 +21,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
-from tests.ports import closed_port
 import requests
 
 from broker import cli
@@ -40,6 +38,7 @@ from broker.errors import (
     UnavailableError,
 )
 from broker.vault import VaultClient, unwrap_credentials
+from tests.ports import closed_port
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
