@@ -562,8 +562,10 @@ def cmd_policy_explain(args: argparse.Namespace, out: Output) -> int:
 # ---- vault setup -------------------------------------------------------------------------
 
 
-def cmd_vault_setup(args: argparse.Namespace, out: Output) -> int:
-    from broker.vault_setup import Vault, served_roles, setup, vault_token_from_env
+def vault_admin_session(args: argparse.Namespace, out: Output):
+    """The Vault client (token from the environment) and the Secrets Manager client that
+    `vault setup` and `vault rotate-broker-secret` work with, after checking their arguments."""
+    from broker.vault_setup import Vault, vault_token_from_env
 
     if not args.vault_addr:
         raise UsageError("missing --vault-addr/VAULT_ADDR")
@@ -571,10 +573,6 @@ def cmd_vault_setup(args: argparse.Namespace, out: Output) -> int:
         raise UsageError("missing --secret/BROKER_VAULT_SECRET_ID_SECRET (where the broker's secret ID is kept)")
     if not args.aws_region:
         raise UsageError("missing --aws-region/AWS_REGION (the region of the secret)")
-    checkout = _find_checkout() or os.getcwd()
-    rules_path = args.rules or _default_rules_file()
-    policy_dir = args.policy_dir or os.path.join(checkout, "policies", "vault")
-    roles = served_roles(rules_path)
     token = vault_token_from_env()
     out.add_secrets(token)
     vault = Vault(args.vault_addr, token or "", namespace=args.vault_namespace,
@@ -582,9 +580,21 @@ def cmd_vault_setup(args: argparse.Namespace, out: Output) -> int:
     try:
         import botocore.session
     except ImportError:
-        raise UsageError("storing the broker's secret ID needs botocore: pip install 'secret-zero-broker[aws]'") from None
+        raise UsageError("the broker's secret ID is kept in Secrets Manager, which needs botocore: "
+                         "pip install 'secret-zero-broker[aws]'") from None
     secrets_client = botocore.session.get_session().create_client(
         "secretsmanager", region_name=args.aws_region, endpoint_url=args.aws_endpoint_url)
+    return vault, secrets_client
+
+
+def cmd_vault_setup(args: argparse.Namespace, out: Output) -> int:
+    from broker.vault_setup import served_roles, setup
+
+    vault, secrets_client = vault_admin_session(args, out)
+    checkout = _find_checkout() or os.getcwd()
+    rules_path = args.rules or _default_rules_file()
+    policy_dir = args.policy_dir or os.path.join(checkout, "policies", "vault")
+    roles = served_roles(rules_path)
 
     def cidrs(text: str | None) -> list[str] | None:
         return [c.strip() for c in text.split(",") if c.strip()] if text else None

@@ -383,27 +383,11 @@ def add_rotate_command(vsub: Any, common: Any) -> None:
 def cmd_vault_rotate(args: Any, out: Any) -> int:
     import shlex
 
-    from broker.cli import _ssl_context
+    from broker.cli import vault_admin_session
     from broker.errors import EXIT_OK
-    from broker.vault_setup import vault_token_from_env
 
-    if not args.vault_addr:
-        raise UsageError("missing --vault-addr/VAULT_ADDR")
-    if not args.secret:
-        raise UsageError("missing --secret/BROKER_VAULT_SECRET_ID_SECRET (where the broker's secret ID is kept)")
-    if not args.aws_region:
-        raise UsageError("missing --aws-region/AWS_REGION (the region of the secret)")
+    vault, secrets_client = vault_admin_session(args, out)
     grace = parse_grace(args.grace)
-    token = vault_token_from_env()
-    out.add_secrets(token)
-    vault = Vault(args.vault_addr, token or "", namespace=args.vault_namespace,
-                  ssl_context=_ssl_context(args.vault_ca_cert, "Vault"))
-    try:
-        import botocore.session
-    except ImportError:
-        raise UsageError("Secrets Manager needs botocore: pip install 'secret-zero-broker[aws]'") from None
-    secrets_client = botocore.session.get_session().create_client(
-        "secretsmanager", region_name=args.aws_region, endpoint_url=args.aws_endpoint_url)
     rotator = Rotator(vault, secrets_client, args.secret, mount=args.approle_mount, broker_role=args.broker_role,
                       say=out.info, secret=out.add_secrets)
     hint = ["broker", "vault", "rotate-broker-secret", "--secret", args.secret]
