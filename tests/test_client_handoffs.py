@@ -23,23 +23,12 @@ from broker import cli
 from broker.errors import EXIT_INTERCEPTION, EXIT_USAGE
 from devstack.vault import ROOT_TOKEN
 from tests.e2e.test_client_login import TOKEN_PATTERN
-from tests.test_client_unit import FakeBroker
+from tests.test_client_unit import FakeBroker, clean_env  # noqa: F401 (clean_env: the same autouse fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_ID = "broker.test.example"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    """Dummy AWS keys (the stand-in broker checks nothing), no AWS config, no stray settings."""
-    for name in list(os.environ):
-        if name.startswith(("AWS_", "BROKER_", "VAULT_", "BAO_")):
-            monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @pytest.fixture
