@@ -27,3 +27,14 @@ def package(name):
 def conditions():
     """{name: match module}: the rule conditions of every method, for the policy engine."""
     return {name: importlib.import_module(f"{module}.match") for name, module in REGISTRY.items()}
+
+
+def facts_from_dict(data):
+    """A method's facts from a dict (its `method` says which; aws by default), e.g. an
+    audit record's `facts`: for `broker policy explain`."""
+    if not isinstance(data, dict):
+        raise ValueError("facts must be a JSON object")
+    name = data.get("method", "aws")
+    if name not in REGISTRY:
+        raise ValueError(f"unknown proof method {name!r}; known: {', '.join(REGISTRY)}")
+    return importlib.import_module(f"{REGISTRY[name]}.match").facts_from_dict(data)
