@@ -36,9 +36,10 @@ class TaskMetadataServer(LoopbackServer):
         self.dir = Path(workdir) / TASKS_DIR
         self.config_path = self.dir / f"{config['task_id']}.json"
         self.log_path = self.dir / f"{config['task_id']}.log"
+        self.pid_path = self.dir / f"{config['task_id']}.pid"
 
     @classmethod
-    def for_task(cls, stack: "Stack", task_arn: str) -> "TaskMetadataServer":
+    def for_task(cls, stack: "Stack", task_arn: str, detached: bool = False) -> "TaskMetadataServer":
         """The agent of a task of ``stack``: what the task, its definition and its role are."""
         from .stack import task_account, task_cluster, task_id
 
@@ -70,7 +71,7 @@ class TaskMetadataServer(LoopbackServer):
             "availability_zone": f"{task_arn.split(':')[3]}a",
             "private_ip": f"172.17.0.{2 + secrets.randbelow(250)}",
         }
-        return cls(stack.workdir, config, detached=stack.detached)
+        return cls(stack.workdir, config, detached=detached)
 
     @property
     def metadata_uri(self) -> str:
@@ -111,9 +112,13 @@ class TaskMetadataServer(LoopbackServer):
         return self._wait_until_ready(lambda: session.get(self.metadata_uri, timeout=2).status_code == 200,
                                       f"the ECS agent simulator of task {self.config['task_id']}", timeout)
 
+    def write_pid_file(self) -> None:
+        """For ``python -m devstack down``, which stops the agents ``as-task`` leaves running."""
+        self.pid_path.write_text(f"{self.pid}\n")
+
     def stop(self) -> None:
         super().stop()
-        for path in (self.config_path,):
+        for path in (self.config_path, self.pid_path):
             try:
                 path.unlink()
             except FileNotFoundError:

@@ -47,6 +47,7 @@ class Stack:
         self.vault_seed: VaultSeed | None = None
         self.gcp_seed: dict | None = None  # the seeded GCE instance's Compute JSON
         self.startup_seconds: float | None = None
+        self._attached_broker_url: str | None = None  # Stack.attach: the running broker's URL
         self._clients: dict[tuple, Any] = {}
         self._gcp_minted: dict[tuple, int] = {}  # (instance, audience, format) -> second of the last token
         self.ecs_seed: dict[str, dict[str, str]] = {}  # account -> cluster, task definition, container instance
@@ -106,6 +107,35 @@ class Stack:
             stack.stop()
             raise
         stack.startup_seconds = time.monotonic() - t0
+        return stack
+
+    @classmethod
+    def attach(cls, state_dir: Path | str) -> "Stack":
+        """The stack that ``python -m devstack up`` (or ``KEEP=1 make demo``) left running,
+        from its ``endpoints.json``: AWS, Google and the broker's URL, to make machines
+        there. Nothing is started; Vault is reachable by address and root token only."""
+        state_dir = Path(state_dir).resolve()
+        try:
+            ep = json.loads((state_dir / "endpoints.json").read_text())
+        except FileNotFoundError:
+            raise StackError(f"no local stack runs with its state in {state_dir} (no endpoints.json): "
+                             "start one with `make stack-up` (or `KEEP=1 make demo`)") from None
+        stack = cls(state_dir, detached=True, project_dir=ep.get("project_dir", PROJECT_DIR))
+        port = lambda url: int(url.rsplit(":", 1)[1])  # noqa: E731
+        stack.moto.port = port(ep["aws_endpoint_url"])
+        stack.google.port = port(ep["gcp_compute_url"])
+        stack.openbao.port = port(ep["vault_addr"])
+        stack._attached_broker_url = ep.get("broker_url")
+        stack.aws_seed = AwsSeed(
+            admin=Keys(ep["aws_admin_access_key_id"], ep["aws_admin_secret_access_key"]),
+            broker=Keys(ep["broker_aws_access_key_id"], ep["broker_aws_secret_access_key"]),
+            broker_policy="",
+            second_admin=Keys(ep["second_account_admin_access_key_id"], ep["second_account_admin_secret_access_key"]))
+        try:
+            requests.get(f"{stack.moto.url}/moto-api/", timeout=2)
+        except requests.RequestException:
+            raise StackError(f"the local stack of {state_dir} does not answer (moto at {stack.moto.url}): "
+                             "is it still running? `python -m devstack status`") from None
         return stack
 
     def _start_aws(self) -> None:
@@ -173,7 +203,16 @@ class Stack:
 
     @property
     def broker_url(self) -> str | None:
-        return self.broker.url if self.broker is not None else None
+        return self.broker.url if self.broker is not None else self._attached_broker_url
+
+    @property
+    def server_id(self) -> str:
+        """BROKER_SERVER_ID: the X-Vault-AWS-IAM-Server-ID value the broker expects."""
+        return SERVER_ID
+
+    @property
+    def vault_root_token(self) -> str:
+        return ROOT_TOKEN
 
     @property
     def endpoints(self) -> dict:
@@ -478,12 +517,14 @@ class Stack:
         role_arn = self.task_role(task_arn)
         return self.assume(role_arn.rsplit("/", 1)[1], task_id(task_arn), task_account(task_arn))
 
-    def task_metadata(self, task_arn: str) -> TaskMetadataServer:
+    def task_metadata(self, task_arn: str, detached: bool | None = None) -> TaskMetadataServer:
         """The simulated ECS agent of the task (started once, stopped with the stack):
-        ``.env`` holds ECS_CONTAINER_METADATA_URI_V4 and AWS_CONTAINER_CREDENTIALS_FULL_URI."""
+        ``.env`` holds ECS_CONTAINER_METADATA_URI_V4 and AWS_CONTAINER_CREDENTIALS_FULL_URI.
+        ``detached`` (default: as the stack): it outlives this process."""
         server = self.task_servers.get(task_arn)
         if server is None or server.proc is None:
-            server = TaskMetadataServer.for_task(self, task_arn)
+            server = TaskMetadataServer.for_task(self, task_arn, detached=self.detached if detached is None
+                                                 else detached)
             server.start()
             try:
                 server.wait_ready()
