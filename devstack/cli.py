@@ -144,6 +144,7 @@ def _remove_state(state_dir: Path, quiet: bool = False) -> None:
         except FileNotFoundError:
             pass
     shutil.rmtree(state_dir / TASKS_DIR, ignore_errors=True)  # the task agents' configs hold admin keys
+    shutil.rmtree(state_dir / "demo", ignore_errors=True)  # KEEP=1 make demo: the machines' Vault tokens
     try:
         state_dir.rmdir()  # only when nothing else is in it
     except OSError:
