@@ -312,12 +312,17 @@ def moto_workaround_policy(policy_text: str) -> dict | None:
     Resource ``*`` (same actions). moto compares non-IAM actions against the
     resource ``*`` only, so without this the scoped DynamoDB and Secrets Manager
     statements would deny calls the broker needs (checked with moto 5.2.5).
-    sts:AssumeRole keeps its scope: moto checks it against the role ARN."""
+    sts:AssumeRole keeps its scope: moto checks it against the role ARN. moto also
+    wants `dynamodb:TransactWriteItems`, which AWS does not have (see below)."""
     out = []
     for st in _statements(json.loads(policy_text)):
         if st.get("Effect") != "Allow" or st.get("Resource") in ("*", ["*"]) or "Resource" not in st:
             continue
         actions = [a for a in _as_list(st["Action"]) if a != "sts:AssumeRole"]
+        if "dynamodb:ConditionCheckItem" in actions:
+            # AWS authorizes a transaction item by item (PutItem, UpdateItem, ConditionCheckItem);
+            # moto asks for an action named after the API call instead.
+            actions.append("dynamodb:TransactWriteItems")
         if not actions or all(a.startswith("logs:") for a in actions):
             continue  # nothing local writes CloudWatch logs
         out.append({"Sid": (st.get("Sid") or "Stmt") + "MotoUnscoped", "Effect": "Allow",
