@@ -311,13 +311,21 @@ def moto_workaround_policy(policy_text: str) -> dict | None:
     """The statements of the broker policy whose Resource is not ``*``, with
     Resource ``*`` (same actions). moto compares non-IAM actions against the
     resource ``*`` only, so without this the scoped DynamoDB and Secrets Manager
-    statements would deny calls the broker needs (checked with moto 5.2.5).
+    statements would deny calls the broker needs (checked with moto 5.2.5). moto also
+    checks ``dynamodb:TransactWriteItems``/``TransactGetItems``, names IAM does not have:
+    they are added where the item actions they carry are granted.
     sts:AssumeRole keeps its scope: moto checks it against the role ARN."""
     out = []
     for st in _statements(json.loads(policy_text)):
         if st.get("Effect") != "Allow" or st.get("Resource") in ("*", ["*"]) or "Resource" not in st:
             continue
         actions = [a for a in _as_list(st["Action"]) if a != "sts:AssumeRole"]
+        # IAM has no TransactWriteItems/TransactGetItems actions (AWS checks each item's own
+        # action), but moto checks those names: grant them where the item actions are.
+        if set(actions) & TRANSACT_WRITE_ITEM_ACTIONS:
+            actions.append("dynamodb:TransactWriteItems")
+        if "dynamodb:GetItem" in actions:
+            actions.append("dynamodb:TransactGetItems")
         if not actions or all(a.startswith("logs:") for a in actions):
             continue  # nothing local writes CloudWatch logs
         out.append({"Sid": (st.get("Sid") or "Stmt") + "MotoUnscoped", "Effect": "Allow",
@@ -325,6 +333,10 @@ def moto_workaround_policy(policy_text: str) -> dict | None:
     if not out:
         return None
     return {"Version": "2012-10-17", "Statement": out}
+
+
+TRANSACT_WRITE_ITEM_ACTIONS = {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                               "dynamodb:ConditionCheckItem"}
 
 
 def pending_broker_policy(policy_text: str) -> dict | None:

@@ -184,10 +184,10 @@ def story_containers_and_accounts(stack, keep, rules):
         Task {task_id} of task definition demo-web runs in cluster demo-cluster, tagged vault-role=web.
         Its task role demo-task trusts only ecs-tasks.amazonaws.com and carries no grant by itself:
         tasks of other services may share it. ECS hands the container the role's credentials as a
-        session named after the task ({task_id}), and its task metadata endpoint tells the client
-        the task ARN, which the client sends along. The broker finds the task RUNNING in that
-        account with DescribeTasks, checks that it runs with that role, and reads its cluster,
-        family and tags itself. The rule that will decide:
+        session named after the task ({task_id}); its task metadata endpoint gives the task ARN.
+        The broker finds the task RUNNING with DescribeTasks (by the task ARN the client sends,
+        or by the session name in the clusters the rules name), checks that it runs with that
+        role, and reads its cluster, family and tags itself. The rule that will decide:
     """)
     print(rule_text(rules, "web-tasks"))
     with workspace(keep, "web-task") as tmp:
