@@ -104,6 +104,8 @@ class TaskMetadataServer(LoopbackServer):
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = start_process(f"ECS agent of task {self.config['task_id']}", argv, self.log_path,
                                   env=env, detached=self.detached)
+        if self.detached:  # it outlives us: `python -m devstack down` stops it
+            self.pid_path.write_text(f"{self.pid}\n")
         return self
 
     def wait_ready(self, timeout: float = 15.0) -> "TaskMetadataServer":
@@ -111,10 +113,6 @@ class TaskMetadataServer(LoopbackServer):
         session.trust_env = False  # loopback only
         return self._wait_until_ready(lambda: session.get(self.metadata_uri, timeout=2).status_code == 200,
                                       f"the ECS agent simulator of task {self.config['task_id']}", timeout)
-
-    def write_pid_file(self) -> None:
-        """For ``python -m devstack down``, which stops the agents ``as-task`` leaves running."""
-        self.pid_path.write_text(f"{self.pid}\n")
 
     def stop(self) -> None:
         super().stop()
