@@ -257,12 +257,12 @@ def cmd_as_task(args: argparse.Namespace) -> int:
     env = machines.task_env(stack, arn)
     comments = [f"ECS task {arn} ({made}) in account {task_account(arn)}: task role "
                 f"{stack.task_role(arn).rsplit('/', 1)[1]}, tags {_show(tags)}",
-                f"Its simulated ECS agent (pid {agent.pid}) serves the task metadata endpoint v4 and the task role's "
+                f"Its simulated ECS agent (pid {agent.pid or agent.adopted_pid}) serves the task metadata endpoint v4 and the task role's "
                 f"credentials (session {task_id(arn)}, as ECS names it) until `python -m devstack down`.",
                 _login_hint(tags)]
-    if not args.cmd:
+    if not args.cmd or made == "existing":  # (a command in an existing task: like ECS Exec)
         return _hand_over(args, env, comments)
-    try:  # the command is the task's essential container: the task stops when it exits
+    try:  # the command is the new task's essential container: the task stops when it exits
         return _hand_over(args, env, comments)
     finally:
         agent.stop()
