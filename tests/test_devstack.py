@@ -21,8 +21,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from devstack import ACCOUNT_ID, SERVER_ID
-from devstack.aws import (MOTO_WORKAROUND_POLICY_NAME, PENDING_BROKER_POLICY_NAME, VAULT_SECRET_ID_SECRET,
-                          pending_broker_policy)
+from devstack.aws import MOTO_WORKAROUND_POLICY_NAME, VAULT_SECRET_ID_SECRET
 from devstack.procs import pid_alive
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -72,10 +71,7 @@ def test_broker_iam_user_is_least_privilege(stack):
         UserName="secret-zero-broker", PolicyName="secret-zero-broker-dev")["PolicyDocument"]))
     assert attached == json.loads((PROJECT / ".chalice" / "policy-dev.json").read_text())
     names = iam.list_user_policies(UserName="secret-zero-broker")["PolicyNames"]
-    policy_dev = (PROJECT / ".chalice" / "policy-dev.json").read_text()
-    # the stack adds what issue 10 gives the broker only until policy-dev.json has it
-    interim = [PENDING_BROKER_POLICY_NAME] if pending_broker_policy(policy_dev) else []
-    assert sorted(names) == sorted(["secret-zero-broker-dev", MOTO_WORKAROUND_POLICY_NAME, *interim])
+    assert sorted(names) == sorted(["secret-zero-broker-dev", MOTO_WORKAROUND_POLICY_NAME])
 
     ddb = stack.client("dynamodb")
     for table in ("secret-zero-audit", "secret-zero-replay"):
