@@ -164,7 +164,8 @@ def main():
             """)
         else:
             stack.stop()
-            say("\nThe local stack is stopped. (KEEP=1 make demo leaves it running.)")
+            say("\nThe local stack is stopped. `KEEP=1 make demo` leaves it running, and then every command "
+                "shown above can be pasted into a shell (it says how at the end).")
 
 
 def rule_text(rules, name):
