@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -254,6 +255,16 @@ def merge_template(values: Values, api_stage: str) -> dict:
     return {"Resources": resources}
 
 
+def resources_template(values: Values) -> str:
+    """deploy/resources.yaml with the stage and the log retention of the values as defaults."""
+    text = RESOURCES_TEMPLATE.read_text()
+    for parameter, default in (("Stage", values.stage), ("AuditLogRetentionDays", values.log_retention_days)):
+        text, n = re.subn(rf"(\n  {parameter}:\n(?:    .*\n)*?    Default: ).*\n", rf"\g<1>{default}\n", text, count=1)
+        if n != 1:
+            raise SystemExit(f"{RESOURCES_TEMPLATE}: no Default for parameter {parameter}")
+    return text
+
+
 def reader_role_template() -> dict:
     """The member accounts' reader role (policies/aws/README.md), for a StackSet or a stack."""
     policy = json.loads(READER_POLICY.read_text())
@@ -415,7 +426,7 @@ def build(stage: str = "prod", out: Path | str = PROJECT / "dist", *, values_pat
     chalice = str(BIN / "chalice")
     _run([chalice, "package", "--stage", stage, "--template-format", "yaml", "--merge-template", str(merge),
           str(pkg.sam_dir)], cwd=project)
-    shutil.copy2(RESOURCES_TEMPLATE, pkg.resources_template)
+    pkg.resources_template.write_text(resources_template(values))
     pkg.reader_template.write_text(yaml.safe_dump(reader_role_template(), sort_keys=False))
     _write_terraform(pkg, load_cfn(pkg.sam_template), config)
     shutil.rmtree(project)

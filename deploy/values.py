@@ -42,6 +42,8 @@ _VPCE = re.compile(r"vpce-[0-9a-f]{8,17}")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}")
 _EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}")
 _ENV_NAME = re.compile(r"BROKER_[A-Z0-9_]+|GOOGLE_APPLICATION_CREDENTIALS")
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
+                      2557, 2922, 3288, 3653)
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
 # what the values file sets through its own keys: not again through [environment]
 _DERIVED_ENV = {"BROKER_VAULT_ADDR", "BROKER_VAULT_ROLE_ID", "BROKER_VAULT_SECRET_ID_SECRET",
@@ -274,6 +276,8 @@ def _parse(path: Path, stage: str, doc: dict) -> Values:
     thresholds = Thresholds(**{k: integer(given, "alarms.thresholds", k, v, 1, 10**6)
                                for k, v in defaults.__dict__.items()})
     retention = integer(logs, "logs", "retention_days", 400, 1, 3653)
+    if retention not in LOG_RETENTION_DAYS:
+        fail("logs.retention_days", f"one of CloudWatch Logs' retentions: {', '.join(map(str, LOG_RETENTION_DAYS))}")
 
     return Values(
         path=path, stage=stage, vault_addr=vault_addr,
