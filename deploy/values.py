@@ -248,6 +248,8 @@ def _parse(path: Path, stage: str, doc: dict) -> Values:
         account = row.get("account")
         if not isinstance(account, str) or not _ACCOUNT.fullmatch(account):
             fail(f"{name}.account", "a 12-digit AWS account ID, as a string")
+        if any(r.account == account for r in readers):
+            fail(f"{name}.account", f"{account} is listed twice")
         role_arn = row.get("role_arn") or f"arn:aws:iam::{account}:role/{DEFAULT_READER_ROLE}"
         m = _ROLE_ARN.fullmatch(role_arn) if isinstance(role_arn, str) else None
         if not m or m.group(1) != account:
@@ -255,8 +257,6 @@ def _parse(path: Path, stage: str, doc: dict) -> Values:
         external_id = row.get("external_id")
         if not isinstance(external_id, str) or not _EXTERNAL_ID.fullmatch(external_id):
             fail(f"{name}.external_id", "2-1224 characters of [A-Za-z0-9+=,.@:/_-]")
-        if any(r.account == account for r in readers):
-            fail(f"{name}.account", f"{account} is listed twice")
         readers.append(Reader(account, role_arn, external_id))
 
     env = table("environment")
