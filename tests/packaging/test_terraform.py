@@ -229,3 +229,64 @@ def test_reader_role_module(package):
     assert "var.broker_role_arn" in trust and '"sts:ExternalId" = var.external_id' in parsed["text"]
     assert parsed["variable"]["external_id"]["sensitive"] is True
     assert set(parsed["resource"]) == {("aws_iam_role", "reader"), ("aws_iam_role_policy", "reader")}
+
+
+# ---- terraform itself, where the machine has it and a local copy of the AWS provider --------
+
+PROVIDER_MIRROR = Path("/opt/tf-plugins")  # terraform init -plugin-dir: no download
+OFFLINE_PROVIDER = """
+provider "aws" {
+  region                      = "eu-west-1"
+  access_key                  = "plan-only"
+  secret_key                  = "plan-only"
+  skip_credentials_validation = true
+  skip_requesting_account_id  = true
+  skip_metadata_api_check     = true
+  skip_region_validation      = true
+}
+
+module "reader_probe" {
+  source          = "./modules/reader-role"
+  broker_role_arn = "arn:aws:iam::987654321098:role/secret-zero-broker-prod"
+  external_id     = "probe-external-id"
+}
+"""
+
+
+@pytest.mark.skipif(not shutil.which("terraform") or not any(PROVIDER_MIRROR.glob("*/hashicorp/aws/*")),
+                    reason="needs terraform and a local copy of the hashicorp/aws provider (/opt/tf-plugins)")
+def test_terraform_validate_and_plan(package, tf, tfvars, tmp_path):
+    """What docs/operations.md tells a deployer to run, with the provider from a local mirror and
+    fake credentials: a plan of new resources makes no AWS call."""
+    work = tmp_path / "terraform"
+    shutil.copytree(package.terraform_dir, work)
+    (work / "zz_offline_provider.tf").write_text(OFFLINE_PROVIDER)
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "TF_IN_AUTOMATION": "1", "HOME": str(tmp_path),
+           "CHECKPOINT_DISABLE": "1"}
+
+    def terraform(*args):
+        proc = subprocess.run(["terraform", *args, "-no-color"], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=240)
+        assert proc.returncode == 0, f"terraform {args[0]}:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}"
+        return proc.stdout
+
+    terraform("init", "-backend=false", "-input=false", f"-plugin-dir={PROVIDER_MIRROR}")
+    terraform("validate")
+    terraform("plan", "-input=false", "-refresh=false", "-out=broker.plan")
+    plan = json.loads(subprocess.run(["terraform", "show", "-json", "broker.plan"], cwd=work, env=env,
+                                     capture_output=True, text=True, check=True).stdout)
+    created = {r["address"]: r["change"]["after"] for r in plan["resource_changes"]
+               if r["change"]["actions"] == ["create"]}
+    assert set(created) == addresses(tf, tfvars) | {"module.reader_probe.aws_iam_role.reader",
+                                                    "module.reader_probe.aws_iam_role_policy.reader"}
+    fn = created["aws_lambda_function.api_handler"]
+    assert fn["environment"] == [{"variables": deploy_values.load("prod").environment()}]
+    assert fn["reserved_concurrent_executions"] == 50
+    assert created["aws_iam_role.api_handler"]["name"] == "secret-zero-broker-prod"
+    latency = created['aws_cloudwatch_metric_alarm.alarm["latency_p99"]']
+    assert latency["extended_statistic"] == "p99" and latency["statistic"] is None
+    reader = created["module.reader_probe.aws_iam_role_policy.reader"]
+    assert json.loads(reader["policy"]) == json.loads((REPO / "policies" / "aws" / "reader-policy.json").read_text())
+    trust = json.loads(created["module.reader_probe.aws_iam_role.reader"]["assume_role_policy"])
+    assert trust["Statement"][0]["Condition"] == {"StringEquals": {"sts:ExternalId": "probe-external-id"}}
+    assert trust["Statement"][0]["Principal"] == {"AWS": "arn:aws:iam::987654321098:role/secret-zero-broker-prod"}

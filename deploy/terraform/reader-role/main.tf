@@ -38,7 +38,8 @@ variable "external_id" {
   sensitive   = true
 
   validation {
-    condition     = can(regex("^[A-Za-z0-9_+=,.@:/-]{2,1224}$", var.external_id))
+    # RE2 repeats at most 1000 times: the length is checked apart
+    condition     = length(var.external_id) >= 2 && length(var.external_id) <= 1224 && can(regex("^[A-Za-z0-9_+=,.@:/-]+$", var.external_id))
     error_message = "external_id must be 2-1224 characters of [A-Za-z0-9_+=,.@:/-]."
   }
 }
