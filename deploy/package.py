@@ -414,14 +414,14 @@ def build(stage: str = "prod", out: Path | str = PROJECT / "dist", *, values_pat
     values = load_values(stage, values_path, allow_placeholders=allow_placeholders)
     config = chalice_config(values)
     check_stage_limits(values, config)
-    out = Path(out)
+    out = Path(out).resolve()
     pkg = Package(stage, out / "sam", out / "terraform", values)
     for d in (pkg.sam_dir, pkg.terraform_dir):
         if d.exists():
             shutil.rmtree(d)
     project = _project_copy(values, out / ".project")
     api_stage = config["stages"][stage].get("api_gateway_stage", "api")
-    merge = out / f"sam-merge-{stage}.yaml"
+    merge = project / f"sam-merge-{stage}.yaml"  # deleted with the copy
     merge.write_text(yaml.safe_dump(merge_template(values, api_stage), sort_keys=False))
     chalice = str(BIN / "chalice")
     _run([chalice, "package", "--stage", stage, "--template-format", "yaml", "--merge-template", str(merge),
