@@ -103,8 +103,10 @@ class Values:
 
     @property
     def role_name(self) -> str:
-        """The function's execution role: the reader roles trust it by this name."""
-        return f"{APP_NAME}-{self.stage}"
+        """The function's execution role: the reader roles (and Google's workload identity
+        condition) trust it by this name. It is the name `chalice deploy` gives it
+        (APP-STAGE-FUNCTION, with a policy file), so every way of deploying agrees."""
+        return f"{APP_NAME}-{self.stage}-api_handler"
 
     def table(self, kind: str) -> str:
         return f"{APP_NAME}-{self.stage}-{kind}"

@@ -83,7 +83,8 @@ def test_sam_package(package):
     assert fn["Environment"]["Variables"] == values.environment() == prod["environment_variables"]
     assert fn["CodeUri"] == "./deployment.zip"
     role = resources["ApiHandlerRole"]["Properties"]
-    assert role["RoleName"] == "secret-zero-broker-prod"  # what the reader roles trust
+    # what the reader roles trust: the name `chalice deploy` gives it too
+    assert role["RoleName"] == "secret-zero-broker-prod-api_handler"
     assert [p["PolicyDocument"] for p in role["Policies"]] == [json.loads((CHALICE / "policy-prod.json").read_text())]
     api = resources["RestAPI"]["Properties"]
     assert api["EndpointConfiguration"] == "PRIVATE"
@@ -265,3 +266,20 @@ def test_secret_and_log_group():
         # Chalice names the function APP-STAGE; Lambda logs to /aws/lambda/NAME
         name = f"{chalice_config()['app_name']}-{stage}"
         assert log_group["LogGroupName"]["Fn::Sub"].replace("${Stage}", stage) == f"/aws/lambda/{name}"
+
+
+def test_chalice_deploy_names_the_role_as_the_packages_do():
+    # the reader roles and Google's workload identity condition trust the role by name:
+    # `chalice deploy` must create the same one the packages name
+    from chalice.cli.factory import CLIFactory
+    from chalice.deploy import models
+    from chalice.deploy.appgraph import ApplicationGraphBuilder
+
+    app = ApplicationGraphBuilder().build(CLIFactory(str(REPO)).create_config_obj(chalice_stage_name="prod"), "prod")
+    roles, todo = [], [app]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, models.ManagedIAMRole):
+            roles.append(node.role_name)
+        todo.extend(node.dependencies())
+    assert roles == [deploy_values.load("prod").role_name]

@@ -247,7 +247,7 @@ provider "aws" {
 
 module "reader_probe" {
   source          = "./modules/reader-role"
-  broker_role_arn = "arn:aws:iam::987654321098:role/secret-zero-broker-prod"
+  broker_role_arn = "arn:aws:iam::987654321098:role/secret-zero-broker-prod-api_handler"
   external_id     = "probe-external-id"
 }
 """
@@ -282,11 +282,11 @@ def test_terraform_init_and_plan(package, tf, tfvars, tmp_path):
     fn = created["aws_lambda_function.api_handler"]
     assert fn["environment"] == [{"variables": deploy_values.load("prod").environment()}]
     assert fn["reserved_concurrent_executions"] == 50
-    assert created["aws_iam_role.api_handler"]["name"] == "secret-zero-broker-prod"
+    assert created["aws_iam_role.api_handler"]["name"] == "secret-zero-broker-prod-api_handler"
     latency = created['aws_cloudwatch_metric_alarm.alarm["latency_p99"]']
     assert latency["extended_statistic"] == "p99" and latency["statistic"] is None
     reader = created["module.reader_probe.aws_iam_role_policy.reader"]
     assert json.loads(reader["policy"]) == json.loads((REPO / "policies" / "aws" / "reader-policy.json").read_text())
     trust = json.loads(created["module.reader_probe.aws_iam_role.reader"]["assume_role_policy"])
     assert trust["Statement"][0]["Condition"] == {"StringEquals": {"sts:ExternalId": "probe-external-id"}}
-    assert trust["Statement"][0]["Principal"] == {"AWS": "arn:aws:iam::987654321098:role/secret-zero-broker-prod"}
+    assert trust["Statement"][0]["Principal"] == {"AWS": "arn:aws:iam::987654321098:role/secret-zero-broker-prod-api_handler"}

@@ -5,7 +5,7 @@
 #   module "secret_zero_reader" {
 #     source          = "./modules/reader-role"
 #     providers       = { aws = aws.member_account }
-#     broker_role_arn = "arn:aws:iam::BROKER_ACCOUNT:role/secret-zero-broker-prod"
+#     broker_role_arn = "arn:aws:iam::BROKER_ACCOUNT:role/secret-zero-broker-prod-api_handler"
 #     external_id     = "the account's external_id in deploy/prod.toml"
 #   }
 #
