@@ -439,7 +439,7 @@ def _find_checkout() -> str | None:
     """The nearest directory, from the current one upwards, that holds chalicelib/rules.py."""
     directory = os.path.abspath(os.getcwd())
     while True:
-        if os.path.isfile(os.path.join(directory, "chalicelib", "rules.py")):
+        if os.path.isfile(os.path.join(directory, "chalicelib", "policy", "__init__.py")):
             return directory
         parent = os.path.dirname(directory)
         if parent == directory:
@@ -448,11 +448,12 @@ def _find_checkout() -> str | None:
 
 
 def _import_policy_modules() -> tuple[Any, Any]:
-    """``chalicelib.rules`` and ``chalicelib.facts``, imported lazily from the checkout."""
+    """``chalicelib.policy`` (the rules engine) and ``chalicelib.methods`` (each method's
+    facts and conditions), imported lazily from the checkout."""
     import importlib
 
     def attempt() -> tuple[Any, Any]:
-        return importlib.import_module("chalicelib.rules"), importlib.import_module("chalicelib.facts")
+        return importlib.import_module("chalicelib.policy"), importlib.import_module("chalicelib.methods")
 
     try:
         return attempt()
@@ -470,7 +471,7 @@ def _import_policy_modules() -> tuple[Any, Any]:
             if not (exc.name or "").startswith("chalicelib"):
                 raise
     raise UsageError(
-        "the policy commands need the broker's server code (chalicelib/rules.py), which is not installed "
+        "the policy commands need the broker's rules engine (chalicelib/policy/), which is not installed "
         "with the client: run them from inside a checkout of the broker repository"
     )
 
@@ -497,10 +498,13 @@ def cmd_policy_check(args: argparse.Namespace, out: Output) -> int:
     rules = list(getattr(ruleset, "rules", ()))
     names = [getattr(r, "name", str(r)) for r in rules]
     roles = sorted({getattr(r, "role", "") for r in rules} - {""})
+    warnings = rules_mod.warnings(ruleset)
     if not out.json_mode:
         print(f"{args.file}: OK, {len(rules)} rule(s) for role(s) {', '.join(roles) or '(none)'}",
               file=out.stderr if out.quiet else out.stdout)
-    out.result({"status": "ok", "file": args.file, "rules": names, "roles": roles})
+        for warning in warnings:
+            print(f"warning: {warning}", file=out.stderr)
+    out.result({"status": "ok", "file": args.file, "rules": names, "roles": roles, "warnings": warnings})
     return EXIT_OK
 
 
@@ -525,8 +529,13 @@ def cmd_policy_explain(args: argparse.Namespace, out: Output) -> int:
         fact_errors += (BrokerError,)
     except ImportError:
         pass
+    if isinstance(raw, dict) and isinstance(raw.get("event"), dict):
+        raw = raw["event"]  # `broker audit show --json` prints {"event": record, ...}
+    if isinstance(raw, dict) and "request_id" in raw and isinstance(raw.get("facts"), dict):
+        # An audit record as it is: its facts, read by its own method.
+        raw = dict(raw["facts"], method=raw.get("method") or raw["facts"].get("method", "aws"))
     try:
-        facts = facts_mod.CallerFacts.from_dict(raw)
+        facts = facts_mod.facts_from_dict(raw)
     except fact_errors as exc:
         raise RulesInvalidError(f"invalid facts in {args.facts}: {exc}") from None
 

@@ -34,38 +34,19 @@ def quarantine_key(kind, value):
     return f"quarantine#{kind}#{value}"
 
 
-def caller_keys(instance, principal):
-    """The quarantine entries that would refuse this caller: its instance, its exact
-    principal, and (for an AWS session) its role's ARN."""
+def caller_keys(instance, principal, canonical=None):
+    """The quarantine entries that would refuse this caller: its machine (EC2 or GCE
+    instance, ECS task), its exact principal, and its canonical principal (an AWS
+    session's role ARN)."""
     keys = []
     if instance:
         keys.append(quarantine_key("instance", instance))
     if principal:
         keys.append(quarantine_key("principal", principal))
-        canonical = canonical_principal(principal)
+        canonical = canonical or canonical_principal(principal)
         if canonical and canonical != principal:
             keys.append(quarantine_key("principal", canonical))
     return keys
-
-
-def claimed_instance(identity):
-    """The instance a verified identity says it is, before any facts are read: an AWS
-    session named after an EC2 instance ID, a GCE token's instance_id claim; else None."""
-    claims = getattr(identity, "claims", None)
-    if isinstance(claims, dict):
-        gce = (claims.get("google") or {}).get("compute_engine") or {}
-        value = gce.get("instance_id")
-        return value if isinstance(value, str) and value else None
-    principal = getattr(identity, "principal", None)
-    if isinstance(principal, str) and principal.startswith("arn:"):
-        from .arn import parse_principal_arn
-        from .errors import InvalidProof
-
-        try:
-            return parse_principal_arn(principal).session_instance_id
-        except InvalidProof:
-            return None
-    return None
 
 
 @dataclass(frozen=True)
