@@ -130,10 +130,32 @@ def check_stage_limits(values: Values, config: dict) -> None:
     if values.endpoint_type and stage.get("api_gateway_endpoint_type", "EDGE") != values.endpoint_type:
         raise ValuesError(f"{values_mod.shown(values.path)}: api.endpoint_type {values.endpoint_type} but .chalice/config.json "
                           f"stage {values.stage} has {stage.get('api_gateway_endpoint_type', 'EDGE')}")
+    uncovered = readers_not_assumable(values, json.loads((CHALICE_DIR / stage["iam_policy_file"]).read_text()))
+    if uncovered:
+        raise ValuesError(f"{values_mod.shown(values.path)}: the function's policy (.chalice/{stage['iam_policy_file']}) "
+                          f"allows no sts:AssumeRole on {', '.join(uncovered)}: widen its statement or rename the role")
     policy_file = stage.get("api_gateway_policy_file")
     if (values.api_policy() is None) != (policy_file is None):
         raise ValuesError(f"{values_mod.shown(values.path)}: a PRIVATE API needs api_gateway_policy_file in .chalice/config.json "
                           f"stage {values.stage} (and only a PRIVATE one)")
+
+
+def _iam_match(pattern: str, value: str) -> bool:
+    """IAM's wildcards: * any run of characters, ? one character."""
+    return re.fullmatch("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern),
+                        value) is not None
+
+
+def readers_not_assumable(values: Values, policy: dict) -> list[str]:
+    """The reader role ARNs no Allow statement of the function's policy lets it assume."""
+    def listed(statement, key):
+        v = statement.get(key, [])
+        return [v] if isinstance(v, str) else v
+
+    allowed = [r for st in policy.get("Statement", []) if st.get("Effect") == "Allow"
+               and any(_iam_match(a.lower(), "sts:assumerole") for a in listed(st, "Action"))
+               for r in listed(st, "Resource")]
+    return [r.role_arn for r in values.readers if not any(_iam_match(p, r.role_arn) for p in allowed)]
 
 
 def _dump_json(data) -> str:

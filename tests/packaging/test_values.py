@@ -159,3 +159,33 @@ def test_throttling_above_the_reserved_concurrency_is_refused(tmp_path):
 def test_each_kind_of_example_is_caught(tmp_path, old, new, key):
     values = deploy_values.load("prod", write(tmp_path, REAL.replace(old, new, 1)))
     assert [line.split(" = ")[0] for line in deploy_values.placeholders(values)] == [key]
+
+
+@pytest.mark.parametrize("stage", ["prod", "dev"])
+def test_the_broker_accepts_the_environment_the_values_make(stage, tmp_path):
+    # the real consumer: the broker's settings, validated as at a cold start
+    from chalicelib.config import Settings
+
+    for values in (deploy_values.load(stage), deploy_values.load("prod", write(tmp_path, REAL))):
+        if values.stage != stage:
+            continue
+        settings = Settings.from_env(values.environment())
+        assert settings.audit_table == values.table("audit")
+        readers = settings.aws.readers
+        assert {a: (r.role_arn, r.external_id) for a, r in readers.items()} == {
+            r.account: (r.role_arn, r.external_id) for r in values.readers}
+        assert (settings.gcp is not None) == bool(values.gcp_audience)
+
+
+def test_a_reader_the_function_may_not_assume_is_refused(tmp_path):
+    # REAL's second reader is role/platform/sz-reader: the prod policy allows assuming
+    # role/secret-zero-reader only
+    values = deploy_values.load("prod", write(tmp_path, REAL))
+    policy = json.loads((REPO / ".chalice" / "policy-prod.json").read_text())
+    assert packaging.readers_not_assumable(values, policy) == ["arn:aws:iam::876543210987:role/platform/sz-reader"]
+    with pytest.raises(deploy_values.ValuesError, match=r"allows no sts:AssumeRole on "
+                                                        r"arn:aws:iam::876543210987:role/platform/sz-reader"):
+        packaging.build("prod", tmp_path / "dist", values_path=values.path)
+    assert not (tmp_path / "dist").exists()
+    # the repository's readers are covered
+    assert packaging.readers_not_assumable(deploy_values.load("prod"), policy) == []
