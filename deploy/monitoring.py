@@ -22,7 +22,8 @@ BROKER_NAMESPACE = "SecretZeroBroker"  # chalicelib/jsonlog.METRICS_NAMESPACE (a
 REGION = "${AWS::Region}"
 # The `backend` values of BackendErrors (chalicelib's Unavailable(backend=...); a test compares)
 BACKENDS = ("vault", "sts", "audit store", "replay store", "quarantine store", "secrets manager",
-            "ec2", "iam", "ecs", "google certs", "gcp compute", "gcp credentials", "configuration")  # in the dashboard body: CloudFormation's Fn::Sub, Terraform's replace()
+            "ec2", "iam", "ecs", "google certs", "gcp compute", "gcp credentials", "configuration",
+            "hash for the audit log")  # in the dashboard body: CloudFormation's Fn::Sub, Terraform's replace()
 
 
 @dataclass(frozen=True)

@@ -284,3 +284,11 @@ def test_chalice_deploy_names_the_role_as_the_packages_do():
             roles.append(node.role_name)
         todo.extend(node.dependencies())
     assert roles == [deploy_values.load("prod").role_name]
+
+
+def test_the_dashboard_shows_every_backend_the_code_names():
+    # BackendErrors' `backend` values: Unavailable(backend=...) and call()/try_call()'s first argument
+    code = "\n".join(p.read_text() for p in (REPO / "chalicelib").rglob("*.py"))
+    named = set(re.findall(r"backend=\"([a-z ]+)\"", code))
+    named |= set(re.findall(r"\b(?:try_)?call\(\s*\"([a-z ]+)\"", code))
+    assert named and named <= set(monitoring.BACKENDS), named - set(monitoring.BACKENDS)
