@@ -36,6 +36,8 @@ class Settings:
     # Optional (None: off). Revocation, quarantine and the incident rate limit need the table.
     quarantine_table: str | None = None
     vault_audit_hash_path: str | None = None  # an audit device's path, e.g. "file": sys/audit-hash/<path>
+    rules_source: tuple = None  # (kind, location): chalicelib/rules_source.py; None: the rules file
+    rules_refresh: float = 60.0  # seconds between reads of a remote rules source (0: never)
 
     @property
     def aws(self):
@@ -70,7 +72,15 @@ class Settings:
             methods={"aws": AwsSettings.from_env(env, region), "gcp": GcpSettings.from_env(env)},
             quarantine_table=_get(env, "BROKER_QUARANTINE_TABLE"),
             vault_audit_hash_path=_audit_path(env, "BROKER_VAULT_AUDIT_HASH_PATH"),
+            rules_source=_rules_source(env),
+            rules_refresh=_number(env, "BROKER_RULES_REFRESH_SECONDS", 60, low=0, high=3600),
         )
+
+
+def _rules_source(env):
+    from .rules_source import parse_source
+
+    return parse_source(_get(env, "BROKER_RULES_SOURCE"), _get(env, "BROKER_RULES_FILE", DEFAULT_RULES_FILE))
 
 
 def _get(env, name, default=None, required=False):

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 from .audit_schema import TTL_ATTRIBUTE, canonical_principal
 from .aws_calls import call, try_call
-from .errors import Quarantined, RateLimited
+from .errors import RateLimited
 
 # A revocation's item outlives its quarantine by this long (the audit trail keeps it for good).
 REVOCATION_RETENTION = 30 * 86400
@@ -67,34 +67,8 @@ class QuarantineStore:
         self._table = table
         self._clock = clock
 
-    # ---- the issuance pipeline's check ---------------------------------------------------
-
-    def check(self, *, instance, principal):
-        """Quarantined (403) if the caller's instance or principal is quarantined now."""
-        keys = caller_keys(instance, principal)
-        if not keys:
-            return
-        page = call("quarantine store", self._db.batch_get_item, RequestItems={self._table: {
-            "Keys": [{"pk": {"S": k}} for k in keys], "ConsistentRead": True,
-            "ProjectionExpression": "pk, revocation_id, #until", "ExpressionAttributeNames": {"#until": "until"}}})
-        if page.get("UnprocessedKeys"):
-            # Rare (throttling): ask again for what is left, once, then fail closed.
-            page2 = call("quarantine store", self._db.batch_get_item, RequestItems=page["UnprocessedKeys"])
-            if page2.get("UnprocessedKeys"):
-                from .errors import Unavailable
-
-                raise Unavailable("the quarantine list is unavailable", backend="quarantine store")
-            page["Responses"][self._table] = page["Responses"].get(self._table, []) + \
-                page2.get("Responses", {}).get(self._table, [])
-        now = self._clock()
-        for item in page.get("Responses", {}).get(self._table, []):
-            entry = _entry(item)
-            if entry.until > now:
-                kind, value = entry.target
-                raise Quarantined(
-                    f"this caller is quarantined by the security team until {iso(entry.until)}",
-                    detail=f"quarantined: {kind} {value} by revocation {entry.revocation_id} until {iso(entry.until)}",
-                )
+    # The issuance pipeline's check is part of the admission transaction
+    # (chalicelib/admission.py): a ConditionCheck on each of caller_keys().
 
     # ---- revocations ------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ call, refused or not, is an audit record (outcome `admin`, `incident`, or
 """
 
 import json
-import logging
 import re
 import time
 import uuid

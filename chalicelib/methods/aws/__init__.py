@@ -43,15 +43,17 @@ class AwsMethod:
 
 
 def build(settings, make_aws_client, http_session, rules):
-    """The method, from the broker's Settings; its readers from BROKER_ACCOUNT_READERS."""
+    """The method, from the broker's Settings; its readers from BROKER_ACCOUNT_READERS.
+    `rules()` is the rules in force (they may change without a redeploy)."""
     from .facts import AwsFactsReader
     from .proof import AwsProofVerifier
     from .readers import AccountReaders
 
     own = settings.aws
     readers = AccountReaders(own, make_aws_client)
-    aws_rules = [r.conditions for r in rules.rules_of(NAME)]
-    reader = AwsFactsReader(readers, own.regions, task_clusters=lambda: conditions.literal_clusters(aws_rules),
+    reader = AwsFactsReader(readers, own.regions,
+                            task_clusters=lambda: conditions.literal_clusters(
+                                [r.conditions for r in rules().rules_of(NAME)]),
                             cache_seconds=own.fact_cache_seconds)
     return AwsMethod(AwsProofVerifier(own, http_session), reader, readers)
 

@@ -7,7 +7,7 @@
     settings.py  its environment variables (off without BROKER_GCP_AUDIENCE)
 """
 
-from . import match as conditions  # noqa: F401
+from . import match as conditions  # noqa: F401  (the registry's view of this method's rules)
 
 NAME = "gcp"
 PROOF_FIELDS = ("jwt",)
