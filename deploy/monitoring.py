@@ -23,7 +23,7 @@ REGION = "${AWS::Region}"
 # The `backend` values of BackendErrors (chalicelib's Unavailable(backend=...); a test compares)
 BACKENDS = ("vault", "sts", "audit store", "replay store", "quarantine store", "secrets manager",
             "ec2", "iam", "ecs", "google certs", "gcp compute", "gcp credentials", "configuration",
-            "hash for the audit log")  # in the dashboard body: CloudFormation's Fn::Sub, Terraform's replace()
+            "hash for the audit log", "rules source")  # in the dashboard body: CloudFormation's Fn::Sub, Terraform's replace()
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,14 @@ def alarms(values: Values, api_stage: str) -> list[Alarm]:
         Alarm("LambdaThrottles", "Lambda throttled the function (reserved concurrency exhausted): "
               "API Gateway answers those with 500s.",
               "AWS/Lambda", "Throttles", fn, "Sum", 60, 1, t.lambda_throttles_per_min),
+    ]
+    found += [
+        Alarm("RulesRejected", "A new version of the rules (BROKER_RULES_SOURCE) failed validation and was refused: "
+              "the last good rules stay in force until a valid version is pushed.",
+              BROKER_NAMESPACE, "RulesRejected", {}, "Sum", 300, 1, t.rules_rejected_per_5min),
+        Alarm("RulesSourceUnavailable", "The rules source (S3 or SSM) could not be read: the last good rules stay "
+              "in force, and a rules change does not take effect.",
+              BROKER_NAMESPACE, "RulesSourceUnavailable", {}, "Sum", 300, 2, t.rules_source_unavailable_per_5min),
     ]
     for kind, events in (("audit", ("Write",)), ("replay", ("Write",)), ("quarantine", ("Read", "Write"))):
         for event in events:
@@ -135,5 +143,7 @@ def dashboard_body(values: Values, api_stage: str) -> str:
         widget("Backend errors", [[BROKER_NAMESPACE, "BackendErrors", "backend", b]
                                   for b in BACKENDS],
                12, 18),
+        widget("Rules: refused versions, source unavailable", [
+            [BROKER_NAMESPACE, "RulesRejected"], [BROKER_NAMESPACE, "RulesSourceUnavailable"]], 0, 24),
     ]
     return json.dumps({"widgets": widgets}, sort_keys=True, separators=(",", ":"))

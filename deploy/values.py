@@ -75,6 +75,8 @@ class Thresholds:
     lambda_errors_per_5min: int = 1
     lambda_throttles_per_min: int = 1
     dynamodb_throttles_per_5min: int = 1
+    rules_rejected_per_5min: int = 1
+    rules_source_unavailable_per_5min: int = 1
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,9 @@ def test_sam_alarms_and_dashboard(package):
     for kind in ("audit", "replay", "quarantine"):
         table = [{"Name": "TableName", "Value": f"secret-zero-broker-prod-{kind}"}]
         assert find("AWS/DynamoDB", "WriteThrottleEvents", table)["Threshold"] == t.dynamodb_throttles_per_5min
+    # rules from S3/SSM (BROKER_RULES_SOURCE): a refused version, an unreachable source
+    assert find("SecretZeroBroker", "RulesRejected", [])["Threshold"] == t.rules_rejected_per_5min
+    assert find("SecretZeroBroker", "RulesSourceUnavailable", [])["Threshold"] == t.rules_source_unavailable_per_5min
     for p in alarms.values():
         assert p["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
         assert p["AlarmName"].startswith("secret-zero-broker-prod-")
