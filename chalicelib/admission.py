@@ -36,13 +36,30 @@ class Admission:
             raise ProofReplayed("this proof was already used; sign a new one")
 
     def admit(self, proof_hash, *, request_id, method, valid_until, identity_key=None, limit=None,
-              quarantine_keys=()):
+              quarantine_keys=(), shared_quarantine_keys=()):
         """Spend the proof, count the identity's budget and check the quarantine, atomically.
+
+        `quarantine_keys` are the caller's own (its machine, or its principal when it claims
+        none): they are ConditionChecks in the transaction. `shared_quarantine_keys` (a role's
+        ARN, a service account every instance runs as) are read beside it instead: every
+        machine of a role would check the same item, and concurrent transactions on one item
+        cancel each other (TransactionConflict) in a boot storm.
 
         Raises ProofReplayed, Quarantined or RateLimited (in that order of precedence);
         a quarantined or over-budget caller's proof is still spent afterwards, so it
         can't be tried again once the quarantine is lifted.
         """
+        if self._quarantine is not None and shared_quarantine_keys:
+            from .concurrency import raise_first, settle
+
+            _, shared = raise_first(settle(
+                lambda: self.admit(proof_hash, request_id=request_id, method=method, valid_until=valid_until,
+                                   identity_key=identity_key, limit=limit, quarantine_keys=quarantine_keys),
+                lambda: [self._entry_in_force(k) for k in shared_quarantine_keys]))
+            in_force = [key for key, entry in zip(shared_quarantine_keys, shared) if entry is not None]
+            if in_force:  # the proof is spent (and counted): a refused caller can't try it again
+                raise self._quarantined(in_force[0])
+            return None
         now = int(self._clock())
         items = [{"Put": self._replay_item(proof_hash, request_id, method, valid_until, now)}]
         counted = self._quarantine is not None and limit is not None and identity_key is not None
@@ -110,6 +127,12 @@ class Admission:
         _, refused = try_call("replay store", ("ConditionalCheckFailedException",), self._db.put_item, **put)
         if refused:
             raise ProofReplayed("this proof was already used; sign a new one")
+
+    def _entry_in_force(self, key):
+        page = call("quarantine store", self._db.get_item, TableName=self._quarantine, Key={"pk": {"S": key}},
+                    ConsistentRead=True, ProjectionExpression="pk, #until", ExpressionAttributeNames={"#until": "until"})
+        item = page.get("Item")
+        return item if item and int(float(item["until"]["N"])) > self._clock() else None
 
     def _quarantined(self, key):
         from .quarantine import _entry, iso
