@@ -126,7 +126,8 @@ class ProofSigner:
             from botocore.exceptions import BotoCoreError
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise UsageError(
-                "botocore is needed to sign the AWS proof: pip install 'secret-zero-broker[aws]'"
+                "botocore is needed to sign the AWS proof: use the single-file broker.pyz, which carries it, "
+                "or install botocore beside the wheel (docs/client.md)"
             ) from exc
         # botocore logs canonical requests and signatures at DEBUG: never let them out.
         logging.getLogger("botocore").setLevel(logging.WARNING)
