@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test stack-up stack-down demo package bench fuzz faults soak clean
+.PHONY: install test stack-up stack-down demo client package bench fuzz faults soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,14 @@ stack-down:
 demo: $(STAMP)
 	$(PY) -m devstack.demo
 
-# SAM (dist/sam) and Terraform (dist/terraform) packages of a stage, cfn-lint, the zip size.
+# The client (docs/client.md): dist/secret_zero_broker-VERSION-py3-none-any.whl and the single
+# file dist/broker.pyz (Python 3.9+, botocore inside), each with FILE.sha256 beside it; prints the sums.
+client: $(STAMP)
+	$(PY) deploy/client/build.py --out dist
+
+# SAM (dist/sam) and Terraform (dist/terraform) packages of a stage, cfn-lint, the zip size; and the client.
 STAGE ?= prod
-package: $(STAMP)
+package: $(STAMP) client
 	$(PY) deploy/package.py --stage $(STAGE) --out dist
 
 # Issue 6 benchmarks (docs/performance.md): BENCH_QUICK=1 for short counts;
@@ -53,4 +58,4 @@ soak: $(STAMP)
 	mkdir -p .stack; $(PY) -m tests.soak.soak --out .stack/soak-report.json
 
 clean:
-	rm -rf .stack dist .pytest_cache
+	rm -rf .stack dist build .pytest_cache

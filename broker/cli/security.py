@@ -220,13 +220,15 @@ def _credentials() -> Any:
     try:
         import logging
 
-        import botocore.session
+        import botocore.session  # noqa: F401 - ImportError when botocore is missing
+
+        from broker.clouds.botocore_session import new_session
         from botocore.exceptions import BotoCoreError
     except ImportError:  # pragma: no cover - depends on the install
         raise UsageError("botocore is needed to sign requests (docs/client.md: install)") from None
     logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
-        credentials = botocore.session.Session().get_credentials()
+        credentials = new_session().get_credentials()
     except BotoCoreError as exc:
         raise NoCredentialsError(f"could not load AWS credentials: {type(exc).__name__}: {exc}") from None
     if credentials is None:

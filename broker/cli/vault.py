@@ -75,13 +75,15 @@ def vault_admin_session(args: argparse.Namespace, out: Output):
     vault = Vault(args.vault_addr, token or "", namespace=args.vault_namespace,
                   ssl_context=ssl_context(args.vault_ca_cert, "Vault"))
     try:
-        import botocore.session
+        import botocore.session  # noqa: F401 - ImportError when botocore is missing
+
+        from broker.clouds.botocore_session import new_session
         from botocore.exceptions import UnknownServiceError
     except ImportError:
         raise UsageError("the broker's secret ID is kept in Secrets Manager, which needs botocore: "
                          "install the client's wheel with botocore (docs/client.md)") from None
     try:
-        secrets_client = botocore.session.get_session().create_client(
+        secrets_client = new_session().create_client(
             "secretsmanager", region_name=args.aws_region, endpoint_url=args.aws_endpoint_url)
     except UnknownServiceError:
         raise UsageError("this botocore has no Secrets Manager model (the single-file broker.pyz carries only "

@@ -45,13 +45,15 @@ def _aws_credentials(*, imds: bool) -> Any:
     """botocore's default chain without the EC2 instance metadata provider (``imds=False``)
     or that provider alone (``imds=True``); None when botocore is missing or finds nothing."""
     try:
-        import botocore.session
+        import botocore.session  # noqa: F401 - ImportError when botocore is missing
+
+        from broker.clouds.botocore_session import new_session
         from botocore.exceptions import BotoCoreError
     except ImportError:
         return None
     logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
-        resolver = botocore.session.Session().get_component("credential_provider")
+        resolver = new_session().get_component("credential_provider")
         if imds:
             provider = resolver.get_provider("iam-role")
             return provider.load()
