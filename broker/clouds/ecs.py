@@ -33,7 +33,7 @@ ATTEMPTS = 3
 # moto's are UUIDs: accept both shapes and let the broker's DescribeTasks decide.
 TASK_ARN = re.compile(
     r"^arn:aws(?:-cn|-us-gov)?:ecs:[a-z]{2}(?:-[a-z]+)+-\d:\d{12}:task/[A-Za-z0-9_-]{1,255}/"
-    r"(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
+    r"(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\Z"
 )
 
 
