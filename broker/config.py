@@ -57,7 +57,7 @@ def load(path: Optional[str] = None) -> Dict[str, str]:
     refused: whoever can write it chooses the Vault this machine trusts."""
     global _loaded, _loaded_from
     path = path or config_path()
-    if path is None:
+    if path is None or path == os.devnull:  # BROKER_CONFIG=/dev/null: no config file
         return {}
     if _loaded is not None and _loaded_from == path:
         return _loaded
