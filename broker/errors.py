@@ -37,8 +37,8 @@ EXIT_CODES = {
     EXIT_HANDOFF: "Vault unreachable, Vault login failed, or the hand-off (files, sink, exec) failed",
     EXIT_RULES_INVALID: "policy commands: the rules file or the facts file is invalid",
     EXIT_POLICY_DENIED: "policy explain: no rule grants the role for these facts",
-    EXIT_RATE_LIMITED: "rate limited by the broker (429): its Retry-After did not fit in --max-wait; "
-    "the message says when to retry",
+    EXIT_RATE_LIMITED: "rate limited by the broker (429): its Retry-After did not fit in --max-wait, or every "
+    "attempt was rate limited; the message says when to retry",
     EXIT_INTERRUPTED: "interrupted (SIGINT)",
     EXIT_BROKEN_PIPE: "stdout was closed before the output was written (a reader such as `head` stopped)",
 }
