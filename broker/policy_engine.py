@@ -1,7 +1,8 @@
 """The client's one door to the broker's rules engine (``broker policy check|explain``,
 ``broker vault setup``'s served roles).
 
-The engine is the server's own code (today ``chalicelib.rules`` and ``chalicelib.facts``),
+The engine is the server's own code (``chalicelib.policy``, the pure rules engine, and
+``chalicelib.methods``, each proof method's facts and rule conditions),
 so that the client explains decisions exactly as the broker makes them. It is not
 installed with the client: the commands that need it run from a checkout of the
 repository. When ``chalicelib`` is not importable as it is, the checkout is found from
@@ -23,17 +24,17 @@ from typing import Any, Optional, Tuple
 from broker.errors import RulesInvalidError, UsageError
 
 PACKAGE = "chalicelib"
-RULES_MODULE = "chalicelib.rules"
-FACTS_MODULE = "chalicelib.facts"
+RULES_MODULE = "chalicelib.policy"
+FACTS_MODULE = "chalicelib.methods"
 ERRORS_MODULE = "chalicelib.errors"
-MARKER = os.path.join("chalicelib", "rules.py")  # how a checkout is recognised
+MARKER = os.path.join("chalicelib", "policy", "__init__.py")  # how a checkout is recognised
 DEFAULT_RULES = ("chalicelib/policies/rules.toml", "policies/rules.toml")
 
 
 @dataclass(frozen=True)
 class Engine:
-    rules: Any   # load_rules(path) -> ruleset with .rules and .explain(facts, role); RulesError
-    facts: Any   # CallerFacts.from_dict(raw)
+    rules: Any   # load_rules(path) -> ruleset with .rules and .explain(facts, role); warnings(); RulesError
+    facts: Any   # facts_from_dict(raw): the facts of the method the record names
     fact_errors: Tuple[type, ...]
 
     def load_rules(self, path: str) -> Any:
@@ -42,15 +43,19 @@ class Engine:
         except self.rules.RulesError as exc:
             raise RulesInvalidError(f"invalid rules: {exc}") from None
 
+    def warnings(self, ruleset: Any) -> list:
+        """What is valid but worth a second look (say a rule that allows shared role trust)."""
+        return list(self.rules.warnings(ruleset))
+
     def facts_from_dict(self, raw: Any, source: str) -> Any:
         try:
-            return self.facts.CallerFacts.from_dict(raw)
+            return self.facts.facts_from_dict(raw)
         except self.fact_errors as exc:
             raise RulesInvalidError(f"invalid facts in {source}: {exc}") from None
 
 
 def find_checkout(start: Optional[str] = None) -> Optional[str]:
-    """The nearest directory, from ``start`` (the current one) upwards, that holds chalicelib/rules.py."""
+    """The nearest directory, from ``start`` (the current one) upwards, that holds the rules engine."""
     directory = os.path.abspath(start or os.getcwd())
     while True:
         if os.path.isfile(os.path.join(directory, MARKER)):
@@ -92,15 +97,17 @@ def load_engine() -> Engine:
         checkout = find_checkout()
         if checkout is None:
             raise UsageError(
-                "the policy commands need the broker's rules engine (chalicelib/rules.py), which is not "
+                "the policy commands need the broker's rules engine (chalicelib/policy/), which is not "
                 "installed with the client: run them from inside a checkout of the broker repository")
         _load_package_from(checkout)
     try:
         rules = importlib.import_module(RULES_MODULE)
         facts = importlib.import_module(FACTS_MODULE)
     except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith(PACKAGE):
-            raise
+        if not (exc.name or "").startswith(PACKAGE):  # say tomllib, new in Python 3.11
+            raise UsageError(f"the broker's rules engine needs the module {exc.name}, which this Python "
+                             f"({sys.version.split()[0]}) lacks: run the policy commands with the Python of "
+                             "the checkout's virtualenv (.venv/bin/python -m broker ...)") from None
         raise UsageError(f"the broker's rules engine is incomplete here ({exc.name} is missing): "
                          "run the policy commands from a checkout of the broker repository") from None
     fact_errors: Tuple[type, ...] = (ValueError, TypeError, KeyError)

@@ -35,14 +35,18 @@ def add_policy_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 def cmd_policy_check(args: argparse.Namespace, out: Output) -> int:
     from broker.policy_engine import load_engine
 
-    ruleset = load_engine().load_rules(args.file)
+    engine = load_engine()
+    ruleset = engine.load_rules(args.file)
     rules = list(getattr(ruleset, "rules", ()))
     names = [getattr(r, "name", str(r)) for r in rules]
     roles = sorted({getattr(r, "role", "") for r in rules} - {""})
+    warnings = engine.warnings(ruleset)
     if not out.json_mode:
         print(f"{args.file}: OK, {len(rules)} rule(s) for role(s) {', '.join(roles) or '(none)'}",
               file=out.stderr if out.quiet else out.stdout)
-    out.result({"status": "ok", "file": args.file, "rules": names, "roles": roles})
+        for warning in warnings:
+            print(f"warning: {warning}", file=out.stderr)
+    out.result({"status": "ok", "file": args.file, "rules": names, "roles": roles, "warnings": warnings})
     return EXIT_OK
 
 
@@ -64,7 +68,13 @@ def cmd_policy_explain(args: argparse.Namespace, out: Output) -> int:
     engine = load_engine()
     rules_path = args.rules or default_rules_file()
     ruleset = engine.load_rules(rules_path)
-    facts = engine.facts_from_dict(_read_facts(args.facts), args.facts)
+    raw = _read_facts(args.facts)
+    if isinstance(raw, dict) and isinstance(raw.get("event"), dict):
+        raw = raw["event"]  # `broker audit show --json` prints {"event": record, ...}
+    if isinstance(raw, dict) and "request_id" in raw and isinstance(raw.get("facts"), dict):
+        # An audit record as it is: its facts, read by its own method.
+        raw = dict(raw["facts"], method=raw.get("method") or raw["facts"].get("method", "aws"))
+    facts = engine.facts_from_dict(raw, args.facts)
 
     verdicts = list(ruleset.explain(facts, args.role))
     granted_by = [str(getattr(v.rule, "name", v.rule)) for v in verdicts if v.granted and v.role == args.role]

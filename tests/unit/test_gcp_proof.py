@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from chalicelib.config import Settings
 from chalicelib.errors import InvalidProof, InvalidRequest, Unavailable
-from chalicelib.gcp_proof import GcpProofVerifier, GoogleCerts, parse_gcp_login
+from chalicelib.methods.gcp.proof import GcpProofVerifier, GoogleCerts, parse_gcp_login
 
 AUDIENCE = "https://broker.test"
 
@@ -111,7 +111,7 @@ def verifier(certs, clock=None):
         "BROKER_SERVER_ID": "x", "BROKER_AUDIT_TABLE": "a", "BROKER_REPLAY_TABLE": "r", "BROKER_GCP_AUDIENCE": AUDIENCE,
     })
     clock = clock or time.time
-    return GcpProofVerifier(settings, GoogleCerts(requests.Session(), certs.url, clock=clock), clock=clock)
+    return GcpProofVerifier(settings.gcp, GoogleCerts(requests.Session(), certs.url, clock=clock), clock=clock)
 
 
 def verify(v, jwt):

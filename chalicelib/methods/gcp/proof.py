@@ -15,8 +15,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .errors import InvalidProof, InvalidRequest, Unavailable
-from .login_request import parse_json_object, parse_role
+from ...bodies import parse_json_object, parse_role
+from ...errors import InvalidProof, InvalidRequest, Unavailable
+from ..base import Entity, VerifiedCaller
 
 GOOGLE_ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
 MAX_TOKEN_BYTES = 8 * 1024
@@ -35,21 +36,6 @@ _NO_CACHE = re.compile(r"(?:^|,)\s*(no-store|no-cache)\b", re.IGNORECASE)
 class GcpLoginRequest:
     role: str
     jwt: str
-
-
-@dataclass(frozen=True)
-class GoogleIdentity:
-    claims: dict
-    proof_hash: str  # SHA-256 of the token's signature: the replay key
-    valid_until: float  # the token's exp
-
-    @property
-    def principal(self):
-        return self.claims.get("email") or self.claims.get("sub")
-
-    @property
-    def account(self):
-        return ((self.claims.get("google") or {}).get("compute_engine") or {}).get("project_id")
 
 
 def parse_gcp_login(raw):
@@ -120,10 +106,17 @@ def _max_age(cache_control):
 
 class GcpProofVerifier:
     def __init__(self, settings, certs, clock=time.time):
-        self._audience = settings.gcp_audience
-        self._max_age = settings.gcp_max_token_age
+        """`settings`: the method's GcpSettings (chalicelib/methods/gcp/settings.py)."""
+        self._audience = settings.audience
+        self._max_age = settings.max_token_age
         self._certs = certs
         self._clock = clock
+
+    def proof_hash(self, login):
+        """The replay key, known before Google's certificates are fetched."""
+        header, _, _, signature = _split(login.jwt)
+        self._check_header(header)
+        return hashlib.sha256(signature).hexdigest()
 
     def verify(self, login):
         header, claims, signed, signature = _split(login.jwt)
@@ -133,7 +126,7 @@ class GcpProofVerifier:
             raise InvalidProof("the token's kid is not one of Google's signing keys")
         _verify_rs256(key, signed, signature)
         self._check_claims(claims)
-        return GoogleIdentity(claims, hashlib.sha256(signature).hexdigest(), float(claims["exp"]))
+        return caller_from_claims(claims, hashlib.sha256(signature).hexdigest())
 
     def _check_header(self, header):
         if header.get("alg") != "RS256":
@@ -164,6 +157,55 @@ class GcpProofVerifier:
             raise InvalidProof("the token has expired (exp)")
         if now - iat > self._max_age:
             raise InvalidProof(f"the token is older than {self._max_age}s (iat); fetch a fresh one")
+
+
+def verified_claims(login):
+    """The claims of a token `verify` accepted (read again by the facts step)."""
+    return _split(login.jwt)[1]
+
+
+def caller_from_claims(claims, proof_hash):
+    """The VerifiedCaller of checked claims. A signed token can still carry claims of an
+    unexpected JSON type; each is refused here, by name, so nothing downstream meets one."""
+    email, sub = claims.get("email"), claims.get("sub")
+    if email is not None and (not isinstance(email, str) or not email):
+        raise InvalidProof("the token's email claim is not a string")
+    if not isinstance(sub, str) or not sub:
+        raise InvalidProof("the token's sub claim is not a string")
+    if "email_verified" in claims and not isinstance(claims["email_verified"], bool):
+        raise InvalidProof("the token's email_verified claim is not a boolean")
+    google = claims.get("google", {})
+    if not isinstance(google, dict):
+        raise InvalidProof("the token's google claim is not an object")
+    gce = google.get("compute_engine")
+    claimed, project = None, None
+    if gce is not None:
+        if not isinstance(gce, dict):
+            raise InvalidProof("the token's google.compute_engine claim is not an object")
+        for name, kind in (("project_id", str), ("zone", str), ("instance_id", str), ("instance_name", str),
+                           ("instance_creation_timestamp", int), ("project_number", int)):
+            value = gce.get(name)
+            if value is None or not isinstance(value, kind) or isinstance(value, bool) or value == "":
+                raise InvalidProof(f"the token's google.compute_engine.{name} claim is missing or not a "
+                                   f"{'string' if kind is str else 'number'}")
+        claimed, project = Entity("gce-instance", gce["instance_id"]), gce["project_id"]
+    principal = email or sub
+    return VerifiedCaller(method="gcp", principal=principal, canonical_principal=principal,
+                          account=project or service_account_project(email), proof_hash=proof_hash,
+                          valid_until=float(claims["exp"]), claimed=claimed)
+
+
+_SA_PROJECT = re.compile(r"^[^@]+@([a-z][a-z0-9-]{4,28}[a-z0-9])\.iam\.gserviceaccount\.com$")
+_APPSPOT = re.compile(r"^([a-z][a-z0-9-]{4,28}[a-z0-9])@appspot\.gserviceaccount\.com$")
+
+
+def service_account_project(email):
+    """The project a service account email belongs to, when its form says so."""
+    for pattern in (_SA_PROJECT, _APPSPOT):
+        m = pattern.match(email or "")
+        if m:
+            return m.group(1)
+    return None
 
 
 def _is_int(value):

@@ -14,16 +14,15 @@ import re
 import threading
 from datetime import datetime
 
-from .errors import InvalidProof, Unavailable
-from .facts import GceInstanceFacts, GcpCallerFacts
+from ...errors import InvalidProof, Unavailable
+from .model import GceInstanceFacts, GcpFacts
+from .proof import service_account_project, verified_claims
 
 COMPUTE_READONLY = "https://www.googleapis.com/auth/compute.readonly"
 LIVE_STATUSES = frozenset({"RUNNING", "PROVISIONING", "STAGING"})
 _PROJECT = re.compile(r"^[a-z][a-z0-9.:-]{4,61}[a-z0-9]$")
 _ZONE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-_SA_PROJECT = re.compile(r"^[^@]+@([a-z][a-z0-9-]{4,28}[a-z0-9])\.iam\.gserviceaccount\.com$")
-_APPSPOT = re.compile(r"^([a-z][a-z0-9-]{4,28}[a-z0-9])@appspot\.gserviceaccount\.com$")
 
 
 class ComputeSession:
@@ -95,19 +94,19 @@ class GcpFactsReader:
         self._compute = compute
         self._compute_url = compute_url.rstrip("/")
 
-    def read(self, identity):
-        claims = identity.claims
+    def read(self, caller, login):
+        claims = verified_claims(login)  # verified by the proof step, types included
         email = claims.get("email")
         if not isinstance(email, str) or claims.get("email_verified") is not True:
             raise InvalidProof("the token carries no verified service account email")
         gce = (claims.get("google") or {}).get("compute_engine")
         if gce is None:
-            return GcpCallerFacts(email=email, project_id=_service_account_project(email))
+            return GcpFacts(email=email, project_id=service_account_project(email))
         if not isinstance(gce, dict):
             raise InvalidProof("the token's google.compute_engine claim is malformed")
         instance, claim_error = self._verify_instance(gce, email)
-        return GcpCallerFacts(email=email, project_id=gce.get("project_id"), instance=instance,
-                              instance_claim_error=claim_error, claimed_instance=gce.get("instance_id"))
+        return GcpFacts(email=email, project_id=gce.get("project_id"), instance=instance,
+                        claim_error=claim_error, claimed_instance=gce.get("instance_id"))
 
     def _verify_instance(self, gce, email):
         project, zone, name = gce.get("project_id"), gce.get("zone"), gce.get("instance_name")
@@ -162,11 +161,3 @@ class GcpFactsReader:
             return response.json()
         except ValueError:
             raise Unavailable("the Compute API answered an unreadable instance", backend="gcp compute") from None
-
-
-def _service_account_project(email):
-    for pattern in (_SA_PROJECT, _APPSPOT):
-        m = pattern.match(email)
-        if m:
-            return m.group(1)
-    return None

@@ -1,8 +1,9 @@
-"""The JSON body of POST /v1/credentials/aws, parsed strictly.
+"""The JSON body of an AWS login (`POST /v1/credentials/aws`), parsed strictly.
 
 The fields and encodings are those of Vault's aws auth method for an `iam` login,
-so a request built by `hvac.aws_utils.generate_sigv4_auth_request` is accepted
-as it is. Anything malformed is an InvalidRequest (400), never an exception.
+so what `hvac.aws_utils.generate_sigv4_auth_request` builds is accepted as it is.
+One optional field of our own: `ecs_task_arn`, the task a container says it runs
+in (from its task metadata endpoint). Anything malformed is an InvalidRequest (400).
 """
 
 import base64
@@ -11,12 +12,14 @@ import json
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidRequest
+from ...bodies import decode_json_object, parse_role
+from ...errors import InvalidProof, InvalidRequest
+from . import PROOF_FIELDS
 
-MAX_BODY_BYTES = 64 * 1024
-ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
-AWS_FIELDS = ("role", "iam_http_request_method", "iam_request_url", "iam_request_body", "iam_request_headers")
+AWS_FIELDS = ("role",) + PROOF_FIELDS
+OPTIONAL_FIELDS = ("ecs_task_arn",)
+MAX_TASK_ARN = 512
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class AwsLoginRequest:
     url: str
     body: bytes
     headers: tuple  # ((name as sent, value), ...), one value per name
+    ecs_task_arn: str | None = None  # a claim, checked against DescribeTasks
 
     def header(self, name):
         name = name.lower()
@@ -35,47 +39,11 @@ class AwsLoginRequest:
         return None
 
 
-def decode_json_object(raw, allowed, required):
-    """Decode a JSON object body holding only `allowed` fields, all `required` ones among them.
-    An empty body is an empty object when nothing is required."""
-    if raw is None or len(raw) == 0:
-        if required:
-            raise InvalidRequest("request body is empty; expected a JSON object")
-        return {}
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidRequest(f"request body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise InvalidRequest("request body is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    unknown = sorted(set(doc) - set(allowed))
-    if unknown:
-        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}")
-    missing = [f for f in required if f not in doc]
-    if missing:
-        raise InvalidRequest(f"missing field(s): {', '.join(missing)}")
-    return doc
-
-
-def parse_json_object(raw, fields):
-    """Decode a JSON object body with exactly the given string fields."""
-    doc = decode_json_object(raw, fields, fields)
-    for f in fields:
+def parse_aws_login(raw):
+    doc = decode_json_object(raw, AWS_FIELDS + OPTIONAL_FIELDS, AWS_FIELDS)
+    for f in AWS_FIELDS:
         if not isinstance(doc[f], str):
             raise InvalidRequest(f"field {f} must be a string")
-    return doc
-
-
-def parse_role(value):
-    if not ROLE_NAME.match(value):
-        raise InvalidRequest("field role must be an AppRole name (letters, digits, - _ .; at most 128)")
-    return value
-
-
-def parse_aws_login(raw):
-    doc = parse_json_object(raw, AWS_FIELDS)
     role = parse_role(doc["role"])
     method = doc["iam_http_request_method"]
     if len(method) > 16:
@@ -87,7 +55,11 @@ def parse_aws_login(raw):
         raise InvalidRequest("field iam_request_url must decode to an ASCII URL") from None
     body = _b64(doc, "iam_request_body")
     headers = _headers(_b64(doc, "iam_request_headers"))
-    return AwsLoginRequest(role, method, url, body, headers)
+    task_arn = doc.get("ecs_task_arn")
+    if task_arn is not None and (not isinstance(task_arn, str) or not task_arn or len(task_arn) > MAX_TASK_ARN
+                                 or not task_arn.isascii()):
+        raise InvalidRequest("field ecs_task_arn must be an ECS task ARN")
+    return AwsLoginRequest(role, method, url, body, headers, task_arn)
 
 
 def _b64(doc, field):
@@ -117,7 +89,18 @@ def _headers(raw):
             if len(value) != 1:
                 raise InvalidRequest(f"header {name} must have exactly one value")
             value = value[0]
-        if not isinstance(value, str) or any(c in value for c in "\r\n\0") or len(value) > 4096:
+        if not isinstance(value, str) or len(value) > 4096:
             raise InvalidRequest(f"header {name} has an invalid value")
+        if not _sendable(value):
+            # A value no HTTP client could have sent (and STS could have signed) is a forged
+            # proof, not an outage: refuse it here, before the HTTP layer raises on it.
+            raise InvalidProof(f"header {name} has a value no HTTP client sends (control, non-latin-1 "
+                               "or surrounding whitespace)")
         headers.append((name, value))
     return tuple(headers)
+
+
+def _sendable(value):
+    if value != value.strip(" \t"):
+        return False
+    return all(32 <= ord(c) <= 255 and ord(c) != 127 for c in value)

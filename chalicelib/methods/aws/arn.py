@@ -3,7 +3,7 @@
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidProof
+from ...errors import InvalidProof
 
 # arn:PARTITION:SERVICE::ACCOUNT:RESOURCE (IAM and STS ARNs have no region)
 _ARN = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):(iam|sts)::(\d{12}):(.+)$")
@@ -36,6 +36,13 @@ class PrincipalArn:
         return None if self.kind == "user" else self.name
 
     @property
+    def session_task_id(self):
+        """The ECS task ID when the session name is one (ECS names task-role sessions so)."""
+        if self.kind == "assumed-role" and self.session_name and TASK_ID.match(self.session_name):
+            return self.session_name
+        return None
+
+    @property
     def session_instance_id(self):
         """The EC2 instance ID when the session name is one (EC2 names sessions so)."""
         if self.kind == "assumed-role" and self.session_name and INSTANCE_ID.match(self.session_name):
@@ -66,3 +73,30 @@ def parse_principal_arn(arn):
     if not _NAME.match(name) or not all(_PATH_SEGMENT.match(p) for p in parts[1:-1]):
         raise InvalidProof("IAM principal ARN has an invalid name or path")
     return PrincipalArn(partition, account, kind, name)
+
+
+# ECS task IDs are 32 hex characters; moto (and some older tasks) use UUIDs: accept both,
+# since DescribeTasks decides whether the task exists.
+TASK_ID = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
+# arn:PARTITION:ecs:REGION:ACCOUNT:task/CLUSTER/ID (the long ARN format; the short
+# task/ID one names no cluster, so DescribeTasks could not be asked)
+_TASK_ARN = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):ecs:([a-z]{2}(?:-[a-z]+)+-\d):(\d{12}):task/"
+                       r"([A-Za-z0-9_-]{1,255})/([0-9a-f-]{32,36})$")
+
+
+@dataclass(frozen=True)
+class TaskArn:
+    arn: str
+    partition: str
+    region: str
+    account: str
+    cluster: str
+    task_id: str
+
+
+def parse_task_arn(value):
+    """A long-format ECS task ARN, or None when `value` is not one."""
+    m = _TASK_ARN.match(value) if isinstance(value, str) else None
+    if not m or not TASK_ID.match(m.group(5)):
+        return None
+    return TaskArn(value, *m.groups())

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-from .errors import InvalidProof, Unavailable
+from ...errors import InvalidProof, Unavailable
+from ..base import Entity, VerifiedCaller
+from .arn import parse_principal_arn
 
 GET_CALLER_IDENTITY_BODY = b"Action=GetCallerIdentity&Version=2011-06-15"
 SERVER_ID_HEADER = "x-vault-aws-iam-server-id"
@@ -45,20 +47,6 @@ _PROOF_ERRORS = frozenset(
 
 
 @dataclass(frozen=True)
-class CallerIdentity:
-    arn: str
-    account: str
-    user_id: str
-    proof_hash: str  # SHA-256 of the signature: the replay key; not a secret
-    signed_at: datetime
-    valid_until: float  # after this the broker refuses the proof as stale anyway
-
-    @property
-    def principal(self):
-        return self.arn
-
-
-@dataclass(frozen=True)
 class SignedProof:
     """A proof that passed the offline checks: what the broker will send to STS."""
 
@@ -71,12 +59,17 @@ class SignedProof:
 
 class AwsProofVerifier:
     def __init__(self, settings, http_session, clock=time.time):
+        """`settings`: the method's AwsSettings (chalicelib/methods/aws/settings.py)."""
         self._endpoints = {urlsplit(u).hostname: u for u in settings.sts_endpoints}
         self._forward_url = settings.sts_forward_url
         self._server_id = settings.server_id
         self._max_skew = settings.max_clock_skew
         self._http = http_session
         self._clock = clock
+
+    def proof_hash(self, login):
+        """The replay key, known before any round trip: SHA-256 of the signature."""
+        return _hash(self.check(login).signature)
 
     def verify(self, login):
         proof = self.check(login)
@@ -211,12 +204,32 @@ class AwsProofVerifier:
             if node is None or not (node.text or "").strip():
                 raise Unavailable(f"STS answer has no {name}", backend="sts")
             fields[name] = node.text.strip()
-        return CallerIdentity(
-            arn=fields["Arn"], account=fields["Account"], user_id=fields["UserId"],
-            proof_hash=hashlib.sha256(proof.signature.encode()).hexdigest(),
-            signed_at=proof.signed_at,
-            valid_until=proof.signed_at.timestamp() + self._max_skew,
-        )
+        if fields["Account"] != _account_of(fields["Arn"]):
+            raise InvalidProof("STS answer is inconsistent: the ARN's account differs from Account")
+        return caller_from_arn(fields["Arn"], proof_hash=_hash(proof.signature),
+                               valid_until=proof.signed_at.timestamp() + self._max_skew)
+
+
+def caller_from_arn(arn_text, *, proof_hash, valid_until):
+    """The VerifiedCaller of a principal ARN STS vouched for. The session name's claim
+    (an instance ID, as EC2 names sessions; a task ID, as ECS does) is only a claim."""
+    arn = parse_principal_arn(arn_text)
+    claimed = None
+    if arn.session_instance_id:
+        claimed = Entity("ec2-instance", arn.session_instance_id)
+    elif arn.session_task_id:
+        claimed = Entity("ecs-task", arn.session_task_id)
+    return VerifiedCaller(method="aws", principal=arn_text, canonical_principal=arn.canonical_arn,
+                          account=arn.account, proof_hash=proof_hash, valid_until=valid_until, claimed=claimed)
+
+
+def _account_of(arn_text):
+    parts = arn_text.split(":")
+    return parts[4] if len(parts) > 4 else None
+
+
+def _hash(signature):
+    return hashlib.sha256(signature.encode()).hexdigest()
 
 
 def _parse_xml(body):
