@@ -29,7 +29,6 @@ from broker.http import (  # noqa: F401 - build_opener/post_json/HttpResult are 
     build_opener,
     check_base_url,
     describe_connection_error,
-    is_loopback,
     is_tls_verification_failure,
     parse_retry_after,
     post_json,
