@@ -119,7 +119,7 @@ def add_security_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     target.add_argument("--instance", help="an EC2 or GCE instance ID")
     target.add_argument("--principal", help="an STS session ARN, an IAM role/user ARN (every session of it), "
                         "or a service account email")
-    target.add_argument("--request-id", help="one issuance (its instance, else its principal, is quarantined)")
+    target.add_argument("--request-id", help="one request (its verified instance, else its principal, is quarantined)")
     revoke.add_argument("--reason", help="why (recorded in the audit trail); required")
     revoke.add_argument("--quarantine", default="24h", help="how long the target is refused: 30m, 24h, 7d; "
                         "0 for no quarantine (default 24h)")

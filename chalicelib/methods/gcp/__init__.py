@@ -11,6 +11,9 @@ from . import match as conditions  # noqa: F401  (the registry's view of this me
 
 NAME = "gcp"
 PROOF_FIELDS = ("jwt",)
+# Does the proof itself vouch for the machine it claims? Yes: Google signs a GCE
+# instance token's google.compute_engine claims.
+CLAIMS_SIGNED = True
 
 
 class GcpMethod:

@@ -1,0 +1,169 @@
+"""Red team of issue 10: attacks on the identity model, tried for real against the local
+stack (the real app in process, real OpenBao, moto with SigV4 verified, two accounts, ECS).
+
+Each test plays an attacker and asserts the attack is refused; the report of the red
+team (issue 10) lists which ones broke before their fix.
+"""
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from devstack.stack import SECOND_ACCOUNT_ID
+from tests.service.conftest import use_environment
+from tests.service.security_helpers import SecurityClient, fresh_when
+from tests.service.test_aws_issuance import assert_error, body_of
+from tests.sigv4 import signed_login
+
+FIRST = "123456789012"
+
+
+def proofs(broker, role_name, session, role, count, account=None):
+    """`count` distinct proofs of one session (signed at distinct seconds within the skew)."""
+    creds = broker.stack.assume(role_name, session, account)
+    now = datetime.now(timezone.utc)
+    return [signed_login(creds, role, broker.server_id, when=now - timedelta(seconds=i)) for i in range(count)]
+
+
+@pytest.fixture
+def tight_budget(broker, tmp_path, fresh_service):
+    """The shipped rules with a per-identity budget of 3 an hour."""
+    rules = tmp_path / "rules.toml"
+    text = (broker.stack.project_dir / "policies" / "rules.toml").read_text()
+    assert 'per_identity = "20/1h"' in text
+    rules.write_text(text.replace('per_identity = "20/1h"', 'per_identity = "3/1h"'))
+    restore = use_environment({"BROKER_RULES_FILE": str(rules)})
+    yield
+    restore()
+
+
+# ---- budgets spent by someone else ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("account, role_name", [(SECOND_ACCOUNT_ID, "demo-batch"), (FIRST, "demo-batch"),
+                                                (SECOND_ACCOUNT_ID, "demo-node")])
+def test_sessions_named_after_my_instance_do_not_spend_my_budget(broker, tight_budget, account, role_name):
+    """Anyone who can assume any role anywhere can name a session after a running
+    instance. Its requests are refused (the claim fails), but they must not use up the
+    real instance's per-identity budget: the claim is not verified when the budget is counted."""
+    victim = broker.web_instance()  # first account, demo-node, tagged vault-role=web
+    for proof in proofs(broker, role_name, victim, "web", 4, account):
+        response = broker.post(proof)
+        assert response.status_code in (403, 429), response.body
+    # The real instance still gets its credentials.
+    response = broker.login_as("demo-node", victim, "web")
+    assert response.status_code == 200, response.body
+
+
+def test_sessions_named_after_my_task_do_not_spend_my_budget(broker, tight_budget):
+    task = broker.stack.run_task({"vault-role": "web"})
+    task_id = task.rsplit("/", 1)[1]
+    for proof in proofs(broker, "demo-batch", task_id, "web", 4, SECOND_ACCOUNT_ID):
+        assert broker.post(proof).status_code in (403, 429)
+    creds = broker.stack.assume("demo-task", task_id)
+    response = broker.post(dict(signed_login(creds, "web", broker.server_id), ecs_task_arn=task))
+    assert response.status_code == 200, response.body
+
+
+def test_my_own_budget_still_holds(broker, tight_budget):
+    """The fix must not open the budget: the real instance looping is still stopped."""
+    victim = broker.web_instance()
+    answers = [broker.post(p).status_code for p in proofs(broker, "demo-node", victim, "web", 4)]
+    assert answers == [200, 200, 200, 429]
+
+
+# ---- revocations of a borrowing request -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def security(broker):
+    return SecurityClient(broker, broker.stack.assume("security-team", f"eve-hunter-{uuid.uuid4().hex[:6]}"))
+
+
+def test_revoking_a_borrowers_request_quarantines_the_borrower_not_the_victim(broker, security):
+    """A second-account session names a first-account instance and is refused. The
+    security team revokes that request (by its ID, with a quarantine): the quarantine must
+    fall on who made it, not on the instance it only claimed to be."""
+    victim = broker.web_instance()
+    attacker = broker.stack.assume("demo-batch", victim, SECOND_ACCOUNT_ID)
+    refused = assert_error(broker.post(signed_login(attacker, "web", broker.server_id, when=fresh_when())),
+                           403, "not_authorized")
+    response = security.post("/v1/revocations", {"request_id": refused["request_id"], "reason": "borrowing attempt",
+                                                 "quarantine": "1h"})
+    assert response.status_code == 200, response.body
+    doc = body_of(response)
+    assert doc["quarantine"][0]["target"] != {"instance": victim}, doc
+    # The victim still boots...
+    assert broker.login_as("demo-node", victim, "web").status_code == 200
+    # ...and the borrower is the one refused.
+    again = broker.post(signed_login(attacker, "web", broker.server_id, when=fresh_when()))
+    assert_error(again, 403, "quarantined")
+
+
+# ---- task claims ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda arn: arn.replace(":us-east-1:", ":eu-west-3:"),  # another region
+    lambda arn: arn.replace("arn:aws:", "arn:aws-cn:").replace(":us-east-1:", ":cn-north-1:"),  # another partition
+    lambda arn: arn.replace("/demo-cluster/", "/other-cluster/"),  # another cluster's name
+])
+def test_a_task_arn_of_another_place_is_refused_by_name(broker, mutate):
+    task = broker.stack.run_task({"vault-role": "web"})
+    task_id = task.rsplit("/", 1)[1]
+    creds = broker.stack.assume("demo-task", task_id)
+    response = broker.post(dict(signed_login(creds, "web", broker.server_id), ecs_task_arn=mutate(task)))
+    # never a 503 (a forged claim is no outage) and never a 500
+    assert response.status_code == 403, response.body
+    assert body_of(response)["error"]["code"] == "not_authorized"
+
+
+def test_a_task_role_session_of_another_account_named_after_a_task_is_refused(broker):
+    task = broker.stack.run_task({"vault-role": "web"})  # first account
+    task_id = task.rsplit("/", 1)[1]
+    creds = broker.stack.assume("demo-node", task_id, SECOND_ACCOUNT_ID)
+    response = broker.post(dict(signed_login(creds, "web", broker.server_id), ecs_task_arn=task))
+    doc = assert_error(response, 403, "not_authorized")
+    assert "ecs_task_arn names a task of account" in broker.audit.get(doc["request_id"])["reason"]
+
+
+def test_a_uuid_session_of_a_non_task_role_gets_no_task(broker):
+    """A batch role's session named after a running web task (no ecs_task_arn): the task
+    is found, but runs with another role: refused, never granted web."""
+    task = broker.stack.run_task({"vault-role": "web"})
+    task_id = task.rsplit("/", 1)[1]
+    response = broker.login_as("demo-batch", task_id, "web")
+    assert_error(response, 403, "not_authorized")
+
+
+# ---- the {method} route and the audited frame ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["__init__", "AWS", "aws ", "base", "REGISTRY", "gcp.proof", "..", "%2e%2e",
+                                  "x" * 300])
+def test_odd_method_names_are_an_audited_400(broker, name):
+    creds = broker.stack.assume("demo-batch", f"job-{uuid.uuid4().hex[:8]}")
+    response = broker.client.http.post(f"/v1/credentials/{name}",
+                                       body=json.dumps(signed_login(creds, "batch", broker.server_id)),
+                                       headers={"Content-Type": "application/json"})
+    assert response.status_code in (400, 404), response.body
+    if response.status_code == 400:
+        doc = body_of(response)
+        assert doc["error"]["code"] == "invalid_request"
+        assert broker.audit.get(doc["request_id"])["method"] == "unknown"
+
+
+def test_an_incident_about_an_unknown_method_record_is_a_400(broker):
+    """An incident report naming the audit record of a request to an unknown method."""
+    creds = broker.stack.assume("demo-batch", f"job-{uuid.uuid4().hex[:8]}")
+    response = broker.client.http.post("/v1/credentials/azure",
+                                       body=json.dumps(signed_login(creds, "batch", broker.server_id)),
+                                       headers={"Content-Type": "application/json"})
+    request_id = body_of(response)["request_id"]
+    body = dict(signed_login(creds, "batch", broker.server_id, when=fresh_when()), request_id=request_id)
+    del body["role"]
+    response = broker.client.http.post("/v1/incidents", body=json.dumps(body),
+                                       headers={"Content-Type": "application/json"})
+    assert response.status_code in (400, 403), response.body
