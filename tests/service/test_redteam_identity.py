@@ -167,3 +167,54 @@ def test_an_incident_about_an_unknown_method_record_is_a_400(broker):
     response = broker.client.http.post("/v1/incidents", body=json.dumps(body),
                                        headers={"Content-Type": "application/json"})
     assert response.status_code in (400, 403), response.body
+
+
+# ---- replays across routes ---------------------------------------------------------------------------------
+
+
+def test_a_proof_spent_on_a_security_route_is_refused_for_issuance(broker, security):
+    """One X-Broker-Proof, spent by an audit read, then replayed as a login: 401 proof_replayed."""
+    from tests.service.security_helpers import proof_header
+
+    header = proof_header(security.creds, broker.server_id)
+    assert security.get("/v1/audit/events?limit=1", proof=header).status_code == 200
+    login = dict(json.loads(__import__("base64").b64decode(header)), role="web")
+    assert_error(broker.post(login), 401, "proof_replayed")
+    # ...and the other way round: a login's proof is no X-Broker-Proof afterwards.
+    creds = broker.stack.assume("demo-batch", f"job-{uuid.uuid4().hex[:8]}")
+    spent = signed_login(creds, "batch", broker.server_id, when=fresh_when())
+    assert broker.post(spent).status_code == 200
+    again = __import__("base64").b64encode(json.dumps({k: v for k, v in spent.items() if k != "role"}).encode())
+    response = security.get("/v1/audit/events?limit=1", proof=again.decode())
+    assert response.status_code == 401 and body_of(response)["error"]["code"] == "proof_replayed"
+
+
+# ---- caches across accounts ----------------------------------------------------------------------------------
+
+
+def test_role_tags_cached_for_one_account_are_not_served_to_another(broker):
+    """The first account's demo-batch (tagged batch) read first, then the second account's
+    namesake (untagged) within the cache's 5 seconds: the cache must be per account."""
+    assert broker.login_as("demo-batch", f"job-{uuid.uuid4().hex[:8]}", "batch").status_code == 200
+    creds = broker.stack.assume("demo-batch", f"job-{uuid.uuid4().hex[:8]}", SECOND_ACCOUNT_ID)
+    assert_error(broker.post(signed_login(creds, "batch", broker.server_id)), 403, "not_authorized")
+
+
+def test_an_instance_profile_cached_for_one_account_is_not_served_to_another(broker):
+    mine = broker.web_instance()
+    assert broker.login_as("demo-node", mine, "web").status_code == 200  # caches demo-node's profile (first account)
+    theirs = broker.stack.launch_instance({"vault-role": "web"}, profile=None, account=SECOND_ACCOUNT_ID)
+    creds = broker.stack.assume("demo-node", theirs, SECOND_ACCOUNT_ID)
+    doc = assert_error(broker.post(signed_login(creds, "web", broker.server_id)), 403, "not_authorized")
+    assert "no instance profile" in broker.audit.get(doc["request_id"])["reason"]
+
+
+# ---- odd task ARNs are never a 5xx ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["\n", " ", "/", "#x", "?x"])
+def test_a_task_arn_with_trailing_junk_is_never_a_5xx(broker, suffix):
+    task = broker.stack.run_task({"vault-role": "web"})
+    creds = broker.stack.assume("demo-task", task.rsplit("/", 1)[1])
+    response = broker.post(dict(signed_login(creds, "web", broker.server_id), ecs_task_arn=task + suffix))
+    assert response.status_code in (200, 400, 403), response.body

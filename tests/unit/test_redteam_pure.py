@@ -174,3 +174,24 @@ def test_a_transaction_that_keeps_conflicting_is_a_503():
 def test_cancellation_reasons_are_read_by_position(codes, error):
     with pytest.raises(error):
         admit(FakeDynamo(cancelled(*codes)))
+
+
+# ---- configuration -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("same", [("BROKER_QUARANTINE_TABLE", "BROKER_REPLAY_TABLE"),
+                                  ("BROKER_REPLAY_TABLE", "BROKER_AUDIT_TABLE"),
+                                  ("BROKER_QUARANTINE_TABLE", "BROKER_AUDIT_TABLE")])
+def test_one_table_named_twice_stops_the_start(same):
+    """The quarantine table given as the replay table: every admission transaction would
+    fail (a 503 per request) instead of the start failing with the variable's name."""
+    from chalicelib.config import Settings
+    from chalicelib.errors import ConfigError
+
+    env = {"BROKER_VAULT_ADDR": "http://127.0.0.1:1", "BROKER_VAULT_ROLE_ID": "r", "BROKER_VAULT_SECRET_ID_SECRET": "s",
+           "BROKER_SERVER_ID": "x", "BROKER_AUDIT_TABLE": "audit", "BROKER_REPLAY_TABLE": "replay",
+           "BROKER_QUARANTINE_TABLE": "quarantine"}
+    Settings.from_env(dict(env))  # three tables: fine
+    env[same[0]] = env[same[1]]
+    with pytest.raises(ConfigError, match=same[0]):
+        Settings.from_env(env)
