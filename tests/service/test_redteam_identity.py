@@ -218,3 +218,32 @@ def test_a_task_arn_with_trailing_junk_is_never_a_5xx(broker, suffix):
     creds = broker.stack.assume("demo-task", task.rsplit("/", 1)[1])
     response = broker.post(dict(signed_login(creds, "web", broker.server_id), ecs_task_arn=task + suffix))
     assert response.status_code in (200, 400, 403), response.body
+
+
+def test_a_replayed_security_proof_costs_no_sts_call(broker, security, monkeypatch):
+    """Like a login's: the X-Broker-Proof and an incident report's proof are looked up in
+    the replay store before STS is asked (a replay flood must not become STS traffic)."""
+    from chalicelib.methods.aws.proof import AwsProofVerifier
+    from tests.service.security_helpers import proof_fields, proof_header
+
+    asked = []
+    real = AwsProofVerifier.ask_sts
+    monkeypatch.setattr(AwsProofVerifier, "ask_sts", lambda self, proof: asked.append(1) or real(self, proof))
+    header = proof_header(security.creds, broker.server_id)
+    assert security.get("/v1/audit/events?limit=1", proof=header).status_code == 200
+    assert len(asked) == 1
+    for _ in range(3):
+        response = security.get("/v1/audit/events?limit=1", proof=header)
+        assert response.status_code == 401 and body_of(response)["error"]["code"] == "proof_replayed"
+    assert len(asked) == 1, "a replayed X-Broker-Proof reached STS"
+
+    creds = broker.stack.assume("demo-batch", f"job-{uuid.uuid4().hex[:8]}")
+    issued = body_of(broker.post(signed_login(creds, "batch", broker.server_id, when=fresh_when())))
+    report = dict(proof_fields(creds, broker.server_id), request_id=issued["request_id"])
+    post = lambda: broker.client.http.post("/v1/incidents", body=json.dumps(report),  # noqa: E731
+                                           headers={"Content-Type": "application/json"})
+    assert post().status_code == 200
+    before = len(asked)
+    response = post()
+    assert response.status_code == 401 and body_of(response)["error"]["code"] == "proof_replayed"
+    assert len(asked) == before, "a replayed incident proof reached STS"
