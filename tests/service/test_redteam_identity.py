@@ -247,3 +247,64 @@ def test_a_replayed_security_proof_costs_no_sts_call(broker, security, monkeypat
     response = post()
     assert response.status_code == 401 and body_of(response)["error"]["code"] == "proof_replayed"
     assert len(asked) == before, "a replayed incident proof reached STS"
+
+
+# ---- a revocation racing an issuance ----------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="open: a revocation that runs while an issuance of its target is minting "
+                                       "finds no record of it yet, says complete, and the secret ID survives")
+def test_a_secret_id_minted_while_its_instance_is_revoked_does_not_survive(broker, security, monkeypatch):
+    import app as broker_app
+    import hvac
+    from chalicelib.minter import VaultMinter
+    from tests.service.security_helpers import proof_header
+
+    instance = broker.web_instance()
+    revocation = {}
+    real_issue = VaultMinter.issue
+
+    def issue_then_revoke(self, *args, **kwargs):
+        minted = real_issue(self, *args, **kwargs)
+        if not revocation:  # the security team revokes the instance while this issuance is in flight
+            revocation.update(broker_app.get_service().security.revoke(
+                json.dumps({"instance": instance, "reason": "race", "quarantine": "1h"}).encode(),
+                headers={"X-Broker-Proof": proof_header(security.creds, broker.server_id)}))
+        return minted
+
+    monkeypatch.setattr(VaultMinter, "issue", issue_then_revoke)
+    response = broker.login_as("demo-node", instance, "web")
+    assert revocation.get("complete") is True
+    if response.status_code != 200:
+        return  # refused: nothing survives
+    doc = body_of(response)
+    secret_id = hvac.Client(url=broker.stack.vault_addr, token=doc["secret_id_wrap"]["token"]).sys.unwrap()["data"][
+        "secret_id"]
+    import requests
+
+    login = requests.post(f"{broker.stack.vault_addr}/v1/auth/approle/login", timeout=10,
+                          json={"role_id": broker.stack.vault_seed.role_ids["web"], "secret_id": secret_id})
+    assert login.status_code != 200, "a secret ID issued during the revocation still logs in"
+
+
+# ---- what a task says about itself ---------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="open: a task's service is read from its `group`, which RunTask lets "
+                                       "whoever runs a task set (group='service:NAME'): ecs_services is only as "
+                                       "strong as ecs:RunTask on the cluster")
+def test_a_standalone_task_can_not_claim_a_service_by_its_group(broker, tmp_path, fresh_service):
+    rules = tmp_path / "rules.toml"
+    text = (broker.stack.project_dir / "policies" / "rules.toml").read_text()
+    web_tasks = 'ecs_clusters = ["demo-cluster"]\ntask_tags = { "vault-role" = "web" }'
+    assert web_tasks in text
+    rules.write_text(text.replace(web_tasks, 'ecs_clusters = ["demo-cluster"]\necs_services = ["web-*"]'))
+    restore = use_environment({"BROKER_RULES_FILE": str(rules)})
+    try:
+        # Not a task of any service: run by hand, naming a service group of its own choosing.
+        task = broker.stack.run_task(group="service:web-frontend")
+        creds = broker.stack.assume("demo-task", task.rsplit("/", 1)[1])
+        response = broker.post(dict(signed_login(creds, "web", broker.server_id), ecs_task_arn=task))
+        assert response.status_code == 403  # (no body in the message: it would hold wrapping tokens)
+    finally:
+        restore()
