@@ -11,6 +11,7 @@ Stores know no method: callers hand in the proof hash, the identity key and the
 quarantine keys (from the VerifiedCaller).
 """
 
+import random
 import time
 
 from .aws_calls import attempt, call, try_call
@@ -19,14 +20,18 @@ from .errors import ProofReplayed, Quarantined, RateLimited, Unavailable
 
 # STS accepts a signature for 15 minutes; keep the record at least that long past our own window.
 STS_SIGNATURE_LIFETIME = 15 * 60
+# Transactions cancelled only by conflicts with concurrent ones are tried again (jittered).
+CONFLICT_ATTEMPTS = 4
+CONFLICT_BACKOFF = 0.02  # seconds, doubled per attempt
 
 
 class Admission:
-    def __init__(self, dynamodb, replay_table, quarantine_table=None, clock=time.time):
+    def __init__(self, dynamodb, replay_table, quarantine_table=None, clock=time.time, sleep=time.sleep):
         self._db = dynamodb
         self._replay = replay_table
         self._quarantine = quarantine_table  # None: no quarantine and no rate limits
         self._clock = clock
+        self._sleep = sleep
 
     def seen(self, proof_hash):
         """ProofReplayed when this proof was spent before (a cheap read before verification)."""
@@ -74,8 +79,7 @@ class Admission:
                 "ExpressionAttributeValues": {":now": {"N": str(now)}}}})
         if len(items) == 1:
             return self._spend(items[0]["Put"])
-        _, cancelled = attempt("replay store", ("TransactionCanceledException",), self._db.transact_write_items,
-                               TransactItems=items)
+        cancelled = self._transact(items)
         if cancelled is None:
             return None
         failed = _failed_items(cancelled)
@@ -94,6 +98,21 @@ class Admission:
         raise RateLimited("too many credentials asked for by this caller recently; try again later",
                           retry_after=max(1, start + window - now),
                           detail=f"rate limit issue-identity {identity_key}: {limit.count} per {window}s reached")
+
+    def _transact(self, items):
+        """The transaction; None when it went through, else its cancellation.
+
+        Every instance of a role checks the same `quarantine#principal#<role ARN>` item, so
+        two of them booting at once make concurrent transactions on one item, which
+        DynamoDB cancels with TransactionConflict (nothing written). That is contention, not
+        an outage: try again a few times, with jitter, before answering 503."""
+        for attempt_number in range(CONFLICT_ATTEMPTS):
+            _, cancelled = attempt("replay store", ("TransactionCanceledException",), self._db.transact_write_items,
+                                   TransactItems=items)
+            if cancelled is None or not _only_conflicts(cancelled) or attempt_number == CONFLICT_ATTEMPTS - 1:
+                return cancelled
+            self._sleep(random.uniform(0, CONFLICT_BACKOFF * 2 ** attempt_number))
+        return cancelled
 
     # ---- items ---------------------------------------------------------------------------
 
@@ -150,6 +169,12 @@ class Admission:
 
 def _reasons(error):
     return ",".join(str((r or {}).get("Code")) for r in getattr(error, "response", {}).get("CancellationReasons", []))
+
+
+def _only_conflicts(error):
+    """Was the transaction cancelled by concurrent transactions only (nothing else failed)?"""
+    codes = {(r or {}).get("Code") for r in getattr(error, "response", {}).get("CancellationReasons") or []}
+    return "TransactionConflict" in codes and codes <= {"TransactionConflict", "None", None}
 
 
 def _failed_items(error):

@@ -76,7 +76,8 @@ class SecurityService:
         self._quarantine = quarantine
         self._log = logger
         self._clock = clock
-        self._admins = AdminAuthenticator(rules, lambda login: self._method("aws").verify(login), replay)
+        self._admins = AdminAuthenticator(rules, lambda login: self._method("aws").verify(login), replay,
+                                          proof_hash=lambda login: self._method("aws").proof_hash(login))
 
     @classmethod
     def for_service(cls, service, *, dynamodb, quarantine):
@@ -165,12 +166,7 @@ class SecurityService:
                     raise NotFound(f"no audit record {value}")
                 record.related_request_id = value
                 issued = [found] if found.get("outcome") == "issued" else []
-                if found.get("instance"):
-                    quarantine_target = ("instance", found["instance"])
-                elif found.get("principal"):
-                    quarantine_target = ("principal", found["principal"])
-                else:
-                    quarantine_target = None
+                quarantine_target = _quarantine_target_of(found)
             else:
                 probe = parse_query({kind: [value]}, now=now, retention_days=1)  # validates the value
                 issued = self._issued_to(kind, getattr(probe, kind), now)
@@ -306,6 +302,7 @@ class SecurityService:
             method = self._method(method_name)
             proof = {k: doc[k] for k in self._proof_fields(method_name) if k in doc}
             login = method.parse(json.dumps(dict(proof, role="incident")).encode())
+            self._replay.seen(method.proof_hash(login))  # as a login: a replayed proof costs no cloud call
             caller = method.verify(login)
             record.principal, record.account = caller.principal, caller.account
             record.instance = caller.claimed.id if caller.claimed else None
@@ -352,6 +349,32 @@ def _not_the_callers(issuance, caller, instance):
     if issuance.get("instance") and issuance["instance"] != instance:
         return f"issued to instance {issuance['instance']}, reported from {instance}"
     return None
+
+
+def _quarantine_target_of(record):
+    """What to quarantine for an audit record: its machine when the broker verified it,
+    else the principal that made the request.
+
+    SECURITY: a refused request's `instance` may be a mere claim (an AWS session named
+    after someone else's instance or task, from any account). Quarantining it would lock
+    the real machine out and leave the requester free."""
+    instance, principal = record.get("instance"), record.get("principal")
+    if instance and _machine_verified(record):
+        return ("instance", instance)
+    if principal:
+        return ("principal", principal)
+    return ("instance", instance) if instance else None
+
+
+def _machine_verified(record):
+    facts = record.get("facts")
+    if isinstance(facts, dict):  # the facts step ran: the machine is verified when it holds it
+        return (not facts.get("claim_error") and not facts.get("claim_trust_error")
+                and any(isinstance(facts.get(k), dict) for k in ("instance", "task")))
+    from .methods import REGISTRY, package
+
+    method = record.get("method")  # refused before the facts step: only a claim the cloud signed counts
+    return method in REGISTRY and bool(getattr(package(method), "CLAIMS_SIGNED", False))
 
 
 def _dec(seconds):

@@ -122,7 +122,7 @@ def add_security_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     target.add_argument("--instance", help="an EC2 or GCE instance ID")
     target.add_argument("--principal", help="an STS session ARN, an IAM role/user ARN (every session of it), "
                         "or a service account email")
-    target.add_argument("--request-id", help="one issuance (its instance, else its principal, is quarantined)")
+    target.add_argument("--request-id", help="one request (its verified instance, else its principal, is quarantined)")
     revoke.add_argument("--reason", metavar="TEXT",
                         help="why (recorded in the audit trail); required, except for `revoke lift`")
     revoke.add_argument("--quarantine", default="24h", help="how long the target is refused: 30m, 24h, 7d; "
