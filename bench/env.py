@@ -72,6 +72,19 @@ def import_app():
     return app
 
 
+def latency_module():
+    """devstack/latency.py of this checkout (also when an older tree is measured)."""
+    name = "bench_latency_proxy"
+    if name not in sys.modules:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(name, PROJECT_DIR / "devstack" / "latency.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def _sigv4():
     activate_tree()
     from tests import sigv4
@@ -178,6 +191,7 @@ class Bench:
     def __init__(self, stack: Stack | None = None, workdir: Path | str | None = None,
                  say: Callable[[str], None] = lambda _m: None):
         self.say = say
+        self.latency = None  # the LatencyStack in front of moto and OpenBao (devstack/latency.py)
         self._own_stack = stack is None
         self._workdir = workdir
         self.stack = stack
@@ -189,8 +203,9 @@ class Bench:
     rules_override: dict = {}
 
     def broker_env(self) -> dict:
-        """The stack's broker environment with the benchmark's rules (no rate limit)."""
-        return {**self.stack.broker_env(), **self.rules_override}
+        """The stack's broker environment with the benchmark's rules (no rate limit) and
+        its backends behind the latency proxies (no delay unless a benchmark sets one)."""
+        return {**self.stack.broker_env(), **self.rules_override, **(self.latency.env() if self.latency else {})}
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -204,12 +219,11 @@ class Bench:
             workdir = self._workdir or tempfile.mkdtemp(prefix="bench-stack-")
             t0 = time.perf_counter()
             self.stack = Stack.start(workdir, with_broker=False, project_dir=tree())
-            self.rules_override = unlimited_rules(tree(), self.stack.workdir)
-            self.stack.start_broker(self.rules_override)
             self.say(f"local stack up in {time.perf_counter() - t0:.1f} s (workdir {workdir})")
-        elif self.stack.broker is None or self.stack.broker.proc is None:
-            self.rules_override = unlimited_rules(tree(), self.stack.workdir)
-            self.stack.start_broker(self.rules_override)
+        self.rules_override = unlimited_rules(tree(), self.stack.workdir)
+        self.latency = latency_module().LatencyStack(self.stack).start()
+        if self.stack.broker is None or self.stack.broker.proc is None:
+            self.stack.start_broker(self.broker_env())  # chalice local, through the proxies too
         from chalice.test import Client
 
         broker_app = import_app()
@@ -232,6 +246,9 @@ class Bench:
             self._saved_env = None
             self.app_module._service = None
         self._restore_broker_log()
+        if self.latency is not None:
+            self.latency.stop()
+            self.latency = None
         if self._own_stack and self.stack is not None:
             self.stack.stop()
 
