@@ -306,6 +306,15 @@ class Bench:
         headers = {"Content-Type": "application/json"} if body else {}
         return gw._generate_lambda_event(method, path, headers, body), gw._generate_lambda_context()
 
+    def json_event(self, body: bytes) -> dict:
+        """The API Gateway event of a POST as API Gateway sends it (JSON-safe: a text body),
+        for another process."""
+        event, _ = self.lambda_event(body)
+        event = dict(event)
+        if isinstance(event.get("body"), bytes):
+            event["body"] = event["body"].decode()
+        return event
+
     def invoke(self, event, context) -> dict:
         """The Lambda entry point itself: ``app.app(event, context)``."""
         return self.app_module.app(event, context)
