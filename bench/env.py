@@ -404,11 +404,14 @@ def _label(server: str, method: str, url: str, body: Any, headers) -> str:
     return f"{service} {action.group(1) if action else method + ' ' + path}"
 
 
-def backend_ports(stack: Stack) -> dict[int, str]:
-    """Port -> server name, for :func:`trace_http`."""
+def backend_ports(stack: Stack, latency=None) -> dict[int, str]:
+    """Port -> server name, for :func:`trace_http` (the latency proxies named as their upstreams)."""
     from urllib.parse import urlsplit
 
     ports = {urlsplit(stack.aws_endpoint_url).port: "moto", urlsplit(stack.vault_addr).port: "vault"}
+    if latency is not None:
+        ports[urlsplit(latency.aws.url).port] = "moto"
+        ports[urlsplit(latency.vault.url).port] = "vault"
     if stack.broker_url:
         ports[urlsplit(stack.broker_url).port] = "broker"
     return ports

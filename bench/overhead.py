@@ -99,7 +99,7 @@ def overhead(bench: Bench, iterations: int, say=print) -> dict:
 def trace_issuance(bench: Bench, count: int = 5) -> dict:
     """The backend calls of in-process issuances (chalice.test.Client), call by call:
     per position, the label and the median duration; and the time spent outside calls."""
-    ports = backend_ports(bench.stack)
+    ports = backend_ports(bench.stack, bench.latency)
     runs = []
     for _ in range(count):
         body = bench.proofs.login()
