@@ -296,8 +296,9 @@ def report(doc: dict) -> str:
                   "CPU per issuance during the storm: " + ", ".join(
                       f"{k} {v:.1f} ms" for k, v in (s.get("cpu_ms_per_issuance") or {}).items()),
                   f"reconciled: {ck['answered_200']} answered 200, {ck['audit_records']} audit records "
-                  f"{ck['audit_outcomes']}, {ck['vault_new_accessors']} secret IDs live in Vault after the storm, "
-                  f"{ck['used_ok']} unwrapped and logged in; lost {s['lost']} {ck['lost_reasons'] or ''}, "
+                  f"{ck['audit_outcomes']}; {ck['used_ok']} unwrapped and logged in as they arrived; "
+                  f"{ck['vault_new_accessors_live']} secret IDs minted during the storm still live in Vault "
+                  f"({ck['issued_still_live']} of them issued); lost {s['lost']} {ck['lost_reasons'] or ''}, "
                   f"duplicates {s['duplicates']}, orphans {s['orphans']}"
                   + (f"; worker errors: {s['worker_errors']}" if s["worker_errors"] else ""), ""]
     c = r.get("client")

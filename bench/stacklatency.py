@@ -18,6 +18,8 @@ shared machine hits them alike. Every proof is signed before the timed call.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections import Counter
 
@@ -25,6 +27,13 @@ from .env import Bench, latency_module
 from .stats import ratio, summary_ms
 
 UNIFORM_DELAY_MS = 50.0
+
+
+def in_region_delays() -> dict:
+    """DEFAULT_DELAYS_MS, with BENCH_DELAYS_MS (a JSON object, e.g. '{"iam": 80}') over it."""
+    delays = dict(latency_module().DEFAULT_DELAYS_MS)
+    delays.update(json.loads(os.environ.get("BENCH_DELAYS_MS") or "{}"))
+    return delays
 
 
 def shortest_chain_ms(delays: dict) -> float:
@@ -55,7 +64,7 @@ def requests_per_issuance(bench: Bench, n: int) -> dict:
 def latency_profiles(bench: Bench, iterations: int, say=print) -> dict:
     mod = latency_module()
     lat = bench.latency
-    delays = dict(mod.DEFAULT_DELAYS_MS)
+    delays = in_region_delays()
     profiles = {
         "none": (mod.NO_DELAY, "add"),
         f"uniform {UNIFORM_DELAY_MS:g} ms (add)": (mod.uniform(UNIFORM_DELAY_MS), "add"),

@@ -19,13 +19,17 @@ one signed proof each, all before the timed part. Then:
   ID, cut STS connections, slow Vault answers). A request answered 503 is asked
   again with a fresh proof (at the back of the queue), up to ``MAX_ATTEMPTS``.
 
-Afterwards, the reconciliation (Vault and DynamoDB read directly, no proxy):
+The callers' side: each 200 is used at once, as ``broker login`` does (its wrapping
+tokens live 60 s): both tokens unwrapped, the secret ID used for an AppRole login
+with its role ID (directly against OpenBao, on a pool of 2 threads in the
+benchmark process). Afterwards, the reconciliation (Vault and DynamoDB read
+directly, no proxy):
 
-1. Vault's secret-ID accessors of role ``web`` (LIST, root token) minus those that
-   existed before the storm: what was minted and is still live;
-2. the audit records of the storm's instances (Scan);
-3. every 200's two wrapping tokens unwrapped, every secret ID used for an AppRole
-   login with its role ID.
+1. Vault's live secret-ID accessors of role ``web`` (LIST, root token) minus those
+   live before the storm: what was minted during the storm and is still usable
+   (a used secret ID is gone: ``num_uses=1``);
+2. the audit records of the storm's instances (Scan), against each 200 (request
+   ID, wrapping accessor) and each unwrapped secret ID (its accessor).
 
 ``storm_requests``: identities; ``storm_lost``: identities without a usable
 credential (no 200 after the retries, no issued audit record naming the answer's
@@ -49,7 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from .coldstart import LAMBDA_ENV, clean_env
-from .env import NODE_ROLE, WEB_TAGS, Bench, _sigv4, latency_module, tree
+from .env import NODE_ROLE, WEB_TAGS, Bench, _sigv4, tree
 from .stats import summary_ms
 
 MAX_ATTEMPTS = 6
@@ -137,6 +141,7 @@ class _Identity:
         self.attempts: list[dict] = []
         self.answer: dict | None = None  # the 200's body
         self.t_done: float | None = None
+        self.used = None  # the client's unwrap + login, started as the 200 arrives
 
 
 def _proof_event(bench: Bench, ident: _Identity) -> dict:
@@ -161,6 +166,36 @@ def _vault_accessors(bench: Bench) -> set[str]:
     return set(((data or {}).get("data") or {}).get("keys") or [])
 
 
+_sessions = threading.local()
+
+
+def use_credentials(vault_addr: str, answer: dict) -> tuple[str, str | None]:
+    """What the client does with a 200 at once: unwrap both tokens (their TTL is 60 s)
+    and log in with the secret ID. Returns (outcome, the unwrapped secret-ID accessor)."""
+    import requests
+
+    http = getattr(_sessions, "http", None)
+    if http is None:
+        http = _sessions.http = requests.Session()
+        http.trust_env = False
+    try:
+        r1 = http.post(f"{vault_addr}/v1/sys/wrapping/unwrap",
+                       headers={"X-Vault-Token": answer["role_id_wrap"]["token"]}, timeout=10)
+        r2 = http.post(f"{vault_addr}/v1/sys/wrapping/unwrap",
+                       headers={"X-Vault-Token": answer["secret_id_wrap"]["token"]}, timeout=10)
+        if r1.status_code != 200 or r2.status_code != 200:
+            return "unwrap failed", None
+        role_id = r1.json()["data"]["role_id"]
+        sid = r2.json()["data"]
+        r3 = http.post(f"{vault_addr}/v1/auth/approle/login",
+                       json={"role_id": role_id, "secret_id": sid["secret_id"]}, timeout=10)
+        if r3.status_code != 200 or not (r3.json().get("auth") or {}).get("client_token"):
+            return "login failed", sid.get("secret_id_accessor")
+        return "ok", sid.get("secret_id_accessor")
+    except Exception as e:  # noqa: BLE001 - counted as lost
+        return f"error {type(e).__name__}", None
+
+
 def storm(bench: Bench, n: int, workers: int, say=print, faults: list | None = None) -> dict:
     faults = FAULTS if faults is None else faults
     t_prep = time.perf_counter()
@@ -177,7 +212,9 @@ def storm(bench: Bench, n: int, workers: int, say=print, faults: list | None = N
         f"cold processes, faults {'on' if faults else 'off'}")
 
     lat = bench.latency
-    lat.set_delays(latency_module().DEFAULT_DELAYS_MS, mode="pad")  # in-region latencies
+    from .stacklatency import in_region_delays
+
+    lat.set_delays(in_region_delays(), mode="pad")
     lat.set_faults(faults)
     lat.reset()
     env = clean_env({**bench.broker_env(), **LAMBDA_ENV})
@@ -185,6 +222,9 @@ def storm(bench: Bench, n: int, workers: int, say=print, faults: list | None = N
     pending = [n]  # identities neither answered 200 nor out of attempts
     statuses: Counter = Counter()
     worker_errors: list[str] = []
+    # the callers' side: each 200 is unwrapped and used at once, as `broker login` does
+    # (directly against OpenBao, not through the proxies)
+    clients = ThreadPoolExecutor(2)
 
     def finish_one():
         with lock:
@@ -202,6 +242,7 @@ def storm(bench: Bench, n: int, workers: int, say=print, faults: list | None = N
                     if r["status"] == 200:
                         ident.answer = json.loads(r["body"])
                         ident.t_done = r["t1"]
+                        ident.used = clients.submit(use_credentials, bench.stack.vault_addr, ident.answer)
                         finish_one()
                     elif len(ident.attempts) >= MAX_ATTEMPTS:
                         finish_one()
@@ -250,6 +291,7 @@ def storm(bench: Bench, n: int, workers: int, say=print, faults: list | None = N
         if p.returncode:
             worker_errors.append(f"a worker exited {p.returncode}: {p.stderr.read()[-500:]}")
     cpu1 = {name: _proc_cpu(pid) for name, pid in pids.items()}
+    clients.shutdown(wait=True)
     faulted = lat.faulted()
     lat.set_faults([])
     for p in procs:
@@ -284,10 +326,8 @@ def storm(bench: Bench, n: int, workers: int, say=print, faults: list | None = N
 
 
 def reconcile(bench: Bench, idents: list[_Identity], vault_before: set[str]) -> dict:
-    import requests
-
     t0 = time.perf_counter()
-    vault_new = _vault_accessors(bench) - vault_before  # before any login uses them up
+    vault_new = _vault_accessors(bench) - vault_before
 
     # the storm's audit records
     db = bench.stack.client("dynamodb")
@@ -308,33 +348,10 @@ def reconcile(bench: Bench, idents: list[_Identity], vault_before: set[str]) -> 
     issued_named = Counter(r["secret_id_accessor"] for recs in records.values() for r in recs
                            if r.get("outcome") == "issued" and r.get("secret_id_accessor"))
 
-    # every credential used: unwrap both tokens, log in (directly, not through the proxies)
-    vault = bench.stack.vault_addr
-    http = requests.Session()
-    http.trust_env = False
-
-    def use(ident):
-        a = ident.answer
-        try:
-            r1 = http.post(f"{vault}/v1/sys/wrapping/unwrap", headers={"X-Vault-Token": a["role_id_wrap"]["token"]},
-                           timeout=10)
-            r2 = http.post(f"{vault}/v1/sys/wrapping/unwrap", headers={"X-Vault-Token": a["secret_id_wrap"]["token"]},
-                           timeout=10)
-            if r1.status_code != 200 or r2.status_code != 200:
-                return "unwrap failed", None
-            role_id = r1.json()["data"]["role_id"]
-            sid = r2.json()["data"]
-            r3 = http.post(f"{vault}/v1/auth/approle/login", json={"role_id": role_id, "secret_id": sid["secret_id"]},
-                           timeout=10)
-            if r3.status_code != 200 or not (r3.json().get("auth") or {}).get("client_token"):
-                return "login failed", sid.get("secret_id_accessor")
-            return "ok", sid.get("secret_id_accessor")
-        except Exception as e:  # noqa: BLE001 - counted as lost
-            return f"error {type(e).__name__}", None
-
+    # every credential was used as it arrived (use_credentials)
     answered = [ident for ident in idents if ident.answer]
-    with ThreadPoolExecutor(8) as pool:
-        used = dict(zip((ident.instance_id for ident in answered), pool.map(use, answered)))
+    used = {ident.instance_id: ident.used.result() for ident in answered}
+    unwrapped = Counter(acc for _, acc in used.values() if acc)
 
     lost_reasons: Counter = Counter()
     duplicates = 0
@@ -354,11 +371,14 @@ def reconcile(bench: Bench, idents: list[_Identity], vault_before: set[str]) -> 
         elif accessor != mine[0].get("secret_id_accessor"):
             lost_reasons["the secret ID is not the one recorded"] += 1
     duplicates += sum(c - 1 for c in issued_named.values() if c > 1)
+    duplicates += sum(c - 1 for c in unwrapped.values() if c > 1)  # one secret ID handed out twice
+    # live after the storm and named by no record (the ones used at once are gone from
+    # Vault: single use; they were checked against their records above)
     orphans = sorted(vault_new - set(named))
     return {
         "seconds": time.perf_counter() - t0,
         "answered_200": len(answered),
-        "vault_new_accessors": len(vault_new),
+        "vault_new_accessors_live": len(vault_new),
         "audit_records": sum(len(v) for v in records.values()),
         "audit_outcomes": dict(Counter(r.get("outcome") for recs in records.values() for r in recs)),
         "issued_records": sum(issued_named.values()),
@@ -369,6 +389,8 @@ def reconcile(bench: Bench, idents: list[_Identity], vault_before: set[str]) -> 
         "orphans": len(orphans),
         # live secret IDs named only by a failure record (taken back but not destroyed)
         "recorded_not_issued_live": len(vault_new & (set(named) - set(issued_named))),
+        # live secret IDs of issued records: delivered, yet not used up by the login
+        "issued_still_live": len(vault_new & set(issued_named)),
     }
 
 
