@@ -200,7 +200,8 @@ def report(doc: dict) -> str:
     m = doc["machine"]
     lines = [f"secret-zero broker benchmarks -- {doc['label'] or 'unlabelled'} -- {doc['time']}",
              f"tree {doc['tree']} (rev {doc['git']['rev']}{', broker code modified' if doc['git']['broker_code_modified'] else ''})"
-             f"{' -- QUICK' if doc['quick'] else ''}",
+             f"{' -- QUICK' if doc['quick'] else ''}"
+             f"{' -- botocore clients from chalicelib/aws_clients.py (BENCH_AWS_CLIENTS=tuned)' if doc.get('aws_clients') == 'tuned' else ''}",
              f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}; "
              f"load average at the start {', '.join(f'{x:.2f}' for x in m.get('loadavg') or ())}", ""]
 
@@ -459,6 +460,7 @@ def main(argv=None) -> int:
         "label": args.save,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "quick": quick,
+        "aws_clients": os.environ.get("BENCH_AWS_CLIENTS") or "backends",
         "tree": str(tree),
         "git": {"rev": rev, "broker_code_modified": False, "exported": args.rev} if exported else git_rev(tree),
         "machine": machine(),

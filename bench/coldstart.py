@@ -213,6 +213,7 @@ import json, sys, time
 t_main = time.time()
 payload = json.loads(sys.stdin.buffer.read())
 import app
+exec(PRELUDE)
 t_import = time.time()
 
 class Context:  # the attributes of Lambda's context object that chalice reads
@@ -242,7 +243,10 @@ def cold_first_issuance(tree: Path, broker_env: dict, make_event, reps: int, pyt
     for i in range(reps):
         payload = json.dumps({"event": make_event(), "request_id": f"cold-{i}"}).encode()
         t0 = time.time()
-        proc = subprocess.run([python, "-c", _COLD_CHILD], cwd=tree, env=env, input=payload,
+        from .env import TUNED_CLIENTS_PRELUDE
+
+        code = f"PRELUDE = {TUNED_CLIENTS_PRELUDE!r}\n" + _COLD_CHILD
+        proc = subprocess.run([python, "-c", code], cwd=tree, env=env, input=payload,
                               capture_output=True, timeout=120)
         line = next((ln for ln in proc.stdout.decode(errors="replace").splitlines()
                      if ln.startswith("BENCH_RESULT ")), None)

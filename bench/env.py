@@ -72,6 +72,27 @@ def import_app():
     return app
 
 
+TUNED_CLIENTS_PRELUDE = (
+    "import os\n"
+    "if os.environ.get('BENCH_AWS_CLIENTS') == 'tuned':\n"
+    "    import chalicelib.aws_clients, chalicelib.backends\n"
+    "    chalicelib.backends.aws_client_factory = chalicelib.aws_clients.aws_client_factory\n")
+
+
+def use_tuned_clients_if_asked() -> bool:
+    """``BENCH_AWS_CLIENTS=tuned``: the broker builds its botocore clients with
+    chalicelib/aws_clients.py instead of backends.aws_client_factory (what the lead's
+    one-line change in backends.py will do), in this process; the cold-start and storm
+    processes run :data:`TUNED_CLIENTS_PRELUDE` for the same."""
+    if os.environ.get("BENCH_AWS_CLIENTS") != "tuned":
+        return False
+    import chalicelib.backends
+    from chalicelib import aws_clients
+
+    chalicelib.backends.aws_client_factory = aws_clients.aws_client_factory
+    return True
+
+
 def latency_module():
     """devstack/latency.py of this checkout (also when an older tree is measured)."""
     name = "bench_latency_proxy"
@@ -227,6 +248,7 @@ class Bench:
         from chalice.test import Client
 
         broker_app = import_app()
+        use_tuned_clients_if_asked()
 
         self.app_module = broker_app
         self._saved_env = dict(os.environ)

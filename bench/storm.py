@@ -81,6 +81,7 @@ proto_out = os.fdopen(os.dup(1), "w", buffering=1)
 devnull = os.open(os.devnull, os.O_WRONLY)
 os.dup2(devnull, 1)  # the broker's JSON log lines: formatted as in Lambda, then dropped
 import app
+exec(PRELUDE)
 
 class Context:
     function_name = "secret-zero-broker-bench"; function_version = "$LATEST"; memory_limit_in_mb = "512"
@@ -273,7 +274,10 @@ def storm(bench: Bench, n: int, workers: int, say=print, faults: list | None = N
     pids = {"moto": bench.stack.moto.pid, "openbao": bench.stack.openbao.pid}
     cpu0 = {name: _proc_cpu(pid) for name, pid in pids.items()}
     t0 = time.time()
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER], cwd=tree(), env=env, stdin=subprocess.PIPE,
+    from .env import TUNED_CLIENTS_PRELUDE
+
+    code = f"PRELUDE = {TUNED_CLIENTS_PRELUDE!r}\n" + _WORKER
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=tree(), env=env, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
              for _ in range(workers)]
     feeders = [threading.Thread(target=serve, args=(p,), daemon=True) for p in procs]
