@@ -220,7 +220,8 @@ def report(doc: dict) -> str:
                   f"{fmt(lt['uniform_delay_ms'], 0)} = {fmt(lt['critical_path_steps_exact'])} dependent steps",
                   f"in-region delays ms: " + ", ".join(f"{k} {v:g}" for k, v in lt["delays_ms"].items())
                   + f"; shortest chain (STS, slowest fact read, Vault, audit write) {fmt(lt['shortest_chain_ms'], 0)} ms;"
-                  f" p50 / chain = {fmt(lt['latency_ratio_p50'])}"
+                  f" p50 (pad) / chain = {fmt(lt['latency_ratio_p50'])}; delay exposed: (p50 (add) - p50 (none)) / chain"
+                  f" = {fmt(lt.get('exposed_delay_ratio_p50'))}"
                   + (f"; errors {lt['errors']}" if lt["errors"] else ""), ""]
     elif q:
         lines.append("")
@@ -351,6 +352,7 @@ COMPARE = (
     ("p50 no delay ms", ("latency", "latency_ms", "none", "p50")),
     ("p50 in-region delays ms", ("latency", "latency_ms", "in-region (pad)", "p50")),
     ("latency_ratio_p50", ("latency", "latency_ratio_p50")),
+    ("exposed delay ratio", ("latency", "exposed_delay_ratio_p50")),
     ("floor p50 ms", ("overhead", "latency_ms", "floor", "p50")),
     ("in process p50 ms", ("overhead", "latency_ms", "inprocess", "p50")),
     ("overhead_ratio_p50_inprocess", ("overhead", "ratio_p50_inprocess")),
