@@ -1,11 +1,12 @@
-"""``python -m bench``: run the issue 6 benchmarks, print the report, end with ``NAME VALUE`` lines.
+"""``python -m bench``: run the benchmarks (docs/performance.md), print the report, end with
+issue 14's ``NAME VALUE`` lines.
 
-    python -m bench                      # everything (~4 min on 2 cores)
-    BENCH_QUICK=1 python -m bench        # short counts (~1 min)
+    python -m bench                      # everything (~10 min on 2 busy cores)
+    BENCH_QUICK=1 python -m bench        # short counts (~2 min)
     python -m bench --save before        # also write bench/results/before.json
     python -m bench --rev 792a9a3        # measure the broker code of a commit (git archive, temp dir)
     python -m bench --tree /tmp/rev      # measure the broker code of another tree
-    python -m bench --only 1,2,4         # some benchmarks only (1..6)
+    python -m bench --only 7,1           # some benchmarks only (1..9)
     python -m bench compare before after # compare saved runs (labels or JSON paths)
 
 Progress goes to stderr; the report and the headline lines to stdout.
