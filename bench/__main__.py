@@ -265,7 +265,8 @@ def report(doc: dict) -> str:
                          f"median of {cold['reps']}: {fmt(cold['total_ms'], 0)} ms = interpreter "
                          f"{fmt(cold['interpreter_ms'], 0)} + import app {fmt(cold['import_app_ms'], 0)} + first "
                          f"issuance {fmt(cold['first_issuance_ms'], 0)} ms (runs: "
-                         + ", ".join(f"{x:.0f}" for x in cold["runs_total_ms"]) + ")")
+                         + ", ".join(f"{x:.0f}" for x in cold["runs_total_ms"]) + f"); the process's own CPU "
+                         f"{fmt(cold.get('process_cpu_ms'), 0)} ms")
         if imp:
             lines += [f"import app {fmt(imp['app_import_ms'])} ms; the dependencies alone "
                       f"({', '.join(imp['dependencies'])}) {fmt(imp['deps_import_ms'])} ms; "

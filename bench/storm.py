@@ -104,10 +104,21 @@ for line in sys.stdin:
 """
 
 
+def patient_client(bench: Bench, service: str):
+    """An admin client that waits: moto takes long over 500 instances or a full table on a busy machine."""
+    from botocore.config import Config
+
+    from devstack import REGION
+
+    return bench.stack.admin_keys.session().client(
+        service, region_name=REGION, endpoint_url=bench.stack.aws_endpoint_url,
+        config=Config(connect_timeout=5, read_timeout=300, retries={"max_attempts": 1}))  # no retry: a second RunInstances would launch 500 more
+
+
 def launch_many(bench: Bench, n: int) -> list[str]:
     from devstack import aws as stack_aws
 
-    ec2 = bench.stack.client("ec2")
+    ec2 = patient_client(bench, "ec2")
     ids: list[str] = []
     while len(ids) < n:  # moto takes 500 in one call; bounded anyway
         count = min(n - len(ids), 500)
@@ -334,15 +345,9 @@ def reconcile(bench: Bench, idents: list[_Identity], vault_before: set[str]) -> 
     vault_new = _vault_accessors(bench) - vault_before
 
     # the storm's audit records
-    from botocore.config import Config
-
-    from devstack import REGION
-
-    # the audit table holds every record of the run's benchmarks by now: a patient
-    # client, small pages, only the attributes the check reads
-    db = bench.stack.admin_keys.session().client(
-        "dynamodb", region_name=REGION, endpoint_url=bench.stack.aws_endpoint_url,
-        config=Config(connect_timeout=5, read_timeout=120, retries={"mode": "standard", "max_attempts": 5}))
+    # the audit table holds every record of the run's benchmarks by now: small pages,
+    # only the attributes the check reads
+    db = patient_client(bench, "dynamodb")
     table = bench.stack.broker_env()["BROKER_AUDIT_TABLE"]
     storm_instances = {ident.instance_id for ident in idents}
     records = defaultdict(list)
