@@ -204,7 +204,9 @@ def report(doc: dict) -> str:
              f"{' -- QUICK' if doc['quick'] else ''}"
              f"{' -- botocore clients from chalicelib/aws_clients.py (BENCH_AWS_CLIENTS=tuned)' if doc.get('aws_clients') == 'tuned' else ''}",
              f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}; "
-             f"load average at the start {', '.join(f'{x:.2f}' for x in m.get('loadavg') or ())}", ""]
+             f"load average at the start {', '.join(f'{x:.2f}' for x in m.get('loadavg') or ())}"
+             + (f", at the end {', '.join(f'{x:.2f}' for x in m['loadavg_at_end'])}" if m.get("loadavg_at_end") else ""),
+             ""]
 
     q = r.get("requests")
     if q:
@@ -454,6 +456,7 @@ def main(argv=None) -> int:
     only = {int(x) for x in args.only.split(",") if x.strip()}
     tree = bench_env.tree()
     started = time.perf_counter()
+    load_at_start = os.getloadavg()
     try:
         results = run(only, quick, args.storm_workers)
     finally:
@@ -467,7 +470,7 @@ def main(argv=None) -> int:
         "aws_clients": os.environ.get("BENCH_AWS_CLIENTS") or "backends",
         "tree": str(tree),
         "git": {"rev": rev, "broker_code_modified": False, "exported": args.rev} if exported else git_rev(tree),
-        "machine": machine(),
+        "machine": {**machine(), "loadavg": load_at_start, "loadavg_at_end": os.getloadavg()},
         "results": results,
         "headlines": headlines(results),
         "seconds": time.perf_counter() - started,
