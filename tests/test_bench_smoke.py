@@ -136,3 +136,30 @@ def test_importtime_parser():
     records = coldstart.parse_importtime(stderr)
     assert records == [("chalicelib.errors", 100, 100, 1), ("dataclasses", 300, 300, 1), ("chalicelib", 50, 450, 0)]
     assert coldstart._first_imported_by_own(records, set()) == [("dataclasses", 0.3)]
+
+
+def test_the_floor_groups_calls_in_flight_together_into_waves():
+    from bench.callset import Call, waves
+
+    def call(start, end, label):
+        return Call(start, end, "POST", f"http://127.0.0.1:1/v1/{label}", {}, b"", 1)
+
+    a, b, c, d = call(0, 10, "a"), call(1, 8, "b"), call(9, 12, "c"), call(12.5, 13, "d")
+    # c starts after b (the wave's first call to end) ended: the broker waited for b
+    assert [[x.url.rsplit("/", 1)[1] for x in w] for w in waves([d, c, b, a])] == [["a", "b"], ["c"], ["d"]]
+
+
+def test_the_floor_reads_query_parameters_back_and_names_what_it_cannot():
+    import botocore.session
+
+    from bench.callset import _query_params
+
+    session = botocore.session.get_session()
+    ec2 = session.create_client("ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    iam = session.create_client("iam", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    form = {"Action": ["DescribeInstances"], "Version": ["2016-11-15"], "InstanceId.1": ["i-1"], "InstanceId.2": ["i-2"]}
+    assert _query_params(ec2, "DescribeInstances", form) == {"InstanceIds": ["i-1", "i-2"]}
+    assert _query_params(iam, "ListRoleTags", {"Action": ["ListRoleTags"], "RoleName": ["demo-node"]}) \
+        == {"RoleName": "demo-node"}
+    with pytest.raises(RuntimeError, match="Filter.1.Name"):
+        _query_params(ec2, "DescribeInstances", {"Action": ["DescribeInstances"], "Filter.1.Name": ["tag:x"]})
