@@ -209,10 +209,8 @@ class Floor:
 
     # ---- the whole set ----------------------------------------------------------
 
-    _n = 0
-
     def run(self, sts_headers: dict) -> None:
-        Floor._n += 1
+        """One iteration: the recorded calls, wave by wave (a wave's calls at once)."""
         ctx = {"sts_headers": sts_headers, "n": f"floor-{uuid.uuid4().hex[:8]}"}
         for wave in self.steps:
             if len(wave) == 1:

@@ -15,8 +15,8 @@
   mode ``add`` − p50 with none) ÷ that chain: how much delay the pipeline's order
   of calls exposes, with the local servers' (and the broker's) own time taken out.
 
-The three profiles alternate within each iteration (rotating order), so load on the
-shared machine hits them alike. Every proof is signed before the timed call.
+The four profiles (none; 50 ms added; in-region padded; in-region added) alternate
+within each iteration (rotating order), so load on the shared machine hits them alike. Every proof is signed before the timed call.
 """
 
 from __future__ import annotations

@@ -249,7 +249,8 @@ def storm(bench: Bench, n: int, workers: int, say=print, faults: list | None = N
                 if line.startswith("{"):
                     r = json.loads(line)
                     ident = idents[r["job"]]
-                    statuses[str(r["status"])] += 1
+                    with lock:
+                        statuses[str(r["status"])] += 1
                     ident.attempts.append({"status": r["status"], "t0": r["t0"], "t1": r["t1"]})
                     if r["status"] == 200:
                         ident.answer = json.loads(r["body"])
