@@ -31,7 +31,7 @@ def get_service():
                 from chalicelib.backends import build_service
                 from chalicelib.config import Settings
                 from chalicelib.jsonlog import get_logger, log
-                from chalicelib.rules import RulesError
+                from chalicelib.policy import RulesError
 
                 try:
                     _service = build_service(Settings.from_env())
@@ -63,22 +63,29 @@ def _request_context():
     }
 
 
-@app.route("/v1/credentials/aws", methods=["POST"], content_types=["*/*"])
-def credentials_aws():
+def _issue(method):
     try:
-        body = get_service().issue_aws(app.current_request.raw_body, **_request_context())
+        body = get_service().issue(method, app.current_request.raw_body, **_request_context())
     except BrokerError as e:
         return _error(e)
     return _json(200, body)
+
+
+@app.route("/v1/credentials/{method}", methods=["POST"], content_types=["*/*"])
+def credentials(method):
+    """Every proof method (chalicelib/methods/): aws, gcp, ..."""
+    return _issue(method)
+
+
+# The first two paths, kept as they were (API Gateway prefers a literal path to {method}).
+@app.route("/v1/credentials/aws", methods=["POST"], content_types=["*/*"])
+def credentials_aws():
+    return _issue("aws")
 
 
 @app.route("/v1/credentials/gcp", methods=["POST"], content_types=["*/*"])
 def credentials_gcp():
-    try:
-        body = get_service().issue_gcp(app.current_request.raw_body, **_request_context())
-    except BrokerError as e:
-        return _error(e)
-    return _json(200, body)
+    return _issue("gcp")
 
 
 @app.route("/v1/health", methods=["GET"], content_types=["*/*"])  # a GET has no body: any Content-Type
@@ -152,6 +159,6 @@ def openapi():
 # cold start with a message naming the variable (Chalice's CLI imports app.py too).
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not os.environ.get("AWS_CHALICE_CLI_MODE"):
     from chalicelib.config import Settings
-    from chalicelib.rules import load_rules
+    from chalicelib.policy import load_rules
 
     load_rules(Settings.from_env().rules_file)  # ConfigError / RulesError name the variable or the rule

@@ -15,13 +15,11 @@ import base64
 import binascii
 import json
 
-from .arn import parse_principal_arn
 from .audit_schema import canonical_principal
 from .errors import InvalidProof, InvalidRequest, NotAuthorized
-from .login_request import parse_aws_login
+from .methods.aws.request import PROOF_FIELDS, parse_aws_login
 
 PROOF_HEADER = "X-Broker-Proof"
-PROOF_FIELDS = ("iam_http_request_method", "iam_request_url", "iam_request_body", "iam_request_headers")
 MAX_PROOF_HEADER = 8192
 _PLACEHOLDER_ROLE = "security-team"  # parse_aws_login wants a role; an admin proof asks for none
 
@@ -42,10 +40,11 @@ def parse_admin_proof(value):
 
 
 class AdminAuthenticator:
-    def __init__(self, rules, verify, replay):
+    def __init__(self, rules, verify, replay, proof_hash=None):
         self._rules = rules
-        self._verify = verify  # AwsLoginRequest -> CallerIdentity (the login route's verifier)
-        self._replay = replay
+        self._verify = verify  # AwsLoginRequest -> VerifiedCaller (the login route's verifier)
+        self._replay = replay  # chalicelib.admission.Admission
+        self._proof_hash = proof_hash  # AwsLoginRequest -> the replay key, offline (None: no early lookup)
 
     def authenticate(self, headers, *, request_id, record, iam_caller_arn=None):
         """The verified caller's identity if it may use the security routes, else 401/403.
@@ -53,10 +52,12 @@ class AdminAuthenticator:
         Fills `record.principal` and `record.account` as soon as they are proven.
         """
         login = parse_admin_proof(_header(headers, PROOF_HEADER))
+        if self._proof_hash is not None:
+            self._replay.seen(self._proof_hash(login))  # as a login: a replayed proof costs no STS call
         identity = self._verify(login)
         record.principal, record.account = identity.principal, identity.account
-        self._replay.spend(identity.proof_hash, request_id=request_id, method="aws", valid_until=identity.valid_until)
-        canonical = parse_principal_arn(identity.principal).canonical_arn
+        self._replay.admit(identity.proof_hash, request_id=request_id, method="aws", valid_until=identity.valid_until)
+        canonical = identity.canonical_principal
         if iam_caller_arn and canonical_principal(iam_caller_arn) != canonical:
             raise NotAuthorized("the request's IAM signature and the signed proof name different principals",
                                 detail=f"API Gateway caller {iam_caller_arn}, proof of {identity.principal}")

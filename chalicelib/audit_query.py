@@ -33,8 +33,9 @@ from .audit_schema import (AUDIT_INDEXES, INDEX_INSTANCE, INDEX_PRINCIPAL, INDEX
                            canonical_principal, day_of, partition_keys)
 from .aws_calls import call
 from .errors import InvalidRequest
+from .methods import REGISTRY
 
-METHODS = ("aws", "gcp")
+METHODS = tuple(REGISTRY)  # every proof method the registry knows
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 # Index pages (DynamoDB Query calls) one API call may read before it answers with a cursor.

@@ -124,7 +124,7 @@ def canonical_principal(principal):
     if not principal:
         return None
     if principal.startswith("arn:"):
-        from .arn import parse_principal_arn
+        from .methods.aws.arn import parse_principal_arn
         from .errors import InvalidProof
 
         try:

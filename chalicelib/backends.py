@@ -2,6 +2,8 @@
 
 Tests and the local stack point the same code at local servers through the
 settings (BROKER_AWS_ENDPOINT_URL, BROKER_STS_FORWARD_URL, BROKER_VAULT_ADDR).
+The proof methods come from the registry (chalicelib/methods/__init__.py); their
+rule conditions are handed to the policy engine here.
 """
 
 from .aws_calls import call
@@ -24,10 +26,11 @@ def aws_client_factory(settings):
     # the failure), which would pass the Lambda timeout and API Gateway's 29 s.
     fast = config.merge(botocore.config.Config(connect_timeout=1, read_timeout=2))
 
-    def make(service, region=None):
+    def make(service, region=None, **credentials):
+        """A client of the broker's own credentials, or of the given ones (a reader role's)."""
         return session.create_client(service, region_name=region or settings.aws_region,
                                      endpoint_url=settings.aws_endpoint_url,
-                                     config=fast if service == "dynamodb" else config)
+                                     config=fast if service == "dynamodb" else config, **credentials)
 
     return make
 
@@ -43,16 +46,24 @@ def http_session():
     return session
 
 
-def build_service(settings):
-    from .audit import AuditStore
-    from .minter import VaultMinter
-    from .quarantine import QuarantineStore
-    from .replay import ReplayStore
-    from .rules import load_rules
-    from .security import SecurityService
-    from .service import BrokerService
+def enabled_methods(settings):
+    """The registry's methods whose settings are given (GCP needs BROKER_GCP_AUDIENCE)."""
+    from .methods import REGISTRY
 
-    rules = load_rules(settings.rules_file)
+    return [name for name in REGISTRY if settings.methods.get(name) is not None]
+
+
+def build_service(settings):
+    from .admission import Admission
+    from .audit import AuditStore
+    from .methods import package
+    from .minter import VaultMinter
+    from .pipeline.frame import AuditedRequests
+    from .pipeline.issuance import BrokerService
+    from .quarantine import QuarantineStore
+    from .rules_source import LiveRules, RulesSource
+    from .security import SecurityService
+
     make = aws_client_factory(settings)
     dynamodb = make("dynamodb")
     secrets = make("secretsmanager")
@@ -65,42 +76,36 @@ def build_service(settings):
                               detail=f"secret {settings.vault_secret_id_secret} is empty")
         return secret
 
-    methods = {"aws": lambda: aws_method(settings, make)}
-    if settings.gcp_audience:
-        methods["gcp"] = lambda: gcp_method(settings)
+    names = enabled_methods(settings)
+    live = {}
+    methods = {name: (lambda name=name: package(name).build(settings, make, http_session(), lambda: live["rules"]))
+               for name in names}
+    # The AWS method is built now: every version of the rules is checked against the
+    # accounts it can read (a rule needing facts of an unreadable account is refused).
+    aws = methods["aws"]()
+    methods["aws"] = lambda: aws
+
+    def deployment_problems(candidate):
+        return [p for name in names for p in package(name).check_rules(candidate, aws.readers.accounts())]
+
+    kind, location = settings.rules_source or ("file", settings.rules_file)
+    rules = live["rules"] = LiveRules(RulesSource(kind, location, make), logger=get_logger(settings.log_level),
+                                      refresh=0 if kind == "file" else settings.rules_refresh,
+                                      check=deployment_problems)
+
     quarantine = QuarantineStore(dynamodb, settings.quarantine_table) if settings.quarantine_table else None
+    frame = AuditedRequests(AuditStore(dynamodb, settings.audit_table, settings.audit_retention_days),
+                            get_logger(settings.log_level))
     service = BrokerService(
         settings=settings,
         rules=rules,
         methods=methods,
-        replay=ReplayStore(dynamodb, settings.replay_table),
+        admission=Admission(dynamodb, settings.replay_table, settings.quarantine_table),
         minter=VaultMinter(settings, http_session(), fetch_secret_id),
-        audit=AuditStore(dynamodb, settings.audit_table, settings.audit_retention_days),
+        frame=frame,
         logger=get_logger(settings.log_level),
         quarantine=quarantine,
     )
     # The security team's routes and the incident reports (chalicelib/security.py).
     service.security = SecurityService.for_service(service, dynamodb=dynamodb, quarantine=quarantine)
     return service
-
-
-def aws_method(settings, make):
-    from .aws_facts import AwsFactsReader
-    from .aws_proof import AwsProofVerifier
-    from .login_request import parse_aws_login
-    from .service import ProofMethod
-
-    verifier = AwsProofVerifier(settings, http_session())
-    reader = AwsFactsReader(make("iam"), {r: make("ec2", r) for r in settings.ec2_regions})
-    return ProofMethod(parse=parse_aws_login, verify=verifier.verify, read_facts=reader.read)
-
-
-def gcp_method(settings):
-    # Built on the first GCP request: AWS-only traffic never imports the Google libraries.
-    from .gcp_facts import ComputeSession, GcpFactsReader
-    from .gcp_proof import GcpProofVerifier, GoogleCerts, parse_gcp_login
-    from .service import ProofMethod
-
-    verifier = GcpProofVerifier(settings, GoogleCerts(http_session(), settings.gcp_certs_url))
-    reader = GcpFactsReader(ComputeSession(), settings.gcp_compute_url)
-    return ProofMethod(parse=parse_gcp_login, verify=verifier.verify, read_facts=reader.read)

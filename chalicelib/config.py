@@ -6,7 +6,7 @@ The table of variables is in docs/architecture.md and the README.
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -23,31 +23,39 @@ class Settings:
     vault_secret_id_secret: str
     vault_approle_mount: str
     vault_timeout: float
-    server_id: str
-    sts_endpoints: tuple  # allowed signed URLs, normalised "https://host/"
-    sts_forward_url: str | None
     aws_endpoint_url: str | None
     aws_region: str
-    ec2_regions: tuple
     audit_table: str
     replay_table: str
     rules_file: str
-    max_clock_skew: int
     audit_retention_days: int
     log_level: str
-    gcp_audience: str | None  # None: GCP proofs are not accepted
-    gcp_certs_url: str
-    gcp_compute_url: str
-    gcp_max_token_age: int
+    # Each proof method's own settings ({name: settings}); a method whose settings are
+    # None is not enabled (GCP: no BROKER_GCP_AUDIENCE). See chalicelib/methods/*/settings.py.
+    methods: dict = field(default_factory=dict)
     # Optional (None: off). Revocation, quarantine and the incident rate limit need the table.
     quarantine_table: str | None = None
     vault_audit_hash_path: str | None = None  # an audit device's path, e.g. "file": sys/audit-hash/<path>
+    rules_source: tuple = None  # (kind, location): chalicelib/rules_source.py; None: the rules file
+    rules_refresh: float = 60.0  # seconds between reads of a remote rules source (0: never)
+
+    @property
+    def aws(self):
+        return self.methods["aws"]
+
+    @property
+    def gcp(self):
+        return self.methods.get("gcp")
 
     @classmethod
     def from_env(cls, env=None):
+        from .methods.aws.settings import AwsSettings
+        from .methods.gcp.settings import GcpSettings
+
         env = os.environ if env is None else env
         region = _get(env, "BROKER_AWS_REGION", env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1")
         vault_addr = _url(env, "BROKER_VAULT_ADDR", required=True)
+        _distinct_tables(env)
         return cls(
             vault_addr=vault_addr,
             vault_public_addr=_url(env, "BROKER_VAULT_PUBLIC_ADDR") or vault_addr,
@@ -55,25 +63,36 @@ class Settings:
             vault_secret_id_secret=_get(env, "BROKER_VAULT_SECRET_ID_SECRET", required=True),
             vault_approle_mount=_get(env, "BROKER_VAULT_APPROLE_MOUNT", "approle").strip("/"),
             vault_timeout=_number(env, "BROKER_VAULT_TIMEOUT", 5, low=0.5, high=25),
-            server_id=_get(env, "BROKER_SERVER_ID", required=True),
-            sts_endpoints=tuple(_sts_endpoint(u) for u in _list(env, "BROKER_STS_ENDPOINTS", "https://sts.amazonaws.com")),
-            sts_forward_url=_url(env, "BROKER_STS_FORWARD_URL"),
             aws_endpoint_url=_url(env, "BROKER_AWS_ENDPOINT_URL"),
             aws_region=region,
-            ec2_regions=tuple(_list(env, "BROKER_EC2_REGIONS", region)),
             audit_table=_get(env, "BROKER_AUDIT_TABLE", required=True),
             replay_table=_get(env, "BROKER_REPLAY_TABLE", required=True),
             rules_file=_get(env, "BROKER_RULES_FILE", DEFAULT_RULES_FILE),
-            max_clock_skew=int(_number(env, "BROKER_MAX_CLOCK_SKEW", 300, low=30, high=900)),
             audit_retention_days=int(_number(env, "BROKER_AUDIT_RETENTION_DAYS", 400, low=1, high=3650)),
             log_level=_get(env, "BROKER_LOG_LEVEL", "INFO").upper(),
-            gcp_audience=_get(env, "BROKER_GCP_AUDIENCE"),
-            gcp_certs_url=_url(env, "BROKER_GCP_CERTS_URL") or "https://www.googleapis.com/oauth2/v1/certs",
-            gcp_compute_url=_url(env, "BROKER_GCP_COMPUTE_URL") or "https://compute.googleapis.com",
-            gcp_max_token_age=int(_number(env, "BROKER_GCP_MAX_TOKEN_AGE", 300, low=30, high=3600)),
+            methods={"aws": AwsSettings.from_env(env, region), "gcp": GcpSettings.from_env(env)},
             quarantine_table=_get(env, "BROKER_QUARANTINE_TABLE"),
             vault_audit_hash_path=_audit_path(env, "BROKER_VAULT_AUDIT_HASH_PATH"),
+            rules_source=_rules_source(env),
+            rules_refresh=_number(env, "BROKER_RULES_REFRESH_SECONDS", 60, low=0, high=3600),
         )
+
+
+def _distinct_tables(env):
+    """The audit, replay and quarantine tables are three tables: their keys differ, and one
+    table named twice would fail every request (a 503) instead of the start."""
+    names = {}
+    for name in ("BROKER_AUDIT_TABLE", "BROKER_REPLAY_TABLE", "BROKER_QUARANTINE_TABLE"):
+        table = _get(env, name)
+        if table is not None and table in names:
+            raise ConfigError(f"{name} names the table {table!r} of {names[table]}: each needs its own table")
+        names.setdefault(table, name)
+
+
+def _rules_source(env):
+    from .rules_source import parse_source
+
+    return parse_source(_get(env, "BROKER_RULES_SOURCE"), _get(env, "BROKER_RULES_FILE", DEFAULT_RULES_FILE))
 
 
 def _get(env, name, default=None, required=False):
@@ -125,11 +144,5 @@ def _url(env, name, required=False):
     return raw.rstrip("/")
 
 
-def _sts_endpoint(raw):
-    parts = urlsplit(raw)
-    if parts.scheme != "https" or not parts.hostname or parts.query or parts.path not in ("", "/"):
-        raise ConfigError(f"BROKER_STS_ENDPOINTS: {raw!r} must be an https URL with no path, like https://sts.amazonaws.com")
-    host = parts.hostname.lower()
-    if not (host == "sts.amazonaws.com" or (host.startswith("sts.") and host.endswith((".amazonaws.com", ".amazonaws.com.cn")))):
-        raise ConfigError(f"BROKER_STS_ENDPOINTS: {host} is not an AWS STS endpoint")
-    return f"https://{host}/"
+# The helpers each method's settings use too (chalicelib/methods/*/settings.py).
+env_value, env_list, env_number, env_url = _get, _list, _number, _url

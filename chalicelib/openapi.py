@@ -65,10 +65,11 @@ def _rate_limited(description):
     return response
 
 
-def _credentials(method, summary, description, body_ref, extra_401=""):
+def _credentials(method, summary, description, body_ref, extra_401="", parameters=None):
     return {
         "post": {
             "operationId": f"credentials_{method}",
+            **({"parameters": parameters} if parameters else {}),
             "tags": ["credentials"],
             "summary": summary,
             "description": description,
@@ -128,6 +129,15 @@ SPEC = {
             "or a service account's ID token) whose audience is this broker.",
             "#/components/schemas/GcpLogin",
             " (alg, kid, signature, issuer, audience, age, ...)"),
+        "/v1/credentials/{method}": _credentials(
+            "by_method", "Exchange any proof method's proof for wrapped AppRole credentials",
+            "One path for every proof method of the broker (chalicelib/methods/): the body is that "
+            "method's login body. An unknown method is 400 invalid_request.",
+            "#/components/schemas/AnyLogin",
+            " (each method's checks)",
+            parameters=[{"name": "method", "in": "path", "required": True,
+                         "schema": {"type": "string", "enum": ["aws", "gcp"]},
+                         "description": "The proof method: aws or gcp."}]),
         "/v1/health": {
             "get": {
                 "operationId": "health",
@@ -187,8 +197,14 @@ SPEC = {
                     "iam_request_body": dict(_B64, description="base64 of Action=GetCallerIdentity&Version=2011-06-15"),
                     "iam_request_headers": dict(_B64, description=(
                         "base64 of a JSON object: header name -> string or [string] (at most 32 headers)")),
+                    "ecs_task_arn": {"type": "string", "maxLength": 512, "description": (
+                        "Optional, from inside an ECS task: its task ARN (task metadata endpoint v4). The "
+                        "broker honours it only when its ID is the session name and DescribeTasks finds the "
+                        "task RUNNING with the caller's role as its task role.")},
                 },
             },
+            "AnyLogin": {"oneOf": [{"$ref": "#/components/schemas/AwsLogin"},
+                                   {"$ref": "#/components/schemas/GcpLogin"}]},
             "GcpLogin": {
                 "type": "object",
                 "additionalProperties": False,

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 from .audit_schema import TTL_ATTRIBUTE, canonical_principal
 from .aws_calls import call, try_call
-from .errors import Quarantined, RateLimited
+from .errors import RateLimited
 
 # A revocation's item outlives its quarantine by this long (the audit trail keeps it for good).
 REVOCATION_RETENTION = 30 * 86400
@@ -34,38 +34,19 @@ def quarantine_key(kind, value):
     return f"quarantine#{kind}#{value}"
 
 
-def caller_keys(instance, principal):
-    """The quarantine entries that would refuse this caller: its instance, its exact
-    principal, and (for an AWS session) its role's ARN."""
+def caller_keys(instance, principal, canonical=None):
+    """The quarantine entries that would refuse this caller: its machine (EC2 or GCE
+    instance, ECS task), its exact principal, and its canonical principal (an AWS
+    session's role ARN)."""
     keys = []
     if instance:
         keys.append(quarantine_key("instance", instance))
     if principal:
         keys.append(quarantine_key("principal", principal))
-        canonical = canonical_principal(principal)
+        canonical = canonical or canonical_principal(principal)
         if canonical and canonical != principal:
             keys.append(quarantine_key("principal", canonical))
     return keys
-
-
-def claimed_instance(identity):
-    """The instance a verified identity says it is, before any facts are read: an AWS
-    session named after an EC2 instance ID, a GCE token's instance_id claim; else None."""
-    claims = getattr(identity, "claims", None)
-    if isinstance(claims, dict):
-        gce = (claims.get("google") or {}).get("compute_engine") or {}
-        value = gce.get("instance_id")
-        return value if isinstance(value, str) and value else None
-    principal = getattr(identity, "principal", None)
-    if isinstance(principal, str) and principal.startswith("arn:"):
-        from .arn import parse_principal_arn
-        from .errors import InvalidProof
-
-        try:
-            return parse_principal_arn(principal).session_instance_id
-        except InvalidProof:
-            return None
-    return None
 
 
 @dataclass(frozen=True)
@@ -86,34 +67,8 @@ class QuarantineStore:
         self._table = table
         self._clock = clock
 
-    # ---- the issuance pipeline's check ---------------------------------------------------
-
-    def check(self, *, instance, principal):
-        """Quarantined (403) if the caller's instance or principal is quarantined now."""
-        keys = caller_keys(instance, principal)
-        if not keys:
-            return
-        page = call("quarantine store", self._db.batch_get_item, RequestItems={self._table: {
-            "Keys": [{"pk": {"S": k}} for k in keys], "ConsistentRead": True,
-            "ProjectionExpression": "pk, revocation_id, #until", "ExpressionAttributeNames": {"#until": "until"}}})
-        if page.get("UnprocessedKeys"):
-            # Rare (throttling): ask again for what is left, once, then fail closed.
-            page2 = call("quarantine store", self._db.batch_get_item, RequestItems=page["UnprocessedKeys"])
-            if page2.get("UnprocessedKeys"):
-                from .errors import Unavailable
-
-                raise Unavailable("the quarantine list is unavailable", backend="quarantine store")
-            page["Responses"][self._table] = page["Responses"].get(self._table, []) + \
-                page2.get("Responses", {}).get(self._table, [])
-        now = self._clock()
-        for item in page.get("Responses", {}).get(self._table, []):
-            entry = _entry(item)
-            if entry.until > now:
-                kind, value = entry.target
-                raise Quarantined(
-                    f"this caller is quarantined by the security team until {iso(entry.until)}",
-                    detail=f"quarantined: {kind} {value} by revocation {entry.revocation_id} until {iso(entry.until)}",
-                )
+    # The issuance pipeline's check is part of the admission transaction
+    # (chalicelib/admission.py): a ConditionCheck on each of caller_keys().
 
     # ---- revocations ------------------------------------------------------------------------
 

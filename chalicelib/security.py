@@ -11,21 +11,18 @@ call, refused or not, is an audit record (outcome `admin`, `incident`, or
 """
 
 import json
-import logging
 import re
 import time
 import uuid
 
 from .admin_auth import AdminAuthenticator
-from .audit import AuditRecord
 from .audit_query import AuditQuery, AuditQueryEngine, decode_cursor, parse_query, valid_request_id
 from .audit_schema import canonical_principal
+from .bodies import decode_json_object
 from .concurrency import settle
-from .errors import BrokerError, InvalidRequest, NotAuthorized, NotFound, Unavailable
-from .jsonlog import log
-from .login_request import decode_json_object
-from .quarantine import claimed_instance, iso
-from .rules import SECRET_ID_TTL_BOUNDS
+from .errors import InvalidRequest, NotAuthorized, NotFound, Unavailable
+from .policy import SECRET_ID_TTL_BOUNDS
+from .quarantine import iso
 
 DEFAULT_QUARANTINE = 24 * 3600
 MAX_QUARANTINE = 365 * 86400
@@ -38,11 +35,6 @@ REVOCATION_MARGIN = 300
 MAX_REVOKED_RECORDS = 5000
 _DURATION = re.compile(r"^(\d{1,6})(s|m|h|d)?$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-class InternalError(BrokerError):
-    status = 500
-    code = "internal_error"
 
 
 def parse_duration(value, what):
@@ -72,78 +64,46 @@ def parse_body(raw, allowed, required=()):
 
 class SecurityService:
     def __init__(self, *, settings, rules, method, replay, minter, audit, query_engine, quarantine, logger,
-                 clock=time.time):
+                 frame, clock=time.time):
         self.settings = settings
         self.rules = rules
-        self._method = method  # name -> ProofMethod (the login routes' verifiers)
-        self._replay = replay
+        self._method = method  # name -> Method (the login routes' verifiers)
+        self._replay = replay  # chalicelib.admission.Admission: spends each proof once
+        self._frame = frame  # chalicelib.pipeline.frame.AuditedRequests
         self._minter = minter
         self._audit = audit
         self._query = query_engine
         self._quarantine = quarantine
         self._log = logger
         self._clock = clock
-        self._admins = AdminAuthenticator(rules, lambda login: self._method("aws").verify(login), replay)
+        self._admins = AdminAuthenticator(rules, lambda login: self._method("aws").verify(login), replay,
+                                          proof_hash=lambda login: self._method("aws").proof_hash(login))
 
     @classmethod
     def for_service(cls, service, *, dynamodb, quarantine):
         """Built beside the BrokerService, sharing its verifiers, stores and Vault session."""
-        return cls(settings=service.settings, rules=service.rules, method=service._method,
-                   replay=service._replay, minter=service._minter, audit=service._audit,
+        return cls(settings=service.settings, rules=service.rules, method=service.method,
+                   replay=service._admission, minter=service._minter, audit=service._frame._audit,
+                   frame=service._frame,
                    query_engine=AuditQueryEngine(dynamodb, service.settings.audit_table),
                    quarantine=quarantine, logger=service._log)
 
     # ---- the frame every call runs in ------------------------------------------------------
 
     def _run(self, action, context, work, *, admin=True, method="aws", outcome="admin", event="admin"):
-        """Authenticate (admin routes), run `work(record, identity)`, write the record, answer.
+        """Authenticate (admin routes), run `work(record, identity)` in the audited frame:
+        any refusal or failure is recorded too (outcome denied or error) before it goes up."""
+        record = self._frame.new_record(method, context, action=action, outcome=outcome, code="ok")
 
-        Any refusal or failure is recorded too (outcome denied or error) before it goes up.
-        """
-        record = AuditRecord(request_id=str(uuid.uuid4()), method=method, action=action, outcome=outcome,
-                             code="ok", source_ip=context.get("source_ip"),
-                             api_request_id=context.get("api_request_id"))
-        written = False
-        try:
+        def audited():
             identity = None
             if admin:
                 identity = self._admins.authenticate(context.get("headers"), request_id=record.request_id,
                                                      record=record, iam_caller_arn=context.get("iam_caller_arn"))
-            body = work(record, identity)
-            written = True
-            self._write(record, event)
-            body["request_id"] = record.request_id
-            return body
-        except BrokerError as error:
-            error.request_id = record.request_id
-            if not written:
-                self._record_failure(record, error, event)
-            raise
-        except Exception as error:  # a bug: no 500 without its record
-            wrapped = InternalError("internal error", detail=f"unexpected {type(error).__name__}")
-            wrapped.request_id = record.request_id
-            self._log.exception("unexpected error", extra={"fields": {"request_id": record.request_id}})
-            if not written:
-                self._record_failure(record, wrapped, event)
-            raise wrapped from None
+            return work(record, identity)
 
-    def _record_failure(self, record, error, event):
-        record.outcome = "denied" if error.status < 500 else "error"
-        record.code = error.code
-        record.reason = error.detail
-        try:
-            self._write(record, event)
-        except Unavailable as audit_error:
-            audit_error.request_id = record.request_id
-            raise audit_error from None
-
-    def _write(self, record, event):
-        try:
-            self._audit.write(record)
-        except Unavailable as e:
-            log(self._log, logging.ERROR, "audit write failed", **record.fields(), audit_error=e.detail)
-            raise Unavailable("the audit store is unavailable", backend="audit store", detail=e.detail) from None
-        log(self._log, logging.INFO, event, **record.fields())
+        return self._frame.run(record, audited, event=event, metrics=False,
+                               unrecorded_message="the audit store is unavailable")
 
     def _need_quarantine_store(self):
         if self._quarantine is None:
@@ -206,12 +166,7 @@ class SecurityService:
                     raise NotFound(f"no audit record {value}")
                 record.related_request_id = value
                 issued = [found] if found.get("outcome") == "issued" else []
-                if found.get("instance"):
-                    quarantine_target = ("instance", found["instance"])
-                elif found.get("principal"):
-                    quarantine_target = ("principal", found["principal"])
-                else:
-                    quarantine_target = None
+                quarantine_target = _quarantine_target_of(found)
             else:
                 probe = parse_query({kind: [value]}, now=now, retention_days=1)  # validates the value
                 issued = self._issued_to(kind, getattr(probe, kind), now)
@@ -318,34 +273,43 @@ class SecurityService:
     # ---- POST /v1/incidents ------------------------------------------------------------------------------
 
     def report_incident(self, raw_body, **context):
-        aws_fields = ("iam_http_request_method", "iam_request_url", "iam_request_body", "iam_request_headers")
+        proof_fields = {f for name in self._method_names() for f in self._proof_fields(name)}
+        allowed = ("request_id", "reason", "accessor", *sorted(proof_fields))
         doc = None
         try:
-            doc = parse_body(raw_body, ("request_id", "reason", "accessor", "jwt") + aws_fields, ("request_id",))
+            doc = parse_body(raw_body, allowed, ("request_id",))
         except InvalidRequest:
             pass
-        method_name = "gcp" if isinstance(doc, dict) and "jwt" in doc else "aws"
+        issuance = None
+        if isinstance(doc, dict) and isinstance(doc.get("request_id"), str):
+            try:
+                issuance = self._audit.get(valid_request_id(doc["request_id"]))
+            except InvalidRequest:
+                pass
+        # The proof's method is the reported issuance's (the audit trail's word), not a guess
+        # from which fields the body carries.
+        method_name = (issuance or {}).get("method") or "aws"
 
         def work(record, identity):
             if doc is None:
-                parse_body(raw_body, ("request_id", "reason", "accessor", "jwt") + aws_fields, ("request_id",))
+                parse_body(raw_body, allowed, ("request_id",))
             wanted = valid_request_id(doc["request_id"])
             record.related_request_id = wanted
             reason = parse_reason(doc.get("reason"), required=False) or "possible interception reported by the client"
             accessor = doc.get("accessor")
             if accessor is not None and (not isinstance(accessor, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", accessor)):
                 raise InvalidRequest("field accessor must be a wrapping token accessor")
-            proof = {k: doc[k] for k in (("jwt",) if method_name == "gcp" else aws_fields) if k in doc}
             method = self._method(method_name)
+            proof = {k: doc[k] for k in self._proof_fields(method_name) if k in doc}
             login = method.parse(json.dumps(dict(proof, role="incident")).encode())
+            self._replay.seen(method.proof_hash(login))  # as a login: a replayed proof costs no cloud call
             caller = method.verify(login)
             record.principal, record.account = caller.principal, caller.account
-            record.instance = claimed_instance(caller)
-            self._replay.spend(caller.proof_hash, request_id=record.request_id, method=method_name,
+            record.instance = caller.claimed.id if caller.claimed else None
+            self._replay.admit(caller.proof_hash, request_id=record.request_id, method=method_name,
                                valid_until=caller.valid_until)
             if self._quarantine is not None:
                 self._quarantine.take_slot("incident", caller.principal, limit=INCIDENT_LIMIT, window=INCIDENT_WINDOW)
-            issuance = self._audit.get(wanted)
             mismatch = _not_the_callers(issuance, caller, record.instance)
             if mismatch:
                 raise NotAuthorized("that request ID was not issued to this caller", detail=mismatch)
@@ -362,6 +326,17 @@ class SecurityService:
         return self._run("incident", context, work, admin=False, method=method_name, outcome="incident",
                          event="incident")
 
+    def _method_names(self):
+        from .methods import REGISTRY
+
+        return tuple(REGISTRY)
+
+    @staticmethod
+    def _proof_fields(name):
+        from .methods import package
+
+        return package(name).PROOF_FIELDS
+
 
 def _not_the_callers(issuance, caller, instance):
     """Why the issuance is not the caller's to report, or None."""
@@ -374,6 +349,32 @@ def _not_the_callers(issuance, caller, instance):
     if issuance.get("instance") and issuance["instance"] != instance:
         return f"issued to instance {issuance['instance']}, reported from {instance}"
     return None
+
+
+def _quarantine_target_of(record):
+    """What to quarantine for an audit record: its machine when the broker verified it,
+    else the principal that made the request.
+
+    SECURITY: a refused request's `instance` may be a mere claim (an AWS session named
+    after someone else's instance or task, from any account). Quarantining it would lock
+    the real machine out and leave the requester free."""
+    instance, principal = record.get("instance"), record.get("principal")
+    if instance and _machine_verified(record):
+        return ("instance", instance)
+    if principal:
+        return ("principal", principal)
+    return ("instance", instance) if instance else None
+
+
+def _machine_verified(record):
+    facts = record.get("facts")
+    if isinstance(facts, dict):  # the facts step ran: the machine is verified when it holds it
+        return (not facts.get("claim_error") and not facts.get("claim_trust_error")
+                and any(isinstance(facts.get(k), dict) for k in ("instance", "task")))
+    from .methods import REGISTRY, package
+
+    method = record.get("method")  # refused before the facts step: only a claim the cloud signed counts
+    return method in REGISTRY and bool(getattr(package(method), "CLAIMS_SIGNED", False))
 
 
 def _dec(seconds):

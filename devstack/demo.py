@@ -6,13 +6,17 @@ An EC2 instance boots with no credential but its instance role, runs the real
 `broker login` client against the broker under `chalice local`, and reads its
 application secret from OpenBao. A second instance, tagged for another role, is
 refused. A GCE instance (on the simulated Google) bootstraps the same way with
-its identity token. Then the security team's view: the audit trail searched with
-`broker audit search`, the web instance revoked and quarantined after an IDS alert,
-and its next attempt refused. KEEP=1 leaves the stack running.
+its identity token. A container on ECS bootstraps with its task role and task
+metadata; another one on the same task role, tagged for another role, is refused.
+An instance of a second AWS account bootstraps, read there through a reader role.
+Then the security team's view: the audit trail searched with `broker audit search`,
+the web instance revoked and quarantined after an IDS alert, and its next attempt
+refused. KEEP=1 leaves the stack running, and every command shown can be pasted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import hvac
 
+from devstack import machines
 from devstack.broker import PROJECT_DIR
 from devstack.procs import StackError
 from devstack.stack import Stack
@@ -40,25 +45,46 @@ def step(number, title):
     print(f"\n\033[1m{number}. {title}\033[0m", flush=True)
 
 
-def run_client(stack, creds, role, handoff, metadata_url=None):
-    """Run the real client as a process on the 'instance': only its role credentials in the
-    environment (AWS), or only its metadata server (GCE, ``metadata_url``)."""
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "BROKER_URL": stack.broker_url,
-        "BROKER_SERVER_ID": stack.broker_env()["BROKER_SERVER_ID"],
-        "AWS_EC2_METADATA_DISABLED": "true",  # no IMDS on this laptop: the env stands in for it
-        "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    }
-    if creds:
-        env.update(AWS_ACCESS_KEY_ID=creds["access_key_id"], AWS_SECRET_ACCESS_KEY=creds["secret_access_key"],
-                   AWS_SESSION_TOKEN=creds["session_token"])
-    if metadata_url:  # metadata.google.internal of the simulated instance
-        env["BROKER_GCP_METADATA_URL"] = metadata_url
+# What the demo shows before each command: how to get that machine's (or person's)
+# environment in your own shell once `KEEP=1 make demo` has left the stack running.
+DEVSTACK = "python -m devstack"
+
+
+@contextlib.contextmanager
+def workspace(keep, name):
+    """Where a machine's client writes: a temporary directory, or with KEEP=1 one under
+    .stack/demo/ that stays (so the commands shown can be pasted as they are)."""
+    if not keep:
+        with tempfile.TemporaryDirectory(prefix="secret-zero-demo-") as tmp:
+            yield tmp
+        return
+    path = STATE_DIR / "demo" / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, mode=0o700)
+    yield str(path)
+
+
+_shown_env = [None]  # the machine whose environment the pasted commands' shell has
+
+
+def show(as_cmd, *command):
+    """Print ``command`` as a user can paste it after KEEP=1 (with the venv active),
+    after the line that gives the shell the environment of the machine it runs on
+    (when the previous command ran on another one)."""
+    if as_cmd != _shown_env[0]:
+        print(f"   $ eval \"$({DEVSTACK} {as_cmd})\"", flush=True)
+        _shown_env[0] = as_cmd
+    print(f"   $ {shlex.join(command)}", flush=True)
+
+
+def run_client(env, role, handoff, as_cmd):
+    """Run the real client as a process on a machine whose environment (devstack/machines.py)
+    is ``env``: only its role's credentials (EC2), its task's agent (ECS) or its metadata
+    server (GCE), and the broker's and Vault's addresses."""
+    show(as_cmd, "broker", "login", "--role", role, *handoff)
     cmd = [sys.executable, "-m", "broker", "login", "--role", role, "--json", *handoff]
-    shown = "broker login --role " + role + " " + " ".join(handoff)
-    print(f"   $ {shown}", flush=True)
-    proc = subprocess.run(cmd, env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, env=machines.process_env(env, base={"PATH": os.environ.get("PATH", "")}),
+                          cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
     for line in proc.stderr.splitlines():
         print(f"     {line}")
     summary = {}
@@ -73,18 +99,13 @@ def run_client(stack, creds, role, handoff, metadata_url=None):
 def run_vault_setup(stack, *args):
     """The operator's `broker vault setup` against the stack's OpenBao (its root token) and moto's
     Secrets Manager (the admin's keys). Prints what changes; the rest as one count."""
-    from devstack.aws import REGION, VAULT_SECRET_ID_SECRET
+    from devstack.aws import VAULT_SECRET_ID_SECRET
 
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "VAULT_ADDR": stack.vault_addr, "VAULT_TOKEN": stack.endpoints["vault_root_token"],
-        "AWS_ACCESS_KEY_ID": stack.admin_keys.access_key_id, "AWS_SECRET_ACCESS_KEY": stack.admin_keys.secret_access_key,
-        "AWS_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    }
-    shown = ["broker", "vault", "setup", "--secret", VAULT_SECRET_ID_SECRET, *args]
-    print(f"   $ {shlex.join(shown)}", flush=True)
-    proc = subprocess.run([sys.executable, "-m", *shown, "--json", "--aws-endpoint-url", stack.aws_endpoint_url],
+    shown = ["broker", "vault", "setup", "--secret", VAULT_SECRET_ID_SECRET, *args,
+             "--aws-endpoint-url", stack.aws_endpoint_url]
+    show("as-operator", *shown)
+    env = machines.process_env(machines.operator_env(stack), base={"PATH": os.environ.get("PATH", "")})
+    proc = subprocess.run([sys.executable, "-m", *shown, "--json"],
                           env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
     same = [line for line in proc.stderr.splitlines() if line.startswith("broker: ok: ")]
     for line in proc.stderr.splitlines():
@@ -100,18 +121,11 @@ def run_vault_setup(stack, *args):
     return proc.returncode, summary
 
 
-def run_security(stack, creds, *args):
+def run_security(env, *args, as_cmd="as-role security-team --session alice"):
     """A security engineer's `broker audit ...` / `broker revoke ...`, signed with her own AWS identity."""
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "BROKER_URL": stack.broker_url,
-        "BROKER_SERVER_ID": stack.broker_env()["BROKER_SERVER_ID"],
-        "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "AWS_ACCESS_KEY_ID": creds["access_key_id"], "AWS_SECRET_ACCESS_KEY": creds["secret_access_key"],
-        "AWS_SESSION_TOKEN": creds["session_token"],
-        "COLUMNS": str(max(200, shutil.get_terminal_size((200, 24)).columns - 5)),
-    }
-    print(f"   $ broker {shlex.join(args)}", flush=True)
+    show(as_cmd, "broker", *args)
+    env = machines.process_env(env, base={"PATH": os.environ.get("PATH", "")})
+    env["COLUMNS"] = str(max(200, shutil.get_terminal_size((200, 24)).columns - 5))
     proc = subprocess.run([sys.executable, "-m", "broker", *args], env=env, cwd=PROJECT_DIR, capture_output=True,
                           text=True, timeout=120)
     for line in (proc.stdout + proc.stderr).splitlines():
@@ -133,18 +147,95 @@ def main():
         print("If one already runs, stop it first: make stack-down", file=sys.stderr)
         return 1
     try:
-        return story(stack)
+        return story(stack, keep)
     finally:
         if keep:
             stack.write_endpoints(STATE_DIR / "endpoints.json")
             stack.write_broker_env(STATE_DIR / "broker.env")
-            say(f"\nKEEP=1: the stack keeps running ({STATE_DIR / 'endpoints.json'}); stop it with `make stack-down`.")
+            say(f"""
+                KEEP=1: the stack keeps running ({STATE_DIR / 'endpoints.json'}); stop it with `make stack-down`.
+                Every command above can be pasted now, from {PROJECT_DIR}, after `source .venv/bin/activate`:
+                each `eval "$(python -m devstack as-...)"` line gives your shell the environment of that
+                machine (or person), so the `broker` line after it runs exactly as it did there.
+                New machines: python -m devstack as-instance --tags vault-role=web [--account 210987654321]
+                              python -m devstack as-task --tags vault-role=web
+                              python -m devstack as-gce --labels vault-role=web
+                (each prints export lines, or runs the command given after `--` in the machine).
+            """)
         else:
             stack.stop()
-            say("\nThe local stack is stopped. (KEEP=1 make demo leaves it running.)")
+            say("\nThe local stack is stopped. `KEEP=1 make demo` leaves it running, and then every command "
+                "shown above can be pasted into a shell (it says how at the end).")
 
 
-def story(stack):
+def rule_text(rules, name):
+    block = next((b for b in rules.split("\n[[rule]]\n") if f'name = "{name}"' in b), None)
+    return textwrap.indent("[[rule]]\n" + block.strip(), "     ") if block else f"     (no rule {name})"
+
+
+def story_containers_and_accounts(stack, keep, rules):
+    """Steps 6-8 (issue 10): a container on ECS, one on the same task role tagged for
+    another role, and an instance of the second account. Returns (failures, request IDs)."""
+    failures, requests_made = 0, []
+
+    step(6, "A container boots on ECS")
+    task = stack.run_task({"vault-role": "web", "Name": "web-task"})
+    task_id = task.rsplit("/", 1)[1]
+    say(f"""
+        Task {task_id} of task definition demo-web runs in cluster demo-cluster, tagged vault-role=web.
+        Its task role demo-task trusts only ecs-tasks.amazonaws.com and carries no grant by itself:
+        tasks of other services may share it. ECS hands the container the role's credentials as a
+        session named after the task ({task_id}); its task metadata endpoint gives the task ARN.
+        The broker finds the task RUNNING with DescribeTasks (by the task ARN the client sends,
+        or by the session name in the clusters the rules name), checks that it runs with that
+        role, and reads its cluster, family and tags itself. The rule that will decide:
+    """)
+    print(rule_text(rules, "web-tasks"))
+    with workspace(keep, "web-task") as tmp:
+        token_file = Path(tmp) / "vault-token"
+        code, summary = run_client(machines.task_env(stack, task), "web", ["--sink", str(token_file)],
+                                   f"as-task --task-arn {task}")
+        requests_made.append(summary.get("request_id"))
+        if code != 0:
+            print(f"   The client failed with exit code {code}; see {stack.broker.log_path}")
+            failures += 1
+        else:
+            say(f"Issued by rule web-tasks; the token is in {token_file}.")
+
+    step(7, "Another container, same task role, tagged for another role, asks for web")
+    other = stack.run_task({"vault-role": "batch", "Name": "batch-task"})
+    say(f"Task {other.rsplit('/', 1)[1]} runs the same task definition (task role demo-task), tagged vault-role=batch.")
+    with workspace(keep, "batch-task") as tmp:
+        code, summary = run_client(machines.task_env(stack, other), "web", ["--out-dir", tmp],
+                                   f"as-task --task-arn {other}")
+        written = sorted(os.listdir(tmp))
+    requests_made.append(summary.get("request_id"))
+    say(f"Exit code {code} (4 = refused); files written: {written or 'none'}. The role alone was not enough.")
+    failures += code != 4 or bool(written)
+
+    step(8, "An EC2 instance boots in another AWS account")
+    second = stack.endpoints["second_account_id"]
+    remote = stack.launch_instance({"vault-role": "web", "Name": "web-2"}, profile="demo-node", account=second)
+    say(f"""
+        Instance {remote} runs in account {second} with that account's instance profile demo-node,
+        tagged vault-role=web. The broker reads it in account {second} through the reader role it
+        assumes there (secret-zero-reader, external ID secret-zero-local; BROKER_ACCOUNT_READERS),
+        never with its own account's view. Rule web-nodes lists both accounts.
+    """)
+    with workspace(keep, "web-2") as tmp:
+        token_file = Path(tmp) / "vault-token"
+        code, summary = run_client(machines.instance_env(stack, remote, second), "web",
+                                   ["--sink", str(token_file)], f"as-instance --account {second} --instance {remote}")
+        requests_made.append(summary.get("request_id"))
+        if code != 0:
+            print(f"   The client failed with exit code {code}; see {stack.broker.log_path}")
+            failures += 1
+        else:
+            say(f"Issued by rule web-nodes, facts read in account {second}; the token is in {token_file}.")
+    return failures, requests_made
+
+
+def story(stack, keep=False):
     rules = (PROJECT_DIR / "policies" / "rules.toml").read_text()
     failures = 0
 
@@ -176,9 +267,10 @@ def story(stack):
     print(textwrap.indent("[[rule]]\n" + rules.split("\n[[rule]]\n")[1].strip(), "     "))
 
     step(2, "Its user-data runs the broker client")
-    with tempfile.TemporaryDirectory(prefix="secret-zero-demo-") as tmp:
+    with workspace(keep, "web-1") as tmp:
         token_file = Path(tmp) / "vault-token"
-        code, summary = run_client(stack, stack.assume("demo-node", web), "web", ["--sink", str(token_file)])
+        code, summary = run_client(machines.instance_env(stack, web), "web", ["--sink", str(token_file)],
+                                   f"as-instance --instance {web}")
         if code != 0:
             print(f"   The client failed with exit code {code}; see {stack.broker.log_path}")
             return 1
@@ -208,8 +300,9 @@ def story(stack):
     step(4, "Another instance, tagged for another role, asks for web")
     other = stack.launch_instance({"vault-role": "batch", "Name": "batch-1"}, profile="demo-node")
     say(f"Instance {other} has the same instance profile but the tag vault-role=batch.")
-    with tempfile.TemporaryDirectory(prefix="secret-zero-demo-") as tmp:
-        code, summary = run_client(stack, stack.assume("demo-node", other), "web", ["--out-dir", tmp])
+    with workspace(keep, "batch-1") as tmp:
+        code, summary = run_client(machines.instance_env(stack, other), "web", ["--out-dir", tmp],
+                                   f"as-instance --instance {other}")
         written = sorted(os.listdir(tmp))
     say(f"""
         Exit code {code} (4 = refused by the broker); files written: {written or 'none'}.
@@ -231,10 +324,10 @@ def story(stack):
     gcp_rule = next((block for block in rules.split("\n[[rule]]\n") if 'name = "web-gce"' in block), None)
     if gcp_rule:
         print(textwrap.indent("[[rule]]\n" + gcp_rule.strip(), "     "))
-    with tempfile.TemporaryDirectory(prefix="secret-zero-demo-") as tmp:
+    with workspace(keep, "web-gce-1") as tmp:
         token_file = Path(tmp) / "vault-token"
-        code, summary = run_client(stack, None, "web", ["--sink", str(token_file)],
-                                   metadata_url=stack.gcp_metadata_url_for(gce["name"]))
+        code, summary = run_client(machines.gce_env(stack, gce["name"]), "web", ["--sink", str(token_file)],
+                                   f"as-gce --instance {gce['name']}")
         gce_request = summary.get("request_id")
         if code != 0:
             print(f"   The client failed with exit code {code}; see {stack.broker.log_path}")
@@ -250,27 +343,30 @@ def story(stack):
                 keys {sorted(secret)}.
             """)
 
-    step(6, "The security team searches the audit trail")
-    engineer = stack.assume("security-team", "alice")
+    more_failures, more_requests = story_containers_and_accounts(stack, keep, rules)
+    failures += more_failures
+
+    step(9, "The security team searches the audit trail")
+    engineer = machines.role_env(stack, "security-team", "alice")
     say("""
         Every decision is a DynamoDB record written before the answer; no token or secret ID in it.
         A security engineer (role security-team, listed under [security] in the rules file) asks
         the broker, signing with her own AWS identity; the broker checks it and audits the read.
     """)
-    proc = run_security(stack, engineer, "audit", "search", "--since", "15m")
+    proc = run_security(engineer, "audit", "search", "--since", "15m")
     if proc.returncode != 0:
         failures += 1
-    for request_id in (granted_request, refused_request, gce_request):
+    for request_id in (granted_request, refused_request, gce_request, *more_requests):
         if not request_id or request_id not in proc.stdout:
             print(f"   (request {request_id} is missing from the search)")
             failures += 1
     if refused_request:
         say("Why was the second instance refused? The record says it (the caller was only told 403):")
-        proc = run_security(stack, engineer, "audit", "show", refused_request)
+        proc = run_security(engineer, "audit", "show", refused_request)
         failures += proc.returncode != 0
 
-    step(7, "An intrusion detection system flags the web instance")
-    proc = run_security(stack, engineer, "revoke", "--instance", web, "--reason", "IDS alert: outbound scan",
+    step(10, "An intrusion detection system flags the web instance")
+    proc = run_security(engineer, "revoke", "--instance", web, "--reason", "IDS alert: outbound scan",
                         "--quarantine", "24h")
     if proc.returncode != 0:
         failures += 1
@@ -281,19 +377,20 @@ def story(stack):
         presents now, the broker refuses it before anything is minted.
     """)
 
-    step(8, "The flagged instance asks again")
-    with tempfile.TemporaryDirectory(prefix="secret-zero-demo-") as tmp:
-        code, summary = run_client(stack, stack.assume("demo-node", web), "web", ["--out-dir", tmp])
+    step(11, "The flagged instance asks again")
+    with workspace(keep, "web-1-flagged") as tmp:
+        code, summary = run_client(machines.instance_env(stack, web), "web", ["--out-dir", tmp],
+                                   f"as-instance --instance {web}")
     say(f"Exit code {code}: refused ({summary.get('code')}), and that refusal is on the record too.")
     if code != 4 or summary.get("code") != "quarantined":
         failures += 1
-    run_security(stack, engineer, "audit", "search", "--instance", web, "--since", "15m")
+    run_security(engineer, "audit", "search", "--instance", web, "--since", "15m")
 
     if failures:
         print(f"\nThe demo saw {failures} unexpected outcome(s).")
         return 1
-    print("\nDone: an EC2 and a GCE instance bootstrapped with no shipped credential, one refused, "
-          "all on the record; the flagged instance cut off at once.")
+    print("\nDone: EC2 instances in two accounts, an ECS task and a GCE instance bootstrapped with no shipped "
+          "credential, an instance and a task refused, all on the record; the flagged instance cut off at once.")
     return 0
 
 

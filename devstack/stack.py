@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import boto3
 import hvac
 import requests
 
 from . import aws, gcp
-from .aws import ACCOUNT_ID, REGION, AwsSeed, Keys, MotoServer
+from .aws import ACCOUNT_ID, REGION, SECOND_ACCOUNT_ID, AwsSeed, Keys, MotoServer
 from .broker import PROJECT_DIR, ChaliceLocal
+from .ecs import TaskMetadataServer
 from .procs import StackError, bypass_proxy_for_loopback, stop_all, wait_until
 from .vault import ROOT_TOKEN, OpenBaoServer, VaultSeed, seed_vault
 
@@ -45,8 +47,11 @@ class Stack:
         self.vault_seed: VaultSeed | None = None
         self.gcp_seed: dict | None = None  # the seeded GCE instance's Compute JSON
         self.startup_seconds: float | None = None
+        self._attached_broker_url: str | None = None  # Stack.attach: the running broker's URL
         self._clients: dict[tuple, Any] = {}
         self._gcp_minted: dict[tuple, int] = {}  # (instance, audience, format) -> second of the last token
+        self.ecs_seed: dict[str, dict[str, str]] = {}  # account -> cluster, task definition, container instance
+        self.task_servers: dict[str, TaskMetadataServer] = {}  # task ARN -> its simulated ECS agent
         if not detached:
             atexit.register(self.stop)
 
@@ -75,7 +80,12 @@ class Stack:
                 say("OpenBao seeded: approle auth, policies, AppRoles secret-zero-broker/web/batch, KV secrets")
                 fut_aws.result()
             say(f"moto server on {stack.moto.url} (SigV4 verified; admin user bootstrapped)")
-            say("AWS seeded: roles demo-node/demo-batch/demo-other/security-team, broker IAM user, DynamoDB tables")
+            say("AWS seeded: roles demo-node/demo-batch/demo-other/demo-task/security-team, broker IAM user, "
+                "DynamoDB tables")
+            say(f"second AWS account {SECOND_ACCOUNT_ID}: reader role {aws.READER_ROLE} (external ID "
+                f"{aws.READER_EXTERNAL_ID}), roles demo-node/demo-batch/demo-task, its own admin user")
+            say(f"ECS in both accounts: cluster {aws.ECS_CLUSTER} with a container instance, task definition "
+                f"{aws.TASK_FAMILY} (task role {aws.TASK_ROLE}); tasks stay RUNNING until stopped")
             if stack.moto_workaround:
                 say(f"note: broker IAM user also has policy {aws.MOTO_WORKAROUND_POLICY_NAME!r} "
                     "(moto cannot match resource-scoped statements for DynamoDB/Secrets Manager)")
@@ -99,11 +109,47 @@ class Stack:
         stack.startup_seconds = time.monotonic() - t0
         return stack
 
+    @classmethod
+    def attach(cls, state_dir: Path | str) -> "Stack":
+        """The stack that ``python -m devstack up`` (or ``KEEP=1 make demo``) left running,
+        from its ``endpoints.json``: AWS, Google and the broker's URL, to make machines
+        there. Nothing is started; Vault is reachable by address and root token only."""
+        state_dir = Path(state_dir).resolve()
+        try:
+            ep = json.loads((state_dir / "endpoints.json").read_text())
+        except FileNotFoundError:
+            raise StackError(f"no local stack runs with its state in {state_dir} (no endpoints.json): "
+                             "start one with `make stack-up` (or `KEEP=1 make demo`)") from None
+        stack = cls(state_dir, detached=True, project_dir=ep.get("project_dir", PROJECT_DIR))
+        port = lambda url: int(url.rsplit(":", 1)[1])  # noqa: E731
+        stack.moto.port = port(ep["aws_endpoint_url"])
+        stack.google.port = port(ep["gcp_compute_url"])
+        stack.openbao.port = port(ep["vault_addr"])
+        stack._attached_broker_url = ep.get("broker_url")
+        stack.aws_seed = AwsSeed(
+            admin=Keys(ep["aws_admin_access_key_id"], ep["aws_admin_secret_access_key"]),
+            broker=Keys(ep["broker_aws_access_key_id"], ep["broker_aws_secret_access_key"]),
+            broker_policy="",
+            second_admin=Keys(ep["second_account_admin_access_key_id"], ep["second_account_admin_secret_access_key"]))
+        try:
+            requests.get(f"{stack.moto.url}/moto-api/", timeout=2)
+        except requests.RequestException:
+            raise StackError(f"the local stack of {state_dir} does not answer (moto at {stack.moto.url}): "
+                             "is it still running? `python -m devstack status`") from None
+        return stack
+
     def _start_aws(self) -> None:
         self.moto.wait_ready()
         admin = self.moto.bootstrap_admin()
         self.aws_seed = aws.seed_aws(self.moto, admin, self.project_dir,
                                      moto_workaround=self.moto_workaround)
+        self.aws_seed.second_admin = aws.seed_second_account(self.moto, admin, self.project_dir,
+                                                             moto_workaround=self.moto_workaround)
+        # moto advances a task's status on every DescribeTasks (RUNNING -> ... -> STOPPED) unless
+        # its state manager says otherwise: a task stays RUNNING until stop_task.
+        self.moto.set_transition("ecs::task", {"progression": "manual", "times": 10**12})
+        for account in (ACCOUNT_ID, SECOND_ACCOUNT_ID):
+            self.ecs_seed[account] = aws.seed_ecs(self.moto, self.aws_seed.admin_for(account), account)
 
     def _start_google(self) -> None:
         self.google.wait_ready()
@@ -116,7 +162,8 @@ class Stack:
 
     def stop(self) -> None:
         """Stop every process of the stack (idempotent)."""
-        parts = [p for p in (self.broker, self.openbao, self.moto, self.google) if p is not None]
+        parts = [p for p in (self.broker, self.openbao, self.moto, self.google, *self.task_servers.values())
+                 if p is not None]
         try:
             stop_all([p.proc for p in parts])
         finally:
@@ -156,7 +203,16 @@ class Stack:
 
     @property
     def broker_url(self) -> str | None:
-        return self.broker.url if self.broker is not None else None
+        return self.broker.url if self.broker is not None else self._attached_broker_url
+
+    @property
+    def server_id(self) -> str:
+        """BROKER_SERVER_ID: the X-Vault-AWS-IAM-Server-ID value the broker expects."""
+        return SERVER_ID
+
+    @property
+    def vault_root_token(self) -> str:
+        return ROOT_TOKEN
 
     @property
     def endpoints(self) -> dict:
@@ -174,6 +230,13 @@ class Stack:
             "account_id": ACCOUNT_ID,
             "aws_admin_access_key_id": self.admin_keys.access_key_id,
             "aws_admin_secret_access_key": self.admin_keys.secret_access_key,
+            "second_account_id": SECOND_ACCOUNT_ID,
+            "second_account_admin_access_key_id": self.admin_keys_for(SECOND_ACCOUNT_ID).access_key_id,
+            "second_account_admin_secret_access_key": self.admin_keys_for(SECOND_ACCOUNT_ID).secret_access_key,
+            "account_readers": self.account_readers,
+            "ecs_cluster": aws.ECS_CLUSTER,
+            "ecs_task_definition": aws.TASK_FAMILY,
+            "ecs_task_role": aws.TASK_ROLE,
             "broker_aws_access_key_id": self.broker_keys.access_key_id,
             "broker_aws_secret_access_key": self.broker_keys.secret_access_key,
             "moto_log": str(self.moto.log_path),
@@ -201,6 +264,12 @@ class Stack:
                      "broker": self.broker.pid if self.broker else None},
         }
 
+    @property
+    def account_readers(self) -> dict[str, dict[str, str]]:
+        """BROKER_ACCOUNT_READERS: the reader role of every account but the broker's own."""
+        return {SECOND_ACCOUNT_ID: {"role_arn": f"arn:aws:iam::{SECOND_ACCOUNT_ID}:role/{aws.READER_ROLE}",
+                                    "external_id": aws.READER_EXTERNAL_ID}}
+
     def broker_env(self) -> dict[str, str]:
         """The broker's environment (docs/architecture.md), with its own AWS keys."""
         assert self.vault_seed is not None, "the stack is not seeded"
@@ -225,6 +294,7 @@ class Stack:
             "BROKER_GCP_CERTS_URL": self.gcp_certs_url,
             "BROKER_GCP_COMPUTE_URL": self.google.url,
             "GOOGLE_APPLICATION_CREDENTIALS": str(self.gcp_credentials_path),
+            "BROKER_ACCOUNT_READERS": json.dumps(self.account_readers, sort_keys=True),
         }
 
     # -- AWS (moto) --------------------------------------------------------------
@@ -249,48 +319,224 @@ class Stack:
             client = self._clients[cache_key] = self.moto.client(keys, name)
         return client
 
-    def assume(self, role_name: str, session_name: str) -> dict[str, str]:
-        """sts:AssumeRole (as the admin) -> access_key_id, secret_access_key, session_token."""
-        creds = self.client("sts").assume_role(
-            RoleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/{role_name}",
-            RoleSessionName=session_name)["Credentials"]
+    def admin_keys_for(self, account: str | int | None = None) -> Keys:
+        """The admin user's keys of ``account`` (an account ID; None: the broker's own)."""
+        assert self.aws_seed is not None, "the stack is not seeded"
+        return self.aws_seed.admin_for(_account(account))
+
+    def stand_in_keys(self, role_name: str, account: str | int | None = None) -> Keys:
+        """Whose keys assume ``role_name`` when the stack plays the AWS service or person
+        that its trust policy names.
+
+        moto 5.2.5 checks a trust policy only when the caller is in the role's own
+        account, and then only ``AWS`` principals (a ``Service`` principal makes it fail
+        with HTTP 500). So a role that trusts only AWS principals is assumed by its own
+        account's admin (moto checks that trust for real), and a role that trusts a
+        service (EC2-only, ECS-only) by the admin of the stack's other account, whom
+        moto does not check: that stands in for EC2 or ECS. The session's ARN is the
+        same either way: ``arn:aws:sts::ROLE_ACCOUNT:assumed-role/ROLE/SESSION``."""
+        account = _account(account)
+        trust = self.trust_policy_of(role_name, account)
+        statements = trust.get("Statement", [])
+        statements = statements if isinstance(statements, list) else [statements]
+        if all(isinstance(st.get("Principal"), dict) and set(st["Principal"]) == {"AWS"} for st in statements):
+            return self.admin_keys_for(account)
+        return self.admin_keys_for(SECOND_ACCOUNT_ID if account == ACCOUNT_ID else ACCOUNT_ID)
+
+    def assume(self, role_name: str, session_name: str, account: str | int | None = None, *,
+               external_id: str | None = None, keys: Keys | Mapping[str, str] | None = None) -> dict[str, str]:
+        """sts:AssumeRole of ``role_name`` in ``account`` (default: the broker's own) ->
+        access_key_id, secret_access_key, session_token. Without ``keys``, as the stack's
+        stand-in for whom the role trusts (:meth:`stand_in_keys`): its admin, or EC2/ECS."""
+        kwargs = {"ExternalId": external_id} if external_id is not None else {}
+        if keys is None:
+            keys = self.stand_in_keys(role_name, account)
+        creds = self.client("sts", keys).assume_role(
+            RoleArn=f"arn:aws:iam::{_account(account)}:role/{role_name}",
+            RoleSessionName=session_name, **kwargs)["Credentials"]
         return {"access_key_id": creds["AccessKeyId"],
                 "secret_access_key": creds["SecretAccessKey"],
                 "session_token": creds["SessionToken"]}
 
-    def assumed_session(self, role_name: str, session_name: str) -> boto3.Session:
-        c = self.assume(role_name, session_name)
+    def assumed_session(self, role_name: str, session_name: str, account: str | int | None = None) -> boto3.Session:
+        c = self.assume(role_name, session_name, account)
         return Keys(c["access_key_id"], c["secret_access_key"], c["session_token"]).session()
 
-    def launch_instance(self, tags: Mapping[str, str] | None = None, profile: str | None = "demo-node") -> str:
-        """Run an EC2 instance with instance profile ``profile`` and ``tags``; returns
-        its ID once describe_instances shows it running (moto's run_instances
-        itself answers "pending", describe_instances "running")."""
-        ec2 = self.client("ec2")
+    def reader_keys(self, account: str | int = SECOND_ACCOUNT_ID) -> dict[str, str]:
+        """What the broker does for a caller of ``account``: assume its reader role with
+        its own keys and the external ID."""
+        reader = self.account_readers[_account(account)]
+        return self.assume(aws.READER_ROLE, "secret-zero-broker", account, external_id=reader["external_id"],
+                           keys=self.broker_keys)
+
+    def launch_instance(self, tags: Mapping[str, str] | None = None, profile: str | None = "demo-node",
+                        account: str | int | None = None, metadata_options: Mapping[str, Any] | None = None) -> str:
+        """Run an EC2 instance in ``account`` with instance profile ``profile`` and ``tags``;
+        returns its ID once describe_instances shows it running (moto's run_instances
+        itself answers "pending", describe_instances "running"). ``metadata_options``:
+        EC2's MetadataOptions, e.g. ``{"HttpTokens": "required"}`` (IMDSv2 only)."""
+        ec2 = self.client("ec2", self.admin_keys_for(account))
         kwargs: dict[str, Any] = {}
         if profile:
             kwargs["IamInstanceProfile"] = {"Name": profile}
         if tags:
             kwargs["TagSpecifications"] = [{"ResourceType": "instance",
                                             "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
+        if metadata_options:
+            kwargs["MetadataOptions"] = dict(metadata_options)
         inst = ec2.run_instances(ImageId=aws.AMI_ID, MinCount=1, MaxCount=1,
                                  InstanceType="t3.micro", **kwargs)["Instances"][0]
         instance_id = inst["InstanceId"]
-        wait_until(lambda: self.instance_state(instance_id) == "running", timeout=5,
+        wait_until(lambda: self.instance_state(instance_id, account) == "running", timeout=5,
                    what=f"instance {instance_id} to be running")
         return instance_id
 
-    def instance_state(self, instance_id: str) -> str:
-        res = self.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"]
-        return res[0]["Instances"][0]["State"]["Name"]
+    def describe_instance(self, instance_id: str, account: str | int | None = None) -> dict:
+        res = self.client("ec2", self.admin_keys_for(account)).describe_instances(
+            InstanceIds=[instance_id])["Reservations"]
+        return res[0]["Instances"][0]
 
-    def stop_instance(self, instance_id: str) -> None:
-        self.client("ec2").stop_instances(InstanceIds=[instance_id])
-        wait_until(lambda: self.instance_state(instance_id) == "stopped", timeout=5,
+    def instance_state(self, instance_id: str, account: str | int | None = None) -> str:
+        return self.describe_instance(instance_id, account)["State"]["Name"]
+
+    def instance_role(self, instance_id: str, account: str | int | None = None) -> str:
+        """The role of the instance's instance profile (whose credentials EC2 gives it)."""
+        inst = self.describe_instance(instance_id, account)
+        profile = (inst.get("IamInstanceProfile") or {}).get("Arn")
+        if not profile:
+            raise StackError(f"instance {instance_id} has no instance profile: EC2 gives it no credentials")
+        roles = self.client("iam", self.admin_keys_for(account)).get_instance_profile(
+            InstanceProfileName=profile.rsplit("/", 1)[1])["InstanceProfile"]["Roles"]
+        if not roles:
+            raise StackError(f"instance profile {profile} has no role")
+        return roles[0]["RoleName"]
+
+    def instance_credentials(self, instance_id: str, account: str | int | None = None) -> dict[str, str]:
+        """The credentials EC2 gives the instance: its profile's role, session = the instance ID."""
+        return self.assume(self.instance_role(instance_id, account), instance_id, account)
+
+    def stop_instance(self, instance_id: str, account: str | int | None = None) -> None:
+        self.client("ec2", self.admin_keys_for(account)).stop_instances(InstanceIds=[instance_id])
+        wait_until(lambda: self.instance_state(instance_id, account) == "stopped", timeout=5,
                    what=f"instance {instance_id} to be stopped")
 
-    def terminate_instance(self, instance_id: str) -> None:
-        self.client("ec2").terminate_instances(InstanceIds=[instance_id])
+    def terminate_instance(self, instance_id: str, account: str | int | None = None) -> None:
+        self.client("ec2", self.admin_keys_for(account)).terminate_instances(InstanceIds=[instance_id])
+
+    # -- trust policies ------------------------------------------------------------
+
+    def seeded_trust_policy(self, role_name: str, account: str | int | None = None) -> dict:
+        """The trust policy the stack seeded for ``role_name``."""
+        account = _account(account)
+        if role_name == aws.READER_ROLE and account != ACCOUNT_ID:
+            return aws.reader_trust_policy()
+        roles = aws.DEMO_ROLES if account == ACCOUNT_ID else aws.SECOND_ACCOUNT_ROLES
+        if role_name not in roles:
+            raise StackError(f"the stack seeded no role {role_name!r} in account {account}")
+        return roles[role_name].trust_document(account)
+
+    def trust_policy_of(self, role_name: str, account: str | int | None = None) -> dict:
+        doc = self.client("iam", self.admin_keys_for(account)).get_role(RoleName=role_name)["Role"][
+            "AssumeRolePolicyDocument"]
+        return json.loads(doc) if isinstance(doc, str) else doc
+
+    def set_trust_policy(self, role_name: str, document: Mapping[str, Any],
+                         account: str | int | None = None) -> None:
+        """Replace the role's trust policy (iam:UpdateAssumeRolePolicy). Put it back with
+        :meth:`restore_trust_policy`, or use :meth:`changed_trust_policy`."""
+        self.client("iam", self.admin_keys_for(account)).update_assume_role_policy(
+            RoleName=role_name, PolicyDocument=json.dumps(document))
+
+    def restore_trust_policy(self, role_name: str, account: str | int | None = None) -> None:
+        self.set_trust_policy(role_name, self.seeded_trust_policy(role_name, account), account)
+
+    @contextlib.contextmanager
+    def changed_trust_policy(self, role_name: str, document: Mapping[str, Any],
+                             account: str | int | None = None) -> Iterator[None]:
+        """``with stack.changed_trust_policy("demo-node", open_doc): ...``, seeded one back after."""
+        self.set_trust_policy(role_name, document, account)
+        try:
+            yield
+        finally:
+            self.restore_trust_policy(role_name, account)
+
+    # -- ECS -------------------------------------------------------------------------
+
+    def run_task(self, tags: Mapping[str, str] | None = None, cluster: str = aws.ECS_CLUSTER,
+                 task_definition: str = aws.TASK_FAMILY, account: str | int | None = None, *,
+                 task_role: str | None = None, group: str | None = None, started_by: str | None = None) -> str:
+        """Run one task (EC2 launch type, on the cluster's container instance) in ``account``
+        with ``tags``; returns its ARN. It stays RUNNING until :meth:`stop_task`.
+        ``task_role``: a role name of that account, as a task role override."""
+        account = _account(account)
+        kwargs: dict[str, Any] = {}
+        if tags:
+            kwargs["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
+        if task_role:
+            kwargs["overrides"] = {"taskRoleArn": f"arn:aws:iam::{account}:role/{task_role}"}
+        if group:
+            kwargs["group"] = group
+        if started_by:
+            kwargs["startedBy"] = started_by
+        out = self.client("ecs", self.admin_keys_for(account)).run_task(
+            cluster=cluster, taskDefinition=task_definition, launchType="EC2", count=1, **kwargs)
+        if out.get("failures") or not out.get("tasks"):
+            raise StackError(f"run_task in {cluster} failed: {out.get('failures')}")
+        return out["tasks"][0]["taskArn"]
+
+    def describe_task(self, task_arn: str) -> dict:
+        """DescribeTasks (with tags) of the task, in its account."""
+        account, cluster = task_account(task_arn), task_cluster(task_arn)
+        tasks = self.client("ecs", self.admin_keys_for(account)).describe_tasks(
+            cluster=cluster, tasks=[task_arn], include=["TAGS"])["tasks"]
+        if not tasks:
+            raise StackError(f"no task {task_arn}")
+        return tasks[0]
+
+    def stop_task(self, task_arn: str, reason: str = "stopped by the local stack") -> None:
+        """StopTask: the task is STOPPED at once. Its simulated agent (if any) keeps
+        answering, with KnownStatus STOPPED and no more credentials."""
+        self.client("ecs", self.admin_keys_for(task_account(task_arn))).stop_task(
+            cluster=task_cluster(task_arn), task=task_arn, reason=reason)
+
+    def task_role(self, task_arn: str) -> str:
+        """The task role's ARN: the override, else the task definition's."""
+        task = self.describe_task(task_arn)
+        override = (task.get("overrides") or {}).get("taskRoleArn")
+        if override:
+            return override
+        ecs = self.client("ecs", self.admin_keys_for(task_account(task_arn)))
+        role = ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])["taskDefinition"].get(
+            "taskRoleArn")
+        if not role:
+            raise StackError(f"task {task_arn} has no task role")
+        return role
+
+    def task_credentials(self, task_arn: str) -> dict[str, str]:
+        """The task role's credentials as ECS makes them: session name = the task ID."""
+        role_arn = self.task_role(task_arn)
+        return self.assume(role_arn.rsplit("/", 1)[1], task_id(task_arn), task_account(task_arn))
+
+    def task_metadata(self, task_arn: str, detached: bool | None = None) -> TaskMetadataServer:
+        """The simulated ECS agent of the task (started once, stopped with the stack):
+        ``.env`` holds ECS_CONTAINER_METADATA_URI_V4 and AWS_CONTAINER_CREDENTIALS_FULL_URI.
+        ``detached`` (default: as the stack): it outlives this process."""
+        server = self.task_servers.get(task_arn)
+        if server is None or (server.proc is None and server.adopted_pid is None):
+            server = TaskMetadataServer.running(self.workdir, task_id(task_arn))
+            if server is not None:
+                self.task_servers[task_arn] = server
+                return server
+            server = TaskMetadataServer.for_task(self, task_arn, detached=self.detached if detached is None
+                                                 else detached)
+            server.start()
+            try:
+                server.wait_ready()
+            except BaseException:
+                server.stop()
+                raise
+            self.task_servers[task_arn] = server
+        return server
 
     # -- GCP (the simulated Google, devstack/google_sim.py) -----------------------
 
@@ -516,6 +762,30 @@ class Stack:
         path = Path(path) if path else self.workdir / "broker.env"
         _write_private(path, "".join(f"{k}={shlex.quote(v)}\n" for k, v in self.broker_env().items()))
         return path
+
+
+def _account(account: str | int | None) -> str:
+    """None: the broker's own account; else an account ID (str or int)."""
+    if account is None:
+        return ACCOUNT_ID
+    account = str(account)
+    if account not in (ACCOUNT_ID, SECOND_ACCOUNT_ID):
+        raise StackError(f"the local stack has no account {account!r} (accounts: {ACCOUNT_ID}, {SECOND_ACCOUNT_ID})")
+    return account
+
+
+def task_account(task_arn: str) -> str:
+    """arn:aws:ecs:REGION:ACCOUNT:task/CLUSTER/ID -> ACCOUNT."""
+    return task_arn.split(":")[4]
+
+
+def task_cluster(task_arn: str) -> str:
+    parts = task_arn.split(":", 5)[5].split("/")
+    return parts[1] if len(parts) == 3 else aws.ECS_CLUSTER
+
+
+def task_id(task_arn: str) -> str:
+    return task_arn.rsplit("/", 1)[1]
 
 
 def _write_private(path: Path, text: str) -> None:

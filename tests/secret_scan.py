@@ -361,10 +361,19 @@ def _install_devstack():
 
     stack_aws.seed_aws = seed_aws
 
+    original_second = stack_aws.seed_second_account
+
+    def seed_second_account(*args, **kwargs):
+        keys = original_second(*args, **kwargs)
+        SCANNER.register(keys.secret_access_key, "the second account admin's AWS secret access key (seed)")
+        return keys
+
+    stack_aws.seed_second_account = seed_second_account
+
     original_assume = Stack.assume
 
-    def assume(self, role_name, session_name):
-        creds = original_assume(self, role_name, session_name)
+    def assume(self, role_name, session_name, *args, **kwargs):
+        creds = original_assume(self, role_name, session_name, *args, **kwargs)
         SCANNER.register(creds.get("secret_access_key"), f"the secret key of a {role_name} session")
         SCANNER.register(creds.get("session_token"), f"the session token of a {role_name} session")
         return creds

@@ -66,8 +66,14 @@ def test_a_token_is_accepted_once(broker, audience):
     assert_error(post(broker, {"role": "web", "jwt": jwt}), 401, "proof_replayed")
 
 
+# Times in the cases below are taken at collection; forged() shifts them to its own "now".
+COLLECTED_AT = int(time.time())
+
+
 def forged(broker, audience, header=None, claims=None, sign=True):
     now = int(time.time())
+    claims = {k: v + now - COLLECTED_AT if k in ("iat", "exp") and isinstance(v, int) else v
+              for k, v in (claims or {}).items()}
     base = {"iss": "https://accounts.google.com", "aud": audience, "iat": now, "exp": now + 3600,
             "email": "batch-runner@demo-project.iam.gserviceaccount.com", "email_verified": True, "sub": "1"}
     base.update(claims or {})
@@ -85,6 +91,16 @@ def forged(broker, audience, header=None, claims=None, sign=True):
     ({}, {"iat": int(time.time()) + 900, "exp": int(time.time()) + 4500}, True, "in the future"),
     ({}, {"iat": int(time.time()) - 900, "exp": int(time.time()) + 2700}, True, "older than"),
     ({}, {"email_verified": False}, True, "no verified service account email"),
+    # correctly signed, oddly typed: refused by name, never a 500 or an unaudited answer
+    ({}, {"google": "x"}, True, "google claim is not an object"),
+    ({}, {"email": 5}, True, "email claim is not a string"),
+    ({}, {"sub": {}}, True, "sub claim is not a string"),
+    ({}, {"email_verified": "true"}, True, "email_verified claim is not a boolean"),
+    ({}, {"google": {"compute_engine": "x"}}, True, "compute_engine claim is not an object"),
+    ({}, {"google": {"compute_engine": {"project_id": "demo-project", "zone": "us-central1-a",
+                                        "instance_id": 5, "instance_name": "x",
+                                        "instance_creation_timestamp": 1, "project_number": 1}}}, True,
+     "instance_id claim is missing or not a string"),
 ])
 def test_forged_tokens_are_refused_and_audited(broker, audience, header, claims, sign, match):
     doc = assert_error(post(broker, {"role": "batch", "jwt": forged(broker, audience, header, claims, sign)}),

@@ -64,7 +64,7 @@ def test_a_storm_of_distinct_machines_within_the_limits_is_never_throttled(broke
 
 
 def test_rate_limit_values_are_validated(tmp_path):
-    from chalicelib.rules import RulesError, parse_rules
+    from chalicelib.policy import RulesError, parse_rules
 
     base = BASE
     for bad, message in (('per_identity = "lots"', "not a rate like"), ('per_identity = "0/1h"', "not a rate like"),

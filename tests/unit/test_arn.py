@@ -1,6 +1,6 @@
 import pytest
 
-from chalicelib.arn import parse_principal_arn
+from chalicelib.methods.aws.arn import parse_principal_arn
 from chalicelib.errors import InvalidProof
 
 

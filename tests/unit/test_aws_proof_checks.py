@@ -7,10 +7,10 @@ from datetime import datetime, timedelta, timezone
 import hvac.aws_utils
 import pytest
 
-from chalicelib.aws_proof import AwsProofVerifier
+from chalicelib.methods.aws.proof import AwsProofVerifier
 from chalicelib.config import Settings
 from chalicelib.errors import InvalidProof, InvalidRequest
-from chalicelib.login_request import parse_aws_login
+from chalicelib.methods.aws.request import parse_aws_login
 from tests.sigv4 import login_body, sign, signed_login
 
 SERVER_ID = "broker.test"
@@ -29,7 +29,7 @@ def verifier(**env):
             "BROKER_SERVER_ID": SERVER_ID, "BROKER_AUDIT_TABLE": "a", "BROKER_REPLAY_TABLE": "r",
             "BROKER_STS_ENDPOINTS": "https://sts.amazonaws.com,https://sts.eu-west-1.amazonaws.com"}
     base.update(env)
-    return AwsProofVerifier(Settings.from_env(base), NoNetwork())
+    return AwsProofVerifier(Settings.from_env(base).aws, NoNetwork())
 
 
 def check(body):

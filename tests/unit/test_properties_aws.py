@@ -19,13 +19,15 @@ import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from chalicelib import aws_proof
-from chalicelib.arn import INSTANCE_ID, PrincipalArn, parse_principal_arn
-from chalicelib.aws_proof import (ALLOWED_AMZ_HEADERS, MAX_RESPONSE_BYTES, SIGNABLE_HEADERS, STS_NS,
-                                  AwsProofVerifier, CallerIdentity, SignedProof)
+from chalicelib.methods.aws import proof as aws_proof
+from chalicelib.methods.aws.arn import INSTANCE_ID, PrincipalArn, parse_principal_arn
+from chalicelib.methods.aws.proof import (ALLOWED_AMZ_HEADERS, MAX_RESPONSE_BYTES, SIGNABLE_HEADERS, STS_NS,
+                                  AwsProofVerifier, SignedProof)
+from chalicelib.methods.base import VerifiedCaller as CallerIdentity
 from chalicelib.config import Settings
 from chalicelib.errors import InvalidProof, InvalidRequest, Unavailable
-from chalicelib.login_request import AWS_FIELDS, ROLE_NAME, AwsLoginRequest, parse_aws_login
+from chalicelib.methods.aws.request import AWS_FIELDS, AwsLoginRequest, parse_aws_login
+from chalicelib.policy import ROLE_NAME
 from tests.sigv4 import signed_login
 
 SERVER_ID = "broker.test"
@@ -51,7 +53,7 @@ def settings_for(**env):
             "BROKER_SERVER_ID": SERVER_ID, "BROKER_AUDIT_TABLE": "a", "BROKER_REPLAY_TABLE": "r",
             "BROKER_STS_ENDPOINTS": "https://sts.amazonaws.com,https://sts.eu-west-1.amazonaws.com"}
     base.update(env)
-    return Settings.from_env(base)
+    return Settings.from_env(base).aws
 
 
 VERIFIER = AwsProofVerifier(settings_for(), NoNetwork())
@@ -99,6 +101,9 @@ def test_well_typed_fields_are_parsed_or_refused_with_400(role, method, url, bod
     try:
         login = parse_aws_login(json.dumps(doc).encode())
     except InvalidRequest:
+        return
+    except InvalidProof as e:  # a header value no HTTP client could send: a forged proof (401)
+        assert "value no HTTP client sends" in e.message
         return
     _check_accepted(login)
     assert login.body == body
@@ -258,10 +263,11 @@ PROOF = SignedProof("https://sts.amazonaws.com/", "sts.amazonaws.com", (), "ab" 
 
 
 def identity(body):
-    """`_identity` either reads an identity or says STS is unavailable."""
+    """`_identity` either reads an identity, says STS is unavailable, or refuses an answer
+    whose ARN is no principal's (or names another account than Account)."""
     try:
         result = VERIFIER._identity(body, PROOF)
-    except Unavailable:
+    except (Unavailable, InvalidProof):
         return None
     assert isinstance(result, CallerIdentity)
     return result
@@ -277,7 +283,14 @@ def gci(arn="arn:aws:sts::123456789012:assumed-role/demo-node/i-0123456789abcdef
 
 def test_a_genuine_answer_is_read():
     got = identity(gci())
-    assert got.account == "123456789012" and got.arn.endswith("/i-0123456789abcdef0")
+    assert got.account == "123456789012" and got.principal.endswith("/i-0123456789abcdef0")
+    assert got.claimed.kind == "ec2-instance" and got.claimed.id == "i-0123456789abcdef0"
+    assert got.canonical_principal == "arn:aws:iam::123456789012:role/demo-node"
+
+
+def test_an_answer_whose_arn_names_another_account_is_refused():
+    with pytest.raises(InvalidProof, match="inconsistent"):
+        VERIFIER._identity(gci(account="210987654321"), PROOF)
 
 
 @given(st.binary(max_size=2048))

@@ -20,10 +20,11 @@ from cryptography.x509.oid import NameOID
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from chalicelib import gcp_proof
+from chalicelib.methods.gcp import proof as gcp_proof
 from chalicelib.config import Settings
 from chalicelib.errors import InvalidProof, InvalidRequest, Unavailable
-from chalicelib.gcp_proof import GcpProofVerifier, GoogleCerts, GoogleIdentity, _split, parse_gcp_login
+from chalicelib.methods.gcp.proof import GcpProofVerifier, GoogleCerts, _split, parse_gcp_login
+from chalicelib.methods.base import VerifiedCaller as GoogleIdentity
 
 AUDIENCE = "https://broker.test"
 NOW = 1_800_000_000
@@ -52,7 +53,7 @@ class Certs:
 def settings():
     return Settings.from_env({"BROKER_VAULT_ADDR": "http://127.0.0.1:1", "BROKER_VAULT_ROLE_ID": "r",
                               "BROKER_VAULT_SECRET_ID_SECRET": "s", "BROKER_SERVER_ID": "x",
-                              "BROKER_AUDIT_TABLE": "a", "BROKER_REPLAY_TABLE": "r", "BROKER_GCP_AUDIENCE": AUDIENCE})
+                              "BROKER_AUDIT_TABLE": "a", "BROKER_REPLAY_TABLE": "r", "BROKER_GCP_AUDIENCE": AUDIENCE}).gcp
 
 
 VERIFIER = GcpProofVerifier(settings(), Certs(), clock=lambda: NOW)

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import event, example, given
 from hypothesis import strategies as st
 
-from chalicelib.facts import CallerFacts, GceInstanceFacts, GcpCallerFacts, InstanceFacts
-from chalicelib.rules import Decision, RulesError, RuleSet, parse_rules
+from chalicelib.methods.aws.model import AwsFacts as CallerFacts, InstanceFacts
+from chalicelib.methods.gcp.model import GceInstanceFacts, GcpFacts as GcpCallerFacts
+from chalicelib.policy import Decision, RulesError, RuleSet, parse_rules
 
 
 def parse(text):
@@ -163,7 +164,7 @@ def test_random_structures_are_rules_or_a_rules_error(doc):
     if rules is None:
         return
     for rule in rules.rules:
-        assert (rule.aws is None) != (rule.gcp is None)
+        assert rule.method in ("aws", "gcp") and rule.conditions is not None
         assert 10 <= rule.issuance.wrap_ttl <= 300 and 30 <= rule.issuance.secret_id_ttl <= 86400
         assert rule.issuance.secret_id_num_uses == 1
     assert len({r.name for r in rules.rules}) == len(rules.rules)
@@ -185,13 +186,13 @@ aws_facts = st.builds(
     instance=st.none() | st.builds(InstanceFacts, instance_id=text, region=text, state=text,
                                    tags=st.dictionaries(text, text, max_size=3)),
     role_tags=st.dictionaries(st.sampled_from(["team", "vault-role"]) | text, text, max_size=3),
-    instance_claim_error=st.none() | text)
+    claim_error=st.none() | text)
 gcp_facts = st.builds(
     GcpCallerFacts, email=text, project_id=st.none() | st.sampled_from(["demo-project"]) | text,
     instance=st.none() | st.builds(GceInstanceFacts, instance_id=text, name=text, project_id=text, project_number=text,
                                    zone=text, region=text, status=text, service_accounts=st.tuples(text),
                                    labels=st.dictionaries(text, text, max_size=3)),
-    instance_claim_error=st.none() | text, claimed_instance=st.none() | text)
+    claim_error=st.none() | text, claimed_instance=st.none() | text)
 
 
 def _exercise(rules, facts_list=()):
@@ -201,7 +202,7 @@ def _exercise(rules, facts_list=()):
             assert isinstance(decision, Decision) and decision.role == role
             if decision.granted:
                 rule = next(r for r in rules.rules if r.name == decision.rule)
-                assert rule.role == role and not rule.mismatches(facts) and not facts.instance_claim_error
+                assert rule.role == role and not rule.mismatches(facts) and not facts.claim_error
             else:
                 assert decision.reason
             rules.explain(facts, role)
@@ -217,7 +218,7 @@ def test_any_rules_decide_for_any_facts(doc, facts_list):
 
 def test_the_shipped_rules_decide_for_any_facts():
     from chalicelib.config import DEFAULT_RULES_FILE
-    from chalicelib.rules import load_rules
+    from chalicelib.policy import load_rules
 
     rules = load_rules(DEFAULT_RULES_FILE)
 

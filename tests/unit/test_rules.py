@@ -2,8 +2,9 @@
 
 import pytest
 
-from chalicelib.facts import CallerFacts, InstanceFacts, facts_from_dict
-from chalicelib.rules import RulesError, load_rules, parse_rules
+from chalicelib.methods import facts_from_dict
+from chalicelib.methods.aws.model import AwsFacts as CallerFacts, InstanceFacts
+from chalicelib.policy import RulesError, load_rules, parse_rules
 
 RULES = """
 version = 1
@@ -35,7 +36,7 @@ def node(tags=None, role="demo-node", account="123456789012", claim_error=None):
     return CallerFacts.from_dict({
         "principal_arn": f"arn:aws:sts::{account}:assumed-role/{role}/i-0123456789abcdef0",
         "instance": None if instance is None else instance.__dict__,
-        "instance_claim_error": claim_error,
+        "claim_error": claim_error,
     })
 
 
@@ -97,7 +98,8 @@ def test_used_facts_keep_only_tag_keys_named_by_rules():
 def test_the_shipped_rules_file_is_valid():
     shipped = load_rules("policies/rules.toml")
     assert shipped.roles == ["batch", "web"]
-    assert [r.name for r in shipped.rules] == ["web-nodes", "batch-jobs", "web-gce", "batch-cloud-run"]
+    assert [r.name for r in shipped.rules] == ["web-nodes", "batch-jobs", "web-tasks", "web-gce",
+                                                    "batch-cloud-run"]
 
 
 @pytest.mark.parametrize("text, message", [
@@ -166,7 +168,7 @@ def gce(labels=None, name="web-1", zone="us-central1-a", email="demo-node@demo-p
         "region": zone.rsplit("-", 1)[0], "status": "RUNNING", "service_accounts": [email],
         "labels": labels if labels is not None else {"vault-role": "web"}}
     return facts_from_dict({"method": "gcp", "email": email, "project_id": "demo-project", "instance": instance,
-                            "instance_claim_error": claim_error})
+                            "claim_error": claim_error})
 
 
 def test_gce_instance_granted_by_labels_zone_and_name():

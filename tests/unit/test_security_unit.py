@@ -13,7 +13,7 @@ from chalicelib.audit_schema import (INDEX_INSTANCE, INDEX_PRINCIPAL, INDEX_ROLE
                                      table_definitions)
 from chalicelib.errors import InvalidRequest
 from chalicelib.quarantine import caller_keys
-from chalicelib.rules import RulesError, parse_rules
+from chalicelib.policy import RulesError, parse_rules
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 SESSION = "arn:aws:sts::123456789012:assumed-role/demo-node/i-0123456789abcdef0"
@@ -52,7 +52,7 @@ def test_bad_security_tables_are_refused(body, match):
 
 def test_the_shipped_rules_name_the_security_team():
     from chalicelib.config import DEFAULT_RULES_FILE
-    from chalicelib.rules import load_rules
+    from chalicelib.policy import load_rules
 
     rules = load_rules(DEFAULT_RULES_FILE)
     assert rules.is_security_principal("arn:aws:iam::123456789012:role/security-team")

@@ -1,0 +1,188 @@
+"""Admit a verified proof: spent once, its caller not quarantined, within its budget.
+
+One DynamoDB transaction (TransactWriteItems) does all three, so a refused request
+changes nothing: a replayed proof or a quarantined caller never uses up the caller's
+per-identity rate budget (a replay attacker can't lock the real machine out), and a
+request over budget leaves no half-written state. The cancellation reasons say which
+condition failed. Proofs are looked up (`seen`) before the cloud is asked, so a
+replayed proof costs no STS call and no certificate fetch.
+
+Stores know no method: callers hand in the proof hash, the identity key and the
+quarantine keys (from the VerifiedCaller).
+"""
+
+import random
+import time
+
+from .aws_calls import attempt, call, try_call
+from .audit_schema import TTL_ATTRIBUTE
+from .errors import ProofReplayed, Quarantined, RateLimited, Unavailable
+
+# STS accepts a signature for 15 minutes; keep the record at least that long past our own window.
+STS_SIGNATURE_LIFETIME = 15 * 60
+# Transactions cancelled only by conflicts with concurrent ones are tried again (jittered).
+CONFLICT_ATTEMPTS = 4
+CONFLICT_BACKOFF = 0.02  # seconds, doubled per attempt
+
+
+class Admission:
+    def __init__(self, dynamodb, replay_table, quarantine_table=None, clock=time.time, sleep=time.sleep):
+        self._db = dynamodb
+        self._replay = replay_table
+        self._quarantine = quarantine_table  # None: no quarantine and no rate limits
+        self._clock = clock
+        self._sleep = sleep
+
+    def seen(self, proof_hash):
+        """ProofReplayed when this proof was spent before (a cheap read before verification)."""
+        page = call("replay store", self._db.get_item, TableName=self._replay,
+                    Key={"proof_hash": {"S": proof_hash}}, ConsistentRead=True, ProjectionExpression="proof_hash")
+        if page.get("Item"):
+            raise ProofReplayed("this proof was already used; sign a new one")
+
+    def admit(self, proof_hash, *, request_id, method, valid_until, identity_key=None, limit=None,
+              quarantine_keys=(), shared_quarantine_keys=()):
+        """Spend the proof, count the identity's budget and check the quarantine, atomically.
+
+        `quarantine_keys` are the caller's own (its machine, or its principal when it claims
+        none): they are ConditionChecks in the transaction. `shared_quarantine_keys` (a role's
+        ARN, a service account every instance runs as) are read beside it instead: every
+        machine of a role would check the same item, and concurrent transactions on one item
+        cancel each other (TransactionConflict) in a boot storm.
+
+        Raises ProofReplayed, Quarantined or RateLimited (in that order of precedence);
+        a quarantined or over-budget caller's proof is still spent afterwards, so it
+        can't be tried again once the quarantine is lifted.
+        """
+        if self._quarantine is not None and shared_quarantine_keys:
+            from .concurrency import raise_first, settle
+
+            _, shared = raise_first(settle(
+                lambda: self.admit(proof_hash, request_id=request_id, method=method, valid_until=valid_until,
+                                   identity_key=identity_key, limit=limit, quarantine_keys=quarantine_keys),
+                lambda: [self._entry_in_force(k) for k in shared_quarantine_keys]))
+            in_force = [key for key, entry in zip(shared_quarantine_keys, shared) if entry is not None]
+            if in_force:  # the proof is spent (and counted): a refused caller can't try it again
+                raise self._quarantined(in_force[0])
+            return None
+        now = int(self._clock())
+        items = [{"Put": self._replay_item(proof_hash, request_id, method, valid_until, now)}]
+        counted = self._quarantine is not None and limit is not None and identity_key is not None
+        if counted:
+            items.append({"Update": self._counter_update(identity_key, limit, now)})
+        checks = list(quarantine_keys) if self._quarantine is not None else []
+        for key in checks:
+            items.append({"ConditionCheck": {
+                "TableName": self._quarantine, "Key": {"pk": {"S": key}},
+                "ConditionExpression": "attribute_not_exists(pk) OR #until <= :now",
+                "ExpressionAttributeNames": {"#until": "until"},
+                "ExpressionAttributeValues": {":now": {"N": str(now)}}}})
+        if len(items) == 1:
+            return self._spend(items[0]["Put"])
+        cancelled = self._transact(items)
+        if cancelled is None:
+            return None
+        failed = _failed_items(cancelled)
+        if failed is None:  # cancelled for another reason (a conflicting write, throttling)
+            raise Unavailable("the replay store is unavailable", backend="replay store",
+                              detail="transact_write_items was cancelled: " + _reasons(cancelled))
+        if 0 in failed:
+            raise ProofReplayed("this proof was already used; sign a new one")
+        self._spend(items[0]["Put"])  # refused below: the proof is still used up
+        first_check = 2 if counted else 1
+        quarantined = [checks[i - first_check] for i in sorted(failed) if i >= first_check]
+        if quarantined:
+            raise self._quarantined(quarantined[0])
+        window = limit.window
+        start = now - now % window
+        raise RateLimited("too many credentials asked for by this caller recently; try again later",
+                          retry_after=max(1, start + window - now),
+                          detail=f"rate limit issue-identity {identity_key}: {limit.count} per {window}s reached")
+
+    def _transact(self, items):
+        """The transaction; None when it went through, else its cancellation.
+
+        Every instance of a role checks the same `quarantine#principal#<role ARN>` item, so
+        two of them booting at once make concurrent transactions on one item, which
+        DynamoDB cancels with TransactionConflict (nothing written). That is contention, not
+        an outage: try again a few times, with jitter, before answering 503."""
+        for attempt_number in range(CONFLICT_ATTEMPTS):
+            _, cancelled = attempt("replay store", ("TransactionCanceledException",), self._db.transact_write_items,
+                                   TransactItems=items)
+            if cancelled is None or not _only_conflicts(cancelled) or attempt_number == CONFLICT_ATTEMPTS - 1:
+                return cancelled
+            self._sleep(random.uniform(0, CONFLICT_BACKOFF * 2 ** attempt_number))
+        return cancelled
+
+    # ---- items ---------------------------------------------------------------------------
+
+    def _replay_item(self, proof_hash, request_id, method, valid_until, now):
+        return {
+            "TableName": self._replay,
+            "Item": {
+                "proof_hash": {"S": proof_hash},
+                "request_id": {"S": request_id},
+                "method": {"S": method},
+                "spent_at": {"N": str(now)},
+                TTL_ATTRIBUTE: {"N": str(int(max(valid_until, now)) + STS_SIGNATURE_LIFETIME)},
+            },
+            "ConditionExpression": "attribute_not_exists(proof_hash)",
+        }
+
+    def _counter_update(self, identity_key, limit, now):
+        # The same counter items as QuarantineStore.take_slot("issue-identity", ...).
+        start = now - now % limit.window
+        return {
+            "TableName": self._quarantine,
+            "Key": {"pk": {"S": f"ratelimit#issue-identity#{identity_key}#{start}"}},
+            "UpdateExpression": "ADD hits :one SET #exp = :exp",
+            "ConditionExpression": "attribute_not_exists(hits) OR hits < :limit",
+            "ExpressionAttributeNames": {"#exp": TTL_ATTRIBUTE},
+            "ExpressionAttributeValues": {":one": {"N": "1"}, ":limit": {"N": str(limit.count)},
+                                          ":exp": {"N": str(start + 2 * limit.window)}},
+        }
+
+    def _spend(self, put):
+        _, refused = try_call("replay store", ("ConditionalCheckFailedException",), self._db.put_item, **put)
+        if refused:
+            raise ProofReplayed("this proof was already used; sign a new one")
+
+    def _entry_in_force(self, key):
+        page = call("quarantine store", self._db.get_item, TableName=self._quarantine, Key={"pk": {"S": key}},
+                    ConsistentRead=True, ProjectionExpression="pk, #until", ExpressionAttributeNames={"#until": "until"})
+        item = page.get("Item")
+        return item if item and int(float(item["until"]["N"])) > self._clock() else None
+
+    def _quarantined(self, key):
+        from .quarantine import _entry, iso
+
+        page = call("quarantine store", self._db.get_item, TableName=self._quarantine, Key={"pk": {"S": key}},
+                    ConsistentRead=True)
+        entry = _entry(page["Item"]) if page.get("Item") else None
+        if entry is None:  # lifted meanwhile: still refused this time, the transaction said so
+            return Quarantined("this caller is quarantined by the security team", detail=f"quarantined: {key}")
+        kind, value = entry.target
+        return Quarantined(
+            f"this caller is quarantined by the security team until {iso(entry.until)}",
+            detail=f"quarantined: {kind} {value} by revocation {entry.revocation_id} until {iso(entry.until)}")
+
+
+def _reasons(error):
+    return ",".join(str((r or {}).get("Code")) for r in getattr(error, "response", {}).get("CancellationReasons", []))
+
+
+def _only_conflicts(error):
+    """Was the transaction cancelled by concurrent transactions only (nothing else failed)?"""
+    codes = {(r or {}).get("Code") for r in getattr(error, "response", {}).get("CancellationReasons") or []}
+    return "TransactionConflict" in codes and codes <= {"TransactionConflict", "None", None}
+
+
+def _failed_items(error):
+    """The indexes of the transaction items whose condition failed, or None when the
+    transaction was cancelled for another reason (a conflict, throttling)."""
+    reasons = getattr(error, "response", {}).get("CancellationReasons")
+    if not reasons:
+        return None
+    failed = {i for i, r in enumerate(reasons) if (r or {}).get("Code") == "ConditionalCheckFailed"}
+    others = [r.get("Code") for r in reasons if (r or {}).get("Code") not in (None, "None", "ConditionalCheckFailed")]
+    return None if others or not failed else failed

@@ -1,0 +1,53 @@
+"""The AWS proof method: a SigV4-signed sts:GetCallerIdentity (Vault's aws `iam` login fields).
+
+    request.py   the login body (+ the optional ecs_task_arn claim)
+    proof.py     offline checks, the rebuilt STS round trip -> VerifiedCaller
+    arn.py       principal, task ARNs; instance and task IDs
+    readers.py   per-account clients: the broker's own account, or a reader role
+    facts.py     role tags, trust policy, EC2 instance claims -> AwsFacts
+    ecs.py       ECS task claims
+    trust.py     who may assume a role (pure)
+    model.py     the facts as plain data (pure)
+    match.py     [rule.aws] conditions (pure)
+    settings.py  its environment variables
+"""
+
+from . import match as conditions
+
+NAME = "aws"
+# The body fields that carry the proof (the incident route takes them beside its own).
+PROOF_FIELDS = ("iam_http_request_method", "iam_request_url", "iam_request_body", "iam_request_headers")
+# Does the proof itself vouch for the machine it claims? No: whoever assumes a role names
+# the session, so an instance or task ID there is a claim until the facts step checks it.
+CLAIMS_SIGNED = False
+
+
+def build(settings, make_aws_client, http_session, rules):
+    """The method, from the broker's Settings; its readers from BROKER_ACCOUNT_READERS.
+    `rules()` is the rules in force (they may change without a redeploy)."""
+    from ..base import ProofMethod
+    from .facts import AwsFactsReader
+    from .proof import AwsProofVerifier
+    from .readers import AccountReaders
+    from .request import parse_aws_login
+
+    own = settings.aws
+    readers = AccountReaders(own, make_aws_client)
+    reader = AwsFactsReader(readers, own.regions,
+                            task_clusters=lambda: conditions.literal_clusters(
+                                [r.conditions for r in rules().rules_of(NAME)]),
+                            cache_seconds=own.fact_cache_seconds)
+    return ProofMethod(NAME, parse_aws_login, AwsProofVerifier(own, http_session), reader, readers=readers)
+
+
+def check_rules(rules, readable_accounts):
+    """Problems of the rules for this deployment: a rule that needs facts (tags, instances,
+    tasks) of an account the broker can't read would silently refuse everyone there."""
+    problems = []
+    for rule in rules.rules_of(NAME):
+        if rule.conditions.needs_reader:
+            for account in rule.conditions.accounts:
+                if account not in readable_accounts:
+                    problems.append(f"{rules.source}: rule {rule.name}: account {account} needs a reader role "
+                                    "(BROKER_ACCOUNT_READERS) to read its instances, tasks or role tags")
+    return problems

@@ -1,0 +1,180 @@
+"""Facts about a verified AWS caller, read in the caller's own account.
+
+Parse, validate, execute, check (as Teleport's join_iam.go): the claims the session
+makes (an EC2 instance ID as session name, an ECS task ID, an `ecs_task_arn`) are
+checked offline first, then read in parallel through the account's reader
+(chalicelib/methods/aws/readers.py): role tags, the role's trust policy, the
+instance (every configured region at once) or the task.
+"""
+
+import threading
+import time
+
+from ...aws_calls import try_call
+from ...concurrency import raise_first, settle
+from .arn import parse_principal_arn
+from .ecs import TaskClaims
+from .model import AwsFacts, InstanceFacts
+from .trust import EC2_SERVICE, ECS_TASKS_SERVICE, only_service_may_assume
+
+_NOT_FOUND = ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed")
+
+
+class ShortCache:
+    """Values kept for a few seconds (role tags, trust policies): a change in IAM is
+    seen within that time, and a boot storm of one role reads IAM once per window."""
+
+    def __init__(self, seconds, clock=time.monotonic, size=1024):
+        self._seconds = seconds
+        self._clock = clock
+        self._size = size
+        self._items = {}
+        self._lock = threading.Lock()
+
+    def get(self, key, load):
+        if self._seconds <= 0:
+            return load()
+        now = self._clock()
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and hit[0] > now:
+                return hit[1]
+        value = load()
+        with self._lock:
+            if len(self._items) >= self._size:
+                self._items.clear()
+            self._items[key] = (now + self._seconds, value)
+        return value
+
+
+class AwsFactsReader:
+    def __init__(self, readers, regions, task_clusters=lambda: (), cache_seconds=5.0):
+        self._readers = readers  # AccountReaders
+        self._regions = tuple(regions)
+        self._cache = ShortCache(cache_seconds)
+        self._tasks = TaskClaims(regions, task_clusters)
+
+    def read(self, caller, login):
+        arn = parse_principal_arn(caller.principal)
+        base = dict(account=arn.account, principal_arn=caller.principal, canonical_arn=arn.canonical_arn,
+                    principal_type=arn.kind, role_name=arn.role_name, session_name=arn.session_name)
+        task_arn = getattr(login, "ecs_task_arn", None)
+        offline_error = self._tasks.check_offline(arn, task_arn)
+        if offline_error:
+            return AwsFacts(**base, claim_error=offline_error)
+        clients = self._readers.for_account(arn.account)
+        if clients is None:
+            # SECURITY: never read another account's resources for this caller (a same-named
+            # role or instance there is not the caller's).
+            return AwsFacts(**base, unreadable_account=True)
+
+        claim_kind = "ec2" if arn.session_instance_id else ("ecs" if arn.session_task_id or task_arn else None)
+        calls = [
+            (lambda: self._role_tags(clients, arn.role_name)) if arn.role_name else dict,
+            (lambda: self._trust(clients, arn.role_name, claim_kind)) if claim_kind else (lambda: None),
+        ]
+        if claim_kind == "ec2":
+            calls.append(lambda: self._verify_instance(clients, arn))
+        elif claim_kind == "ecs":
+            calls.append(lambda: self._tasks.verify(clients, arn, task_arn))
+        else:
+            calls.append(lambda: (None, None))
+        role_tags, trust_error, (machine, claim_error) = raise_first(settle(*calls))
+        if claim_error:
+            return AwsFacts(**base, role_tags=role_tags, claim_error=claim_error)
+        return AwsFacts(**base, role_tags=role_tags,
+                        instance=machine if claim_kind == "ec2" else None,
+                        task=machine if claim_kind == "ecs" else None,
+                        claim_trust_error=trust_error if machine is not None else None)
+
+    # ---- IAM ------------------------------------------------------------------------------
+
+    def _role_tags(self, clients, role_name):
+        return self._cache.get(("tags", clients.account, role_name), lambda: self._read_role_tags(clients, role_name))
+
+    @staticmethod
+    def _read_role_tags(clients, role_name):
+        iam = clients.client("iam")
+        tags, marker = {}, None
+        while True:
+            kwargs = {"RoleName": role_name, **({"Marker": marker} if marker else {})}
+            page, missing = try_call("iam", ("NoSuchEntity",), iam.list_role_tags, **kwargs)
+            if missing:  # the role was deleted after the session began: it has no tags
+                return {}
+            tags.update({t["Key"]: t["Value"] for t in page.get("Tags", [])})
+            if not page.get("IsTruncated"):
+                return tags
+            marker = page["Marker"]
+
+    def _trust(self, clients, role_name, claim_kind):
+        """None when only EC2 (or ECS) may assume the role, else why the claim can't be trusted."""
+        service = EC2_SERVICE if claim_kind == "ec2" else ECS_TASKS_SERVICE
+        document = self._cache.get(("trust", clients.account, role_name),
+                                   lambda: self._read_trust(clients, role_name))
+        if document is None:
+            return f"role {role_name} no longer exists"
+        problem = only_service_may_assume(document, service)
+        return f"role {role_name} can't vouch for its session name: {problem}" if problem else None
+
+    @staticmethod
+    def _read_trust(clients, role_name):
+        page, missing = try_call("iam", ("NoSuchEntity",), clients.client("iam").get_role, RoleName=role_name)
+        return None if missing else page.get("Role", {}).get("AssumeRolePolicyDocument")
+
+    # ---- EC2 ------------------------------------------------------------------------------
+
+    def _verify_instance(self, clients, arn):
+        """(InstanceFacts, None) when the session's instance claim holds, else (None, reason)."""
+        instance_id = arn.session_instance_id
+        found = self._find_instance(clients, instance_id)
+        if found is None:
+            return None, (f"session names instance {instance_id}, which does not exist in account "
+                          f"{arn.account} in the regions the broker reads")
+        region, owner, raw = found
+        if owner != arn.account:
+            return None, f"instance {instance_id} belongs to another account"
+        state = raw.get("State", {}).get("Name", "unknown")
+        if state != "running":
+            return None, f"instance {instance_id} is {state}, not running"
+        profile_arn = (raw.get("IamInstanceProfile") or {}).get("Arn")
+        if not profile_arn:
+            return None, f"instance {instance_id} has no instance profile"
+        if not self._profile_holds_role(clients, profile_arn, arn):
+            return None, f"instance {instance_id}'s instance profile does not hold role {arn.role_name}"
+        tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
+        options = raw.get("MetadataOptions") or {}
+        imdsv2 = options.get("HttpTokens") == "required" or options.get("HttpEndpoint") == "disabled"
+        return InstanceFacts(instance_id, region, state, profile_arn, tags, imdsv2), None
+
+    def _find_instance(self, clients, instance_id):
+        """(region, owner, instance) from the first region that has it; every region at once."""
+        def lookup(region):
+            ec2 = clients.client("ec2", region)
+            page, missing = try_call("ec2", _NOT_FOUND, ec2.describe_instances, InstanceIds=[instance_id])
+            if missing:
+                return None
+            for reservation in page.get("Reservations", []):
+                for inst in reservation.get("Instances", []):
+                    if inst.get("InstanceId") == instance_id:
+                        return region, reservation.get("OwnerId"), inst
+            return None
+
+        found = raise_first(settle(*[(lambda r=r: lookup(r)) for r in self._regions]))
+        return next((f for f in found if f is not None), None)
+
+    def _profile_holds_role(self, clients, profile_arn, arn):
+        # arn:aws:iam::ACCOUNT:instance-profile/PATH/NAME
+        parts = profile_arn.split(":", 5)
+        if len(parts) != 6 or parts[4] != arn.account:
+            return False
+        name = parts[5].rsplit("/", 1)[-1]
+        # Cached for seconds like role tags: a boot storm of one role reads its profile once.
+        roles = self._cache.get(("profile", clients.account, name), lambda: self._profile_roles(clients, name))
+        return any(r.get("RoleName") == arn.role_name and r.get("Arn", "").split(":")[4:5] == [arn.account]
+                   for r in roles)
+
+    @staticmethod
+    def _profile_roles(clients, name):
+        page, missing = try_call("iam", ("NoSuchEntity",), clients.client("iam").get_instance_profile,
+                                 InstanceProfileName=name)
+        return () if missing else tuple(page.get("InstanceProfile", {}).get("Roles", []))

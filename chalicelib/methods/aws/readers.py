@@ -1,0 +1,94 @@
+"""Clients that read a caller's facts in the caller's own account.
+
+The broker's own account is read with the broker's own credentials. Any other
+account only through the reader role configured for it (BROKER_ACCOUNT_READERS:
+role ARN + external ID, like Vault's per-account STS configuration); its
+credentials are cached until shortly before they expire. An account with neither
+gets no reader at all: the broker never reads one account's resources to decide
+about a caller of another (a same-named role in the broker's account is not the
+caller's role).
+"""
+
+import threading
+import time
+
+from ...aws_calls import call
+
+# Assume the reader role again when its credentials have less than this left.
+REFRESH_MARGIN = 300
+SESSION_SECONDS = 3600
+SESSION_NAME = "secret-zero-broker-reader"
+
+
+class AccountClients:
+    """Botocore clients of one account, made on first use and kept."""
+
+    def __init__(self, account, make_client, credentials=None, expires_at=float("inf")):
+        self.account = account
+        self.expires_at = expires_at
+        self._make = make_client
+        self._credentials = credentials or {}
+        self._clients = {}
+        self._lock = threading.Lock()
+
+    def client(self, service, region=None):
+        key = (service, region)
+        with self._lock:
+            if key not in self._clients:
+                self._clients[key] = self._make(service, region, **self._credentials)
+            return self._clients[key]
+
+
+class AccountReaders:
+    def __init__(self, settings, make_client, clock=time.time):
+        self._readers = settings.readers
+        self._make = make_client
+        self._clock = clock
+        self._own_account = settings.own_account
+        self._own = None
+        self._assumed = {}
+        self._lock = threading.Lock()
+
+    @property
+    def own_account(self):
+        """The broker's own account: configured (BROKER_ACCOUNT_ID) or asked of STS once."""
+        if self._own_account is None:
+            with self._lock:
+                if self._own_account is None:
+                    identity = call("sts", self._make("sts").get_caller_identity)
+                    self._own_account = identity["Account"]
+        return self._own_account
+
+    def accounts(self):
+        """Every account whose facts the broker can read."""
+        return {self.own_account, *self._readers}
+
+    def for_account(self, account):
+        """Clients reading `account`, or None when the broker has no way to read it."""
+        if account == self.own_account:
+            if self._own is None:
+                self._own = AccountClients(account, self._make)
+            return self._own
+        reader = self._readers.get(account)
+        if reader is None:
+            return None
+        with self._lock:
+            clients = self._assumed.get(account)
+            if clients is None or clients.expires_at - REFRESH_MARGIN <= self._clock():
+                clients = self._assume(reader)
+                self._assumed[account] = clients
+            return clients
+
+    def _assume(self, reader):
+        kwargs = {"RoleArn": reader.role_arn, "RoleSessionName": SESSION_NAME, "DurationSeconds": SESSION_SECONDS}
+        if reader.external_id:
+            kwargs["ExternalId"] = reader.external_id
+        answer = call(f"reader role of {reader.account}", self._make("sts").assume_role, **kwargs)
+        creds = answer["Credentials"]
+        expiration = creds["Expiration"]
+        expires_at = expiration.timestamp() if hasattr(expiration, "timestamp") else self._clock() + SESSION_SECONDS
+        return AccountClients(reader.account, self._make, {
+            "aws_access_key_id": creds["AccessKeyId"],
+            "aws_secret_access_key": creds["SecretAccessKey"],
+            "aws_session_token": creds["SessionToken"],
+        }, expires_at)

@@ -1,0 +1,99 @@
+"""What every proof method hands the rest of the broker: one verified-caller record.
+
+A method (chalicelib/methods/<name>/) parses its login body, checks the proof
+offline, verifies it with its cloud, and returns a `VerifiedCaller`. Then it reads
+facts about that caller with the broker's own credentials and returns them as an
+object with the `CallerFacts` shape below. Everything downstream (replay,
+quarantine, rate limits, audit, incidents, explain) reads these fields and never
+guesses the cloud from the data again.
+
+Like SPIRE's node attestors: one plugin per proof type, one result type, one
+registry line (chalicelib/methods/__init__.py).
+"""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Entity:
+    """The machine a caller claims to be (EC2 instance, ECS task, GCE instance).
+
+    From the verified proof it is only a *claim* (the session name, the token's
+    instance claims); the facts step decides whether the claim holds.
+    """
+
+    kind: str  # "ec2-instance", "ecs-task", "gce-instance"
+    id: str  # instance ID, task ID, GCE instance ID
+
+
+@dataclass(frozen=True)
+class VerifiedCaller:
+    """Who the cloud says signed the proof. Built by a method's `verify`."""
+
+    method: str  # the registry name: "aws", "gcp"
+    principal: str  # as the cloud signed it: STS ARN, service account email
+    canonical_principal: str  # IAM role/user ARN (no path, no session); the email as it is
+    account: str | None  # AWS account ID or GCP project ID, when the proof names one
+    proof_hash: str  # SHA-256 of the proof's signature: the replay key (not a secret)
+    valid_until: float  # epoch seconds after which the proof is stale anyway
+    claimed: Entity | None = None  # the machine the proof claims, not yet verified
+
+    @property
+    def identity_key(self):
+        """What the per-identity rate limit counts: the claimed machine, else the principal.
+
+        SECURITY: the budget is counted before the facts step checks the claim, and anyone
+        who may assume any role, in any account, can name a session after someone else's
+        instance or task. So a claimed machine's key also names the canonical principal
+        (account and role): a session of another role or account counts its own budget,
+        never the real machine's (whose sessions all share one)."""
+        if self.claimed is not None:
+            return f"{self.claimed.kind}:{self.canonical_principal}:{self.claimed.id}"
+        return f"principal:{self.principal}"
+
+
+class CallerFacts(Protocol):
+    """What a method's facts object offers the pipeline (each method has its own dataclass)."""
+
+    caller: VerifiedCaller
+    entity: Entity | None  # the claimed machine once the claim holds, else None
+    claim_error: str | None  # why the claim does not hold; such a caller is refused
+
+    def to_dict(self) -> dict: ...
+
+
+class ProofMethod:
+    """A method assembled from its parts: how to parse its login body, its verifier
+    (offline checks + the cloud), and its facts reader. Each method's `build` makes one."""
+
+    def __init__(self, name, parse, verifier, facts_reader, **extra):
+        self.name = name
+        self.parse = parse  # raw body -> login request (InvalidRequest)
+        self._verifier = verifier
+        self._facts = facts_reader
+        self.__dict__.update(extra)  # e.g. the AWS method's `readers`
+
+    def proof_hash(self, login):
+        return self._verifier.proof_hash(login)
+
+    def verify(self, login):
+        return self._verifier.verify(login)
+
+    def read_facts(self, caller, login):
+        return self._facts.read(caller, login)
+
+
+class Method(Protocol):
+    """One proof method. `proof_hash` must need no network: the pipeline looks the
+    replay record up before `verify` calls the cloud."""
+
+    name: str
+
+    def parse(self, raw_body): ...  # -> a login request with `.role`; InvalidRequest
+
+    def proof_hash(self, login) -> str: ...  # offline checks; InvalidProof
+
+    def verify(self, login) -> VerifiedCaller: ...  # the cloud round trip; InvalidProof / Unavailable
+
+    def read_facts(self, caller, login) -> CallerFacts: ...  # Unavailable on backend failures

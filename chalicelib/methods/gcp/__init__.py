@@ -1,0 +1,30 @@
+"""The GCP proof method: a Google-signed ID token (GCE instance identity or service account).
+
+    proof.py     the login body, Google's certificates, RS256 checks -> VerifiedCaller
+    facts.py     the Compute API (instances.get) with the broker's own Google credentials
+    model.py     the facts as plain data (pure)
+    match.py     [rule.gcp] conditions (pure)
+    settings.py  its environment variables (off without BROKER_GCP_AUDIENCE)
+"""
+
+
+NAME = "gcp"
+PROOF_FIELDS = ("jwt",)
+# Does the proof itself vouch for the machine it claims? Yes: Google signs a GCE
+# instance token's google.compute_engine claims.
+CLAIMS_SIGNED = True
+
+
+def build(settings, make_aws_client, http_session, rules):
+    # Built on the first GCP request: AWS-only traffic never imports the Google libraries.
+    from ..base import ProofMethod
+    from .facts import ComputeSession, GcpFactsReader
+    from .proof import GcpProofVerifier, GoogleCerts, parse_gcp_login
+
+    own = settings.gcp
+    verifier = GcpProofVerifier(own, GoogleCerts(http_session, own.certs_url))
+    return ProofMethod(NAME, parse_gcp_login, verifier, GcpFactsReader(ComputeSession(), own.compute_url))
+
+
+def check_rules(rules, readable_accounts):
+    return []

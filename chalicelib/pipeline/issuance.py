@@ -1,0 +1,171 @@
+"""Issuance: proof -> facts -> rules -> minting -> audit, for every proof method.
+
+Cheap refusals first, budgets spent last:
+1. parse the body and check the proof offline (400 / 401);
+2. look the proof up in the replay store: a replay costs no STS call (401 proof_replayed);
+3. verify it with the cloud -> VerifiedCaller (401 invalid_proof);
+4. at once: read the caller's facts, and admit the proof in one DynamoDB transaction
+   (spent, not quarantined, within the per-identity budget; chalicelib/admission.py);
+5. the rules decide (403 not_authorized); the per-role cap counts granted requests only;
+6. mint the wrapped role ID and secret ID; 7. the audit record, before the answer.
+
+Every request ends in exactly one audit record (chalicelib/pipeline/frame.py). If that
+record can't be written, whatever was minted is taken back and the caller gets 503.
+"""
+
+import logging
+import threading
+import time
+
+from ..concurrency import settle
+from ..errors import InvalidRequest, NotAuthorized
+from ..jsonlog import log
+from ..policy import RateLimits
+from ..quarantine import caller_keys
+
+
+class BrokerService:
+    def __init__(self, *, settings, rules, methods, admission, minter, frame, logger, quarantine=None):
+        self.settings = settings
+        self.rules = rules
+        self._quarantine = quarantine  # chalicelib.quarantine.QuarantineStore, or None (no quarantine)
+        self.security = None  # chalicelib.security.SecurityService, set by backends.build_service
+        self._method_factories = methods  # {"aws": () -> Method, ...}, built on first use
+        self._methods = {}
+        self._methods_lock = threading.Lock()
+        self._admission = admission
+        self._minter = minter
+        self._frame = frame
+        self._log = logger
+
+    @property
+    def method_names(self):
+        return tuple(self._method_factories)
+
+    def method(self, name):
+        """The enabled proof method `name`, built on first use."""
+        if name not in self._methods:
+            with self._methods_lock:
+                if name not in self._methods:
+                    factory = self._method_factories.get(name)
+                    if factory is None:
+                        raise InvalidRequest(f"unknown proof method {name!r}; this broker accepts "
+                                             f"{', '.join(self._method_factories)}")
+                    self._methods[name] = factory()
+        return self._methods[name]
+
+    # ---- POST /v1/credentials/{method} ----------------------------------------------------
+
+    def issue(self, method_name, raw_body, **context):
+        """The success body, or a BrokerError carrying `request_id`."""
+        known = method_name if method_name in self._method_factories else "unknown"
+        record = self._frame.new_record(known, context)
+        issued = []
+
+        def work():
+            method = self.method(method_name)
+            login = method.parse(raw_body)
+            record.role = login.role
+            # Parse, validate, execute, check: offline checks and the replay lookup before
+            # the cloud is asked (a replayed proof costs no STS call, no certificate fetch).
+            self._admission.seen(method.proof_hash(login))
+            caller = method.verify(login)
+            record.principal, record.account = caller.principal, caller.account
+            record.instance = caller.claimed.id if caller.claimed else None
+            (facts, facts_error), (_, admit_error) = settle(
+                lambda: method.read_facts(caller, login),
+                lambda: self._admit(caller, record))
+            if admit_error or facts_error:
+                raise admit_error or facts_error
+            record.account = facts.account or record.account
+            if facts.entity is not None:
+                record.instance = facts.entity.id
+            rules = self._rules_now()  # one version of the rules for the whole decision
+            record.facts = rules.used_facts(facts)
+            decision = rules.decide(facts, login.role)
+            record.rule = decision.rule
+            if not decision.granted:
+                raise NotAuthorized(f"role {login.role!r} is not granted to this caller", detail=decision.reason)
+            self._take_role_slot(login.role)
+            minted = self._minter.issue(
+                login.role, decision.issuance,
+                metadata={"request_id": record.request_id, "principal": caller.principal,
+                          "instance": record.instance, "rule": decision.rule},
+                source_ip=context.get("source_ip"),
+            )
+            issued.append(minted)
+            record.role_id_wrap_accessor = minted.role_id_wrap.accessor
+            record.secret_id_wrap_accessor = minted.secret_id_wrap.accessor
+            record.secret_id_accessor = minted.secret_id_accessor
+            record.secret_id_expires_at = int(time.time()) + decision.issuance.secret_id_ttl
+            record.vault_audit_hmacs = self._audit_hashes(minted)
+            record.outcome, record.code, record.reason = "issued", "issued", decision.reason
+            return {
+                "role": login.role,
+                "vault_addr": self.settings.vault_public_addr,
+                "role_id_wrap": minted.role_id_wrap.public(),
+                "secret_id_wrap": minted.secret_id_wrap.public(),
+            }
+
+        def take_back():
+            for minted in issued:
+                self._take_back(record, minted)
+
+        body = self._frame.run(record, work, on_unrecorded=take_back)
+        return {"request_id": body.pop("request_id"), **body}
+
+    def _rules_now(self):
+        """The RuleSet in force (chalicelib/rules_source.py LiveRules re-reads its source)."""
+        current = getattr(self.rules, "current", None)
+        return current() if callable(current) else self.rules
+
+    def _limits(self):
+        return self._rules_now().rate_limits or RateLimits()
+
+    def _admit(self, caller, record):
+        """Spend the proof, check the quarantine and count the per-identity budget: one
+        transaction, so a replay or a quarantined caller never spends the budget."""
+        limit = self._limits().per_identity
+        keys = caller_keys(caller.claimed.id if caller.claimed else None, caller.principal,
+                           caller.canonical_principal)
+        # The caller's own key (its machine, else its principal) is checked in the transaction;
+        # keys shared by many callers (a role, a service account) are read beside it.
+        own, shared = keys[:1], keys[1:]
+        self._admission.admit(caller.proof_hash, request_id=record.request_id, method=caller.method,
+                              valid_until=caller.valid_until, identity_key=caller.identity_key,
+                              limit=limit or None, quarantine_keys=own, shared_quarantine_keys=shared)
+
+    def _take_role_slot(self, role):
+        """The optional cap per AppRole, counted only for granted requests (a refused
+        caller must not be able to use up a role's budget)."""
+        limit = self._limits().per_role.get(role)
+        if self._quarantine is None or not limit:
+            return
+        self._quarantine.take_slot("issue-role", role, limit=limit.count, window=limit.window,
+                                   message=f"too many credentials issued for role {role!r} recently; try again later")
+
+    def _audit_hashes(self, issued):
+        """HMACs of the accessors and wrapping tokens as Vault's audit log shows them (best
+        effort), or None. An HMAC is not a secret: Vault's audit device logs exactly these."""
+        path = getattr(self.settings, "vault_audit_hash_path", None)
+        if not path:
+            return None
+        return self._minter.audit_hashes(path, {
+            "role_id_wrap_accessor": issued.role_id_wrap.accessor,
+            "secret_id_wrap_accessor": issued.secret_id_wrap.accessor,
+            "secret_id_accessor": issued.secret_id_accessor,
+            "role_id_wrap_token": issued.role_id_wrap.token,  # finds failed unwraps too (no accessor then)
+            "secret_id_wrap_token": issued.secret_id_wrap.token,
+        }) or None
+
+    def _take_back(self, record, issued):
+        failures = self._minter.take_back(issued)
+        if failures:
+            log(self._log, logging.ERROR, "could not take back an unrecorded issuance",
+                request_id=record.request_id, role=issued.role, left=failures)
+
+    # ---- GET /v1/health --------------------------------------------------------------------
+
+    def health(self):
+        checks = {"vault": self._minter.health() or "ok", "audit_store": self._frame.audit_health() or "ok"}
+        return all(v == "ok" for v in checks.values()), checks
