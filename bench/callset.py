@@ -185,12 +185,16 @@ class Floor:
             keys = self._key_names(params["TableName"])
             return lambda n: {**params, "Item": _suffix(params["Item"], keys, n)}
         if operation == "TransactWriteItems":
+            # the tables' key names now, so that no iteration makes a DescribeTable
+            key_names = {t: self._key_names(t) for t in
+                         {next(iter(item.values()))["TableName"] for item in params["TransactItems"]}}
+
             def fresh(n):
                 items = []
                 for item in params["TransactItems"]:
                     kind, body = next(iter(item.items()))
                     body = dict(body)
-                    keys = self._key_names(body["TableName"])
+                    keys = key_names[body["TableName"]]
                     if kind == "Put":
                         body["Item"] = _suffix(body["Item"], keys, n)
                     elif kind == "Update" and "ConditionExpression" in body and "attribute_not_exists" in body["ConditionExpression"]:

@@ -1,7 +1,8 @@
 """botocore clients with less CPU per call (issue 14, item 3), each setting measured.
 
 Same signature as ``backends.aws_client_factory``: ``aws_client_factory(settings)``
-returns ``make(service, region=None)``. What differs, all through options botocore
+returns ``make(service, region=None, **credentials)`` (credentials: a reader role's
+``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``). What differs, all through options botocore
 offers (figures per setting: docs/performance.md, benchmark 8):
 
 - one botocore session per process, shared by every factory: its loader caches
@@ -73,14 +74,16 @@ def tuned_factory(settings, *, session=None, fixed_user_agent=True, validate=Fal
     session = session or shared_session()
     config, fast = client_configs(fixed_user_agent=fixed_user_agent, validate=validate)
 
-    def make(service, region=None):
+    def make(service, region=None, **credentials):
+        """A client of the broker's own credentials, or of the given ones (a reader role's)."""
         return session.create_client(service, region_name=region or settings.aws_region,
                                      endpoint_url=settings.aws_endpoint_url,
-                                     config=fast if service == "dynamodb" else config)
+                                     config=fast if service == "dynamodb" else config, **credentials)
 
     return make
 
 
 def aws_client_factory(settings):
-    """``make(service, region=None)`` -> a botocore client; drop-in for ``backends.aws_client_factory``."""
+    """``make(service, region=None, **credentials)`` -> a botocore client; drop-in for
+    ``backends.aws_client_factory``."""
     return tuned_factory(settings)
