@@ -394,9 +394,11 @@ class LatencyStack:
         self.stop()
 
     def env(self) -> dict[str, str]:
-        """The broker's endpoints through the proxies (the proof forward included)."""
+        """The broker's endpoints through the proxies (the proof forward included). The
+        Vault address the broker hands its callers stays the real one: clients reach
+        Vault directly (and pin its address), only the broker's own calls are delayed."""
         return {"BROKER_AWS_ENDPOINT_URL": self.aws.url, "BROKER_STS_FORWARD_URL": self.aws.url,
-                "BROKER_VAULT_ADDR": self.vault.url}
+                "BROKER_VAULT_ADDR": self.vault.url, "BROKER_VAULT_PUBLIC_ADDR": self.stack.vault_addr}
 
     def set_delays(self, delays_ms: dict, mode: str = "add") -> None:
         for p in self.proxies:
