@@ -102,10 +102,11 @@ class Admission:
     def _transact(self, items):
         """The transaction; None when it went through, else its cancellation.
 
-        Every instance of a role checks the same `quarantine#principal#<role ARN>` item, so
-        two of them booting at once make concurrent transactions on one item, which
-        DynamoDB cancels with TransactionConflict (nothing written). That is contention, not
-        an outage: try again a few times, with jitter, before answering 503."""
+        The items are the caller's own (its replay record, its counter, its machine's
+        quarantine key: the keys a role shares are read beside the transaction), so a
+        conflict comes from the same caller's concurrent requests, or a revocation writing
+        its quarantine key. DynamoDB cancels them with TransactionConflict (nothing
+        written): contention, not an outage. Try again a few times, with jitter, first."""
         for attempt_number in range(CONFLICT_ATTEMPTS):
             _, cancelled = attempt("replay store", ("TransactionCanceledException",), self._db.transact_write_items,
                                    TransactItems=items)

@@ -368,3 +368,21 @@ def test_the_client_has_no_import_cycle_and_never_edits_sys_path():
         if name != "broker.policy_engine":
             assert not re.search(r"(from|import)\s+chalicelib|import_module\(", path.read_text()), \
                 f"{name}: only broker/policy_engine.py may reach the server's rules engine"
+
+
+def test_a_container_signing_with_other_credentials_does_not_claim_its_task(task_endpoints, tmp_path):
+    """On an ECS-on-EC2 host without a task role (or with keys in the environment) the
+    session is not the task's: naming the task would only get the container refused."""
+    state, creds, metadata = task_endpoints
+    env = _task_env(tmp_path, creds, metadata)
+    del env["AWS_CONTAINER_CREDENTIALS_FULL_URI"]
+    env.update(AWS_ACCESS_KEY_ID="AKIAEXAMPLEKEYSONLY1", AWS_SECRET_ACCESS_KEY="env-keys-secret-example")
+    broker = JsonServer(lambda m, p, b: (403, {}, {"error": {"code": "not_authorized", "message": "test"}}))
+    try:
+        proc = run(["login", "--broker-url", broker.url, "--role", "web", "--server-id", SERVER_ID, "--cloud", "aws",
+                    "--sink", str(tmp_path / "t")], env, tmp_path)
+    finally:
+        broker.close()
+    (request,) = broker.requests
+    assert "ecs_task_arn" not in request["body"], proc.stderr
+    assert metadata.requests == []  # not even asked

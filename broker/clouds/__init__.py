@@ -118,7 +118,7 @@ def build_proof_source(
         signer = ProofSigner(server_id, sts_url=sts_url, region=sts_region, credentials=credentials)
         extra: dict[str, str] = {}
         uri = ecs.metadata_uri()
-        if uri:  # inside an ECS task: name the task, which the broker checks (clouds/ecs.py)
+        if uri and ecs.signs_as_task_role():  # inside an ECS task, as its task role: name the task
             extra["ecs_task_arn"] = ecs.task_arn(uri)
             log(f"ECS task: {extra['ecs_task_arn']}")
         return ProofSource("aws", AWS_PATH, lambda: {**signer.sign().login_fields(), **extra}, AWS_REPLAY_HINT,

@@ -47,6 +47,17 @@ def metadata_uri(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
     return value or None
 
 
+def signs_as_task_role(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """Will the proof be signed with the task role's credentials? Only then is the session
+    named after the task: a container that signs with other credentials (keys in its
+    environment, or the EC2 instance's role on an ECS-on-EC2 host) must not claim the task,
+    or the broker refuses it (the session name would not be the task ID)."""
+    env = environ if environ is not None else os.environ
+    if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_PROFILE") or env.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
+        return False  # botocore's chain takes these before the container provider
+    return bool(env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"))
+
+
 def task_arn(uri: str, *, timeout: float = TIMEOUT, attempts: int = ATTEMPTS,
              sleep=None) -> str:
     """The ``TaskARN`` of ``GET {uri}/task``; TaskMetadataError when the endpoint fails or
