@@ -39,20 +39,20 @@ def test_requests_are_counted_at_the_proxies_and_the_floor_makes_the_same_calls(
     o = collected["overhead"] = overhead.overhead(bench, 2, say=lambda _m: None)
     assert o["errors"] == {"inprocess": 0}
     assert o["latency_ms"]["floor"]["n"] == 2 and o["latency_ms"]["inprocess"]["n"] == 2
-    # the same work on both sides: the floor makes exactly the broker's requests
-    floor_calls = sorted(label for wave in o["callset"] for label in wave)
-    counted = sorted(op for op, n in q["per_operation"].items() for _ in range(round(n)))
-    assert floor_calls == counted
+    # the same kinds of work on both sides (how many of each can differ by a cache:
+    # the broker reads IAM only when its seconds-long cache has expired)
+    assert {label for wave in o["callset"] for label in wave} <= set(q["per_operation"])
 
-    # and the floor's requests really reached the backends
-    bench.latency.reset()
-    floor = overhead.callset.Floor(bench, overhead.record_callset(bench, 1))
+    # the floor makes exactly the requests it recorded from the broker, counted at the proxies
+    recorded = overhead.record_callset(bench, 1)
+    floor = overhead.callset.Floor(bench, recorded)
     try:
         bench.latency.reset()
         floor.run(bench.proofs.headers())
+        counted = bench.latency.counts()
     finally:
         floor.close()
-    assert sum(bench.latency.counts().values()) == len(floor_calls)
+    assert sorted(counted.elements()) == sorted(c.label for c in recorded)
 
 
 def test_delay_profiles_and_handler_cpu(bench, collected):
