@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from broker.clouds.pacing import OncePerSecond
 from broker.errors import NoCredentialsError, UsageError
 
 DEFAULT_STS_URL = "https://sts.amazonaws.com/"
@@ -116,7 +117,7 @@ class ProofSigner:
         self._credentials = credentials
         self._clock = clock
         self._sleep = sleep
-        self._last_second: int | None = None
+        self._pace = OncePerSecond(clock, sleep)
 
     def _resolve_credentials(self) -> Any:
         if self._credentials is not None:
@@ -145,14 +146,6 @@ class ProofSigner:
         self._credentials = credentials
         return credentials
 
-    def _next_second(self) -> None:
-        """Wait, if needed, so this proof's X-Amz-Date differs from the previous one."""
-        now = self._clock()
-        if self._last_second is not None and int(now) <= self._last_second:
-            self._sleep(self._last_second + 1 - now + 0.01)
-            now = self._clock()
-        self._last_second = int(now)
-
     def sign(self) -> SignedProof:
         credentials = self._resolve_credentials()
         from botocore.auth import SigV4Auth
@@ -166,7 +159,7 @@ class ProofSigner:
         if not frozen.access_key or not frozen.secret_key:
             raise NoCredentialsError("the AWS credentials found are incomplete (no access key or secret key)")
 
-        self._next_second()
+        self._pace.wait()
         headers = {
             "Host": self.host,
             "Content-Type": CONTENT_TYPE,

@@ -20,6 +20,7 @@ import time
 from typing import Callable
 from urllib.parse import urlencode, urlsplit
 
+from broker.clouds.pacing import OncePerSecond
 from broker.errors import NoCredentialsError, UsageError
 from broker.http import CONNECTION_ERRORS, build_opener, describe_connection_error, request
 
@@ -102,7 +103,7 @@ class MetadataIdentity:
         self.attempts = max(1, attempts)
         self._clock = clock
         self._sleep = sleep
-        self._last_second: int | None = None
+        self._pace = OncePerSecond(clock, sleep)
         self.last_token_reused = False
         self._last_token_digest: int | None = None
 
@@ -111,16 +112,9 @@ class MetadataIdentity:
         """The identity URL (no secret in it)."""
         return f"{self.base_url}{IDENTITY_PATH}?{urlencode({'audience': self.audience, 'format': 'full'})}"
 
-    def _next_second(self) -> None:
-        now = self._clock()
-        if self._last_second is not None and int(now) <= self._last_second:
-            self._sleep(self._last_second + 1 - now + 0.01)
-            now = self._clock()
-        self._last_second = int(now)
-
     def fetch(self) -> str:
         """A new identity token. Raises NoCredentialsError (exit 3) when there is none."""
-        self._next_second()
+        self._pace.wait()
         where = f"the GCE metadata server at {self.base_url}"
         problem = "no attempt made"
         for attempt in range(1, self.attempts + 1):

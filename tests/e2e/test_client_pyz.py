@@ -63,6 +63,24 @@ def test_make_client_prints_and_writes_the_sums(built, tmp_path):
     assert (tmp_path / "broker.pyz").read_bytes() == pyz.read_bytes()
 
 
+def test_the_wheel_holds_every_client_module_and_its_command_runs(built, tmp_path):
+    """A wheel missing a subpackage installs a `broker` command that can't start."""
+    import zipfile
+
+    out, _ = built
+    (wheel,) = out.glob("secret_zero_broker-*-py3-none-any.whl")
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("broker/")}
+    wanted = {p.relative_to(REPO).as_posix() for p in (REPO / "broker").rglob("*.py")}
+    assert wanted <= shipped, f"missing from the wheel: {sorted(wanted - shipped)}"
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, timeout=300)
+    run = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                          "from broker.cli import main; sys.argv = ['broker', '--help']; main()", str(target)],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert run.returncode == 0 and "login" in run.stdout, run.stderr[-2000:]
+
+
 def test_the_pyz_on_python_3_9_logs_an_ec2_instance_in(built, local_broker, tmp_path):
     python = python39()
     if python is None:
