@@ -99,7 +99,7 @@ def health():
                  None if healthy else {"Retry-After": "5"})
 
 
-# ---- the security team's routes (chalicelib/security.py) ---------------------------------------
+# ---- the security team's routes (chalicelib/security/) ---------------------------------------
 # IAM authorization in the deployed stages; the broker also verifies the caller's signed proof
 # (X-Broker-Proof) against [security] in the rules file, since `chalice local` enforces no IAM.
 _security_team = IAMAuthorizer()
@@ -107,7 +107,11 @@ _security_team = IAMAuthorizer()
 
 def _security(action, *args):
     request = app.current_request
-    context = dict(_request_context(), headers=request.headers,
+    params = request.query_params
+    # What the caller's proof must be bound to (chalicelib/admin_auth.py): this very request.
+    bound = {"method": request.method, "path": request.path.format(**(request.uri_params or {})),
+             "params": {k: params.getlist(k) for k in params} if params else {}, "body": request.raw_body or b""}
+    context = dict(_request_context(), headers=request.headers, request=bound,
                    iam_caller_arn=((request.context or {}).get("identity") or {}).get("userArn"))
     try:
         body = getattr(get_service().security, action)(*args, **context)

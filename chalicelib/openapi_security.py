@@ -1,8 +1,8 @@
 """The OpenAPI description of the security team's routes and of the incident reports
-(merged into chalicelib/openapi.py's SPEC). See chalicelib/security.py."""
+(merged into chalicelib/openapi.py's SPEC). See chalicelib/security/."""
 
 from .audit_query import DEFAULT_LIMIT, MAX_LIMIT, PARAMS
-from .security import MAX_REASON
+from .security.inputs import MAX_REASON
 
 _UUID = {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
          "example": "5b1259de-0c4e-4c8e-9a47-0d6f1c2b3a4d"}

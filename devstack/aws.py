@@ -49,6 +49,7 @@ AUDIT_TABLE = "secret-zero-audit"
 REPLAY_TABLE = "secret-zero-replay"
 QUARANTINE_TABLE = "secret-zero-quarantine"
 VAULT_SECRET_ID_SECRET = "secret-zero-broker/local/vault-secret-id"
+REVOKER_SECRET_ID_SECRET = VAULT_SECRET_ID_SECRET + "-revoker"  # as `broker vault setup` names it
 AMI_ID = "ami-12c6146b"  # any ID works with moto; this is moto's example AMI
 
 # The unauthenticated requests moto allows before it starts verifying: exactly the
@@ -438,11 +439,12 @@ def seed_ecs(moto: MotoServer, admin: Keys, account_id: str) -> dict[str, str]:
             "host_instance_id": host["InstanceId"]}
 
 
-def put_vault_secret_id(moto: MotoServer, admin: Keys, secret_id: str) -> None:
-    """Create or update the Secrets Manager secret holding the broker's secret ID."""
+def put_vault_secret_id(moto: MotoServer, admin: Keys, secret_id: str, name: str = VAULT_SECRET_ID_SECRET,
+                        whose: str = "the broker's own AppRole") -> None:
+    """Create or update the Secrets Manager secret holding the broker's secret ID (or, with
+    ``name``, the revoking identity's)."""
     sm = moto.client(admin, "secretsmanager")
     try:
-        sm.put_secret_value(SecretId=VAULT_SECRET_ID_SECRET, SecretString=secret_id)
+        sm.put_secret_value(SecretId=name, SecretString=secret_id)
     except sm.exceptions.ResourceNotFoundException:
-        sm.create_secret(Name=VAULT_SECRET_ID_SECRET, SecretString=secret_id,
-                         Description="secret ID of the broker's own AppRole (local stack)")
+        sm.create_secret(Name=name, SecretString=secret_id, Description=f"secret ID of {whose} (local stack)")

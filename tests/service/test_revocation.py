@@ -36,6 +36,11 @@ def unwrap_secret_id(stack, doc):
     return data["secret_id"]
 
 
+def unwrap_status(stack, doc, which="secret_id_wrap"):
+    return requests.post(f"{stack.vault_addr}/v1/sys/wrapping/unwrap", timeout=10,
+                         headers={"X-Vault-Token": doc[which]["token"]}).status_code
+
+
 def approle_login(stack, role, secret_id):
     """The HTTP status of an AppRole login with the seeded role ID and this secret ID."""
     response = requests.post(f"{stack.vault_addr}/v1/auth/approle/login",
@@ -70,9 +75,12 @@ def test_revoking_an_instance_destroys_its_secret_ids_and_quarantines_it_until_l
     assert doc["quarantine"][0]["target"] == {"instance": instance}
     assert doc["quarantine"][0]["revocation_id"] == doc["revocation_id"]
 
-    # Neither secret ID logs in any more: the unwrapped one, nor the one still wrapped.
+    # The unwrapped secret ID logs in no more, and the one still wrapped can't even be unwrapped.
     assert approle_login(stack, "web", secret_id) == 400
-    assert approle_login(stack, "web", unwrap_secret_id(stack, wrapped)) == 400
+    assert unwrap_status(stack, wrapped) == 400
+    entries = {d["request_id"]: d for d in doc["destroyed"]}
+    assert entries[wrapped["request_id"]]["wrapping_tokens"] == {"role_id": "revoked", "secret_id": "revoked"}
+    assert entries[used["request_id"]]["wrapping_tokens"] == {"role_id": "revoked", "secret_id": "used or expired"}
 
     # The instance is refused before anything is minted, and that is on the record.
     refused = assert_error(broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when())),
@@ -107,13 +115,13 @@ def test_revoking_a_principal_session_and_by_request_id(broker, security):
                                                       "quarantine": "0"}))
     assert [(d["request_id"], d["result"]) for d in by_id["destroyed"]] == [(first["request_id"], "destroyed")]
     assert by_id["quarantine"] == []
-    assert approle_login(stack, "batch", unwrap_secret_id(stack, first)) == 400
+    assert unwrap_status(stack, first) == 400  # its wrapping token is revoked
 
     by_principal = body_of(security.post("/v1/revocations", {"principal": arn, "reason": "compromised job",
                                                              "quarantine": "30m"}))
     results = {d["request_id"]: d["result"] for d in by_principal["destroyed"]}
     assert results == {first["request_id"]: "gone", second["request_id"]: "destroyed"}
-    assert approle_login(stack, "batch", unwrap_secret_id(stack, second)) == 400
+    assert unwrap_status(stack, second) == 400
     try:
         assert_error(broker.post(signed_login(creds, "batch", broker.server_id, when=fresh_when())), 403, "quarantined")
         # another session of the same role is not this principal

@@ -12,7 +12,7 @@ from chalicelib.audit_schema import (INDEX_INSTANCE, INDEX_PRINCIPAL, INDEX_ROLE
                                      ROLE_SHARDS, TIME_SHARDS, cloudformation_properties, index_attributes,
                                      table_definitions)
 from chalicelib.errors import InvalidRequest
-from chalicelib.quarantine import caller_keys
+from chalicelib.stores.quarantine import caller_keys
 from chalicelib.policy import RulesError, parse_rules
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
