@@ -13,7 +13,24 @@ from chalice import Chalice, IAMAuthorizer, Response
 
 from chalicelib.errors import BrokerError, ConfigError, Unavailable
 
-app = Chalice(app_name="secret-zero-broker")
+class _Broker(Chalice):
+    """`chalice local` serves each request on its own thread, but Chalice keeps the request
+    in one attribute of the app: two requests at once could read each other's body (a
+    revocation racing issuances did). Here each thread sees its own. Lambda runs one
+    request per process at a time, so nothing changes there."""
+
+    _requests = threading.local()
+
+    @property
+    def current_request(self):
+        return getattr(self._requests, "request", None)
+
+    @current_request.setter
+    def current_request(self, value):
+        self._requests.request = value
+
+
+app = _Broker(app_name="secret-zero-broker")
 app.log.setLevel(logging.INFO)
 
 _service = None
