@@ -320,3 +320,92 @@ def test_gce_instances_report_incidents_and_are_quarantined_by_instance(broker, 
         security.delete(f"/v1/revocations/{revoked['revocation_id']}")
     assert login(names[0]).status_code == 200
 
+
+
+# ---- tokens, and issuances in flight -------------------------------------------------------------
+
+
+def vault_login(stack, role, doc):
+    """Unwrap and log in as the machine would: its Vault token (a secret: kept, never printed)."""
+    response = requests.post(f"{stack.vault_addr}/v1/auth/approle/login", timeout=10, json={
+        "role_id": stack.vault_seed.role_ids[role], "secret_id": unwrap_secret_id(stack, doc)})
+    assert response.status_code == 200, response.text
+    return response.json()["auth"]
+
+
+def token_status(stack, token):
+    return requests.get(f"{stack.vault_addr}/v1/auth/token/lookup-self", timeout=10,
+                        headers={"X-Vault-Token": token}).status_code
+
+
+def test_a_revocation_revokes_the_tokens_logged_in_with_its_secret_ids(broker, security):
+    stack = broker.stack
+    instance = broker.web_instance()
+    creds = stack.assume("demo-node", instance)
+    doc = issue(broker, creds, "web")
+    auth = vault_login(stack, "web", doc)
+    assert auth["metadata"]["request_id"] == doc["request_id"]  # AppRole copied the secret ID's metadata
+    kv = requests.get(f"{stack.vault_addr}/v1/secret/data/web/config", headers={"X-Vault-Token": auth["client_token"]},
+                      timeout=10)
+    assert kv.status_code == 200
+
+    revoked = body_of(security.post("/v1/revocations", {"instance": instance, "reason": "IDS", "quarantine": "1h"}))
+    try:
+        assert revoked["complete"] is True
+        entry = {d["request_id"]: d for d in revoked["destroyed"]}[doc["request_id"]]
+        assert entry["result"] == "gone"  # used by the login
+        assert entry["tokens"] == [{"accessor": auth["accessor"], "result": "revoked"}]
+        assert token_status(stack, auth["client_token"]) == 403
+        assert requests.get(f"{stack.vault_addr}/v1/secret/data/web/config", timeout=10,
+                            headers={"X-Vault-Token": auth["client_token"]}).status_code == 403
+        renewed = requests.post(f"{stack.vault_addr}/v1/auth/token/renew-self", timeout=10,
+                                headers={"X-Vault-Token": auth["client_token"]})
+        assert renewed.status_code == 403
+        assert auth["client_token"] not in json.dumps(revoked)
+    finally:
+        security.delete(f"/v1/revocations/{revoked['revocation_id']}")
+
+
+def test_an_issuance_in_flight_when_the_quarantine_lands_takes_itself_back(broker, security, monkeypatch):
+    """The quarantine is placed after this issuance was admitted but before its record was
+    written: it answers 403, its secret ID is destroyed, and both records say so."""
+    import app as broker_app
+    from chalicelib.stores.quarantine import QuarantineList, quarantine_key
+    from devstack import aws as stack_aws
+
+    stack = broker.stack
+    instance = broker.web_instance()
+    creds = stack.assume("demo-node", instance)
+    service = broker_app.get_service()
+    quarantine = QuarantineList(stack.client("dynamodb"), stack_aws.QUARANTINE_TABLE)
+    minted = []
+    real_issue = service._minter.issue
+
+    def issue_then_quarantine(*args, **kwargs):
+        result = real_issue(*args, **kwargs)
+        minted.append(result)
+        quarantine.place(quarantine_key("instance", instance), revocation_id=str(uuid.uuid4()),
+                         until=int(__import__("time").time()) + 600, reason="in flight", by="test")
+        return result
+
+    monkeypatch.setattr(service._minter, "issue", issue_then_quarantine)
+    try:
+        refused = assert_error(broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when())),
+                               403, "quarantined")
+    finally:
+        monkeypatch.undo()
+        quarantine.lift(quarantine_key("instance", instance), quarantine.get(quarantine_key("instance", instance))
+                        .revocation_id)
+    follow = broker.audit.get(refused["request_id"])
+    assert follow["action"] == "take_back" and follow["code"] == "quarantined"
+    original = broker.audit.get(follow["related_request_id"])
+    assert original["outcome"] == "issued" and original["instance"] == instance
+    assert f"issuance {original['request_id']} taken back" in follow["reason"]
+    # In OpenBao: the secret ID is gone, and so are both wrapping tokens.
+    looked = requests.post(f"{stack.vault_addr}/v1/auth/approle/role/web/secret-id-accessor/lookup",
+                           json={"secret_id_accessor": minted[0].secret_id_accessor},
+                           headers={"X-Vault-Token": "root"}, timeout=10)
+    assert looked.status_code in (400, 404), looked.text
+    for wrap in (minted[0].role_id_wrap, minted[0].secret_id_wrap):
+        assert requests.post(f"{stack.vault_addr}/v1/sys/wrapping/unwrap", timeout=10,
+                             headers={"X-Vault-Token": wrap.token}).status_code == 400
