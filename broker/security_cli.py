@@ -33,6 +33,7 @@ from urllib.parse import urlencode, urlsplit
 from broker.errors import EXIT_OK, EXIT_UNAVAILABLE, NoCredentialsError, RefusedError, UnavailableError, UsageError
 
 PROOF_HEADER = "X-Broker-Proof"
+BINDING_HEADER = "X-Broker-Request"
 RETRYABLE = frozenset({429, 502, 503, 504})
 MAX_ATTEMPTS = 3
 _RELATIVE = re.compile(r"^(\d+)(s|m|h|d|w)$")
@@ -130,6 +131,17 @@ def add_security_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 # ---- the HTTP side ----------------------------------------------------------------------------
 
 
+def request_binding(method: str, path: str, params: dict[str, str] | None, body: bytes | None) -> str:
+    """The X-Broker-Request value the proof signs (the broker's chalicelib/admin_auth.py
+    checks the same): method, path, SHA-256 of the sorted query and of the body, a nonce."""
+    import hashlib
+    import secrets
+
+    query = urlencode(sorted((params or {}).items()))
+    return (f"v1;method={method.upper()};path={path};query={hashlib.sha256(query.encode()).hexdigest()};"
+            f"body={hashlib.sha256(body or b'').hexdigest()};nonce={secrets.token_hex(16)}")
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
         return None
@@ -170,15 +182,18 @@ class SecurityApi:
         self._sleep = sleep
         self.insecure = parts.scheme == "http" and not is_loopback(self.base_url)
 
-    def _proof(self) -> str:
-        fields = self._signer.sign().login_fields()
+    def _proof(self, method: str, path: str, params: dict[str, str] | None, body: bytes | None) -> str:
+        """A fresh proof bound to this one request (method, path, query, body, a random
+        nonce): the broker refuses it for any other request, and no two are alike."""
+        fields = self._signer.sign({BINDING_HEADER: request_binding(method, path, params, body)}).login_fields()
         return base64.b64encode(json.dumps(fields, separators=(",", ":")).encode()).decode()
 
-    def _signed_request(self, method: str, url: str, body: bytes | None) -> urllib.request.Request:
+    def _signed_request(self, method: str, url: str, body: bytes | None, path: str = "",
+                        params: dict[str, str] | None = None) -> urllib.request.Request:
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 
-        headers = {"Accept": "application/json", PROOF_HEADER: self._proof()}
+        headers = {"Accept": "application/json", PROOF_HEADER: self._proof(method, path, params, body)}
         if body is not None:
             headers["Content-Type"] = "application/json"
         aws_request = AWSRequest(method=method, url=url, data=body or b"", headers=headers)
@@ -194,7 +209,7 @@ class SecurityApi:
         data = json.dumps(body).encode() if body is not None else None
         last = "no attempt"
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            request = self._signed_request(method, url, data)
+            request = self._signed_request(method, url, data, path, params)
             try:
                 try:
                     response = self._opener.open(request, timeout=self.timeout)
@@ -221,7 +236,7 @@ class SecurityApi:
             result = HttpResult(status, headers, raw)
             code, message, request_id = _error_fields(result)
             if status == 401 and code == "proof_replayed" and attempt < MAX_ATTEMPTS:
-                continue  # the signer moves to the next second by itself
+                continue  # never expected (each proof has its own nonce): sign a new one
             if status in RETRYABLE and attempt < MAX_ATTEMPTS:
                 self._sleep(min(10.0, parse_retry_after(headers.get("retry-after")) or attempt))
                 last = f"HTTP {status} {code}: {message}"
