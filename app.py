@@ -169,6 +169,16 @@ def incidents():
     return _json(200, body)
 
 
+@app.route("/v1/tokens", methods=["POST"], content_types=["*/*"])
+def tokens():
+    """A client registers the accessor of the Vault token it logged in with (its own fresh proof in the body)."""
+    try:
+        body = get_service().security.register_token(app.current_request.raw_body, **_request_context())
+    except BrokerError as e:
+        return _error(e)
+    return _json(200, body)
+
+
 @app.route("/v1/openapi.json", methods=["GET"], content_types=["*/*"])
 def openapi():
     from chalicelib.openapi import document

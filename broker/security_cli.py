@@ -85,7 +85,7 @@ def add_security_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "  broker audit search --instance i-0123456789abcdef0 --json")
     search.add_argument("--since", default="24h", help="from this time (default 24h ago)")
     search.add_argument("--until", help="up to this time (default now)")
-    search.add_argument("--outcome", help="issued, denied, error, incident, admin (comma-separated)")
+    search.add_argument("--outcome", help="issued, denied, error, incident, admin, registration (comma-separated)")
     search.add_argument("--role", help="the AppRole")
     search.add_argument("--instance", help="an EC2 or GCE instance ID")
     search.add_argument("--principal", help="an STS session ARN, an IAM role/user ARN (all its sessions), "
@@ -124,6 +124,8 @@ def add_security_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     revoke.add_argument("--reason", help="why (recorded in the audit trail); required")
     revoke.add_argument("--quarantine", default="24h", help="how long the target is refused: 30m, 24h, 7d; "
                         "0 for no quarantine (default 24h)")
+    revoke.add_argument("--force", action="store_true", help="quarantine a target that matches no issuance and "
+                        "no known principal (a misspelt target is refused without it)")
     _connection_args(revoke)
     revoke.set_defaults(func=cmd_revoke)
 
@@ -413,8 +415,8 @@ def cmd_revoke(args: argparse.Namespace, out: Any) -> int:
         raise UsageError("name the target: --instance ID, --principal ARN or --request-id ID")
     if not args.reason:
         raise UsageError("--reason is required: it goes into the audit trail")
-    doc = _api(args, out).call("POST", "/v1/revocations", body=dict(target, reason=args.reason,
-                                                                      quarantine=args.quarantine))
+    body = dict(target, reason=args.reason, quarantine=args.quarantine, **({"force": True} if args.force else {}))
+    doc = _api(args, out).call("POST", "/v1/revocations", body=body)
     if args.json:
         print(json.dumps(doc, sort_keys=True), file=out.stdout)
     else:
@@ -423,9 +425,12 @@ def cmd_revoke(args: argparse.Namespace, out: Any) -> int:
         print(f"revocation {doc.get('revocation_id')}: {kind} {value}", file=stream)
         destroyed = doc.get("destroyed") or []
         if destroyed:
-            render_plain(destroyed, ("request_id", "role", "secret_id_accessor", "result"), stream)
+            rows = [dict(d, wrapping=_wrapping(d), tokens=_tokens(d)) for d in destroyed]
+            render_plain(rows, ("request_id", "role", "secret_id_accessor", "result", "wrapping", "tokens"), stream)
         else:
-            print("no secret ID issued to it may still be valid", file=stream)
+            print("nothing issued to it may still be in use", file=stream)
+        for note in doc.get("covers") or []:
+            print(f"also covered: {note}", file=stream)
         for q in doc.get("quarantine") or []:
             (qk, qv), = q["target"].items()
             print(f"quarantined: {qk} {qv} until {q['until']} (revocation {q['revocation_id']})", file=stream)
@@ -433,9 +438,27 @@ def cmd_revoke(args: argparse.Namespace, out: Any) -> int:
             print("no quarantine", file=stream)
         print(f"audit record: {doc.get('request_id')}", file=stream)
     if not doc.get("complete", True):
-        out.error("some secret IDs could not be destroyed (see 'failed'); run the revocation again")
+        out.error("the revocation is not complete: " + "; ".join(doc.get("problems") or ["see 'failed'"]))
         return EXIT_UNAVAILABLE
     return EXIT_OK
+
+
+def _wrapping(entry: dict[str, Any]) -> str:
+    """The wrapping tokens' fate in one cell: "revoked/used or expired" (role ID's/secret ID's)."""
+    wraps = entry.get("wrapping_tokens") or {}
+    return "/".join(str(wraps.get(k, "-")) for k in ("role_id", "secret_id"))
+
+
+def _tokens(entry: dict[str, Any]) -> str:
+    tokens = entry.get("tokens")
+    if not isinstance(tokens, list):
+        return str(tokens or "-")
+    if not tokens:
+        return "none found"
+    results: dict[str, int] = {}
+    for t in tokens:
+        results[t.get("result", "?")] = results.get(t.get("result", "?"), 0) + 1
+    return ", ".join(f"{n} {result}" for result, n in results.items())
 
 
 def render_plain(rows: list[dict[str, Any]], keys: tuple[str, ...], stream: Any) -> None:

@@ -129,10 +129,11 @@ def build_service(settings):
 
 
 class Stores:
-    def __init__(self, quarantine=None, revocations=None, rate_limits=None):
+    def __init__(self, quarantine=None, revocations=None, rate_limits=None, tokens=None):
         self.quarantine = quarantine
         self.revocations = revocations
         self.rate_limits = rate_limits
+        self.tokens = tokens
 
 
 def build_stores(settings, dynamodb):
@@ -141,11 +142,13 @@ def build_stores(settings, dynamodb):
     from .stores.quarantine import QuarantineList
     from .stores.rate_limits import RateLimitStore
     from .stores.revocations import RevocationStore
+    from .stores.tokens import TokenRegistry
 
     table = settings.quarantine_table
     if not table:
         return Stores()
-    return Stores(QuarantineList(dynamodb, table), RevocationStore(dynamodb, table), RateLimitStore(dynamodb, table))
+    return Stores(QuarantineList(dynamodb, table), RevocationStore(dynamodb, table), RateLimitStore(dynamodb, table),
+                  TokenRegistry(dynamodb, table))
 
 
 def build_security(settings, rules, *, frame, audit, method, admission, minter, stores, dynamodb, fetch_revoker_secret):
@@ -153,7 +156,7 @@ def build_security(settings, rules, *, frame, audit, method, admission, minter, 
     from .admin_auth import AdminAuthenticator
     from .audit_query import AuditQueryEngine
     from .revoker import VaultRevoker
-    from .security import AuditReads, Incidents, Revocations, SecurityRoutes
+    from .security import AuditReads, Incidents, Revocations, SecurityRoutes, TokenRegistrations
     from .security.principals import AwsPrincipals
     from .security.requests import SecurityRequests
 
@@ -173,7 +176,11 @@ def build_security(settings, rules, *, frame, audit, method, admission, minter, 
                                 secret_ids=minter, rules=rules, principals=AwsPrincipals(lambda: method("aws")),
                                 token_max_ttl=settings.token_max_ttl,
                                 settle_seconds=settings.revocation_settle_seconds,
-                                retention_days=settings.audit_retention_days),
+                                retention_days=settings.audit_retention_days, tokens=stores.tokens,
+                                scan_seconds=settings.token_scan_seconds),
         incidents=Incidents(requests=requests, method=method, admission=admission, audit=audit,
                             rate_limits=stores.rate_limits, minter=minter),
+        tokens=TokenRegistrations(requests=requests, method=method, admission=admission, audit=audit,
+                                  rate_limits=stores.rate_limits, tokens=stores.tokens,
+                                  keep_for=settings.token_max_ttl),
     )

@@ -42,6 +42,7 @@ class Settings:
     revoker_secret_id_secret: str | None = None
     token_max_ttl: int = 86400  # the served roles' longest token lifetime: how far back a revocation looks
     revocation_settle_seconds: float = 2.0  # the second sweep runs this long after the quarantine
+    token_scan_seconds: float = 12.0  # a revocation's scans of every token accessor stop after this long
 
     @property
     def aws(self):
@@ -81,6 +82,7 @@ class Settings:
                                           required=bool(_get(env, "BROKER_REVOKER_ROLE_ID"))),
             token_max_ttl=int(_number(env, "BROKER_TOKEN_MAX_TTL", 86400, low=60, high=366 * 86400)),
             revocation_settle_seconds=_number(env, "BROKER_REVOCATION_SETTLE_SECONDS", 2, low=0, high=10),
+            token_scan_seconds=_number(env, "BROKER_TOKEN_SCAN_SECONDS", 12, low=1, high=600),
         )
 
 

@@ -18,11 +18,21 @@ figures at 10,000 tokens).
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from .errors import Unavailable
 
 TOKEN_REFRESH_FRACTION = 0.2
 SCAN_WORKERS = 16
+SCAN_CHUNK = 256  # lookups between two looks at the deadline
+
+
+@dataclass
+class Scan:
+    found: dict  # {request_id: [accessors]}
+    looked_up: int
+    total: int
+    finished: bool
 
 
 class VaultRevoker:
@@ -125,21 +135,32 @@ class VaultRevoker:
             return "revoked"
         return f"failed: HTTP {status} {_errors(doc)}"
 
-    def tokens_of(self, request_ids):
-        """{request_id: [token accessors]} of the live tokens whose metadata names one of
-        `request_ids`, by scanning every token accessor. Raises Unavailable if the scan
-        can't be completed (a partial scan must not pass for a complete one)."""
+    def lookup(self, accessor):
+        """A token's metadata by accessor, or None when Vault knows no such token."""
+        status, doc = self._call("POST", "auth/token/lookup-accessor", {"accessor": accessor})
+        if status == 200:
+            return ((doc or {}).get("data") or {}).get("meta") or {}
+        if status == 400:
+            return None
+        raise Unavailable("Vault failed a token lookup", backend="vault",
+                          detail=f"lookup-accessor: HTTP {status} {_errors(doc)}")
+
+    def scan(self, request_ids, deadline=None):
+        """The live tokens whose metadata names one of `request_ids`, by listing every token
+        accessor and looking each up (SCAN_WORKERS at once) until `deadline` (time.monotonic).
+        Raises Unavailable if Vault fails; a scan cut short by the deadline says so."""
         wanted = set(request_ids)
-        found = {r: [] for r in wanted}
+        result = Scan({r: [] for r in wanted}, 0, 0, True)
         if not wanted:
-            return found
+            return result
         status, doc = self._call("GET", "auth/token/accessors?list=true")
         if status == 404:
-            return found
+            return result
         if status != 200:
             raise Unavailable("Vault refused to list tokens", backend="vault",
                               detail=f"LIST auth/token/accessors: HTTP {status} {_errors(doc)}")
         accessors = ((doc or {}).get("data") or {}).get("keys") or []
+        result.total = len(accessors)
         token = self._ensure_token()
 
         def lookup(accessor):
@@ -154,11 +175,21 @@ class VaultRevoker:
                                       detail=f"lookup-accessor: HTTP {status} {_errors(doc)}")
             return {}
 
-        for accessor, meta in zip(accessors, self._pool.map(lookup, accessors)):
-            request_id = meta.get("request_id")
-            if request_id in wanted:
-                found[request_id].append(accessor)
-        return found
+        for start in range(0, len(accessors), SCAN_CHUNK):
+            if deadline is not None and self._clock() >= deadline:
+                result.finished = False
+                break
+            chunk = accessors[start:start + SCAN_CHUNK]
+            for accessor, meta in zip(chunk, self._pool.map(lookup, chunk)):
+                request_id = meta.get("request_id")
+                if request_id in wanted:
+                    result.found[request_id].append(accessor)
+            result.looked_up += len(chunk)
+        return result
+
+    def tokens_of(self, request_ids):
+        """{request_id: [token accessors]}: a full scan, however long it takes."""
+        return self.scan(request_ids).found
 
     def count_tokens(self):
         status, doc = self._call("GET", "auth/token/accessors?list=true")

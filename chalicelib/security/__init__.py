@@ -5,6 +5,8 @@
 - audit_reads.py  `GET /v1/audit/events`, `GET /v1/audit/events/{request_id}`
 - revocations.py  `POST /v1/revocations`, `DELETE /v1/revocations/{id}`
 - incidents.py    `POST /v1/incidents`
+- token_registrations.py  `POST /v1/tokens`
+- principals.py   a revocation target's canonical spelling
 
 `SecurityRoutes` is what app.py calls; chalicelib/backends.py builds each part with
 named dependencies.
@@ -16,6 +18,7 @@ from .incidents import INCIDENT_LIMIT, INCIDENT_WINDOW, Incidents
 from .inputs import MAX_QUARANTINE, MAX_REASON, parse_duration, parse_reason
 from .audit_reads import AuditReads
 from .revocations import Revocations
+from .token_registrations import TokenRegistrations
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class SecurityRoutes:
     audit: AuditReads
     revocations: Revocations
     incidents: Incidents
+    tokens: TokenRegistrations
 
     def search(self, params, **context):
         return self.audit.search(params, **context)
@@ -39,6 +43,9 @@ class SecurityRoutes:
     def report_incident(self, raw_body, **context):
         return self.incidents.report(raw_body, **context)
 
+    def register_token(self, raw_body, **context):
+        return self.tokens.register(raw_body, **context)
 
-__all__ = ["SecurityRoutes", "AuditReads", "Revocations", "Incidents", "INCIDENT_LIMIT", "INCIDENT_WINDOW",
+
+__all__ = ["SecurityRoutes", "AuditReads", "Revocations", "Incidents", "TokenRegistrations", "INCIDENT_LIMIT", "INCIDENT_WINDOW",
            "MAX_QUARANTINE", "MAX_REASON", "parse_duration", "parse_reason"]

@@ -9,7 +9,10 @@ A revocation, in this order:
 3. reaches every issuance of the target that may still be in use (issued within the
    longest secret ID TTL plus the longest token lifetime): revokes its two wrapping
    tokens, destroys its secret ID, and revokes every Vault token logged in with that
-   secret ID (found by the `request_id` AppRole copies into the token's metadata);
+   secret ID: first those the client registered (`POST /v1/tokens`, checked against
+   the token's metadata), then a scan of every token accessor for the rest (AppRole
+   copies the secret ID's `request_id` into the token's metadata), within
+   `scan_seconds` for the whole revocation;
 4. waits until `settle_seconds` after the quarantine and sweeps again, for issuances
    that were in flight when it was placed.
 
@@ -44,7 +47,8 @@ NO_REVOKER = "not reached: no revoking identity is configured (BROKER_REVOKER_RO
 
 class Revocations:
     def __init__(self, *, requests, audit, query_engine, quarantine, revocations, revoker, secret_ids, rules,
-                 principals, token_max_ttl, settle_seconds, retention_days, clock=time.time, sleep=time.sleep):
+                 principals, token_max_ttl, settle_seconds, retention_days, tokens=None, scan_seconds=12.0,
+                 clock=time.time, sleep=time.sleep):
         self._requests = requests  # security.requests.SecurityRequests
         self._audit = audit  # chalicelib.audit.AuditStore
         self._query = query_engine  # chalicelib.audit_query.AuditQueryEngine
@@ -56,6 +60,8 @@ class Revocations:
         self._principals = principals  # security.principals.AwsPrincipals
         self._token_max_ttl = token_max_ttl
         self._settle = settle_seconds
+        self._tokens = tokens  # stores: the token accessors clients registered, or None
+        self._scan_seconds = scan_seconds
         self._retention_days = retention_days
         self._clock = clock
         self._sleep = sleep
@@ -107,12 +113,13 @@ class Revocations:
 
             # 2. everything issued that may still be in use; 3. again once in-flight issuances have landed.
             problems = []
-            reached = self._reach(self._issued(target, now), now, "first pass", problems)
+            deadline = time.monotonic() + self._scan_seconds  # every token scan of this revocation
+            reached = self._reach(self._issued(target, now), now, "first pass", problems, deadline)
             if target.kind != "request_id":
                 self._sleep(max(0.0, quarantined_at + self._settle - self._clock()))
                 seen = {e["request_id"] for e in reached}
                 late = [r for r in self._issued(target, int(self._clock())) if r["request_id"] not in seen]
-                reached += self._reach(late, int(self._clock()), "sweep", problems)
+                reached += self._reach(late, int(self._clock()), "sweep", problems, deadline)
             failed = [e["request_id"] for e in reached if _failed(e)]
             if failed:
                 problems.append(f"{len(failed)} issuance(s) not fully revoked: run the revocation again")
@@ -204,13 +211,13 @@ class Revocations:
 
     # ---- reaching the issuances ------------------------------------------------------------------
 
-    def _reach(self, records, now, when, problems):
+    def _reach(self, records, now, when, problems, deadline):
         if len(records) >= MAX_REVOKED_RECORDS:
             problems.append(f"more than {MAX_REVOKED_RECORDS} issuances: only the newest were reached")
         entries = [{"request_id": r["request_id"], "role": r.get("role"), "issued_at": r.get("time"),
                     "secret_id_accessor": r.get("secret_id_accessor"), "found_by": when} for r in records]
         list(self._pool.map(lambda pair: self._kill_credentials(*pair, now), zip(entries, records)))
-        self._kill_tokens(entries, problems)
+        self._kill_tokens(entries, problems, deadline)
         return entries
 
     def _kill_credentials(self, entry, record, now):
@@ -236,8 +243,10 @@ class Revocations:
         else:
             entry["result"] = self._secret_ids.destroy_secret_id_status(entry["role"], entry["secret_id_accessor"])
 
-    def _kill_tokens(self, entries, problems):
-        """Every Vault token logged in with one of these secret IDs, revoked (its children too)."""
+    def _kill_tokens(self, entries, problems, deadline):
+        """Every Vault token logged in with one of these secret IDs, revoked (its children too):
+        first the tokens the clients registered (checked against the token's metadata), then
+        a scan of every token accessor, until `deadline`, for the others (a thief's, an Agent's)."""
         if not entries:
             return
         if self._revoker is None:
@@ -245,20 +254,40 @@ class Revocations:
                 e["tokens"] = NO_REVOKER
             problems.append("Vault tokens were not reached: no revoking identity is configured")
             return
-        try:
-            found = self._revoker.tokens_of([e["request_id"] for e in entries])
-        except Unavailable as error:
-            for e in entries:
-                e["tokens"] = f"failed: the token scan failed ({error.detail})"
-            problems.append("the token scan failed: run the revocation again")
-            return
-        jobs = [(e, a) for e in entries for a in found.get(e["request_id"], [])]
-        results = list(self._pool.map(lambda job: self._revoker.revoke_token(job[1]), jobs))
+        by_id = {e["request_id"]: e for e in entries}
         for e in entries:
             e["tokens"] = []
-        for (e, accessor), result in zip(jobs, results):
-            e["tokens"].append({"accessor": accessor, "result": "expired or revoked before" if result == "gone"
-                                else result})
+        done = set()
+
+        def revoke(entry, accessor, how):
+            result = self._revoker.revoke_token(accessor)
+            entry["tokens"].append({"accessor": accessor, "found_by": how,
+                                    "result": "expired or revoked before" if result == "gone" else result})
+            done.add(accessor)
+
+        try:
+            registered = self._tokens.get_many(list(by_id)) if self._tokens is not None else {}
+            for request_id, accessors in registered.items():
+                for accessor in accessors:
+                    meta = self._revoker.lookup(accessor)
+                    if meta is None:
+                        by_id[request_id]["tokens"].append({"accessor": accessor, "found_by": "registered",
+                                                            "result": "expired or revoked before"})
+                        done.add(accessor)
+                    elif meta.get("request_id") == request_id:  # the client's word, checked with Vault
+                        revoke(by_id[request_id], accessor, "registered")
+            scan = self._revoker.scan(list(by_id), deadline=deadline)
+        except Unavailable as error:
+            for e in entries:
+                e["tokens"].append({"result": f"failed: the token scan failed ({error.detail})"})
+            problems.append("the token scan failed: run the revocation again")
+            return
+        jobs = [(by_id[rid], a) for rid, accessors in scan.found.items() for a in accessors if a not in done]
+        list(self._pool.map(lambda job: revoke(job[0], job[1], "scan"), jobs))
+        if not scan.finished:
+            problems.append(f"the token scan looked up {scan.looked_up} of {scan.total} tokens before its time ran "
+                            f"out ({self._scan_seconds:g} s): tokens not registered by the client (an Agent's, a "
+                            "thief's) may still work; run the revocation again")
 
     # ---- DELETE /v1/revocations/{id} -------------------------------------------------------------
 

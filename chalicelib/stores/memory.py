@@ -91,3 +91,23 @@ class MemoryRateLimitStore:
             if self._hits.get(key, 0) >= limit:
                 raise limited(scope, caller, limit, window, now, message)
             self._hits[key] = self._hits.get(key, 0) + 1
+
+
+class MemoryTokenRegistry:
+    def __init__(self, clock=time.time):
+        self._items = {}
+        self._lock = threading.Lock()
+
+    def add(self, request_id, accessor, *, keep_for):
+        from ..errors import InvalidRequest
+        from .tokens import MAX_PER_ISSUANCE
+
+        with self._lock:
+            accessors = self._items.setdefault(request_id, set())
+            if accessor not in accessors and len(accessors) >= MAX_PER_ISSUANCE:
+                raise InvalidRequest(f"at most {MAX_PER_ISSUANCE} tokens may be registered for one issuance")
+            accessors.add(accessor)
+
+    def get_many(self, request_ids):
+        with self._lock:
+            return {r: sorted(self._items[r]) for r in request_ids if self._items.get(r)}

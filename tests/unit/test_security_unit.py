@@ -184,4 +184,19 @@ def test_quarantine_keys_cover_instance_session_and_role():
     assert caller_keys("i-0123456789abcdef0", SESSION) == [
         "quarantine#instance#i-0123456789abcdef0", f"quarantine#principal#{SESSION}",
         f"quarantine#principal#{ROLE_ARN}"]
-    assert caller_keys(None, "sa@p.iam.gserviceaccount.com") == ["quarantine#principal#sa@p.iam.gserviceaccount.com"]
+    # a service account's caller naming no instance: its instance-less entry too (a GCE quarantine places it)
+    assert caller_keys(None, "sa@p.iam.gserviceaccount.com") == [
+        "quarantine#principal#sa@p.iam.gserviceaccount.com", "quarantine#instanceless#sa@p.iam.gserviceaccount.com"]
+    assert caller_keys("1234567890", "sa@p.iam.gserviceaccount.com") == [
+        "quarantine#instance#1234567890", "quarantine#principal#sa@p.iam.gserviceaccount.com"]
+
+
+def test_quarantine_keys_spell_iam_names_in_one_case():
+    """IAM role and user names are case-insensitive: role/Demo-Batch is role/demo-batch."""
+    from chalicelib.stores.quarantine import principal_key, quarantine_key
+
+    assert quarantine_key("principal", "arn:aws:iam::123456789012:role/Demo-Batch") == \
+        quarantine_key("principal", "arn:aws:iam::123456789012:role/path/demo-batch")
+    session = "arn:aws:sts::123456789012:assumed-role/Demo-Batch/Nightly-1"
+    assert principal_key(session) == "arn:aws:sts::123456789012:assumed-role/demo-batch/Nightly-1"  # session kept
+    assert caller_keys(None, session)[1] == quarantine_key("principal", "arn:aws:iam::123456789012:role/DEMO-BATCH")
