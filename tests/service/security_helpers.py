@@ -36,8 +36,10 @@ def binding(method, path, params=None, body=b"", nonce=None):
 
 def proof_header(creds, server_id, *, bound=None, **kwargs):
     """The X-Broker-Proof value: base64 of the JSON of the four iam_* fields; `bound` is the
-    X-Broker-Request value to sign (binding(...)), None for a proof bound to nothing."""
-    kwargs.setdefault("when", fresh_when())
+    X-Broker-Request value to sign (binding(...)), None for a proof bound to nothing. A bound
+    proof is unique by its nonce: it may be signed at any second."""
+    if "when" not in kwargs:
+        kwargs["when"] = datetime.now(timezone.utc) if bound is not None else fresh_when()
     if bound is not None:
         kwargs["extra_headers"] = dict(kwargs.get("extra_headers") or {}, **{"X-Broker-Request": bound})
     body = signed_login(creds, "unused", server_id, **kwargs)
