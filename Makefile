@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test stack-up stack-down demo package bench fuzz faults soak clean
+.PHONY: install checkov-venv test stack-up stack-down demo package bench fuzz faults soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,18 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# checkov pins its own dependencies (boto3 1.35, networkx 2, packaging 23, bc-python-hcl2 as
+# `hcl2`), which conflict with the project's: it gets a virtualenv of its own.
+CHECKOV_VENV  ?= .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
+$(CHECKOV_STAMP): requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
+	touch $(CHECKOV_STAMP)
+
+checkov-venv: $(CHECKOV_STAMP)
+
+test: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest
 
 stack-up: $(STAMP)
@@ -27,10 +38,14 @@ stack-down:
 demo: $(STAMP)
 	$(PY) -m devstack.demo
 
-# SAM (dist/sam) and Terraform (dist/terraform) packages of a stage, cfn-lint, the zip size.
+# SAM (dist/sam) and Terraform (dist/terraform) packages of a stage from deploy/$(STAGE).toml,
+# which also writes the stage's environment into .chalice/config.json (for `chalice deploy`);
+# cfn-lint, the zip size. Refuses the repository's example values unless ALLOW_PLACEHOLDERS=1.
 STAGE ?= prod
+ALLOW_PLACEHOLDERS ?= 0
 package: $(STAMP)
-	$(PY) deploy/package.py --stage $(STAGE) --out dist
+	$(PY) deploy/package.py --stage $(STAGE) --out dist --write-chalice-config \
+	  $(if $(filter-out 0,$(ALLOW_PLACEHOLDERS)),--allow-placeholders)
 
 # Issue 6 benchmarks (docs/performance.md): BENCH_QUICK=1 for short counts;
 # BENCH_ARGS="--save LABEL", "--rev REV", "--only 1,4"; `python -m bench compare A B`.

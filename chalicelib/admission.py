@@ -13,7 +13,7 @@ quarantine keys (from the VerifiedCaller).
 
 import time
 
-from .aws_calls import call, error_code, try_call
+from .aws_calls import attempt, call, try_call
 from .audit_schema import TTL_ATTRIBUTE
 from .errors import ProofReplayed, Quarantined, RateLimited, Unavailable
 
@@ -57,14 +57,14 @@ class Admission:
                 "ExpressionAttributeValues": {":now": {"N": str(now)}}}})
         if len(items) == 1:
             return self._spend(items[0]["Put"])
-        try:
-            self._db.transact_write_items(TransactItems=items)
+        _, cancelled = attempt("replay store", ("TransactionCanceledException",), self._db.transact_write_items,
+                               TransactItems=items)
+        if cancelled is None:
             return None
-        except Exception as e:
-            failed = _failed_items(e)
-            if failed is None:
-                raise Unavailable("the replay store is unavailable", backend="replay store",
-                                  detail=f"transact_write_items failed: {error_code(e) or type(e).__name__}") from None
+        failed = _failed_items(cancelled)
+        if failed is None:  # cancelled for another reason (a conflicting write, throttling)
+            raise Unavailable("the replay store is unavailable", backend="replay store",
+                              detail="transact_write_items was cancelled: " + _reasons(cancelled))
         if 0 in failed:
             raise ProofReplayed("this proof was already used; sign a new one")
         self._spend(items[0]["Put"])  # refused below: the proof is still used up
@@ -125,11 +125,13 @@ class Admission:
             detail=f"quarantined: {kind} {value} by revocation {entry.revocation_id} until {iso(entry.until)}")
 
 
+def _reasons(error):
+    return ",".join(str((r or {}).get("Code")) for r in getattr(error, "response", {}).get("CancellationReasons", []))
+
+
 def _failed_items(error):
     """The indexes of the transaction items whose condition failed, or None when the
-    transaction failed for another reason (throttling, a conflict, the network)."""
-    if error_code(error) != "TransactionCanceledException":
-        return None
+    transaction was cancelled for another reason (a conflict, throttling)."""
     reasons = getattr(error, "response", {}).get("CancellationReasons")
     if not reasons:
         return None

@@ -20,17 +20,24 @@ def call(backend, fn, /, *args, **kwargs):
     return result
 
 
-def try_call(backend, expected_codes, fn, /, *args, **kwargs):
-    """Call a botocore client method and return (result, None), or (None, code) when
-    AWS answered with one of the expected error codes. Anything else is Unavailable."""
+def attempt(backend, expected_codes, fn, /, *args, **kwargs):
+    """Like try_call, but (None, the botocore error) for an expected code: for callers that
+    read more than the code (a transaction's CancellationReasons)."""
     try:
         return fn(*args, **kwargs), None
-    except Exception as e:  # botocore raises many unrelated classes for network trouble
+    except Exception as e:
         code = error_code(e)
         if code is not None and code in expected_codes:
-            return None, code
+            return None, e
         raise Unavailable(
             f"{backend} is unavailable", backend=backend,
             retry_after=2 if code in _THROTTLING else 5,
             detail=f"{backend} {getattr(fn, '__name__', 'call')} failed: {code or type(e).__name__}",
         ) from None
+
+
+def try_call(backend, expected_codes, fn, /, *args, **kwargs):
+    """Call a botocore client method and return (result, None), or (None, code) when
+    AWS answered with one of the expected error codes. Anything else is Unavailable."""
+    result, error = attempt(backend, expected_codes, fn, *args, **kwargs)
+    return result, (error_code(error) if error is not None else None)

@@ -77,9 +77,8 @@ def build_service(settings):
     from .minter import VaultMinter
     from .pipeline.frame import AuditedRequests
     from .pipeline.issuance import BrokerService
-    from .policy import RulesError, load_rules
+    from .rules_source import LiveRules, RulesSource
 
-    rules = load_rules(settings.rules_file)
     make = aws_client_factory(settings)
     dynamodb = make("dynamodb")
     secrets = make("secretsmanager")
@@ -96,15 +95,21 @@ def build_service(settings):
         return fetch
 
     names = enabled_methods(settings)
-    methods = {name: _once(lambda name=name: package(name).build(settings, make, http_session(), rules))
+    live = {}
+    methods = {name: _once(lambda name=name: package(name).build(settings, make, http_session(),
+                                                                 lambda: live["rules"]))
                for name in names}
-    # The AWS method is built now: the rules are checked against the accounts it can read.
+    # The AWS method is built now: every version of the rules is checked against the
+    # accounts it can read (a rule needing facts of an unreadable account is refused).
     aws = methods["aws"]()
-    problems = []
-    for name in names:
-        problems += package(name).check_rules(rules, aws.readers.accounts())
-    if problems:
-        raise RulesError("\n".join(problems))
+
+    def deployment_problems(candidate):
+        return [p for name in names for p in package(name).check_rules(candidate, aws.readers.accounts())]
+
+    kind, location = settings.rules_source or ("file", settings.rules_file)
+    rules = live["rules"] = LiveRules(RulesSource(kind, location, make), logger=get_logger(settings.log_level),
+                                      refresh=0 if kind == "file" else settings.rules_refresh,
+                                      check=deployment_problems)
 
     stores = build_stores(settings, dynamodb)
     logger = get_logger(settings.log_level)

@@ -43,6 +43,8 @@ class Settings:
     token_max_ttl: int = 86400  # the served roles' longest token lifetime: how far back a revocation looks
     revocation_settle_seconds: float = 2.0  # the second sweep runs this long after the quarantine
     token_scan_seconds: float = 12.0  # a revocation's scans of every token accessor stop after this long
+    rules_source: tuple = None  # (kind, location): chalicelib/rules_source.py; None: the rules file
+    rules_refresh: float = 60.0  # seconds between reads of a remote rules source (0: never)
 
     @property
     def aws(self):
@@ -83,7 +85,15 @@ class Settings:
             token_max_ttl=int(_number(env, "BROKER_TOKEN_MAX_TTL", 86400, low=60, high=366 * 86400)),
             revocation_settle_seconds=_number(env, "BROKER_REVOCATION_SETTLE_SECONDS", 2, low=0, high=10),
             token_scan_seconds=_number(env, "BROKER_TOKEN_SCAN_SECONDS", 12, low=1, high=600),
+            rules_source=_rules_source(env),
+            rules_refresh=_number(env, "BROKER_RULES_REFRESH_SECONDS", 60, low=0, high=3600),
         )
+
+
+def _rules_source(env):
+    from .rules_source import parse_source
+
+    return parse_source(_get(env, "BROKER_RULES_SOURCE"), _get(env, "BROKER_RULES_FILE", DEFAULT_RULES_FILE))
 
 
 def _get(env, name, default=None, required=False):

@@ -30,15 +30,6 @@ ORG_ACCESS_ROLE = "OrganizationAccountAccessRole"
 READER_ROLE = "secret-zero-reader"
 READER_EXTERNAL_ID = "secret-zero-local"
 READER_POLICY_NAME = "secret-zero-reader"
-# Until .chalice/policy-dev.json grants what the broker needs for other accounts and
-# ECS tasks (the lead adds it with issue 10), the stack attaches the missing actions as
-# this separately named policy; it is left out once policy-dev.json has them.
-PENDING_BROKER_POLICY_NAME = "stack-interim-issue-10-actions"
-PENDING_BROKER_ACTIONS = {
-    "sts:AssumeRole": f"arn:aws:iam::*:role/{READER_ROLE}",
-    "iam:GetRole": "*",
-    "ecs:DescribeTasks": "*",
-}
 BROKER_POLICY_NAME = "secret-zero-broker-dev"
 # moto checks IAM policy Resource elements only for IAM role actions and
 # sts:AssumeRole; for every other service it evaluates the action against the
@@ -312,18 +303,21 @@ def moto_workaround_policy(policy_text: str) -> dict | None:
     """The statements of the broker policy whose Resource is not ``*``, with
     Resource ``*`` (same actions). moto compares non-IAM actions against the
     resource ``*`` only, so without this the scoped DynamoDB and Secrets Manager
-    statements would deny calls the broker needs (checked with moto 5.2.5).
-    sts:AssumeRole keeps its scope: moto checks it against the role ARN. moto also
-    wants `dynamodb:TransactWriteItems`, which AWS does not have (see below)."""
+    statements would deny calls the broker needs (checked with moto 5.2.5). moto also
+    checks ``dynamodb:TransactWriteItems``/``TransactGetItems``, names IAM does not have:
+    they are added where the item actions they carry are granted.
+    sts:AssumeRole keeps its scope: moto checks it against the role ARN."""
     out = []
     for st in _statements(json.loads(policy_text)):
         if st.get("Effect") != "Allow" or st.get("Resource") in ("*", ["*"]) or "Resource" not in st:
             continue
         actions = [a for a in _as_list(st["Action"]) if a != "sts:AssumeRole"]
-        if "dynamodb:ConditionCheckItem" in actions:
-            # AWS authorizes a transaction item by item (PutItem, UpdateItem, ConditionCheckItem);
-            # moto asks for an action named after the API call instead.
+        # IAM has no TransactWriteItems/TransactGetItems actions (AWS checks each item's own
+        # action), but moto checks those names: grant them where the item actions are.
+        if set(actions) & TRANSACT_WRITE_ITEM_ACTIONS:
             actions.append("dynamodb:TransactWriteItems")
+        if "dynamodb:GetItem" in actions:
+            actions.append("dynamodb:TransactGetItems")
         if not actions or all(a.startswith("logs:") for a in actions):
             continue  # nothing local writes CloudWatch logs
         out.append({"Sid": (st.get("Sid") or "Stmt") + "MotoUnscoped", "Effect": "Allow",
@@ -333,16 +327,8 @@ def moto_workaround_policy(policy_text: str) -> dict | None:
     return {"Version": "2012-10-17", "Statement": out}
 
 
-def pending_broker_policy(policy_text: str) -> dict | None:
-    """The actions of PENDING_BROKER_ACTIONS that ``policy_text`` does not allow yet
-    (matched by action name only), as a policy; None once it allows them all."""
-    granted = {a for st in _statements(json.loads(policy_text)) if st.get("Effect") == "Allow"
-               for a in _as_list(st.get("Action", []))}
-    missing = [(a, r) for a, r in PENDING_BROKER_ACTIONS.items() if a not in granted]
-    if not missing:
-        return None
-    return {"Version": "2012-10-17", "Statement": [
-        {"Sid": a.replace(":", ""), "Effect": "Allow", "Action": [a], "Resource": r} for a, r in missing]}
+TRANSACT_WRITE_ITEM_ACTIONS = {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                               "dynamodb:ConditionCheckItem"}
 
 
 def seed_roles(iam, roles: dict[str, DemoRole], account_id: str) -> None:
@@ -366,10 +352,6 @@ def seed_aws(moto: MotoServer, admin: Keys, project_dir: Path, *, moto_workaroun
     if extra:
         iam.put_user_policy(UserName=BROKER_USER, PolicyName=MOTO_WORKAROUND_POLICY_NAME,
                             PolicyDocument=json.dumps(extra))
-    pending = pending_broker_policy(policy)
-    if pending:
-        iam.put_user_policy(UserName=BROKER_USER, PolicyName=PENDING_BROKER_POLICY_NAME,
-                            PolicyDocument=json.dumps(pending))
     key = iam.create_access_key(UserName=BROKER_USER)["AccessKey"]
 
     ddb = moto.client(admin, "dynamodb")

@@ -183,6 +183,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         except requests.RequestException as e:
             detail = f"not answering ({type(e).__name__})"
         _say(f"{label}: running, pid {pids[name]}, {url} ({detail})")
+    for task, pid in _task_agents(state_dir).items():
+        _say(f"simulated ECS agent of task {task}: running, pid {pid}")
     _say(f"Endpoints and secrets: {state_dir / STATE_FILE}")
     expected = {n for n, p in pids.items() if p}
     return 0 if expected and expected <= set(running) else 1
@@ -252,17 +254,15 @@ def cmd_as_task(args: argparse.Namespace) -> int:
                              account=args.account or ACCOUNT_ID, task_role=args.task_role)
         made = "new"
     agent = stack.task_metadata(arn, detached=not args.cmd)
-    if not args.cmd:
-        agent.write_pid_file()
     env = machines.task_env(stack, arn)
     comments = [f"ECS task {arn} ({made}) in account {task_account(arn)}: task role "
                 f"{stack.task_role(arn).rsplit('/', 1)[1]}, tags {_show(tags)}",
-                f"Its simulated ECS agent (pid {agent.pid}) serves the task metadata endpoint v4 and the task role's "
+                f"Its simulated ECS agent (pid {agent.pid or agent.adopted_pid}) serves the task metadata endpoint v4 and the task role's "
                 f"credentials (session {task_id(arn)}, as ECS names it) until `python -m devstack down`.",
                 _login_hint(tags)]
-    if not args.cmd:
+    if not args.cmd or made == "existing":  # (a command in an existing task: like ECS Exec)
         return _hand_over(args, env, comments)
-    try:  # the command is the task's essential container: the task stops when it exits
+    try:  # the command is the new task's essential container: the task stops when it exits
         return _hand_over(args, env, comments)
     finally:
         agent.stop()

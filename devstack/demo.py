@@ -6,9 +6,12 @@ An EC2 instance boots with no credential but its instance role, runs the real
 `broker login` client against the broker under `chalice local`, and reads its
 application secret from OpenBao. A second instance, tagged for another role, is
 refused. A GCE instance (on the simulated Google) bootstraps the same way with
-its identity token. Then the security team's view: the audit trail searched with
-`broker audit search`, the web instance revoked and quarantined after an IDS alert,
-and its next attempt refused. KEEP=1 leaves the stack running.
+its identity token. A container on ECS bootstraps with its task role and task
+metadata; another one on the same task role, tagged for another role, is refused.
+An instance of a second AWS account bootstraps, read there through a reader role.
+Then the security team's view: the audit trail searched with `broker audit search`,
+the web instance revoked and quarantined after an IDS alert, and its next attempt
+refused. KEEP=1 leaves the stack running, and every command shown can be pasted.
 """
 
 from __future__ import annotations
@@ -161,7 +164,75 @@ def main():
             """)
         else:
             stack.stop()
-            say("\nThe local stack is stopped. (KEEP=1 make demo leaves it running.)")
+            say("\nThe local stack is stopped. `KEEP=1 make demo` leaves it running, and then every command "
+                "shown above can be pasted into a shell (it says how at the end).")
+
+
+def rule_text(rules, name):
+    block = next((b for b in rules.split("\n[[rule]]\n") if f'name = "{name}"' in b), None)
+    return textwrap.indent("[[rule]]\n" + block.strip(), "     ") if block else f"     (no rule {name})"
+
+
+def story_containers_and_accounts(stack, keep, rules):
+    """Steps 6-8 (issue 10): a container on ECS, one on the same task role tagged for
+    another role, and an instance of the second account. Returns (failures, request IDs)."""
+    failures, requests_made = 0, []
+
+    step(6, "A container boots on ECS")
+    task = stack.run_task({"vault-role": "web", "Name": "web-task"})
+    task_id = task.rsplit("/", 1)[1]
+    say(f"""
+        Task {task_id} of task definition demo-web runs in cluster demo-cluster, tagged vault-role=web.
+        Its task role demo-task trusts only ecs-tasks.amazonaws.com and carries no grant by itself:
+        tasks of other services may share it. ECS hands the container the role's credentials as a
+        session named after the task ({task_id}); its task metadata endpoint gives the task ARN.
+        The broker finds the task RUNNING with DescribeTasks (by the task ARN the client sends,
+        or by the session name in the clusters the rules name), checks that it runs with that
+        role, and reads its cluster, family and tags itself. The rule that will decide:
+    """)
+    print(rule_text(rules, "web-tasks"))
+    with workspace(keep, "web-task") as tmp:
+        token_file = Path(tmp) / "vault-token"
+        code, summary = run_client(machines.task_env(stack, task), "web", ["--sink", str(token_file)],
+                                   f"as-task --task-arn {task}")
+        requests_made.append(summary.get("request_id"))
+        if code != 0:
+            print(f"   The client failed with exit code {code}; see {stack.broker.log_path}")
+            failures += 1
+        else:
+            say(f"Issued by rule web-tasks; the token is in {token_file}.")
+
+    step(7, "Another container, same task role, tagged for another role, asks for web")
+    other = stack.run_task({"vault-role": "batch", "Name": "batch-task"})
+    say(f"Task {other.rsplit('/', 1)[1]} runs the same task definition (task role demo-task), tagged vault-role=batch.")
+    with workspace(keep, "batch-task") as tmp:
+        code, summary = run_client(machines.task_env(stack, other), "web", ["--out-dir", tmp],
+                                   f"as-task --task-arn {other}")
+        written = sorted(os.listdir(tmp))
+    requests_made.append(summary.get("request_id"))
+    say(f"Exit code {code} (4 = refused); files written: {written or 'none'}. The role alone was not enough.")
+    failures += code != 4 or bool(written)
+
+    step(8, "An EC2 instance boots in another AWS account")
+    second = stack.endpoints["second_account_id"]
+    remote = stack.launch_instance({"vault-role": "web", "Name": "web-2"}, profile="demo-node", account=second)
+    say(f"""
+        Instance {remote} runs in account {second} with that account's instance profile demo-node,
+        tagged vault-role=web. The broker reads it in account {second} through the reader role it
+        assumes there (secret-zero-reader, external ID secret-zero-local; BROKER_ACCOUNT_READERS),
+        never with its own account's view. Rule web-nodes lists both accounts.
+    """)
+    with workspace(keep, "web-2") as tmp:
+        token_file = Path(tmp) / "vault-token"
+        code, summary = run_client(machines.instance_env(stack, remote, second), "web",
+                                   ["--sink", str(token_file)], f"as-instance --account {second} --instance {remote}")
+        requests_made.append(summary.get("request_id"))
+        if code != 0:
+            print(f"   The client failed with exit code {code}; see {stack.broker.log_path}")
+            failures += 1
+        else:
+            say(f"Issued by rule web-nodes, facts read in account {second}; the token is in {token_file}.")
+    return failures, requests_made
 
 
 def story(stack, keep=False):
@@ -272,7 +343,10 @@ def story(stack, keep=False):
                 keys {sorted(secret)}.
             """)
 
-    step(6, "The security team searches the audit trail")
+    more_failures, more_requests = story_containers_and_accounts(stack, keep, rules)
+    failures += more_failures
+
+    step(9, "The security team searches the audit trail")
     engineer = machines.role_env(stack, "security-team", "alice")
     say("""
         Every decision is a DynamoDB record written before the answer; no token or secret ID in it.
@@ -282,7 +356,7 @@ def story(stack, keep=False):
     proc = run_security(engineer, "audit", "search", "--since", "15m")
     if proc.returncode != 0:
         failures += 1
-    for request_id in (granted_request, refused_request, gce_request):
+    for request_id in (granted_request, refused_request, gce_request, *more_requests):
         if not request_id or request_id not in proc.stdout:
             print(f"   (request {request_id} is missing from the search)")
             failures += 1
@@ -291,7 +365,7 @@ def story(stack, keep=False):
         proc = run_security(engineer, "audit", "show", refused_request)
         failures += proc.returncode != 0
 
-    step(7, "An intrusion detection system flags the web instance")
+    step(10, "An intrusion detection system flags the web instance")
     proc = run_security(engineer, "revoke", "--instance", web, "--reason", "IDS alert: outbound scan",
                         "--quarantine", "24h")
     if proc.returncode != 0:
@@ -303,7 +377,7 @@ def story(stack, keep=False):
         presents now, the broker refuses it before anything is minted.
     """)
 
-    step(8, "The flagged instance asks again")
+    step(11, "The flagged instance asks again")
     with workspace(keep, "web-1-flagged") as tmp:
         code, summary = run_client(machines.instance_env(stack, web), "web", ["--out-dir", tmp],
                                    f"as-instance --instance {web}")
@@ -315,8 +389,8 @@ def story(stack, keep=False):
     if failures:
         print(f"\nThe demo saw {failures} unexpected outcome(s).")
         return 1
-    print("\nDone: an EC2 and a GCE instance bootstrapped with no shipped credential, one refused, "
-          "all on the record; the flagged instance cut off at once.")
+    print("\nDone: EC2 instances in two accounts, an ECS task and a GCE instance bootstrapped with no shipped "
+          "credential, an instance and a task refused, all on the record; the flagged instance cut off at once.")
     return 0
 
 

@@ -73,6 +73,27 @@ class TaskMetadataServer(LoopbackServer):
         }
         return cls(stack.workdir, config, detached=detached)
 
+    @classmethod
+    def running(cls, workdir: Path, task_id: str) -> "TaskMetadataServer | None":
+        """The detached agent of that task that another process started and left running
+        (``as-task``, ``KEEP=1 make demo``), if it still runs: one agent per task."""
+        from .procs import cmdline, pid_alive
+
+        directory = Path(workdir) / TASKS_DIR
+        try:
+            pid = int((directory / f"{task_id}.pid").read_text().strip())
+            config = json.loads((directory / f"{task_id}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        argv = cmdline(pid) or []
+        if not pid_alive(pid) or str(directory / f"{task_id}.json") not in argv:
+            return None
+        server = cls(workdir, config, port=int(argv[argv.index("--port") + 1]), detached=True)
+        server.adopted_pid = pid
+        return server
+
+    adopted_pid: int | None = None  # an agent another process started (never stopped by this one)
+
     @property
     def metadata_uri(self) -> str:
         """ECS_CONTAINER_METADATA_URI_V4 (the container's metadata; ``/task`` the task's)."""
@@ -104,6 +125,8 @@ class TaskMetadataServer(LoopbackServer):
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = start_process(f"ECS agent of task {self.config['task_id']}", argv, self.log_path,
                                   env=env, detached=self.detached)
+        if self.detached:  # it outlives us: `python -m devstack down` stops it
+            self.pid_path.write_text(f"{self.pid}\n")
         return self
 
     def wait_ready(self, timeout: float = 15.0) -> "TaskMetadataServer":
@@ -112,11 +135,9 @@ class TaskMetadataServer(LoopbackServer):
         return self._wait_until_ready(lambda: session.get(self.metadata_uri, timeout=2).status_code == 200,
                                       f"the ECS agent simulator of task {self.config['task_id']}", timeout)
 
-    def write_pid_file(self) -> None:
-        """For ``python -m devstack down``, which stops the agents ``as-task`` leaves running."""
-        self.pid_path.write_text(f"{self.pid}\n")
-
     def stop(self) -> None:
+        if self.adopted_pid is not None:
+            return  # another process's agent: `python -m devstack down` stops it
         super().stop()
         for path in (self.config_path, self.pid_path):
             try:

@@ -525,7 +525,11 @@ class Stack:
         ``.env`` holds ECS_CONTAINER_METADATA_URI_V4 and AWS_CONTAINER_CREDENTIALS_FULL_URI.
         ``detached`` (default: as the stack): it outlives this process."""
         server = self.task_servers.get(task_arn)
-        if server is None or server.proc is None:
+        if server is None or (server.proc is None and server.adopted_pid is None):
+            server = TaskMetadataServer.running(self.workdir, task_id(task_arn))
+            if server is not None:
+                self.task_servers[task_arn] = server
+                return server
             server = TaskMetadataServer.for_task(self, task_arn, detached=self.detached if detached is None
                                                  else detached)
             server.start()

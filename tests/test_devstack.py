@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -439,3 +440,291 @@ def test_gcp_instance_tokens_are_distinct_per_call(stack):
     second = stack.gcp_instance_token("web-gce-1", audience="aud-distinct")
     assert first != second
     assert _jwt_parts(second)[1]["iat"] > _jwt_parts(first)[1]["iat"]
+
+
+# ---- the second AWS account, trust policies, ECS (issue 10) ---------------------------------
+
+SECOND = "210987654321"
+
+
+def _client_error(call) -> dict:
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call()
+    return e.value.response
+
+
+def test_second_account_is_separate(stack):
+    ep = stack.endpoints
+    assert ep["second_account_id"] == SECOND
+    admin2 = {"access_key_id": ep["second_account_admin_access_key_id"],
+              "secret_access_key": ep["second_account_admin_secret_access_key"]}
+    assert stack.client("sts", admin2).get_caller_identity()["Arn"] == f"arn:aws:iam::{SECOND}:user/admin"
+    forged = _client_error(lambda: stack.client("sts", dict(admin2, secret_access_key="x" * 40)).get_caller_identity())
+    assert forged["Error"]["Code"] == "SignatureDoesNotMatch"   # verified there too
+
+    iam1, iam2 = stack.client("iam"), stack.client("iam", admin2)
+    reader = iam2.get_role(RoleName="secret-zero-reader")["Role"]
+    assert reader["Arn"] == f"arn:aws:iam::{SECOND}:role/secret-zero-reader"
+    assert _client_error(lambda: iam1.get_role(RoleName="secret-zero-reader"))["Error"]["Code"] == "NoSuchEntity"
+    # same role names, different roles: each account's own tags
+    assert iam1.list_role_tags(RoleName="demo-batch")["Tags"] == [{"Key": "vault-role", "Value": "batch"}]
+    assert "vault-role" not in {t["Key"] for t in iam2.list_role_tags(RoleName="demo-batch")["Tags"]}
+    assert iam2.get_instance_profile(InstanceProfileName="demo-node")["InstanceProfile"]["Roles"][0]["Arn"] == \
+        f"arn:aws:iam::{SECOND}:role/demo-node"
+
+    iid = stack.launch_instance({"vault-role": "web"}, account=SECOND)
+    inst = stack.describe_instance(iid, account=SECOND)
+    assert inst["IamInstanceProfile"]["Arn"] == f"arn:aws:iam::{SECOND}:instance-profile/demo-node"
+    assert {"Key": "vault-role", "Value": "web"} in inst["Tags"]
+    seen_from_first = [i["InstanceId"] for r in stack.client("ec2").describe_instances()["Reservations"]
+                       for i in r["Instances"]]
+    assert iid not in seen_from_first
+    creds = stack.instance_credentials(iid, account=SECOND)
+    assert stack.client("sts", creds).get_caller_identity()["Arn"] == \
+        f"arn:aws:sts::{SECOND}:assumed-role/demo-node/{iid}"
+
+
+def test_reader_role_assumable_by_the_broker_with_the_external_id(stack):
+    readers = json.loads(stack.broker_env()["BROKER_ACCOUNT_READERS"])
+    assert readers == {SECOND: {"role_arn": f"arn:aws:iam::{SECOND}:role/secret-zero-reader",
+                                "external_id": "secret-zero-local"}}
+    trust = stack.trust_policy_of("secret-zero-reader", SECOND)
+    assert trust["Statement"] == [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                   "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:user/secret-zero-broker"},
+                                   "Condition": {"StringEquals": {"sts:ExternalId": "secret-zero-local"}}}]
+    policy = stack.client("iam", stack.admin_keys_for(SECOND)).get_role_policy(
+        RoleName="secret-zero-reader", PolicyName="secret-zero-reader")["PolicyDocument"]
+    assert policy == json.loads((PROJECT / "policies" / "aws" / "reader-policy.json").read_text())
+
+    # what the broker does: its own keys, the reader role of the caller's account, the external ID
+    reader = stack.client("sts", stack.broker_keys).assume_role(
+        RoleArn=readers[SECOND]["role_arn"], RoleSessionName="secret-zero-broker",
+        ExternalId=readers[SECOND]["external_id"])["Credentials"]
+    reader = {"access_key_id": reader["AccessKeyId"], "secret_access_key": reader["SecretAccessKey"],
+              "session_token": reader["SessionToken"]}
+    assert stack.client("sts", reader).get_caller_identity()["Arn"] == \
+        f"arn:aws:sts::{SECOND}:assumed-role/secret-zero-reader/secret-zero-broker"
+    # it reads the second account's facts, and only those the reader policy grants
+    iid = stack.launch_instance({"vault-role": "web"}, account=SECOND)
+    seen = [i["InstanceId"] for r in stack.client("ec2", reader).describe_instances()["Reservations"]
+            for i in r["Instances"]]
+    assert iid in seen
+    assert stack.client("iam", reader).get_role(RoleName="demo-node")["Role"]["Arn"].startswith(f"arn:aws:iam::{SECOND}:")
+    assert stack.client("iam", reader).list_role_tags(RoleName="demo-node")["Tags"] == [
+        {"Key": "team", "Value": "platform"}]
+    stack.client("iam", reader).get_instance_profile(InstanceProfileName="demo-node")
+    task = stack.run_task({"vault-role": "web"}, account=SECOND)
+    assert stack.client("ecs", reader).describe_tasks(cluster="demo-cluster", tasks=[task])["tasks"][0][
+        "lastStatus"] == "RUNNING"
+    for call in (lambda: stack.client("iam", reader).create_user(UserName="mallory"),
+                 lambda: stack.client("ec2", reader).terminate_instances(InstanceIds=[iid]),
+                 lambda: stack.client("ecs", reader).stop_task(cluster="demo-cluster", task=task)):
+        assert _client_error(call)["ResponseMetadata"]["HTTPStatusCode"] == 403
+    # the broker's own keys see nothing of the second account
+    own = [i["InstanceId"] for r in stack.client("ec2", stack.broker_keys).describe_instances()["Reservations"]
+           for i in r["Instances"]]
+    assert iid not in own
+    stack.stop_task(task)
+
+
+def test_instance_and_task_roles_trust_only_their_service(stack):
+    ec2_only = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+    ecs_only = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+    for account in (ACCOUNT_ID, SECOND):
+        assert stack.trust_policy_of("demo-node", account) == ec2_only
+        assert stack.trust_policy_of("demo-task", account) == ecs_only
+    assert stack.trust_policy_of("demo-other") == ec2_only
+    for role in ("demo-batch", "security-team"):
+        assert stack.trust_policy_of(role)["Statement"][0]["Principal"] == {
+            "AWS": f"arn:aws:iam::{ACCOUNT_ID}:user/admin"}
+        creds = stack.assume(role, "someone")   # as today: the admin, and moto checks that trust
+        assert stack.client("sts", creds).get_caller_identity()["Arn"].endswith(f":assumed-role/{role}/someone")
+
+    # the stack still stands in for EC2 (moto does not check a trust policy across accounts)
+    creds = stack.assume("demo-node", "i-0123456789abcdef0")
+    assert stack.client("sts", creds).get_caller_identity()["Arn"] == \
+        f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/demo-node/i-0123456789abcdef0"
+
+    anyone = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}
+    with stack.changed_trust_policy("demo-node", anyone):
+        assert stack.trust_policy_of("demo-node") == anyone
+        creds = stack.assume("demo-node", "i-0123456789abcdef1")
+        assert stack.client("sts", creds).get_caller_identity()["Arn"].endswith("/demo-node/i-0123456789abcdef1")
+    assert stack.trust_policy_of("demo-node") == ec2_only
+
+
+def test_launch_instance_with_metadata_options(stack):
+    iid = stack.launch_instance({"vault-role": "web"}, metadata_options={"HttpTokens": "required"})
+    assert stack.describe_instance(iid)["MetadataOptions"]["HttpTokens"] == "required"
+    assert stack.describe_instance(stack.launch_instance({"vault-role": "web"}))["MetadataOptions"][
+        "HttpTokens"] == "optional"
+
+
+def test_ecs_task_runs_stays_running_and_shows_its_tags(stack):
+    arn = stack.run_task({"vault-role": "web", "team": "platform"})
+    assert re.fullmatch(rf"arn:aws:ecs:us-east-1:{ACCOUNT_ID}:task/demo-cluster/[0-9a-f-]{{32,36}}", arn)
+    ecs = stack.client("ecs")
+    for _ in range(6):  # moto would advance it on each describe without the pinned transition
+        task = ecs.describe_tasks(cluster="demo-cluster", tasks=[arn], include=["TAGS"])["tasks"][0]
+        assert (task["lastStatus"], task["desiredStatus"]) == ("RUNNING", "RUNNING")
+    assert {(t["key"], t["value"]) for t in task["tags"]} == {("vault-role", "web"), ("team", "platform")}
+    assert task["group"] == "family:demo-web" and task["launchType"] == "EC2"
+    assert task["taskDefinitionArn"] == f"arn:aws:ecs:us-east-1:{ACCOUNT_ID}:task-definition/demo-web:1"
+    task_def = ecs.describe_task_definition(taskDefinition="demo-web")["taskDefinition"]
+    assert task_def["taskRoleArn"] == f"arn:aws:iam::{ACCOUNT_ID}:role/demo-task"
+    assert stack.task_role(arn) == task_def["taskRoleArn"]
+
+    # anyone holding the admin keys can run tasks there (EC2 launch type)
+    again = ecs.run_task(cluster="demo-cluster", taskDefinition="demo-web", launchType="EC2")
+    assert not again["failures"] and again["tasks"][0]["lastStatus"] == "RUNNING"
+    ecs.stop_task(cluster="demo-cluster", task=again["tasks"][0]["taskArn"])
+
+    other = stack.run_task({"vault-role": "batch"}, task_role="demo-batch")
+    assert stack.task_role(other) == f"arn:aws:iam::{ACCOUNT_ID}:role/demo-batch"
+
+    stack.stop_task(arn)
+    assert stack.describe_task(arn)["lastStatus"] == "STOPPED"
+    stack.stop_task(other)
+
+    second = stack.run_task({"vault-role": "web"}, account=SECOND)
+    assert second.split(":")[4] == SECOND
+    assert ecs.describe_tasks(cluster="demo-cluster", tasks=[second])["tasks"] == []  # invisible from the first
+    assert stack.describe_task(second)["lastStatus"] == "RUNNING"
+    stack.stop_task(second)
+
+
+def test_task_metadata_simulator_serves_the_task_and_its_role_credentials(stack, tmp_path):
+    arn = stack.run_task({"vault-role": "web"})
+    task_id = arn.rsplit("/", 1)[1]
+    agent = stack.task_metadata(arn)
+    assert stack.task_metadata(arn) is agent  # one agent per task
+    http = requests.Session()
+    http.trust_env = False
+    meta = http.get(agent.metadata_uri + "/task", timeout=5).json()
+    assert meta["TaskARN"] == arn and meta["Cluster"] == "demo-cluster" and meta["Family"] == "demo-web"
+    assert (meta["Revision"], meta["LaunchType"], meta["KnownStatus"], meta["DesiredStatus"]) == \
+        ("1", "EC2", "RUNNING", "RUNNING")
+    container = http.get(agent.metadata_uri, timeout=5).json()
+    assert container["Labels"]["com.amazonaws.ecs.task-arn"] == arn and container["Name"] == "web"
+    assert meta["Containers"][0]["DockerId"] == container["DockerId"]
+    assert http.get(agent.url + "/v2/credentials/not-the-id", timeout=5).status_code == 404
+
+    # botocore's own container credential provider, in a process that has only the task's environment
+    probe = ("import json, boto3\n"
+             f"sts = boto3.client('sts', endpoint_url={stack.aws_endpoint_url!r})\n"
+             "creds = boto3.Session().get_credentials()\n"
+             "print(json.dumps({'method': creds.method, 'arn': sts.get_caller_identity()['Arn']}))\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **agent.env,
+           "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout) == {"method": "container-role",
+                                      "arn": f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/demo-task/{task_id}"}
+
+    stack.stop_task(arn)
+    assert http.get(agent.metadata_uri + "/task", timeout=5).json()["KnownStatus"] == "STOPPED"
+    assert http.get(agent.credentials_uri, timeout=5).status_code == 400  # a stopped task has no credentials
+
+
+def _state_dir(stack, tmp_path) -> Path:
+    """A state directory naming the session's stack, as `devstack up` writes it."""
+    state = tmp_path / "state"
+    stack.write_endpoints(state / "endpoints.json")
+    return state
+
+
+def _devstack(state, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "devstack", *args[:1], "--dir", str(state), *args[1:]],
+                          cwd=PROJECT, capture_output=True, text=True, timeout=120, env=env)
+
+
+def _exports(text: str) -> dict[str, str]:
+    import shlex
+    env = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+def test_as_instance_prints_an_environment_broker_login_works_in(local_broker, tmp_path):
+    stack = local_broker.stack
+    state = _state_dir(stack, tmp_path)
+    out = _devstack(state, "as-instance", "--tags", "vault-role=web")
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^# EC2 instance i-[0-9a-f]+ \(new\) in account 123456789012: role demo-node", out.stdout, re.M)
+    assert re.search(r"^unset .*\bAWS_PROFILE\b", out.stdout, re.M)
+    env = _exports(out.stdout)
+    assert env["BROKER_URL"] == stack.broker_url and env["BROKER_SERVER_ID"] == SERVER_ID
+    assert env["VAULT_ADDR"] == stack.vault_addr and env["AWS_EC2_METADATA_DISABLED"] == "true"
+    # a shell that evals it runs the real client as that instance
+    token = tmp_path / "token"
+    script = f'eval "$({sys.executable} -m devstack as-instance --dir {state} --tags vault-role=web)" && ' \
+             f'{sys.executable} -m broker login --role web --sink {token}'
+    login = subprocess.run(["bash", "-c", script], cwd=PROJECT, capture_output=True, text=True, timeout=120,
+                           env={"PATH": "/usr/bin:/bin", "AWS_PROFILE": "someone-elses"})
+    assert login.returncode == 0, login.stderr
+    assert hvac.Client(url=stack.vault_addr, token=token.read_text().strip()).secrets.kv.v2.read_secret_version(
+        path="web/config", raise_on_deleted_version=True)["data"]["data"]["api_url"]
+
+    # -- CMD: the command runs in the instance of the second account
+    who = "import boto3; print(boto3.client('sts', endpoint_url=%r).get_caller_identity()['Arn'])" % \
+        stack.aws_endpoint_url
+    run = _devstack(state, "as-instance", "--account", SECOND, "--tags", "vault-role=web", "--",
+                    sys.executable, "-c", who)
+    assert run.returncode == 0, run.stderr
+    assert re.fullmatch(rf"arn:aws:sts::{SECOND}:assumed-role/demo-node/i-[0-9a-f]+\n", run.stdout)
+
+
+def test_as_task_and_as_gce_give_the_machine_environment(local_broker, tmp_path):
+    stack = local_broker.stack
+    state = _state_dir(stack, tmp_path)
+    probe = ("import json, os, urllib.request, boto3\n"
+             "task = json.load(urllib.request.urlopen(os.environ['ECS_CONTAINER_METADATA_URI_V4'] + '/task'))\n"
+             f"arn = boto3.client('sts', endpoint_url={stack.aws_endpoint_url!r}).get_caller_identity()['Arn']\n"
+             "print(json.dumps({'task': task['TaskARN'], 'arn': arn}))\n")
+    run = _devstack(state, "as-task", "--tags", "vault-role=web", "--", sys.executable, "-c", probe)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    task_arn = seen["task"]
+    assert seen["arn"] == f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/demo-task/{task_arn.rsplit('/', 1)[1]}"
+    assert stack.describe_task(task_arn)["lastStatus"] == "STOPPED"  # the command was its essential container
+    assert {(t["key"], t["value"]) for t in stack.describe_task(task_arn)["tags"]} == {("vault-role", "web")}
+
+    # printed: the agent stays up (detached) for the shell that evals the lines
+    out = _devstack(state, "as-task", "--tags", "vault-role=web")
+    assert out.returncode == 0, out.stderr
+    env = _exports(out.stdout)
+    pid_files = list((state / "tasks").glob("*.pid"))
+    try:
+        assert set(env) >= {"ECS_CONTAINER_METADATA_URI_V4", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "BROKER_URL"}
+        http = requests.Session()
+        http.trust_env = False
+        task = http.get(env["ECS_CONTAINER_METADATA_URI_V4"] + "/task", timeout=5).json()
+        assert task["KnownStatus"] == "RUNNING" and task["TaskARN"].startswith(f"arn:aws:ecs:us-east-1:{ACCOUNT_ID}:")
+        assert len(pid_files) == 1
+    finally:
+        import signal
+        for pid_file in pid_files:
+            pid = int(pid_file.read_text())
+            os.killpg(pid, signal.SIGTERM)  # the agent leads its own process group
+
+    token = tmp_path / "gce-token"
+    run = _devstack(state, "as-gce", "--labels", "vault-role=web", "--name", "as-gce-1", "--",
+                    sys.executable, "-m", "broker", "login", "--role", "web", "--sink", str(token))
+    assert run.returncode == 0, run.stderr
+    assert "cloud: GCP" in run.stderr and token.stat().st_mode & 0o077 == 0
+    assert stack.gcp_instance("as-gce-1")["labels"] == {"vault-role": "web"}
+    out = _devstack(state, "as-gce", "--instance", "as-gce-1")
+    assert _exports(out.stdout)["BROKER_GCP_METADATA_URL"] == stack.gcp_metadata_url_for("as-gce-1")
+    assert "AWS_ACCESS_KEY_ID" not in _exports(out.stdout)
+
+
+def test_as_commands_name_their_errors(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "devstack", "as-instance", "--dir", str(tmp_path / "none")],
+                         cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "no local stack runs" in out.stderr and "make stack-up" in out.stderr

@@ -57,6 +57,27 @@ class CallerFacts(Protocol):
     def to_dict(self) -> dict: ...
 
 
+class ProofMethod:
+    """A method assembled from its parts: how to parse its login body, its verifier
+    (offline checks + the cloud), and its facts reader. Each method's `build` makes one."""
+
+    def __init__(self, name, parse, verifier, facts_reader, **extra):
+        self.name = name
+        self.parse = parse  # raw body -> login request (InvalidRequest)
+        self._verifier = verifier
+        self._facts = facts_reader
+        self.__dict__.update(extra)  # e.g. the AWS method's `readers`
+
+    def proof_hash(self, login):
+        return self._verifier.proof_hash(login)
+
+    def verify(self, login):
+        return self._verifier.verify(login)
+
+    def read_facts(self, caller, login):
+        return self._facts.read(caller, login)
+
+
 class Method(Protocol):
     """One proof method. `proof_hash` must need no network: the pipeline looks the
     replay record up before `verify` calls the cloud."""

@@ -85,8 +85,9 @@ class BrokerService:
             record.account = facts.account or record.account
             if facts.entity is not None:
                 record.instance = facts.entity.id
-            record.facts = self.rules.used_facts(facts)
-            decision = self.rules.decide(facts, login.role)
+            rules = self._rules_now()  # one version of the rules for the whole decision
+            record.facts = rules.used_facts(facts)
+            decision = rules.decide(facts, login.role)
             record.rule = decision.rule
             if not decision.granted:
                 raise NotAuthorized(f"role {login.role!r} is not granted to this caller", detail=decision.reason)
@@ -141,8 +142,13 @@ class BrokerService:
 
         self._frame.run(follow, refuse)
 
+    def _rules_now(self):
+        """The RuleSet in force (chalicelib/rules_source.py LiveRules re-reads its source)."""
+        current = getattr(self.rules, "current", None)
+        return current() if callable(current) else self.rules
+
     def _limits(self):
-        return self.rules.rate_limits or RateLimits()
+        return self._rules_now().rate_limits or RateLimits()
 
     def _admit(self, caller, record):
         """Spend the proof, check the quarantine and count the per-identity budget: one

@@ -1,6 +1,8 @@
 """`make package`: the SAM and Terraform packages of the prod stage build (no AWS
-credentials, no network but the package index), carry the configuration they should,
-hold the rules the function enforces, stay small, and pass cfn-lint."""
+credentials, no network but the package index) from deploy/prod.toml, carry the
+configuration they should, hold the rules the function enforces, stay small, and pass
+cfn-lint. The Terraform package, the parity of the two and checkov: test_terraform.py,
+test_checkov.py; the values file: test_values.py."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import package as packaging
+from deploy import monitoring, package as packaging, values as deploy_values
 from tests.packaging.cfn import load_cfn, report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,39 +76,109 @@ def test_sam_package(package):
     resources = template["Resources"]
     fn = resources["APIHandler"]["Properties"]
     prod, config = prod_stage(), chalice_config()
+    values = deploy_values.load("prod")
     assert fn["Runtime"] == "python3.11"
     assert fn["MemorySize"] == config["lambda_memory_size"]
     assert fn["ReservedConcurrentExecutions"] == prod["reserved_concurrency"]
-    assert fn["Environment"]["Variables"] == prod["environment_variables"]
+    assert fn["Environment"]["Variables"] == values.environment() == prod["environment_variables"]
     assert fn["CodeUri"] == "./deployment.zip"
-    role_policies = resources["ApiHandlerRole"]["Properties"]["Policies"]
-    assert [p["PolicyDocument"] for p in role_policies] == [json.loads((CHALICE / "policy-prod.json").read_text())]
+    role = resources["ApiHandlerRole"]["Properties"]
+    # what the reader roles trust: the name `chalice deploy` gives it too
+    assert role["RoleName"] == "secret-zero-broker-prod-api_handler"
+    assert [p["PolicyDocument"] for p in role["Policies"]] == [json.loads((CHALICE / "policy-prod.json").read_text())]
     api = resources["RestAPI"]["Properties"]
     assert api["EndpointConfiguration"] == "PRIVATE"
+    assert api["Name"] == monitoring.api_name(values)
     assert api["DefinitionBody"]["x-amazon-apigateway-policy"] == json.loads(
-        (CHALICE / prod["api_gateway_policy_file"]).read_text())
+        (CHALICE / prod["api_gateway_policy_file"]).read_text()) == values.api_policy()
     assert set(api["DefinitionBody"]["paths"]) >= {"/v1/credentials/aws", "/v1/health"}
-    (throttle,) = api["MethodSettings"]  # merged from deploy/sam-merge-prod.yaml
-    assert 0 < throttle["ThrottlingBurstLimit"] <= prod["reserved_concurrency"]
+    (throttle,) = api["MethodSettings"]
+    assert throttle["ThrottlingRateLimit"] == values.throttle_rate_limit
+    assert 0 < throttle["ThrottlingBurstLimit"] == values.throttle_burst_limit <= prod["reserved_concurrency"]
 
 
-def test_terraform_package(package):
-    tf = json.loads(package.terraform_file.read_text())
-    fn = tf["resource"]["aws_lambda_function"]["api_handler"]
-    prod, config = prod_stage(), chalice_config()
-    assert fn["memory_size"] == config["lambda_memory_size"]
-    assert fn["reserved_concurrent_executions"] == prod["reserved_concurrency"]
-    assert fn["environment"]["variables"] == prod["environment_variables"]
-    assert tf["resource"]["aws_api_gateway_rest_api"]["rest_api"]["endpoint_configuration"] == {"types": ["PRIVATE"]}
-    assert json.loads(tf["resource"]["aws_iam_role_policy"]["api_handler_role"]["policy"]) == json.loads(
-        (CHALICE / "policy-prod.json").read_text())
-    assert (package.terraform_dir / "deployment.zip").is_file()
-    # the throttling beside it refers to resources chalice.tf.json defines
-    extra = json.loads((package.terraform_dir / "throttling.tf.json").read_text())
-    settings = extra["resource"]["aws_api_gateway_method_settings"]["broker_throttling"]
-    for ref in re.findall(r"\$\{(aws_[a-z_]+)\.([a-z_]+)\.", json.dumps(settings)):
-        assert ref[1] in tf["resource"][ref[0]], ref
-    assert 0 < settings["settings"]["throttling_burst_limit"] <= prod["reserved_concurrency"]
+def test_sam_alarms_and_dashboard(package):
+    resources = load_cfn(package.sam_template)["Resources"]
+    values = deploy_values.load("prod")
+    alarms = {k: r["Properties"] for k, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    expected = monitoring.alarms(values, "api")
+    assert set(alarms) == {f"{a.key}Alarm" for a in expected}
+    by_metric = {(p["Namespace"], p["MetricName"], json.dumps(p["Dimensions"], sort_keys=True)): p
+                 for p in alarms.values()}
+    t = values.thresholds
+    api = [{"Name": "ApiName", "Value": "secret-zero-broker-prod"}, {"Name": "Stage", "Value": "api"}]
+    fn = [{"Name": "FunctionName", "Value": "secret-zero-broker-prod"}]
+
+    def find(namespace, metric, dims):
+        return by_metric[(namespace, metric, json.dumps(dims, sort_keys=True))]
+
+    def decisions(code):
+        return [{"Name": "outcome", "Value": "denied"}, {"Name": "code", "Value": code}]
+
+    # what issue 13 asks to watch, with the values file's thresholds
+    assert find("AWS/ApiGateway", "5XXError", api)["Threshold"] == t.api_5xx_per_5min
+    assert find("SecretZeroBroker", "Decisions", decisions("invalid_proof"))["Threshold"] == t.invalid_proof_per_5min
+    assert find("SecretZeroBroker", "Decisions", decisions("proof_replayed"))["Threshold"] == t.proof_replayed_per_5min
+    assert find("SecretZeroBroker", "Decisions", decisions("quarantined"))["Threshold"] == t.quarantined_per_5min
+    latency = find("AWS/ApiGateway", "Latency", api)
+    assert latency["ExtendedStatistic"] == "p99" and "Statistic" not in latency
+    # below the function's timeout, itself below API Gateway's 29 s
+    assert latency["Threshold"] == t.p99_latency_ms < chalice_config()["lambda_timeout"] * 1000 < 29000
+    assert find("AWS/Lambda", "Throttles", fn)["Threshold"] == t.lambda_throttles_per_min
+    assert find("AWS/Lambda", "Errors", fn)["Threshold"] == t.lambda_errors_per_5min
+    for kind in ("audit", "replay", "quarantine"):
+        table = [{"Name": "TableName", "Value": f"secret-zero-broker-prod-{kind}"}]
+        assert find("AWS/DynamoDB", "WriteThrottleEvents", table)["Threshold"] == t.dynamodb_throttles_per_5min
+    # rules from S3/SSM (BROKER_RULES_SOURCE): a refused version, an unreachable source
+    assert find("SecretZeroBroker", "RulesRejected", [])["Threshold"] == t.rules_rejected_per_5min
+    assert find("SecretZeroBroker", "RulesSourceUnavailable", [])["Threshold"] == t.rules_source_unavailable_per_5min
+    for p in alarms.values():
+        assert p["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+        assert p["AlarmName"].startswith("secret-zero-broker-prod-")
+        assert "AlarmActions" not in p  # prod.toml names no topic
+    # the broker's metrics namespace is the one the code emits
+    from chalicelib.jsonlog import METRICS_NAMESPACE
+    assert monitoring.BROKER_NAMESPACE == METRICS_NAMESPACE
+    dashboard = resources["Dashboard"]["Properties"]
+    body = json.loads(dashboard["DashboardBody"]["Fn::Sub"])
+    metrics = [m for w in body["widgets"] for m in w["properties"]["metrics"]]
+    assert all(w["properties"]["region"] == "${AWS::Region}" for w in body["widgets"])
+    assert ["SecretZeroBroker", "Decisions", "outcome", "denied", "code", "invalid_proof"] in metrics
+    assert ["AWS/Lambda", "Throttles", "FunctionName", "secret-zero-broker-prod"] in metrics
+
+
+def test_alarm_actions_follow_the_topic(tmp_path):
+    text = deploy_values.values_file("prod").read_text().replace(
+        "# sns_topic_arn = ", "sns_topic_arn = \"arn:aws:sns:eu-west-1:987654321098:broker-alarms\"\n# ")
+    path = tmp_path / "prod.toml"
+    path.write_text(text)
+    values = deploy_values.load("prod", path)
+    merged = packaging.merge_template(values, "api")["Resources"]
+    alarm = merged["LambdaThrottlesAlarm"]["Properties"]
+    assert alarm["AlarmActions"] == alarm["OKActions"] == ["arn:aws:sns:eu-west-1:987654321098:broker-alarms"]
+
+
+def test_reader_role_template(package):
+    template = load_cfn(package.reader_template)
+    (role,) = template["Resources"].values()
+    assert role["Type"] == "AWS::IAM::Role"
+    p = role["Properties"]
+    # exactly the permissions of policies/aws/reader-policy.json
+    assert [x["PolicyDocument"] for x in p["Policies"]] == [
+        json.loads((REPO / "policies" / "aws" / "reader-policy.json").read_text())]
+    (trust,) = p["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"AWS": {"Ref": "BrokerRoleArn"}}
+    assert trust["Condition"] == {"StringEquals": {"sts:ExternalId": {"Ref": "ExternalId"}}}
+    assert template["Parameters"]["ExternalId"]["NoEcho"] is True
+    assert template["Parameters"]["RoleName"]["Default"] == "secret-zero-reader"
+
+
+def test_resources_template_takes_the_stage_and_retention_of_the_values(package):
+    template = load_cfn(package.resources_template)
+    assert template["Parameters"]["Stage"]["Default"] == "prod"
+    retention = deploy_values.load("prod").log_retention_days
+    assert template["Parameters"]["AuditLogRetentionDays"]["Default"] == retention
+    assert template["Resources"] == _resources()
 
 
 def test_zip_holds_the_rules_the_function_enforces(package):
@@ -133,12 +205,12 @@ def test_zip_is_small(package):
     assert (package.terraform_dir / "deployment.zip").stat().st_size < MAX_ZIP_BYTES
 
 
-def test_cfn_lint_passes_on_the_sam_template_and_the_resources_template(package, tmp_path):
+def test_cfn_lint_passes_on_the_three_templates(package, tmp_path):
     # a broken template in the same run (cfn-lint takes ~3 s to start) shows the lint is not a no-op
     broken = tmp_path / "broken.yaml"
     broken.write_text("Resources:\n  T:\n    Type: AWS::DynamoDB::Table\n    Properties:\n"
                       "      BillingMode: SOMETIMES\n")
-    lint = packaging.cfn_lint(package.sam_template, packaging.RESOURCES_TEMPLATE, broken)
+    lint = packaging.cfn_lint(package.sam_template, package.resources_template, package.reader_template, broken)
     findings = [line for line in lint.stdout.splitlines() if line.strip()]
     assert lint.returncode != 0 and "SOMETIMES" in lint.stdout
     paths = [line for line in findings if line.startswith(("/", "deploy"))]
@@ -198,3 +270,28 @@ def test_secret_and_log_group():
         # Chalice names the function APP-STAGE; Lambda logs to /aws/lambda/NAME
         name = f"{chalice_config()['app_name']}-{stage}"
         assert log_group["LogGroupName"]["Fn::Sub"].replace("${Stage}", stage) == f"/aws/lambda/{name}"
+
+
+def test_chalice_deploy_names_the_role_as_the_packages_do():
+    # the reader roles and Google's workload identity condition trust the role by name:
+    # `chalice deploy` must create the same one the packages name
+    from chalice.cli.factory import CLIFactory
+    from chalice.deploy import models
+    from chalice.deploy.appgraph import ApplicationGraphBuilder
+
+    app = ApplicationGraphBuilder().build(CLIFactory(str(REPO)).create_config_obj(chalice_stage_name="prod"), "prod")
+    roles, todo = [], [app]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, models.ManagedIAMRole):
+            roles.append(node.role_name)
+        todo.extend(node.dependencies())
+    assert roles == [deploy_values.load("prod").role_name]
+
+
+def test_the_dashboard_shows_every_backend_the_code_names():
+    # BackendErrors' `backend` values: Unavailable(backend=...) and call()/try_call()'s first argument
+    code = "\n".join(p.read_text() for p in (REPO / "chalicelib").rglob("*.py"))
+    named = set(re.findall(r"backend=\"([a-z ]+)\"", code))
+    named |= set(re.findall(r"\b(?:try_)?call\(\s*\"([a-z ]+)\"", code))
+    assert named and named <= set(monitoring.BACKENDS), named - set(monitoring.BACKENDS)

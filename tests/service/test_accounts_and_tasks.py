@@ -123,13 +123,17 @@ def eventually(check, seconds):
     return True
 
 
-def test_a_rule_may_opt_in_to_a_shared_trust_policy(broker, tmp_path, fresh_service):
+def web_nodes_with(broker, tmp_path, line):
+    """The shipped rules with one more condition in web-nodes, in force for the test."""
     rules = tmp_path / "rules.toml"
     text = (broker.stack.project_dir / "policies" / "rules.toml").read_text()
-    rules.write_text(text.replace('require_instance = true\ninstance_tags = { "vault-role" = "web" }',
-                                  'require_instance = true\ninstance_tags = { "vault-role" = "web" }\n'
-                                  'allow_shared_role_trust = true', 1))
-    restore = use_environment({"BROKER_RULES_FILE": str(rules)})
+    wanted = 'require_instance = true\ninstance_tags = { "vault-role" = "web" }'
+    rules.write_text(text.replace(wanted, f"{wanted}\n{line}", 1))
+    return use_environment({"BROKER_RULES_FILE": str(rules)})
+
+
+def test_a_rule_may_opt_in_to_a_shared_trust_policy(broker, tmp_path, fresh_service):
+    restore = web_nodes_with(broker, tmp_path, "allow_shared_role_trust = true")
     instance = broker.web_instance()
     try:
         with broker.stack.changed_trust_policy("demo-node", OPEN_TRUST):
@@ -139,12 +143,7 @@ def test_a_rule_may_opt_in_to_a_shared_trust_policy(broker, tmp_path, fresh_serv
 
 
 def test_a_rule_can_require_imdsv2(broker, tmp_path, fresh_service):
-    rules = tmp_path / "rules.toml"
-    text = (broker.stack.project_dir / "policies" / "rules.toml").read_text()
-    rules.write_text(text.replace('require_instance = true\ninstance_tags = { "vault-role" = "web" }',
-                                  'require_instance = true\ninstance_tags = { "vault-role" = "web" }\n'
-                                  'require_imdsv2 = true', 1))
-    restore = use_environment({"BROKER_RULES_FILE": str(rules)})
+    restore = web_nodes_with(broker, tmp_path, "require_imdsv2 = true")
     try:
         v1 = broker.stack.launch_instance({"vault-role": "web"}, metadata_options={"HttpTokens": "optional"})
         doc = assert_error(login(broker, "demo-node", v1, "web"), 403, "not_authorized")

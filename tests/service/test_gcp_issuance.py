@@ -66,8 +66,14 @@ def test_a_token_is_accepted_once(broker, audience):
     assert_error(post(broker, {"role": "web", "jwt": jwt}), 401, "proof_replayed")
 
 
+# Times in the cases below are taken at collection; forged() shifts them to its own "now".
+COLLECTED_AT = int(time.time())
+
+
 def forged(broker, audience, header=None, claims=None, sign=True):
     now = int(time.time())
+    claims = {k: v + now - COLLECTED_AT if k in ("iat", "exp") and isinstance(v, int) else v
+              for k, v in (claims or {}).items()}
     base = {"iss": "https://accounts.google.com", "aud": audience, "iat": now, "exp": now + 3600,
             "email": "batch-runner@demo-project.iam.gserviceaccount.com", "email_verified": True, "sub": "1"}
     base.update(claims or {})

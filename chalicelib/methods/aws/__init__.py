@@ -12,48 +12,29 @@
     settings.py  its environment variables
 """
 
-from . import match as conditions  # noqa: F401  (the registry's view of this method's rules)
+from . import match as conditions
 
 NAME = "aws"
 # The body fields that carry the proof (the incident route takes them beside its own).
 PROOF_FIELDS = ("iam_http_request_method", "iam_request_url", "iam_request_body", "iam_request_headers")
 
 
-class AwsMethod:
-    name = NAME
-
-    def __init__(self, verifier, facts_reader, readers):
-        self._verifier = verifier
-        self._facts = facts_reader
-        self.readers = readers
-
-    def parse(self, raw_body):
-        from .request import parse_aws_login
-
-        return parse_aws_login(raw_body)
-
-    def proof_hash(self, login):
-        return self._verifier.proof_hash(login)
-
-    def verify(self, login):
-        return self._verifier.verify(login)
-
-    def read_facts(self, caller, login):
-        return self._facts.read(caller, login)
-
-
 def build(settings, make_aws_client, http_session, rules):
-    """The method, from the broker's Settings; its readers from BROKER_ACCOUNT_READERS."""
+    """The method, from the broker's Settings; its readers from BROKER_ACCOUNT_READERS.
+    `rules()` is the rules in force (they may change without a redeploy)."""
+    from ..base import ProofMethod
     from .facts import AwsFactsReader
     from .proof import AwsProofVerifier
     from .readers import AccountReaders
+    from .request import parse_aws_login
 
     own = settings.aws
     readers = AccountReaders(own, make_aws_client)
-    aws_rules = [r.conditions for r in rules.rules_of(NAME)]
-    reader = AwsFactsReader(readers, own.regions, task_clusters=lambda: conditions.literal_clusters(aws_rules),
+    reader = AwsFactsReader(readers, own.regions,
+                            task_clusters=lambda: conditions.literal_clusters(
+                                [r.conditions for r in rules().rules_of(NAME)]),
                             cache_seconds=own.fact_cache_seconds)
-    return AwsMethod(AwsProofVerifier(own, http_session), reader, readers)
+    return ProofMethod(NAME, parse_aws_login, AwsProofVerifier(own, http_session), reader, readers=readers)
 
 
 def check_rules(rules, readable_accounts):

@@ -162,17 +162,19 @@ class AwsFactsReader:
         found = raise_first(settle(*[(lambda r=r: lookup(r)) for r in self._regions]))
         return next((f for f in found if f is not None), None)
 
-    @staticmethod
-    def _profile_holds_role(clients, profile_arn, arn):
+    def _profile_holds_role(self, clients, profile_arn, arn):
         # arn:aws:iam::ACCOUNT:instance-profile/PATH/NAME
         parts = profile_arn.split(":", 5)
         if len(parts) != 6 or parts[4] != arn.account:
             return False
         name = parts[5].rsplit("/", 1)[-1]
-        page, missing = try_call("iam", ("NoSuchEntity",), clients.client("iam").get_instance_profile,
-                                 InstanceProfileName=name)
-        if missing:
-            return False
-        roles = page.get("InstanceProfile", {}).get("Roles", [])
+        # Cached for seconds like role tags: a boot storm of one role reads its profile once.
+        roles = self._cache.get(("profile", clients.account, name), lambda: self._profile_roles(clients, name))
         return any(r.get("RoleName") == arn.role_name and r.get("Arn", "").split(":")[4:5] == [arn.account]
                    for r in roles)
+
+    @staticmethod
+    def _profile_roles(clients, name):
+        page, missing = try_call("iam", ("NoSuchEntity",), clients.client("iam").get_instance_profile,
+                                 InstanceProfileName=name)
+        return () if missing else tuple(page.get("InstanceProfile", {}).get("Roles", []))
