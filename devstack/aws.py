@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,11 +174,14 @@ class MotoServer(LoopbackServer):
     log_name = "moto.log"
 
     def start(self) -> "MotoServer":
-        argv = [find_executable("moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
+        # moto_server, with its DynamoDB transactions isolated from concurrent writes (devstack/moto_isolated.py)
+        argv = [sys.executable, "-m", "devstack.moto_isolated", "-H", "127.0.0.1", "-p", str(self.port)]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(BOOTSTRAP_REQUESTS)
         env["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"  # ~1 s of the first EC2 call; AMI IDs are not validated anyway
         env["PYTHONUNBUFFERED"] = "1"
+        root = str(Path(__file__).resolve().parent.parent)  # devstack.moto_isolated, from any directory
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self.proc = start_process("moto server", argv, self.log_path, env=env, detached=self.detached)
         return self
 

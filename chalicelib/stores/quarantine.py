@@ -122,18 +122,12 @@ class QuarantineList:
         """Quarantined (403) if any of these entries is in force now."""
         if not keys:
             return
-        request = {self._table: {"Keys": [{"pk": {"S": k}} for k in keys], "ConsistentRead": True,
-                                 "ProjectionExpression": "pk, revocation_id, #until",
-                                 "ExpressionAttributeNames": {"#until": "until"}}}
-        items = []
-        for _ in range(2):  # unprocessed keys (throttling): once more, then fail closed
-            page = call("quarantine store", self._db.batch_get_item, RequestItems=request)
-            items += page.get("Responses", {}).get(self._table, [])
-            request = page.get("UnprocessedKeys") or None
-            if not request:
-                break
-        if request:
-            raise Unavailable("the quarantine list is unavailable", backend="quarantine store")
+        # One consistent read of every key (TransactGetItems: authorized as GetItem per item).
+        page = call("quarantine store", self._db.transact_get_items, TransactItems=[
+            {"Get": {"TableName": self._table, "Key": {"pk": {"S": k}},
+                     "ProjectionExpression": "pk, revocation_id, #until",
+                     "ExpressionAttributeNames": {"#until": "until"}}} for k in keys])
+        items = [r["Item"] for r in page.get("Responses", []) if r.get("Item")]
         now = self._clock()
         for item in items:
             error = quarantined_error(_entry(item), now)

@@ -39,13 +39,10 @@ class TokenRegistry:
         """{request_id: [accessors]} for those that have any."""
         out, ids = {}, list(dict.fromkeys(request_ids))
         for start in range(0, len(ids), 100):
-            request = {self._table: {"Keys": [{"pk": {"S": f"token#{r}"}} for r in ids[start:start + 100]],
-                                     "ConsistentRead": True}}
-            for _ in range(3):
-                page = call("quarantine store", self._db.batch_get_item, RequestItems=request)
-                for item in page.get("Responses", {}).get(self._table, []):
+            page = call("quarantine store", self._db.transact_get_items, TransactItems=[
+                {"Get": {"TableName": self._table, "Key": {"pk": {"S": f"token#{r}"}}}} for r in ids[start:start + 100]])
+            for response in page.get("Responses", []):
+                item = response.get("Item")
+                if item:
                     out[item["pk"]["S"].split("#", 1)[1]] = sorted(item.get("accessors", {}).get("SS", []))
-                request = page.get("UnprocessedKeys") or None
-                if not request:
-                    break
         return out

@@ -354,7 +354,7 @@ def test_a_revocation_revokes_the_tokens_logged_in_with_its_secret_ids(broker, s
         assert revoked["complete"] is True
         entry = {d["request_id"]: d for d in revoked["destroyed"]}[doc["request_id"]]
         assert entry["result"] == "gone"  # used by the login
-        assert entry["tokens"] == [{"accessor": auth["accessor"], "result": "revoked"}]
+        assert entry["tokens"] == [{"accessor": auth["accessor"], "found_by": "scan", "result": "revoked"}]
         assert token_status(stack, auth["client_token"]) == 403
         assert requests.get(f"{stack.vault_addr}/v1/secret/data/web/config", timeout=10,
                             headers={"X-Vault-Token": auth["client_token"]}).status_code == 403

@@ -131,11 +131,10 @@ def test_issuances_racing_a_revocation_leave_nothing_usable(broker, local_broker
         # taken back by its own request (answered with a 403 then, not a 200).
         reached = {d["request_id"] for d in doc["destroyed"]}
         assert {rid for _, rid in issued} <= reached
-        # Refused: quarantined. (moto's transactions are not isolated: a failed one restores a
-        # snapshot of the whole table, which may bring back another refused request's spent
-        # proof, so that request is told proof_replayed; DynamoDB's transactions are isolated.)
+        # Refused: quarantined, nothing else (the stack's moto isolates its DynamoDB transactions,
+        # as DynamoDB does: devstack/moto_isolated.py).
         refused = {s for m in machines for s in m.statuses if s[0] != 200}
-        assert (403, "quarantined") in refused and refused <= {(403, "quarantined"), (401, "proof_replayed")}, refused
+        assert refused == {(403, "quarantined")}, refused
     finally:
         if response.status_code == 200:
             revocation_id = __import__("json").loads(response.body)["revocation_id"]
