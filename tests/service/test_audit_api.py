@@ -30,7 +30,9 @@ def iso(epoch):
 def seeded(broker):
     """60 records over three UTC days of a random past window; returns their fields."""
     uid = uuid.uuid4().hex[:8]
-    base = datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(days=random.randrange(0, 300))
+    # a random past window within the retention (older records are outside any search)
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    base = today - timedelta(days=random.randrange(30, 330))
     start = base.timestamp() + 3600 * 20  # 20:00 on day 1: the records span days 1, 2 and 3
     instances = [f"i-{uid}{n:09x}" for n in (1, 2)]
     roles = [f"web-{uid}", f"batch-{uid}"]
@@ -257,7 +259,8 @@ def test_a_crowded_shard_is_read_page_after_page_and_merged_in_order(broker, sec
     others are exhausted, and the merge must stay newest first."""
     from chalicelib.audit_schema import TIME_SHARDS, shard_of
 
-    day = datetime(2023, 6, 1, tzinfo=timezone.utc) + timedelta(days=random.randrange(0, 150))
+    day = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) \
+        - timedelta(days=random.randrange(30, 330))
     crowded, others = [], []
     while len(crowded) < 36 or len(others) < 6:
         rid = str(uuid.uuid4())
