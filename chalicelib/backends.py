@@ -163,7 +163,7 @@ def build_security(settings, rules, *, frame, audit, method, admission, minter, 
     from .revoker import VaultRevoker
     from .security import AuditReads, Incidents, Revocations, SecurityRoutes, TokenRegistrations
     from .security.principals import AwsPrincipals
-    from .security.requests import SecurityRequests
+    from .security.audited import SecurityRequests
 
     requests = SecurityRequests(frame, AdminAuthenticator(rules, lambda login: method("aws").verify(login),
                                                           admission))

@@ -1,6 +1,6 @@
 """The security team's routes and the clients' interception reports, one module per concern:
 
-- requests.py     the frame every call runs in (the audited request + the admin check)
+- audited.py      the frame every call runs in (the audited request + the admin check)
 - inputs.py       reasons, durations, strict bodies
 - audit_reads.py  `GET /v1/audit/events`, `GET /v1/audit/events/{request_id}`
 - revocations.py  `POST /v1/revocations`, `DELETE /v1/revocations/{id}`

@@ -37,7 +37,7 @@ from ..policy import SECRET_ID_TTL_BOUNDS
 from ..stores.quarantine import iso, quarantine_key
 from .inputs import parse_body, parse_duration, parse_reason
 from .principals import parse_principal, spelled
-from .requests import need
+from .audited import need
 
 # Secret IDs older than their TTL are dead; look back this much further (clock skew, slow writes).
 REVOCATION_MARGIN = 300
@@ -49,7 +49,7 @@ class Revocations:
     def __init__(self, *, requests, audit, query_engine, quarantine, revocations, revoker, secret_ids, rules,
                  principals, token_max_ttl, settle_seconds, retention_days, tokens=None, scan_seconds=12.0,
                  clock=time.time, sleep=time.sleep):
-        self._requests = requests  # security.requests.SecurityRequests
+        self._requests = requests  # security.audited.SecurityRequests
         self._audit = audit  # chalicelib.audit.AuditStore
         self._query = query_engine  # chalicelib.audit_query.AuditQueryEngine
         self._quarantine = quarantine  # stores: the quarantine list, or None (not configured)

@@ -16,7 +16,7 @@ from ..audit_query import valid_request_id
 from ..errors import InvalidRequest, NotAuthorized
 from .incidents import _not_the_callers
 from .inputs import parse_body
-from .requests import need
+from .audited import need
 
 REGISTRATION_LIMIT = 20
 REGISTRATION_WINDOW = 3600
