@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install checkov-venv test stack-up stack-down demo package bench fuzz faults soak clean
+.PHONY: install checkov-venv test stack-up stack-down demo client package bench fuzz faults soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,12 +38,18 @@ stack-down:
 demo: $(STAMP)
 	$(PY) -m devstack.demo
 
+# The client (docs/client.md): dist/secret_zero_broker-VERSION-py3-none-any.whl and the single
+# file dist/broker.pyz (Python 3.9+, botocore inside), each with FILE.sha256 beside it; prints the sums.
+client: $(STAMP)
+	$(PY) deploy/client/build.py --out dist
+
 # SAM (dist/sam) and Terraform (dist/terraform) packages of a stage from deploy/$(STAGE).toml,
 # which also writes the stage's environment into .chalice/config.json (for `chalice deploy`);
 # cfn-lint, the zip size. Refuses the repository's example values unless ALLOW_PLACEHOLDERS=1.
+# And the client (above).
 STAGE ?= prod
 ALLOW_PLACEHOLDERS ?= 0
-package: $(STAMP)
+package: $(STAMP) client
 	$(PY) deploy/package.py --stage $(STAGE) --out dist --write-chalice-config \
 	  $(if $(filter-out 0,$(ALLOW_PLACEHOLDERS)),--allow-placeholders)
 
@@ -68,4 +74,4 @@ soak: $(STAMP)
 	mkdir -p .stack; $(PY) -m tests.soak.soak --out .stack/soak-report.json
 
 clean:
-	rm -rf .stack dist .pytest_cache
+	rm -rf .stack dist build .pytest_cache

@@ -39,6 +39,7 @@ def _client_env(bench: Bench, creds: dict) -> dict:
         "AWS_SECRET_ACCESS_KEY": creds["secret_access_key"],
         "AWS_SESSION_TOKEN": creds["session_token"],
         "AWS_EC2_METADATA_DISABLED": "true",
+        "VAULT_ADDR": bench.stack.vault_addr,  # pinned, as at boot (the client refuses an unpinned http Vault)
     }
 
 

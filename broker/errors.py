@@ -19,7 +19,9 @@ EXIT_INTERCEPTION = 6
 EXIT_HANDOFF = 7
 EXIT_RULES_INVALID = 8
 EXIT_POLICY_DENIED = 9
+EXIT_RATE_LIMITED = 10
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 
 EXIT_CODES = {
     EXIT_OK: "success",
@@ -29,12 +31,16 @@ EXIT_CODES = {
     "(or, without --cloud, neither cloud detected)",
     EXIT_REFUSED: "refused by the broker (400 invalid_request, 401 invalid_proof, 403 not_authorized, other 4xx; "
     "401 proof_replayed on every attempt)",
-    EXIT_UNAVAILABLE: "broker unavailable after retries (429/5xx/connection errors/timeouts), or an unusable answer",
-    EXIT_INTERCEPTION: "POSSIBLE INTERCEPTION: wrapping token unknown/expired/already used, wrong creation path, or unwrap failed",
+    EXIT_UNAVAILABLE: "broker unavailable after retries (5xx/connection errors/timeouts), or an unusable answer",
+    EXIT_INTERCEPTION: "POSSIBLE INTERCEPTION: the answer names a Vault other than the pinned one, or a wrapping token "
+    "unknown/expired/already used, a wrong creation path, or a failed unwrap",
     EXIT_HANDOFF: "Vault unreachable, Vault login failed, or the hand-off (files, sink, exec) failed",
     EXIT_RULES_INVALID: "policy commands: the rules file or the facts file is invalid",
     EXIT_POLICY_DENIED: "policy explain: no rule grants the role for these facts",
+    EXIT_RATE_LIMITED: "rate limited by the broker (429): its Retry-After did not fit in --max-wait, or every "
+    "attempt was rate limited; the message says when to retry",
     EXIT_INTERRUPTED: "interrupted (SIGINT)",
+    EXIT_BROKEN_PIPE: "stdout was closed before the output was written (a reader such as `head` stopped)",
 }
 
 
@@ -85,6 +91,17 @@ class UnavailableError(ClientError):
     exit_code = EXIT_UNAVAILABLE
 
 
+class RateLimitedError(ClientError):
+    """The broker answered 429 and its Retry-After does not fit in what is left of --max-wait
+    (or every attempt was rate limited)."""
+
+    exit_code = EXIT_RATE_LIMITED
+
+    def __init__(self, message: str, *, retry_after: float | None, request_id: str | None = None) -> None:
+        super().__init__(message, request_id=request_id)
+        self.retry_after = retry_after
+
+
 class InterceptionError(ClientError):
     """A wrapping token failed its checks: somebody else may hold the credential."""
 
@@ -103,6 +120,24 @@ class InterceptionError(ClientError):
             "Do not retry blindly: tell the security team, who can look up the request ID "
             "in the broker's audit trail and revoke what was issued."
         ).format(what=self.what, detail=self.detail, rid=self.request_id or "unknown", acc=self.accessor or "unknown")
+
+
+class UntrustedVaultError(ClientError):
+    """The broker's answer names a Vault this client must not use: another address than the
+    pinned one, or (nothing pinned) one that is not https. Nothing was looked up or unwrapped
+    there: a broker that names its own Vault could "verify" its own wrapping tokens."""
+
+    exit_code = EXIT_INTERCEPTION
+
+    def __init__(self, message: str, *, accessors: tuple = (), request_id: str | None = None) -> None:
+        super().__init__(message, request_id=request_id)
+        self.accessors = accessors
+
+    def __str__(self) -> str:
+        return (
+            "POSSIBLE INTERCEPTION: {msg}. Nothing was sent to that address and nothing was unwrapped. "
+            "Broker request ID: {rid}; wrapping token accessors: {acc}. Tell the security team."
+        ).format(msg=self.message, rid=self.request_id or "unknown", acc=", ".join(self.accessors) or "unknown")
 
 
 class VaultError(ClientError):

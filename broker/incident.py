@@ -11,11 +11,11 @@ failure to report never changes the exit code.
 
 from __future__ import annotations
 
-import http.client
 import json
 from typing import Any, Callable
 
 from broker.errors import ClientError, InterceptionError
+from broker.http import CONNECTION_ERRORS, broker_error_fields, post_json
 
 INCIDENT_PATH = "/v1/incidents"
 REPORT_TIMEOUT = 5.0
@@ -31,8 +31,6 @@ def report_interception(client: Any, make_proof: Callable[[], dict[str, str]], e
     """Report `exc` for its request ID; returns what happened (never raises a ClientError):
     ``{"reported": True, "request_id": ..., "secret_id": "destroyed"|...}`` or
     ``{"reported": False, "error": ...}``."""
-    from broker.api import _error_fields, post_json
-
     if not exc.request_id:
         return {"reported": False, "error": "no broker request ID to report"}
     payload_base: dict[str, str] = {
@@ -49,7 +47,7 @@ def report_interception(client: Any, make_proof: Callable[[], dict[str, str]], e
             return {"reported": False, "error": f"could not make a fresh proof: {e.message}"}
         try:
             result = post_json(client._opener, url, payload, timeout=min(timeout, client.timeout))
-        except (OSError, http.client.HTTPException) as e:
+        except CONNECTION_ERRORS as e:
             return {"reported": False, "error": f"cannot reach the broker: {type(e).__name__}"}
         if result.status == 200:
             try:
@@ -57,7 +55,7 @@ def report_interception(client: Any, make_proof: Callable[[], dict[str, str]], e
                 return {"reported": True, "request_id": str(doc["request_id"]), "secret_id": str(doc["secret_id"])}
             except (ValueError, KeyError, TypeError, UnicodeDecodeError):
                 return {"reported": True, "request_id": None, "secret_id": "unknown"}
-        code, message, request_id = _error_fields(result)
+        code, message, request_id = broker_error_fields(result)
         if result.status == 401 and code == "proof_replayed" and attempt == 1:
             continue  # another process signed the same proof in the same second: sign again
         return {"reported": False, "error": f"HTTP {result.status} {code}: {message}",

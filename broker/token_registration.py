@@ -9,10 +9,10 @@ with another process's), a short timeout; a failure is a warning, never an exit 
 
 from __future__ import annotations
 
-import http.client
 from typing import Any, Callable
 
 from broker.errors import ClientError
+from broker.http import CONNECTION_ERRORS, broker_error_fields, post_json
 
 TOKENS_PATH = "/v1/tokens"
 TIMEOUT = 5.0
@@ -20,8 +20,6 @@ TIMEOUT = 5.0
 
 def register_token(client: Any, make_proof: Callable[[], dict[str, str]], request_id: str, accessor: str,
                    out: Any) -> bool:
-    from broker.api import _error_fields, post_json
-
     for attempt in (1, 2):
         try:
             payload = dict(make_proof(), request_id=request_id, accessor=accessor)
@@ -30,13 +28,13 @@ def register_token(client: Any, make_proof: Callable[[], dict[str, str]], reques
         except ClientError as e:
             out.warn(f"could not register the token with the broker: {e.message}")
             return False
-        except (OSError, http.client.HTTPException) as e:
+        except CONNECTION_ERRORS as e:
             out.warn(f"could not register the token with the broker: {type(e).__name__}")
             return False
         if result.status == 200:
             out.info(f"token accessor {accessor} registered with the broker (a revocation reaches it at once)")
             return True
-        code, message, _ = _error_fields(result)
+        code, message, _ = broker_error_fields(result)
         if result.status == 401 and code == "proof_replayed" and attempt == 1:
             continue
         out.warn(f"could not register the token with the broker: HTTP {result.status} {code}: {message} "

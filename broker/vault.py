@@ -10,14 +10,14 @@ these raises :class:`~broker.errors.InterceptionError`, never a retry.
 from __future__ import annotations
 
 import http.client
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from broker.api import HttpResult, Issued, WrapInfo, build_opener, post_json
+from broker.api import Issued, WrapInfo
 from broker.errors import InterceptionError, UsageError, VaultError
+from broker.http import CONNECTION_ERRORS, HttpResult, build_opener, check_base_url, post_json
 
 DEFAULT_APPROLE_MOUNT = "approle"
 
@@ -71,12 +71,7 @@ class VaultClient:
         sleep: Callable[[float], None] = time.sleep,
         lookup_attempts: int = 3,
     ) -> None:
-        parts = urlsplit(addr or "")
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise UsageError(f"the Vault address must be an absolute http(s) URL, got {addr!r}")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise UsageError("the Vault address must not carry credentials, a query or a fragment")
-        self.addr = addr.rstrip("/")
+        self.addr = check_base_url(addr, "Vault address")
         self.timeout = timeout
         self.namespace = namespace or None
         self._opener = build_opener(ssl_context, self.addr)
@@ -91,7 +86,7 @@ class VaultClient:
             headers["X-Vault-Namespace"] = self.namespace
         try:
             return post_json(self._opener, f"{self.addr}/v1/{path}", payload, timeout=self.timeout, headers=headers)
-        except (OSError, http.client.HTTPException) as exc:
+        except CONNECTION_ERRORS as exc:
             raise VaultError(f"cannot reach Vault at {self.addr}: {type(exc).__name__}: {exc}") from None
 
     def lookup_wrapping(self, token: str) -> tuple[int, dict[str, Any] | None, str]:
@@ -140,10 +135,7 @@ class VaultClient:
 
 
 def _json(result: HttpResult) -> Any:
-    try:
-        return json.loads(result.body.decode("utf-8")) if result.body else None
-    except (UnicodeDecodeError, ValueError):
-        return None
+    return result.json()
 
 
 def _errors(result: HttpResult, body: Any, secrets: list[str]) -> str:

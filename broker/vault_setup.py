@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker.api import build_opener
 from broker.errors import UsageError, VaultError
+from broker.http import CONNECTION_ERRORS, build_opener, request
 
 BROKER_ROLE = "secret-zero-broker"
 REVOKER_ROLE = "secret-zero-revoker"
@@ -85,25 +83,18 @@ class Vault:
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
              wrap_ttl: str | None = None, token: str | None = None) -> tuple[int, dict[str, Any] | None]:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{self.addr}/v1/{path}", data=data, method=method)
-        request.add_header("X-Vault-Token", token or self._token)
-        request.add_header("Content-Type", "application/json")
+        headers = {"X-Vault-Token": token or self._token, "Content-Type": "application/json"}
         if wrap_ttl:
-            request.add_header("X-Vault-Wrap-TTL", wrap_ttl)
+            headers["X-Vault-Wrap-TTL"] = wrap_ttl
         if self._namespace:
-            request.add_header("X-Vault-Namespace", self._namespace)
+            headers["X-Vault-Namespace"] = self._namespace
         try:
-            with self._opener.open(request, timeout=self._timeout) as answer:
-                status, raw = answer.status, answer.read(1 << 20)
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read(1 << 20)
-        except OSError as exc:
+            result = request(self._opener, method, f"{self.addr}/v1/{path}", data=data, headers=headers,
+                             timeout=self._timeout)
+        except CONNECTION_ERRORS as exc:
             raise VaultError(f"cannot reach Vault at {self.addr}: {type(exc).__name__}") from None
-        try:
-            doc = json.loads(raw) if raw else None
-        except ValueError:
-            doc = None
-        return status, doc if isinstance(doc, dict) else None
+        doc = result.json()
+        return result.status, doc if isinstance(doc, dict) else None
 
     def ok(self, method: str, path: str, body: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         status, doc = self.call(method, path, body, **kwargs)
@@ -128,10 +119,9 @@ class Vault:
 
 def served_roles(rules_path: str) -> dict[str, int]:
     """{role: the longest secret_id_ttl (seconds) any rule for it asks for} from the rules file."""
-    from broker.cli import _import_policy_modules, _load_rules
+    from broker.policy_engine import load_engine
 
-    rules_mod, _ = _import_policy_modules()
-    ruleset = _load_rules(rules_mod, rules_path)
+    ruleset = load_engine().load_rules(rules_path)
     roles: dict[str, int] = {}
     for rule in ruleset.rules:
         ttl = int(rule.issuance.secret_id_ttl)
@@ -268,7 +258,9 @@ def ensure_broker_secret(vault: Vault, mount: str, broker_role: str, secrets_cli
     if stored and not _mount_planned(plan, mount):
         status, doc = vault.call("POST", f"auth/{mount}/role/{broker_role}/secret-id/lookup", {"secret_id": stored})
         if status == 200 and (doc or {}).get("data"):
-            expires = doc["data"].get("expiration_time") or "never"
+            expires = doc["data"].get("expiration_time") or ""
+            if not expires or expires.startswith("0001-"):  # Vault's zero time: no expiry
+                expires = "never"
             plan.same(f"{whose} secret ID in {secret_name} (valid; expires {expires})")
             return
     why = "missing" if not exists else "empty" if not stored else "not a valid secret ID of the broker's AppRole"

@@ -97,10 +97,11 @@ def parse_admin_proof(value):
 
 
 class AdminAuthenticator:
-    def __init__(self, rules, verify, replay):
+    def __init__(self, rules, verify, replay, proof_hash=None):
         self._rules = rules
         self._verify = verify  # AwsLoginRequest -> VerifiedCaller (the login route's verifier)
         self._replay = replay  # chalicelib.admission.Admission
+        self._proof_hash = proof_hash  # AwsLoginRequest -> the replay key, offline (None: no early lookup)
 
     def authenticate(self, headers, *, request_id, record, iam_caller_arn=None, request=None):
         """The verified caller's identity if it may use the security routes, else 401/403.
@@ -112,6 +113,8 @@ class AdminAuthenticator:
         if request is None:
             raise InvalidProof("the request the proof is for is unknown")
         check_binding(login, request)  # offline, before STS is asked
+        if self._proof_hash is not None:
+            self._replay.seen(self._proof_hash(login))  # as a login: a replayed proof costs no STS call
         identity = self._verify(login)
         record.principal, record.account = identity.principal, identity.account
         self._replay.admit(identity.proof_hash, request_id=request_id, method="aws", valid_until=identity.valid_until)

@@ -11,6 +11,7 @@ Stores know no method: callers hand in the proof hash, the identity key and the
 quarantine keys (from the VerifiedCaller).
 """
 
+import random
 import time
 
 from .aws_calls import attempt, call, try_call
@@ -19,14 +20,18 @@ from .errors import ProofReplayed, Quarantined, RateLimited, Unavailable
 
 # STS accepts a signature for 15 minutes; keep the record at least that long past our own window.
 STS_SIGNATURE_LIFETIME = 15 * 60
+# Transactions cancelled only by conflicts with concurrent ones are tried again (jittered).
+CONFLICT_ATTEMPTS = 4
+CONFLICT_BACKOFF = 0.02  # seconds, doubled per attempt
 
 
 class Admission:
-    def __init__(self, dynamodb, replay_table, quarantine_table=None, clock=time.time):
+    def __init__(self, dynamodb, replay_table, quarantine_table=None, clock=time.time, sleep=time.sleep):
         self._db = dynamodb
         self._replay = replay_table
         self._quarantine = quarantine_table  # None: no quarantine and no rate limits
         self._clock = clock
+        self._sleep = sleep
 
     def seen(self, proof_hash):
         """ProofReplayed when this proof was spent before (a cheap read before verification)."""
@@ -36,13 +41,30 @@ class Admission:
             raise ProofReplayed("this proof was already used; sign a new one")
 
     def admit(self, proof_hash, *, request_id, method, valid_until, identity_key=None, limit=None,
-              quarantine_keys=()):
+              quarantine_keys=(), shared_quarantine_keys=()):
         """Spend the proof, count the identity's budget and check the quarantine, atomically.
+
+        `quarantine_keys` are the caller's own (its machine, or its principal when it claims
+        none): they are ConditionChecks in the transaction. `shared_quarantine_keys` (a role's
+        ARN, a service account every instance runs as) are read beside it instead: every
+        machine of a role would check the same item, and concurrent transactions on one item
+        cancel each other (TransactionConflict) in a boot storm.
 
         Raises ProofReplayed, Quarantined or RateLimited (in that order of precedence);
         a quarantined or over-budget caller's proof is still spent afterwards, so it
         can't be tried again once the quarantine is lifted.
         """
+        if self._quarantine is not None and shared_quarantine_keys:
+            from .concurrency import raise_first, settle
+
+            _, shared = raise_first(settle(
+                lambda: self.admit(proof_hash, request_id=request_id, method=method, valid_until=valid_until,
+                                   identity_key=identity_key, limit=limit, quarantine_keys=quarantine_keys),
+                lambda: [self._entry_in_force(k) for k in shared_quarantine_keys]))
+            in_force = [key for key, entry in zip(shared_quarantine_keys, shared) if entry is not None]
+            if in_force:  # the proof is spent (and counted): a refused caller can't try it again
+                raise self._quarantined(in_force[0])
+            return None
         now = int(self._clock())
         items = [{"Put": self._replay_item(proof_hash, request_id, method, valid_until, now)}]
         counted = self._quarantine is not None and limit is not None and identity_key is not None
@@ -57,8 +79,7 @@ class Admission:
                 "ExpressionAttributeValues": {":now": {"N": str(now)}}}})
         if len(items) == 1:
             return self._spend(items[0]["Put"])
-        _, cancelled = attempt("replay store", ("TransactionCanceledException",), self._db.transact_write_items,
-                               TransactItems=items)
+        cancelled = self._transact(items)
         if cancelled is None:
             return None
         failed = _failed_items(cancelled)
@@ -77,6 +98,22 @@ class Admission:
         raise RateLimited("too many credentials asked for by this caller recently; try again later",
                           retry_after=max(1, start + window - now),
                           detail=f"rate limit issue-identity {identity_key}: {limit.count} per {window}s reached")
+
+    def _transact(self, items):
+        """The transaction; None when it went through, else its cancellation.
+
+        The items are the caller's own (its replay record, its counter, its machine's
+        quarantine key: the keys a role shares are read beside the transaction), so a
+        conflict comes from the same caller's concurrent requests, or a revocation writing
+        its quarantine key. DynamoDB cancels them with TransactionConflict (nothing
+        written): contention, not an outage. Try again a few times, with jitter, first."""
+        for attempt_number in range(CONFLICT_ATTEMPTS):
+            _, cancelled = attempt("replay store", ("TransactionCanceledException",), self._db.transact_write_items,
+                                   TransactItems=items)
+            if cancelled is None or not _only_conflicts(cancelled) or attempt_number == CONFLICT_ATTEMPTS - 1:
+                return cancelled
+            self._sleep(random.uniform(0, CONFLICT_BACKOFF * 2 ** attempt_number))
+        return cancelled
 
     # ---- items ---------------------------------------------------------------------------
 
@@ -111,6 +148,12 @@ class Admission:
         if refused:
             raise ProofReplayed("this proof was already used; sign a new one")
 
+    def _entry_in_force(self, key):
+        page = call("quarantine store", self._db.get_item, TableName=self._quarantine, Key={"pk": {"S": key}},
+                    ConsistentRead=True, ProjectionExpression="pk, #until", ExpressionAttributeNames={"#until": "until"})
+        item = page.get("Item")
+        return item if item and int(float(item["until"]["N"])) > self._clock() else None
+
     def _quarantined(self, key):
         from .stores.quarantine import entry_from_item, iso
 
@@ -127,6 +170,12 @@ class Admission:
 
 def _reasons(error):
     return ",".join(str((r or {}).get("Code")) for r in getattr(error, "response", {}).get("CancellationReasons", []))
+
+
+def _only_conflicts(error):
+    """Was the transaction cancelled by concurrent transactions only (nothing else failed)?"""
+    codes = {(r or {}).get("Code") for r in getattr(error, "response", {}).get("CancellationReasons") or []}
+    return "TransactionConflict" in codes and codes <= {"TransactionConflict", "None", None}
 
 
 def _failed_items(error):

@@ -166,7 +166,8 @@ def build_security(settings, rules, *, frame, audit, method, admission, minter, 
     from .security.audited import SecurityRequests
 
     requests = SecurityRequests(frame, AdminAuthenticator(rules, lambda login: method("aws").verify(login),
-                                                          admission))
+                                                          admission,
+                                                          proof_hash=lambda login: method("aws").proof_hash(login)))
     query_engine = AuditQueryEngine(dynamodb, settings.audit_table)
     revoker = None
     if settings.revoker_role_id:

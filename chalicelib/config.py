@@ -62,6 +62,7 @@ class Settings:
         env = os.environ if env is None else env
         region = _get(env, "BROKER_AWS_REGION", env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1")
         vault_addr = _url(env, "BROKER_VAULT_ADDR", required=True)
+        _distinct_tables(env)
         return cls(
             vault_addr=vault_addr,
             vault_public_addr=_url(env, "BROKER_VAULT_PUBLIC_ADDR") or vault_addr,
@@ -88,6 +89,17 @@ class Settings:
             rules_source=_rules_source(env),
             rules_refresh=_number(env, "BROKER_RULES_REFRESH_SECONDS", 60, low=0, high=3600),
         )
+
+
+def _distinct_tables(env):
+    """The audit, replay and quarantine tables are three tables: their keys differ, and one
+    table named twice would fail every request (a 503) instead of the start."""
+    names = {}
+    for name in ("BROKER_AUDIT_TABLE", "BROKER_REPLAY_TABLE", "BROKER_QUARANTINE_TABLE"):
+        table = _get(env, name)
+        if table is not None and table in names:
+            raise ConfigError(f"{name} names the table {table!r} of {names[table]}: each needs its own table")
+        names.setdefault(table, name)
 
 
 def _rules_source(env):

@@ -20,8 +20,8 @@ import requests
 from broker import cli
 from broker.api import BrokerClient, RetryPolicy
 from broker.errors import EXIT_NO_IDENTITY, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
-from broker.gcp_proof import MetadataIdentity, probe_gce
-from broker.proofs import GCP_PATH, build_proof_source
+from broker.clouds.gcp import MetadataIdentity, probe_gce
+from broker.clouds import GCP_PATH, build_proof_source
 from tests.ports import closed_port
 from tests.test_client_unit import FakeBroker, error_body
 
@@ -77,7 +77,7 @@ def assert_clean(text: str, tokens) -> None:
 
 
 def login(broker_url: str, *extra: str) -> list[str]:
-    return ["login", "--broker-url", broker_url, "--role", "web", *extra]
+    return ["login", "--broker-url", broker_url, "--role", "web", "--allow-insecure-vault", *extra]
 
 
 # ---- the GCP path end to end, with a broker stand-in ----------------------------------------

@@ -73,7 +73,7 @@ def minter(stack):
 
 
 def _login(url: str, *extra: str) -> list[str]:
-    return ["login", "--broker-url", url, "--role", "web", "--server-id", SERVER_ID, *extra]
+    return ["login", "--broker-url", url, "--role", "web", "--server-id", SERVER_ID, "--allow-insecure-vault", *extra]
 
 
 def _assert_clean(text: str, *secrets: str) -> None:
@@ -192,7 +192,7 @@ def test_exec_signals_reach_the_command(minter, fake_broker, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
         [sys.executable, "-m", "broker", "login", "--broker-url", fake_broker.url, "--role", "web",
-         "--server-id", SERVER_ID, "-q", "--exec", "--", sys.executable, "-c", child, str(ready), str(report)],
+         "--server-id", SERVER_ID, "--allow-insecure-vault", "-q", "--exec", "--", sys.executable, "-c", child, str(ready), str(report)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20

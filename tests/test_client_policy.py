@@ -1,5 +1,5 @@
 """`broker policy check` and `broker policy explain`: the client's command line
-over the broker's rules engine (chalicelib.rules), imported lazily."""
+over the broker's rules engine (chalicelib.policy), imported lazily."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from broker.errors import EXIT_POLICY_DENIED, EXIT_RULES_INVALID, EXIT_USAGE
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytest.importorskip("chalicelib.rules", reason="chalicelib/rules.py is not in this checkout")
+pytest.importorskip("chalicelib.policy", reason="the rules engine (chalicelib/policy/) is not in this checkout")
 
 RULES = """
 version = 1

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from broker.cli import main
-from broker.security_cli import render_csv, render_table, short_principal, to_iso
+from broker.cli.security import render_csv, render_table, short_principal, to_iso
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 

@@ -25,15 +25,17 @@ import requests
 
 from broker import cli
 from broker.api import BrokerClient, RetryPolicy, parse_retry_after
-from broker.aws_proof import SERVER_ID_HEADER, STS_BODY, ProofSigner, region_for_sts_url
+from broker.clouds.aws import SERVER_ID_HEADER, STS_BODY, ProofSigner, region_for_sts_url
 from broker.errors import (
     EXIT_HANDOFF,
     EXIT_INTERCEPTION,
     EXIT_NO_AWS_CREDENTIALS,
+    EXIT_RATE_LIMITED,
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     InterceptionError,
+    RateLimitedError,
     RefusedError,
     UnavailableError,
 )
@@ -403,15 +405,36 @@ def test_loopback_is_never_sent_through_a_proxy(fake_broker, monkeypatch):
     assert BrokerClient(fake_broker.url).request_credentials("web", lambda: {}).attempts == 1
 
 
-def test_429_is_retried_then_gives_up_after_max_attempts(fake_broker):
-    fake_broker.default = (429, {"Retry-After": "0"}, error_body("throttled", "slow down"))
+def test_429_is_retried_then_gives_up_with_its_own_exit_code(fake_broker):
+    fake_broker.default = (429, {"Retry-After": "0"}, error_body("rate_limited", "slow down"))
     proofs = []
     client = BrokerClient(fake_broker.url, sleep=lambda s: None, retry=RetryPolicy(max_attempts=3, max_wait=30))
-    with pytest.raises(UnavailableError) as info:
+    with pytest.raises(RateLimitedError) as info:
         client.request_credentials("web", lambda: proofs.append(1) or {"iam_http_request_method": "POST"})
-    assert info.value.exit_code == EXIT_UNAVAILABLE
-    assert len(fake_broker.requests) == 3 and len(proofs) == 3
-    assert "429" in str(info.value)
+    assert info.value.exit_code == EXIT_RATE_LIMITED != EXIT_UNAVAILABLE
+    assert len(fake_broker.requests) == 3 and len(proofs) == 3  # a fresh proof each time
+    assert "429" in str(info.value) and "unavailable" not in str(info.value)
+
+
+def test_429_waits_what_retry_after_says_when_it_fits(fake_broker):
+    fake_broker.script = [(429, {"Retry-After": "7"}, error_body("rate_limited", "slow down")), _ok_response()]
+    delays = []
+    client = BrokerClient(fake_broker.url, sleep=delays.append, rng=lambda: 0.0,
+                          retry=RetryPolicy(max_attempts=3, max_wait=30))
+    assert client.request_credentials("web", lambda: {}).attempts == 2
+    assert delays == [7.0]  # not capped, not shortened
+
+
+def test_429_whose_retry_after_does_not_fit_stops_at_once_saying_when(fake_broker):
+    fake_broker.default = (429, {"Retry-After": "1122"}, error_body("rate_limited", "slow down", "req-429"))
+    delays = []
+    client = BrokerClient(fake_broker.url, sleep=delays.append, retry=RetryPolicy(max_attempts=6, max_wait=120))
+    with pytest.raises(RateLimitedError) as info:
+        client.request_credentials("web", lambda: {})
+    assert delays == [] and len(fake_broker.requests) == 1  # no 30 s retries for 90 s
+    assert info.value.retry_after == 1122
+    assert "1122 s (at " in str(info.value) and "--max-wait" in str(info.value)
+    assert "req-429" in str(info.value)
 
 
 def test_max_wait_bounds_the_total_time(fake_broker):
@@ -420,7 +443,7 @@ def test_max_wait_bounds_the_total_time(fake_broker):
     started = time.monotonic()
     with pytest.raises(UnavailableError, match="max-wait"):
         client.request_credentials("web", lambda: {})
-    assert time.monotonic() - started < 2  # a 30 s (capped) Retry-After does not fit in 5 s: stop now
+    assert time.monotonic() - started < 2  # a Retry-After of 1000 s does not fit in 5 s: stop now
     assert len(fake_broker.requests) == 1
 
 
@@ -440,13 +463,13 @@ def test_connection_errors_and_timeouts_are_retried(fake_broker):
 
 
 def test_backoff_is_full_jitter_and_capped():
-    policy = RetryPolicy(base_delay=0.5, max_delay=20, max_retry_after=30)
+    policy = RetryPolicy(base_delay=0.5, max_delay=20)
     assert policy.backoff(1, None, lambda: 1.0) == 0.5
     assert policy.backoff(4, None, lambda: 1.0) == 4.0
     assert policy.backoff(10, None, lambda: 1.0) == 20
     assert policy.backoff(10, None, lambda: 0.0) == 0.0
     assert policy.backoff(1, 3, lambda: 0.0) == 3  # floor
-    assert policy.backoff(1, 999, lambda: 0.0) == 30  # capped
+    assert policy.backoff(1, 999, lambda: 0.0) == 999  # whole: the caller checks it fits in --max-wait
     assert parse_retry_after("7") == 7 and parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0
 
@@ -520,7 +543,8 @@ def bao(tmp_path_factory):
 
 
 def _login_args(broker_url: str, *extra: str) -> list[str]:
-    return ["login", "--broker-url", broker_url, "--role", "web", "--server-id", SERVER_ID, *extra]
+    return ["login", "--broker-url", broker_url, "--role", "web", "--server-id", SERVER_ID, "--allow-insecure-vault",
+            *extra]
 
 
 def _secrets_of(answer: dict) -> list[str]:
@@ -669,7 +693,8 @@ def test_exec_passes_vault_token_and_exit_code(bao, fake_broker, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
         [sys.executable, "-m", "broker", "login", "--broker-url", fake_broker.url, "--role", "web",
-         "--server-id", SERVER_ID, "--exec", "--", sys.executable, "-c", child, "hello", str(report)],
+         "--server-id", SERVER_ID, "--vault-addr", bao.addr, "--exec", "--", sys.executable, "-c", child, "hello",
+         str(report)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 42, err
@@ -679,9 +704,10 @@ def test_exec_passes_vault_token_and_exit_code(bao, fake_broker, tmp_path):
 
 
 def test_vault_unreachable_is_exit_7(fake_broker, tmp_path, capsys):
-    fake_broker.script = [_ok_response()]
-    rc = cli.main(_login_args(fake_broker.url, "--vault-addr", f"http://127.0.0.1:{closed_port()}",
-                              "--out-dir", str(tmp_path / "creds")))
+    closed = f"http://127.0.0.1:{closed_port()}"
+    status, headers, body = _ok_response()
+    fake_broker.script = [(status, headers, dict(body, vault_addr=closed))]
+    rc = cli.main(_login_args(fake_broker.url, "--vault-addr", closed, "--out-dir", str(tmp_path / "creds")))
     assert rc == EXIT_HANDOFF
     err = capsys.readouterr().err
     assert "cannot reach Vault" in err

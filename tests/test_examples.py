@@ -221,3 +221,26 @@ def test_json_snippets_of_the_operations_guide_parse():
     assert blocks
     for block in blocks:
         json.loads(block)
+
+
+# ---- how the client gets onto the machine ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ec2/user-data.yaml", "gce/startup-script.sh", "docker/Dockerfile",
+                                  "systemd/broker-login.service", "kubernetes/pod.yaml"])
+def test_no_example_installs_the_client_by_name_and_each_pins_the_vault(name):
+    text = (EXAMPLES / name).read_text()
+    assert "pip install" not in text and "pip3 install" not in text, f"{name} installs something by name"
+    assert "VAULT_ADDR" in text, f"{name} does not pin the Vault address"
+
+
+@pytest.mark.parametrize("name", ["ec2/user-data.yaml", "gce/startup-script.sh", "docker/Dockerfile"])
+def test_examples_that_fetch_the_client_check_its_sum_before_it_runs(name):
+    text = (EXAMPLES / name).read_text()
+    fetch = text.index("broker-0.1.0.pyz")
+    check = text.index("sha256sum -c", fetch)
+    import re
+
+    runs = [m.start() for m in re.finditer(r'^[ \t]*(?:rc=0\n)?(?:[A-Z_]+=\S+ )*broker login|"broker", "login"', text, re.M)]
+    assert runs and check < min(runs), f"{name}: the sum is checked after the client runs"
+    assert "/usr/local/bin/broker" in text[check:]  # installed only after the check

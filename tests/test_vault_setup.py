@@ -175,6 +175,9 @@ def test_setup_is_complete_and_idempotent(bao, env, capsys):
     assert len(again["unchanged"]) == 1 + 1 + 4 + 4 + 2
     assert env["sm"].describe_secret(SecretId=env["secret"])["VersionIdsToStages"] == version
     assert "nothing to change" in output
+    # the broker's secret ID never expires (secret_id_ttl 0): said so, not as Vault's zero time
+    (stored,) = [line for line in again["unchanged"] if line.startswith("the broker's secret ID")]
+    assert stored.endswith("(valid; expires never)") and "0001-01-01" not in output
 
 
 def test_drift_is_repaired_and_only_drift(bao, env, capsys):

@@ -41,9 +41,15 @@ class VerifiedCaller:
 
     @property
     def identity_key(self):
-        """What the per-identity rate limit counts: the claimed machine, else the principal."""
+        """What the per-identity rate limit counts: the claimed machine, else the principal.
+
+        SECURITY: the budget is counted before the facts step checks the claim, and anyone
+        who may assume any role, in any account, can name a session after someone else's
+        instance or task. So a claimed machine's key also names the canonical principal
+        (account and role): a session of another role or account counts its own budget,
+        never the real machine's (whose sessions all share one)."""
         if self.claimed is not None:
-            return f"{self.claimed.kind}:{self.claimed.id}"
+            return f"{self.claimed.kind}:{self.canonical_principal}:{self.claimed.id}"
         return f"principal:{self.principal}"
 
 

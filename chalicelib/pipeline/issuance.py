@@ -156,9 +156,12 @@ class BrokerService:
         limit = self._limits().per_identity
         keys = caller_keys(caller.claimed.id if caller.claimed else None, caller.principal,
                            caller.canonical_principal)
+        # The caller's own key (its machine, else its principal) is checked in the transaction;
+        # keys shared by many callers (a role, a service account) are read beside it.
+        own, shared = keys[:1], keys[1:]
         self._admission.admit(caller.proof_hash, request_id=record.request_id, method=caller.method,
                               valid_until=caller.valid_until, identity_key=caller.identity_key,
-                              limit=limit or None, quarantine_keys=keys)
+                              limit=limit or None, quarantine_keys=own, shared_quarantine_keys=shared)
         return keys
 
     def _take_role_slot(self, role):

@@ -148,11 +148,7 @@ class Revocations:
             found = self._audit.get(value)
             if found is None:
                 raise NotFound(f"no audit record {value}")
-            quarantine = []
-            if found.get("instance"):
-                quarantine.append(("instance", found["instance"]))
-            elif found.get("principal"):
-                quarantine.append(("principal", found["principal"]))
+            quarantine = [_quarantine_target_of(found)] if _quarantine_target_of(found) else []
             target = Target("request_id", value, quarantine, record=found)
             self._cover_service_accounts(target, [found])
             return target
@@ -326,6 +322,32 @@ class Target:
         self.quarantine = list(quarantine)  # [(kind, value)] of the quarantine list
         self.record = record
         self.notes = []
+
+
+def _quarantine_target_of(record):
+    """What to quarantine for an audit record: its machine when the broker verified it,
+    else the principal that made the request.
+
+    SECURITY: a refused request's `instance` may be a mere claim (an AWS session named
+    after someone else's instance or task, from any account). Quarantining it would lock
+    the real machine out and leave the requester free."""
+    instance, principal = record.get("instance"), record.get("principal")
+    if instance and _machine_verified(record):
+        return ("instance", instance)
+    if principal:
+        return ("principal", principal)
+    return ("instance", instance) if instance else None
+
+
+def _machine_verified(record):
+    facts = record.get("facts")
+    if isinstance(facts, dict):  # the facts step ran: the machine is verified when it holds it
+        return (not facts.get("claim_error") and not facts.get("claim_trust_error")
+                and any(isinstance(facts.get(k), dict) for k in ("instance", "task")))
+    from ..methods import REGISTRY, package
+
+    method = record.get("method")  # refused before the facts step: only a claim the cloud signed counts
+    return method in REGISTRY and bool(getattr(package(method), "CLAIMS_SIGNED", False))
 
 
 def _failed(entry):

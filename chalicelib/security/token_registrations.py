@@ -56,7 +56,9 @@ class TokenRegistrations:
                 raise InvalidRequest("field accessor must be a Vault token accessor")
             method = self._method(method_name)
             proof = {k: body[k] for k in package(method_name).PROOF_FIELDS if k in body}
-            caller = method.verify(method.parse(json.dumps(dict(proof, role="token")).encode()))
+            login = method.parse(json.dumps(dict(proof, role="token")).encode())
+            self._admission.seen(method.proof_hash(login))  # as a login: a replayed proof costs no cloud call
+            caller = method.verify(login)
             record.principal, record.account = caller.principal, caller.account
             record.instance = caller.claimed.id if caller.claimed else None
             self._admission.admit(caller.proof_hash, request_id=record.request_id, method=method_name,

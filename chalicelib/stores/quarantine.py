@@ -122,12 +122,11 @@ class QuarantineList:
         """Quarantined (403) if any of these entries is in force now."""
         if not keys:
             return
-        # One consistent read of every key (TransactGetItems: authorized as GetItem per item).
-        page = call("quarantine store", self._db.transact_get_items, TransactItems=[
-            {"Get": {"TableName": self._table, "Key": {"pk": {"S": k}},
-                     "ProjectionExpression": "pk, revocation_id, #until",
-                     "ExpressionAttributeNames": {"#until": "until"}}} for k in keys])
-        items = [r["Item"] for r in page.get("Responses", []) if r.get("Item")]
+        # Consistent reads, at once (not a transaction: items every machine of a role reads
+        # must not make concurrent requests conflict).
+        from ..concurrency import raise_first, settle
+
+        items = [item for item in raise_first(settle(*(lambda k=k: self._read(k) for k in keys))) if item]
         now = self._clock()
         for item in items:
             error = quarantined_error(_entry(item), now)
@@ -153,6 +152,12 @@ class QuarantineList:
             if current is not None:
                 return current
         return Entry(key, revocation_id, until)
+
+    def _read(self, key):
+        page = call("quarantine store", self._db.get_item, TableName=self._table, Key={"pk": {"S": key}},
+                    ConsistentRead=True, ProjectionExpression="pk, revocation_id, #until",
+                    ExpressionAttributeNames={"#until": "until"})
+        return page.get("Item")
 
     def get(self, key):
         page = call("quarantine store", self._db.get_item, TableName=self._table, Key={"pk": {"S": key}},

@@ -5,9 +5,18 @@
 # The broker's rules decide from the instance's project, zone, service account and
 # labels, which the broker reads from the Compute API itself.
 #
-# Set as instance metadata: broker-url, vault-role (e.g. web). Needs in the image:
-# the client (`pip install secret-zero-broker`: no extra needed on GCP) and `bao`.
+# Set as instance metadata: broker-url, vault-addr (the Vault this instance trusts),
+# vault-role (e.g. web). Needs `bao` in the image, and python3 (3.9+).
 set -euo pipefail
+
+# The client: the single file `make client` builds, hosted by you (here a Cloud
+# Storage object the instance's service account may read), checked against the
+# SHA-256 that `make client` printed before it runs. Nothing is installed by name from a package index.
+BROKER_PYZ_SHA256=0000000000000000000000000000000000000000000000000000000000000000  # from make client
+gcloud storage cp --quiet gs://my-artifacts/secret-zero/broker-0.1.0.pyz /usr/local/bin/broker.download
+echo "$BROKER_PYZ_SHA256  /usr/local/bin/broker.download" | sha256sum -c --quiet -
+install -m 0755 /usr/local/bin/broker.download /usr/local/bin/broker
+rm -f /usr/local/bin/broker.download
 
 metadata() {
   curl --fail --silent --show-error --max-time 5 -H 'Metadata-Flavor: Google' \
@@ -15,8 +24,9 @@ metadata() {
 }
 
 BROKER_URL="$(metadata broker-url)"
+VAULT_ADDR="$(metadata vault-addr)"   # pinned: another Vault in the broker's answer is refused
 ROLE="$(metadata vault-role)"
-export BROKER_URL
+export BROKER_URL VAULT_ADDR
 
 install -d -m 0700 /run/vault-agent
 install -d -m 0750 /run/app

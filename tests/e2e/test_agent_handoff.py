@@ -83,7 +83,8 @@ def run_agent(config: str, workdir: Path, timeout: float = 30) -> subprocess.Com
 
 def login_for_agent(local_broker, session: dict, agent_dir: Path, workdir: Path) -> subprocess.CompletedProcess:
     return run_client(session, "--broker-url", local_broker.url, "--role", "web", "--server-id", SERVER_ID,
-                      "--agent-dir", str(agent_dir), "--json", cwd=workdir)
+                      "--vault-addr", local_broker.stack.vault_addr, "--agent-dir", str(agent_dir), "--json",
+                      cwd=workdir)
 
 
 def test_bao_agent_authenticates_from_the_agent_dir_and_renders_a_secret(local_broker, web_instance_session,

@@ -59,7 +59,9 @@ def web_session(local_broker):
 
 
 def _args(local_broker, role: str, *extra: str) -> list[str]:
-    return ["--broker-url", local_broker.url, "--role", role, "--server-id", SERVER_ID, *extra]
+    # The Vault address is pinned, as at boot: the broker's answer must name the same one.
+    return ["--broker-url", local_broker.url, "--role", role, "--server-id", SERVER_ID,
+            "--vault-addr", local_broker.stack.vault_addr, *extra]
 
 
 def test_instance_gets_agent_files_that_log_in(local_broker, web_session, tmp_path):

@@ -32,7 +32,8 @@ def run_client(*args: str, cwd: Path, env_extra: dict | None = None, timeout: fl
                AWS_SHARED_CREDENTIALS_FILE=str(cwd / "no-aws-credentials"), PYTHONPATH=str(REPO))
     env.update(env_extra or {})
     # a broken broker fails fast (2 attempts) instead of retrying for two minutes
-    args = (*args, "--max-attempts", "2", "--max-wait", "10")
+    # Nothing pinned: the local stack's http Vault on loopback, allowed explicitly.
+    args = (*args, "--max-attempts", "2", "--max-wait", "10", "--allow-insecure-vault")
     return subprocess.run([sys.executable, "-m", "broker", "login", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -97,7 +97,8 @@ def test_revoke_an_instance_then_its_login_is_refused_until_lifted(local_broker,
     stack = local_broker.stack
     instance = stack.launch_instance({"vault-role": "web"}, profile="demo-node")
     creds = stack.assume("demo-node", instance)
-    login = ["--broker-url", local_broker.url, "--role", "web", "--server-id", SERVER_ID]
+    login = ["--broker-url", local_broker.url, "--role", "web", "--server-id", SERVER_ID,
+             "--vault-addr", stack.vault_addr]
     first = run_client(creds, *login, "--out-dir", str(tmp_path / "agent"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     secret_id = (tmp_path / "agent" / "secret_id").read_text()
@@ -166,7 +167,8 @@ def test_login_reports_an_interception_and_the_thiefs_secret_id_dies(local_broke
     try:
         creds = stack.assume("demo-batch", f"victim-{uuid.uuid4().hex[:6]}")
         proc = run_client(creds, "--broker-url", thief.url, "--role", "batch", "--server-id", SERVER_ID,
-                          "--sink", str(tmp_path / "token"), "--json", cwd=tmp_path)
+                          "--vault-addr", stack.vault_addr, "--sink", str(tmp_path / "token"), "--json",
+                          cwd=tmp_path)
     finally:
         thief.close()
     assert proc.returncode == 6, proc.stderr

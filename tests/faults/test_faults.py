@@ -179,7 +179,8 @@ def test_the_client_rides_through_a_short_vault_outage(clean_faults, tmp_path):
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "broker", "login", "--broker-url", faulty.url, "--role", "batch",
-             "--server-id", SERVER_ID, "--cloud", "aws", "--out-dir", str(tmp_path / "out"), "--json"],
+             "--server-id", SERVER_ID, "--cloud", "aws", "--vault-addr", stack.vault_addr,
+             "--out-dir", str(tmp_path / "out"), "--json"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90)
     finally:
         timer.cancel()

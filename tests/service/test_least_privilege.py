@@ -254,7 +254,7 @@ def widen_for_moto(policy: dict) -> tuple[dict, set[str]]:
             # moto asks for an action named after the API call, which AWS does not have
             st["Action"] = as_list(st["Action"]) + ["dynamodb:TransactWriteItems"]
         if "dynamodb:GetItem" in as_list(st["Action"]) and "dynamodb:ConditionCheckItem" in as_list(st["Action"]):
-            st["Action"] = as_list(st["Action"]) + ["dynamodb:TransactGetItems"]  # the same, for reads
+            st["Action"] = as_list(st["Action"]) + ["dynamodb:TransactGetItems"]  # the same, for the token registry
     return out, widened
 
 

@@ -17,6 +17,9 @@ from . import match as conditions
 NAME = "aws"
 # The body fields that carry the proof (the incident route takes them beside its own).
 PROOF_FIELDS = ("iam_http_request_method", "iam_request_url", "iam_request_body", "iam_request_headers")
+# Does the proof itself vouch for the machine it claims? No: whoever assumes a role names
+# the session, so an instance or task ID there is a claim until the facts step checks it.
+CLAIMS_SIGNED = False
 
 
 def build(settings, make_aws_client, http_session, rules):

@@ -3,8 +3,9 @@
 ECS names a task role's session after the task ID. The client inside a task sends
 its task ARN (`ecs_task_arn`, from the task metadata endpoint). The claim holds only
 when, in this order (each check security-critical):
-1. offline: the ARN is a long-format task ARN, its ID equals the session name, and
-   its account is the caller's (a task of another account is not the caller's);
+1. offline: the ARN is a long-format task ARN, its ID equals the session name, its
+   account and partition are the caller's (a task of another account is not the
+   caller's), and its region is one the broker reads (BROKER_EC2_REGIONS);
 2. `ecs:DescribeTasks` in the caller's account and the ARN's region finds it RUNNING;
 3. its task role (the override, else the task definition's) is the caller's role;
 4. (facts.py) only ecs-tasks.amazonaws.com may assume that role.
@@ -41,6 +42,14 @@ class TaskClaims:
                     f"{arn.session_name or 'not an assumed role'}: ECS names a task role's session after its task")
         if parsed.account != arn.account:
             return f"ecs_task_arn names a task of account {parsed.account}, the caller is in {arn.account}"
+        # SECURITY: the ARN's partition and region pick the endpoint DescribeTasks is sent to.
+        # A forged one (another partition, a region that does not exist) would make the
+        # call fail and the answer a 503, an outage alarm any caller could trip at will.
+        if parsed.partition != arn.partition:
+            return f"ecs_task_arn is in partition {parsed.partition}, the caller in {arn.partition}"
+        if parsed.region not in self._regions:
+            return (f"ecs_task_arn names region {parsed.region}, which is not one the broker reads "
+                    f"({', '.join(self._regions)}: BROKER_EC2_REGIONS)")
         return None
 
     def verify(self, clients, arn, task_arn):

@@ -48,6 +48,9 @@ class AccountReaders:
         self._own = None
         self._assumed = {}
         self._lock = threading.Lock()
+        # One lock per account: a slow or failing AssumeRole in one account must not hold
+        # up the callers of every other.
+        self._account_locks = {account: threading.Lock() for account in self._readers}
 
     @property
     def own_account(self):
@@ -72,7 +75,7 @@ class AccountReaders:
         reader = self._readers.get(account)
         if reader is None:
             return None
-        with self._lock:
+        with self._account_locks[account]:
             clients = self._assumed.get(account)
             if clients is None or clients.expires_at - REFRESH_MARGIN <= self._clock():
                 clients = self._assume(reader)

@@ -29,8 +29,12 @@ def only_service_may_assume(document, service):
         return "its trust policy is unreadable"
     granting = 0
     for index, st in enumerate(statements, start=1):
-        if not isinstance(st, dict) or st.get("Effect") != "Allow":
+        if not isinstance(st, dict):
+            return "its trust policy is unreadable"
+        if st.get("Effect") == "Deny":
             continue  # a Deny only narrows who may assume
+        # SECURITY: anything but an exact "Deny" counts as a grant ("allow", a missing
+        # Effect): a statement this parser misreads must never hide a second principal.
         label = st.get("Sid") or f"statement #{index}"
         if "NotAction" in st or "NotPrincipal" in st:
             return f"its trust policy's {label} uses NotAction/NotPrincipal"

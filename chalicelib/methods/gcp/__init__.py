@@ -10,6 +10,9 @@
 
 NAME = "gcp"
 PROOF_FIELDS = ("jwt",)
+# Does the proof itself vouch for the machine it claims? Yes: Google signs a GCE
+# instance token's google.compute_engine claims.
+CLAIMS_SIGNED = True
 
 
 def build(settings, make_aws_client, http_session, rules):

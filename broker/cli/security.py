@@ -18,19 +18,25 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
-import http.client
 import json
-import os
 import re
 import shutil
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 from urllib.parse import urlencode, urlsplit
 
+from broker.cli.common import env as _env
 from broker.errors import EXIT_OK, EXIT_UNAVAILABLE, NoCredentialsError, RefusedError, UnavailableError, UsageError
+from broker.http import (
+    CONNECTION_ERRORS,
+    broker_error_fields,
+    build_opener,
+    check_base_url,
+    parse_retry_after,
+    request,
+    ssl_context,
+)
 
 PROOF_HEADER = "X-Broker-Proof"
 BINDING_HEADER = "X-Broker-Request"
@@ -47,11 +53,6 @@ TABLE_COLUMNS = (("TIME", "time"), ("OUTCOME", "outcome"), ("CODE", "code"), ("R
 
 
 # ---- the parser ---------------------------------------------------------------------------
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
 
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +107,8 @@ def add_security_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     revoke = sub.add_parser(
         "revoke", parents=[common],
+        usage="broker revoke (--instance ID | --principal ARN | --request-id ID) --reason TEXT "
+        "[--quarantine DURATION] [options]\n       broker revoke lift REVOCATION_ID [--reason TEXT] [options]",
         help="the security team: destroy what was issued to a target and quarantine it (or: revoke lift ID)",
         description="Destroy every secret ID the broker issued to the target that may still be valid, and "
         "refuse the target (403 quarantined) for the quarantine's duration. `broker revoke lift ID` lifts "
@@ -120,8 +123,9 @@ def add_security_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     target.add_argument("--instance", help="an EC2 or GCE instance ID")
     target.add_argument("--principal", help="an STS session ARN, an IAM role/user ARN (every session of it), "
                         "or a service account email")
-    target.add_argument("--request-id", help="one issuance (its instance, else its principal, is quarantined)")
-    revoke.add_argument("--reason", help="why (recorded in the audit trail); required")
+    target.add_argument("--request-id", help="one request (its verified instance, else its principal, is quarantined)")
+    revoke.add_argument("--reason", metavar="TEXT",
+                        help="why (recorded in the audit trail); required, except for `revoke lift`")
     revoke.add_argument("--quarantine", default="24h", help="how long the target is refused: 30m, 24h, 7d; "
                         "0 for no quarantine (default 24h)")
     revoke.add_argument("--force", action="store_true", help="quarantine a target that matches no issuance and "
@@ -144,37 +148,22 @@ def request_binding(method: str, path: str, params: dict[str, str] | None, body:
             f"body={hashlib.sha256(body or b'').hexdigest()};nonce={secrets.token_hex(16)}")
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
-        return None
-
-
 class SecurityApi:
     """Signed requests to the security routes, with a few retries on 429/5xx and replays."""
 
     def __init__(self, args: argparse.Namespace, *, credentials: Any = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        from broker.api import build_opener, is_loopback
-        from broker.aws_proof import ProofSigner
+        from broker.clouds.aws import ProofSigner
 
         missing = [flag for flag, value in (("--broker-url/BROKER_URL", args.broker_url),
                                             ("--server-id/BROKER_SERVER_ID", args.server_id)) if not value]
         if missing:
             raise UsageError("missing " + ", ".join(missing))
-        parts = urlsplit(args.broker_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.username:
-            raise UsageError(f"the broker URL must be an absolute http(s) URL, got {args.broker_url!r}")
-        self.base_url = args.broker_url.rstrip("/")
+        # https only, but http on loopback (a local stack): the proofs are bearer credentials.
+        self.base_url = check_base_url(args.broker_url, "broker URL")
+        parts = urlsplit(self.base_url)
         self.timeout = args.timeout
-        ssl_context = None
-        if args.ca_cert:
-            import ssl
-
-            try:
-                ssl_context = ssl.create_default_context(cafile=args.ca_cert)
-            except (OSError, ssl.SSLError) as exc:
-                raise UsageError(f"cannot load the CA bundle {args.ca_cert}: {exc}") from None
-        self._opener = build_opener(ssl_context, self.base_url)
+        self._opener = build_opener(ssl_context(args.ca_cert, "the broker"), self.base_url)
         self._credentials = credentials or _credentials()
         self._signer = ProofSigner(args.server_id, sts_url=args.sts_url, region=args.sts_region,
                                    credentials=self._credentials)
@@ -182,7 +171,6 @@ class SecurityApi:
         self._api_region = (args.api_region or (host_region.group(1) if host_region else None)
                             or _env("AWS_REGION") or _env("AWS_DEFAULT_REGION") or "us-east-1")
         self._sleep = sleep
-        self.insecure = parts.scheme == "http" and not is_loopback(self.base_url)
 
     def _proof(self, method: str, path: str, params: dict[str, str] | None, body: bytes | None) -> str:
         """A fresh proof bound to this one request (method, path, query, body, a random
@@ -191,7 +179,7 @@ class SecurityApi:
         return base64.b64encode(json.dumps(fields, separators=(",", ":")).encode()).decode()
 
     def _signed_request(self, method: str, url: str, body: bytes | None, path: str = "",
-                        params: dict[str, str] | None = None) -> urllib.request.Request:
+                        params: dict[str, str] | None = None) -> dict[str, str]:
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 
@@ -201,32 +189,25 @@ class SecurityApi:
         aws_request = AWSRequest(method=method, url=url, data=body or b"", headers=headers)
         SigV4Auth(self._credentials.get_frozen_credentials(), "execute-api", self._api_region).add_auth(aws_request)
         signed = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in aws_request.headers.items()}
-        return urllib.request.Request(url, data=body, method=method, headers=signed)
+        return signed
 
     def call(self, method: str, path: str, *, params: dict[str, str] | None = None,
              body: dict[str, Any] | None = None) -> dict[str, Any]:
-        from broker.api import HttpResult, _error_fields, parse_retry_after
-
         url = self.base_url + path + (f"?{urlencode(params)}" if params else "")
         data = json.dumps(body).encode() if body is not None else None
         last = "no attempt"
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            request = self._signed_request(method, url, data, path, params)
+            headers = self._signed_request(method, url, data, path, params)
             try:
-                try:
-                    response = self._opener.open(request, timeout=self.timeout)
-                except urllib.error.HTTPError as err:
-                    response = err
-                with response:
-                    raw = response.read(16 << 20)
-                    status = response.status if hasattr(response, "status") else response.code
-                    headers = {k.lower(): v for k, v in response.headers.items()} if response.headers else {}
-            except (OSError, http.client.HTTPException) as exc:
+                result = request(self._opener, method, url, data=data, headers=headers, timeout=self.timeout,
+                                 max_bytes=16 << 20)
+            except CONNECTION_ERRORS as exc:
                 last = f"cannot reach the broker: {type(exc).__name__}: {exc}"
                 if attempt < MAX_ATTEMPTS:
                     self._sleep(attempt)
                     continue
                 raise UnavailableError(last) from None
+            status, headers, raw = result.status, result.headers, result.body
             if status == 200:
                 try:
                     doc = json.loads(raw.decode("utf-8"))
@@ -235,8 +216,7 @@ class SecurityApi:
                 if not isinstance(doc, dict):
                     raise UnavailableError("the broker's answer is not a JSON object")
                 return doc
-            result = HttpResult(status, headers, raw)
-            code, message, request_id = _error_fields(result)
+            code, message, request_id = broker_error_fields(result)
             if status == 401 and code == "proof_replayed" and attempt < MAX_ATTEMPTS:
                 continue  # never expected (each proof has its own nonce): sign a new one
             if status in RETRYABLE and attempt < MAX_ATTEMPTS:
@@ -250,23 +230,22 @@ class SecurityApi:
 
 
 def _api(args: argparse.Namespace, out: Any) -> SecurityApi:
-    api = SecurityApi(args)
-    if api.insecure:
-        out.warn(f"the broker URL {api.base_url} is not https: your signed proofs would cross the network in clear")
-    return api
+    return SecurityApi(args)
 
 
 def _credentials() -> Any:
     try:
         import logging
 
-        import botocore.session
+        import botocore.session  # noqa: F401 - ImportError when botocore is missing
+
+        from broker.clouds.botocore_session import new_session
         from botocore.exceptions import BotoCoreError
     except ImportError:  # pragma: no cover - depends on the install
-        raise UsageError("botocore is needed to sign requests: pip install 'secret-zero-broker[aws]'") from None
+        raise UsageError("botocore is needed to sign requests (docs/client.md: install)") from None
     logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
-        credentials = botocore.session.Session().get_credentials()
+        credentials = new_session().get_credentials()
     except BotoCoreError as exc:
         raise NoCredentialsError(f"could not load AWS credentials: {type(exc).__name__}: {exc}") from None
     if credentials is None:

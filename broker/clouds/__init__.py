@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from broker.clouds import ecs
 from broker.errors import NoCredentialsError, UsageError
 
 CLOUDS = ("auto", "aws", "gcp")
@@ -44,13 +45,15 @@ def _aws_credentials(*, imds: bool) -> Any:
     """botocore's default chain without the EC2 instance metadata provider (``imds=False``)
     or that provider alone (``imds=True``); None when botocore is missing or finds nothing."""
     try:
-        import botocore.session
+        import botocore.session  # noqa: F401 - ImportError when botocore is missing
+
+        from broker.clouds.botocore_session import new_session
         from botocore.exceptions import BotoCoreError
     except ImportError:
         return None
     logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
-        resolver = botocore.session.Session().get_component("credential_provider")
+        resolver = new_session().get_component("credential_provider")
         if imds:
             provider = resolver.get_provider("iam-role")
             return provider.load()
@@ -64,7 +67,7 @@ def _aws_credentials(*, imds: bool) -> Any:
 
 def detect_cloud(metadata_url: str, log: Callable[[str], None]) -> tuple[str, Any]:
     """("aws", botocore credentials) or ("gcp", None); NoCredentialsError when neither."""
-    from broker.gcp_proof import probe_gce
+    from broker.clouds.gcp import probe_gce
 
     creds = _aws_credentials(imds=False)
     if creds is not None:
@@ -98,7 +101,7 @@ def build_proof_source(
 ) -> ProofSource:
     """The proof source for ``cloud`` (``auto``: detected). Usage errors come before
     any probe; ``add_secret`` is handed every token so that output is scrubbed of it."""
-    from broker.gcp_proof import MetadataIdentity, normalize_metadata_url
+    from broker.clouds.gcp import MetadataIdentity, normalize_metadata_url
 
     if cloud not in CLOUDS:
         raise UsageError(f"--cloud must be one of {', '.join(CLOUDS)}, got {cloud!r}")
@@ -108,12 +111,17 @@ def build_proof_source(
         cloud, credentials = detect_cloud(base, log)
 
     if cloud == "aws":
-        from broker.aws_proof import ProofSigner
+        from broker.clouds.aws import ProofSigner
 
         if not server_id:
             raise UsageError("missing --server-id/BROKER_SERVER_ID (needed for the AWS proof)")
         signer = ProofSigner(server_id, sts_url=sts_url, region=sts_region, credentials=credentials)
-        return ProofSource("aws", AWS_PATH, lambda: signer.sign().login_fields(), AWS_REPLAY_HINT,
+        extra: dict[str, str] = {}
+        uri = ecs.metadata_uri()
+        if uri and ecs.signs_as_task_role():  # inside an ECS task, as its task role: name the task
+            extra["ecs_task_arn"] = ecs.task_arn(uri)
+            log(f"ECS task: {extra['ecs_task_arn']}")
+        return ProofSource("aws", AWS_PATH, lambda: {**signer.sign().login_fields(), **extra}, AWS_REPLAY_HINT,
                            f"a signed sts:GetCallerIdentity for {signer.url}")
 
     identity = MetadataIdentity(audience or broker_url, metadata_url=base, timeout=min(timeout, 5.0))

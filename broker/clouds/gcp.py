@@ -14,17 +14,14 @@ it is never printed or logged.
 
 from __future__ import annotations
 
-import http.client
 import re
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from typing import Callable
 from urllib.parse import urlencode, urlsplit
 
 from broker.errors import NoCredentialsError, UsageError
+from broker.http import CONNECTION_ERRORS, build_opener, describe_connection_error, request
 
 DEFAULT_METADATA_URL = "http://metadata.google.internal"
 IDENTITY_PATH = "/computeMetadata/v1/instance/service-accounts/default/identity"
@@ -33,16 +30,6 @@ FLAVOR = {"Metadata-Flavor": "Google"}
 MAX_TOKEN_BYTES = 64 * 1024
 _JWT = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 _RETRYABLE = frozenset({429, 500, 502, 503, 504})
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
-        return None
-
-
-def _opener() -> urllib.request.OpenerDirector:
-    # ProxyHandler({}): never through HTTP(S)_PROXY, whatever the environment says.
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 
 def normalize_metadata_url(url: str | None) -> str:
@@ -57,28 +44,16 @@ def normalize_metadata_url(url: str | None) -> str:
     return url.rstrip("/")
 
 
-def _get(url: str, timeout: float) -> tuple[int, dict[str, str], bytes]:
-    """GET with ``Metadata-Flavor: Google``; returns status, lower-cased headers, body
-    (capped). Raises OSError / http.client.HTTPException on connection failures."""
-    request = urllib.request.Request(url, headers=FLAVOR, method="GET")
-    try:
-        response = _opener().open(request, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        response = err
-    with response:
-        body = response.read(MAX_TOKEN_BYTES + 1)
-        status = response.status if hasattr(response, "status") else response.code
-        headers = {k.lower(): v for k, v in response.headers.items()} if response.headers else {}
-    return status, headers, body
+def _get(url: str, timeout: float) -> tuple:
+    """GET with ``Metadata-Flavor: Google``, never through a proxy; returns status, lower-cased
+    headers, body. Raises one of CONNECTION_ERRORS on connection failures and oversized bodies."""
+    result = request(build_opener(proxies=False), "GET", url, timeout=timeout, headers=dict(FLAVOR),
+                     max_bytes=MAX_TOKEN_BYTES)
+    return result.status, result.headers, result.body
 
 
 def _reason(exc: BaseException) -> str:
-    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    if isinstance(reason, (socket.timeout, TimeoutError)):
-        return "timed out"
-    if isinstance(reason, socket.gaierror):
-        return "its name does not resolve"
-    return f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) else str(reason)
+    return describe_connection_error(exc)
 
 
 def probe_gce(metadata_url: str, timeout: float = 1.0) -> bool:
@@ -91,7 +66,7 @@ def probe_gce(metadata_url: str, timeout: float = 1.0) -> bool:
         try:
             status, headers, _ = _get(metadata_url + PROBE_PATH, timeout)
             result.append(status == 200 and headers.get("metadata-flavor") == "Google")
-        except (OSError, http.client.HTTPException, ValueError):
+        except CONNECTION_ERRORS + (ValueError,):
             result.append(False)
 
     thread = threading.Thread(target=attempt, name="gce-probe", daemon=True)
@@ -151,7 +126,7 @@ class MetadataIdentity:
         for attempt in range(1, self.attempts + 1):
             try:
                 status, headers, body = _get(self.url, self.timeout)
-            except (OSError, http.client.HTTPException) as exc:
+            except CONNECTION_ERRORS as exc:
                 problem = f"{where} did not answer ({_reason(exc)})"
             else:
                 if status == 200:

@@ -122,16 +122,19 @@ class ProofSigner:
         if self._credentials is not None:
             return self._credentials
         try:
-            import botocore.session
+            import botocore.session  # noqa: F401 - ImportError when botocore is missing
             from botocore.exceptions import BotoCoreError
+
+            from broker.clouds.botocore_session import new_session
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise UsageError(
-                "botocore is needed to sign the AWS proof: pip install 'secret-zero-broker[aws]'"
+                "botocore is needed to sign the AWS proof: use the single-file broker.pyz, which carries it, "
+                "or install botocore beside the wheel (docs/client.md)"
             ) from exc
         # botocore logs canonical requests and signatures at DEBUG: never let them out.
         logging.getLogger("botocore").setLevel(logging.WARNING)
         try:
-            credentials = botocore.session.Session().get_credentials()
+            credentials = new_session().get_credentials()
         except BotoCoreError as exc:
             raise NoCredentialsError(f"could not load AWS credentials: {type(exc).__name__}: {exc}") from None
         if credentials is None:

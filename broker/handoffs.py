@@ -1,5 +1,12 @@
 """Handing the credentials on: files for an Agent, a token sink, or exec.
 
+One strategy per hand-off (``--agent-dir``, ``--out-dir``, ``--sink``, ``--exec``), each
+with a ``preflight`` (run before anything is issued: a secret ID minted for a hand-off
+that cannot happen is waste, and one more audit record to explain) and a ``deliver``.
+``stage`` says how far the login command takes the credentials first: ``wrapped``
+(the secret ID stays wrapped), ``unwrapped`` (role ID and secret ID) or ``token``
+(an AppRole login's Vault token).
+
 Files are written atomically and are never readable by anyone but the owner,
 not even for an instant: a temporary file is created in the destination
 directory with ``O_CREAT | O_EXCL`` and mode 0600, written, fsync'ed, and
@@ -11,7 +18,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from typing import Mapping, NoReturn, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Sequence
 
 from broker.errors import HandoffError
 
@@ -164,3 +172,99 @@ def exec_with_token(
     except OSError as exc:
         raise HandoffError(f"cannot exec {program}: {exc.strerror or exc}") from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ---- the strategies --------------------------------------------------------------------------
+
+
+@dataclass
+class Material:
+    """What the login command hands over. Every field but the accessors is secret."""
+
+    role_id: str = field(repr=False)
+    secret_id: str = field(repr=False)      # the wrapping token for the ``wrapped`` stage
+    vault_addr: str
+    token: Optional[str] = field(default=None, repr=False)
+    secret_id_wrap_ttl: Optional[int] = None
+
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class AgentDir:
+    """``--agent-dir DIR``: the role ID and, still wrapped, the secret ID for an Agent."""
+
+    directory: str
+    stage = "wrapped"
+    name = "agent-dir"
+
+    def preflight(self) -> Optional[str]:
+        return preflight_out_dir(self.directory, "--agent-dir")
+
+    def deliver(self, material: Material, summary: Dict[str, Any], say: Say) -> None:
+        role_path, secret_path = write_approle_files(self.directory, material.role_id, material.secret_id)
+        ttl = material.secret_id_wrap_ttl
+        summary.update(handoff=self.name, role_id_file=os.path.abspath(role_path),
+                       secret_id_file=os.path.abspath(secret_path), secret_id_wrap_ttl=ttl)
+        say(f"wrapping tokens checked; wrote {role_path} and the secret ID's wrapping token to {secret_path}: "
+            f"start the Agent now, it must unwrap it within {f'{ttl} s' if ttl else 'the wrap TTL'}")
+
+
+@dataclass
+class OutDir:
+    """``--out-dir DIR``: the role ID and the secret ID, unwrapped."""
+
+    directory: str
+    stage = "unwrapped"
+    name = "out-dir"
+
+    def preflight(self) -> Optional[str]:
+        return preflight_out_dir(self.directory)
+
+    def deliver(self, material: Material, summary: Dict[str, Any], say: Say) -> None:
+        role_path, secret_path = write_approle_files(self.directory, material.role_id, material.secret_id)
+        summary.update(handoff=self.name, role_id_file=os.path.abspath(role_path),
+                       secret_id_file=os.path.abspath(secret_path))
+        say(f"wrote {role_path} and {secret_path}")
+
+
+@dataclass
+class Sink:
+    """``--sink FILE``: a Vault token in a file, like an Agent's file sink."""
+
+    path: str
+    stage = "token"
+    name = "sink"
+
+    def preflight(self) -> Optional[str]:
+        return preflight_sink(self.path)
+
+    def deliver(self, material: Material, summary: Dict[str, Any], say: Say) -> None:
+        path = write_sink(self.path, material.token or "")
+        summary.update(handoff=self.name, sink=path)
+        say(f"wrote the token to {path}")
+
+
+@dataclass
+class Exec:
+    """``--exec -- CMD ARGS...``: replace this process with CMD, VAULT_TOKEN and VAULT_ADDR set."""
+
+    command: List[str]
+    extra_env: Dict[str, str] = field(default_factory=dict)
+    before_exec: Callable[[Dict[str, Any]], None] = lambda summary: None
+    stage = "token"
+    name = "exec"
+
+    def preflight(self) -> Optional[str]:
+        return preflight_command(self.command)
+
+    def deliver(self, material: Material, summary: Dict[str, Any], say: Say) -> None:
+        summary.update(handoff=self.name, command=self.command[0])
+        say(f"exec {self.command[0]}")
+        self.before_exec(summary)  # the --json summary goes out before this process is replaced
+        exec_with_token(self.command, token=material.token or "", vault_addr=material.vault_addr,
+                        extra_env=self.extra_env)
+
+
+Handoff = Any  # AgentDir | OutDir | Sink | Exec
