@@ -110,11 +110,11 @@ class AdminAuthenticator:
         Fills `record.principal` and `record.account` as soon as they are proven.
         """
         login = parse_admin_proof(_header(headers, PROOF_HEADER))
-        if request is None:
-            raise InvalidProof("the request the proof is for is unknown")
-        check_binding(login, request)  # offline, before STS is asked
         if self._proof_hash is not None:
             self._replay.seen(self._proof_hash(login))  # as a login: a replayed proof costs no STS call
+        if request is None:
+            raise InvalidProof("the request the proof is for is unknown")
+        check_binding(login, request)  # before STS is asked
         identity = self._verify(login)
         record.principal, record.account = identity.principal, identity.account
         self._replay.admit(identity.proof_hash, request_id=request_id, method="aws", valid_until=identity.valid_until)

@@ -202,7 +202,7 @@ def test_a_revocation_stops_the_token_in_the_machines_sink(local_broker, enginee
     creds = stack.assume("demo-node", instance)
     sink = tmp_path / "vault-token"
     logged_in = run_client(creds, "--broker-url", local_broker.url, "--role", "web", "--server-id", SERVER_ID,
-                           "--sink", str(sink), cwd=tmp_path)
+                           "--vault-addr", stack.vault_addr, "--sink", str(sink), cwd=tmp_path)
     assert logged_in.returncode == 0, logged_in.stderr
     token = sink.read_text().strip()
 
