@@ -1,11 +1,12 @@
-"""``python -m bench``: run the issue 6 benchmarks, print the report, end with ``NAME VALUE`` lines.
+"""``python -m bench``: run the benchmarks (docs/performance.md), print the report, end with
+issue 14's ``NAME VALUE`` lines.
 
-    python -m bench                      # everything (~4 min on 2 cores)
-    BENCH_QUICK=1 python -m bench        # short counts (~1 min)
+    python -m bench                      # everything (~10 min on 2 busy cores)
+    BENCH_QUICK=1 python -m bench        # short counts (~2 min)
     python -m bench --save before        # also write bench/results/before.json
     python -m bench --rev 792a9a3        # measure the broker code of a commit (git archive, temp dir)
     python -m bench --tree /tmp/rev      # measure the broker code of another tree
-    python -m bench --only 1,2,4         # some benchmarks only (1..6)
+    python -m bench --only 7,1           # some benchmarks only (1..9)
     python -m bench compare before after # compare saved runs (labels or JSON paths)
 
 Progress goes to stderr; the report and the headline lines to stdout.
@@ -29,21 +30,27 @@ from . import env as bench_env
 from .stats import LATENCY_HEADER, fmt, latency_rows, table
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-HEADLINES = ("overhead_ratio_p50_inprocess", "overhead_ratio_p50_http", "handler_cpu_ms_p50",
-             "import_overhead_ratio", "storm_requests", "storm_lost", "storm_duplicates", "storm_p99_ms",
-             "lambda_zip_mb")
+# issue 14's table, in its order
+HEADLINES = ("requests_per_issuance", "critical_path_steps", "latency_ratio_p50", "overhead_ratio_p50_inprocess",
+             "handler_cpu_ms_p50", "cold_first_issuance_ms", "storm_requests", "storm_lost", "storm_duplicates",
+             "storm_orphans", "lambda_zip_mb")
+ALL = "1,2,3,4,5,6,7,8,9"
 
 
 def counts(quick: bool) -> dict:
     c = {
-        "overhead_iterations": 40 if quick else 300,
-        "trace_issuances": 5 if quick else 10,
-        "cpu_iterations": 30 if quick else 150,
-        "client_reps": 2 if quick else 5,
+        "overhead_iterations": 20 if quick else 200,
+        "trace_issuances": 3 if quick else 10,
+        "cpu_iterations": 20 if quick else 150,
+        "client_reps": 1 if quick else 5,
         "import_reps": 3 if quick else 9,
         "first_request_reps": 1 if quick else 3,
-        "storm_requests": 100 if quick else 500,
-        "storm_threads": 8,
+        "cold_reps": 3 if quick else 5,
+        "count_issuances": 3 if quick else 10,
+        "latency_iterations": 6 if quick else 40,
+        "botocore_calls": 30 if quick else 200,
+        "storm_requests": 40 if quick else 500,
+        "storm_workers": 4,
     }
     for key in c:  # e.g. BENCH_STORM_THREADS=16, BENCH_OVERHEAD_ITERATIONS=100
         value = os.environ.get("BENCH_" + key.upper())
@@ -99,10 +106,10 @@ def git_rev(tree: Path) -> dict:
 # ---- running -------------------------------------------------------------------
 
 
-def run(only: set[int], quick: bool, storm_threads: int | None) -> dict:
+def run(only: set[int], quick: bool, storm_workers: int | None) -> dict:
     c = counts(quick)
-    if storm_threads:
-        c["storm_threads"] = storm_threads
+    if storm_workers:
+        c["storm_workers"] = storm_workers
     tree = bench_env.activate_tree()
     out: dict = {"counts": c, "errors": {}}
 
@@ -117,13 +124,15 @@ def run(only: set[int], quick: bool, storm_threads: int | None) -> dict:
         out.setdefault("seconds", {})[name] = time.perf_counter() - t0
 
     from . import client as b_client
-    from . import coldstart, overhead, package, storm
+    from . import botocore_cpu, coldstart, overhead, package, proxy_stall, stacklatency, storm
 
+    if 9 in only:
+        attempt("proxy_stall", lambda: proxy_stall.measure(proxy_stall.load_proxy_class(None), 50 if quick else 200))
     if 6 in only:
         attempt("package", lambda: {**package.lambda_zip(tree, say), **package.client_size(tree, say)})
     if 3 in only:
         attempt("imports", lambda: coldstart.import_times(tree, c["import_reps"], say=say))
-    if only & {1, 2, 3, 4, 5}:
+    if only & {1, 2, 3, 4, 5, 7, 8}:
         with tempfile.TemporaryDirectory(prefix="bench-stack-") as workdir:
             bench = bench_env.Bench(workdir=workdir, say=say)
             try:
@@ -131,6 +140,9 @@ def run(only: set[int], quick: bool, storm_threads: int | None) -> dict:
                 bench.start()
                 bench.warm()
                 out["setup_seconds"] = time.perf_counter() - t0
+                if 7 in only:
+                    attempt("requests", lambda: stacklatency.requests_per_issuance(bench, c["count_issuances"]))
+                    attempt("latency", lambda: stacklatency.latency_profiles(bench, c["latency_iterations"], say=say))
                 if 1 in only:
                     attempt("overhead", lambda: overhead.overhead(bench, c["overhead_iterations"], say=say))
                     attempt("trace", lambda: overhead.trace_issuance(bench, c["trace_issuances"]))
@@ -140,11 +152,16 @@ def run(only: set[int], quick: bool, storm_threads: int | None) -> dict:
                         attempt("profile", lambda: overhead.profile_handler(bench))
                 if 5 in only:
                     attempt("client", lambda: b_client.client(bench, tree, c["client_reps"], say=say))
+                if 8 in only:
+                    attempt("botocore", lambda: botocore_cpu.per_call_cpu(bench, c["botocore_calls"], say=say))
                 if 3 in only:
+                    attempt("cold", lambda: coldstart.cold_first_issuance(
+                        tree, bench.broker_env(), lambda: bench.json_event(bench.proofs.login()), c["cold_reps"],
+                        say=say))
                     attempt("first_request", lambda: coldstart.first_request(
                         tree, bench.broker_env(), bench.proofs.login, c["first_request_reps"], say=say))
                 if 4 in only:
-                    attempt("storm", lambda: storm.storm(bench, c["storm_requests"], c["storm_threads"], say=say))
+                    attempt("storm", lambda: storm.storm(bench, c["storm_requests"], c["storm_workers"], say=say))
             finally:
                 bench.close()
     return out
@@ -154,14 +171,16 @@ def headlines(r: dict) -> dict:
     nan = float("nan")
     g = lambda *path: _get(r, path, nan)  # noqa: E731
     return {
+        "requests_per_issuance": g("requests", "requests_per_issuance"),
+        "critical_path_steps": g("latency", "critical_path_steps"),
+        "latency_ratio_p50": g("latency", "latency_ratio_p50"),
         "overhead_ratio_p50_inprocess": g("overhead", "ratio_p50_inprocess"),
-        "overhead_ratio_p50_http": g("overhead", "ratio_p50_http"),
         "handler_cpu_ms_p50": g("cpu", "cpu_ms", "p50"),
-        "import_overhead_ratio": g("imports", "import_overhead_ratio"),
+        "cold_first_issuance_ms": g("cold", "total_ms"),
         "storm_requests": g("storm", "requests"),
         "storm_lost": g("storm", "lost"),
         "storm_duplicates": g("storm", "duplicates"),
-        "storm_p99_ms": g("storm", "latency_ms", "p99"),
+        "storm_orphans": g("storm", "orphans"),
         "lambda_zip_mb": g("package", "lambda_zip_mb"),
     }
 
@@ -182,31 +201,45 @@ def report(doc: dict) -> str:
     m = doc["machine"]
     lines = [f"secret-zero broker benchmarks -- {doc['label'] or 'unlabelled'} -- {doc['time']}",
              f"tree {doc['tree']} (rev {doc['git']['rev']}{', broker code modified' if doc['git']['broker_code_modified'] else ''})"
-             f"{' -- QUICK' if doc['quick'] else ''}",
+             f"{' -- QUICK' if doc['quick'] else ''}"
+             f"{' -- botocore clients from chalicelib/aws_clients.py (BENCH_AWS_CLIENTS=tuned)' if doc.get('aws_clients') == 'tuned' else ''}",
              f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}; "
-             f"load average at the start {', '.join(f'{x:.2f}' for x in m.get('loadavg') or ())}", ""]
+             f"load average at the start {', '.join(f'{x:.2f}' for x in m.get('loadavg') or ())}"
+             + (f", at the end {', '.join(f'{x:.2f}' for x in m['loadavg_at_end'])}" if m.get("loadavg_at_end") else ""),
+             ""]
 
+    q = r.get("requests")
+    if q:
+        lines += [f"== 7. The latency-realistic stack (devstack/latency.py) ==",
+                  f"backend requests per issuance, counted at the proxies over {q['issuances']} issuances: "
+                  f"{fmt(q['requests_per_issuance'])} ("
+                  + ", ".join(f"{k} {v:g}" for k, v in q["per_backend"].items()) + ")",
+                  table([[k, v] for k, v in q["per_operation"].items()], ("request", "per issuance"))]
+    lt = r.get("latency")
+    if lt:
+        lines += [table(latency_rows([(f"delays: {name}", st) for name, st in lt["latency_ms"].items()]),
+                        LATENCY_HEADER),
+                  f"critical path: (p50 with {fmt(lt['uniform_delay_ms'], 0)} ms on every call - p50 with none) / "
+                  f"{fmt(lt['uniform_delay_ms'], 0)} = {fmt(lt['critical_path_steps_exact'])} dependent steps",
+                  f"in-region delays ms: " + ", ".join(f"{k} {v:g}" for k, v in lt["delays_ms"].items())
+                  + f"; shortest chain (STS, slowest fact read, Vault, audit write) {fmt(lt['shortest_chain_ms'], 0)} ms;"
+                  f" p50 (pad) / chain = {fmt(lt['latency_ratio_p50'])}; delay exposed: (p50 (add) - p50 (none)) / chain"
+                  f" = {fmt(lt.get('exposed_delay_ratio_p50'))}"
+                  + (f"; errors {lt['errors']}" if lt["errors"] else ""), ""]
+    elif q:
+        lines.append("")
     o = r.get("overhead")
     if o:
-        lines += [f"== 1. Overhead against the floor: {o['iterations']} iterations, round-robin "
-                  f"(errors: in process {o['errors']['inprocess']}, HTTP {o['errors']['http']}) ==",
+        lines += [f"== 1. The broker against its own call set made directly: {o['iterations']} iterations, "
+                  f"alternating (errors: in process {o['errors']['inprocess']}) ==",
+                  "the floor (recorded from the broker; waves of calls in flight together): "
+                  + " -> ".join("{" + ", ".join(w) + "}" if len(w) > 1 else w[0] for w in o["callset"]),
                   table(latency_rows([
-                      ("floor (issue 6: STS, EC2, ListRoleTags, 2 Vault, 2 PutItem)", o["latency_ms"]["floor"]),
-                      ("floor + iam GetInstanceProfile", o["latency_ms"]["floor+gip"]),
-                      ("broker in process (chalice.test.Client)", o["latency_ms"]["inprocess"]),
-                      ("broker over HTTP (chalice local)", o["latency_ms"]["http"])]), LATENCY_HEADER),
-                  "",
-                  table([["in process / floor", o["ratio_p50_inprocess"], o["ratio_p50_inprocess_vs_floor_gip"]],
-                         ["HTTP / floor", o["ratio_p50_http"], o["ratio_p50_http_vs_floor_gip"]]],
-                        ("p50 ratio", "floor (issue 6)", "floor + GetInstanceProfile")),
-                  "",
-                  f"CPU in this process per iteration (p50): the floor's own client calls "
-                  f"{fmt(o.get('floor_cpu_ms_p50'))} ms (with GetInstanceProfile), the broker through "
-                  f"chalice.test.Client {fmt(o.get('inprocess_cpu_ms_p50'))} ms",
-                  "",
-                  "the floor, call by call (sequential, ms):",
-                  table([[name, s["p50"], s["p95"], s["p99"]] for name, s in o["floor_calls_ms"].items()],
-                        ("call", "p50", "p95", "p99")), ""]
+                      (f"floor: the broker's {o['callset_requests']} calls, made directly", o["latency_ms"]["floor"]),
+                      ("broker in process (chalice.test.Client)", o["latency_ms"]["inprocess"])]), LATENCY_HEADER),
+                  f"p50 ratio broker / floor {fmt(o['ratio_p50_inprocess'], 3)}; CPU in this process per iteration "
+                  f"(p50): the floor's client calls {fmt(o.get('floor_cpu_ms_p50'))} ms, the broker through "
+                  f"chalice.test.Client {fmt(o.get('inprocess_cpu_ms_p50'))} ms", ""]
     t = r.get("trace")
     if t and t.get("count"):
         conns = ", ".join(f"{k} {v:g}" for k, v in t["new_connections_per_issuance"].items()) or "none"
@@ -226,9 +259,16 @@ def report(doc: dict) -> str:
                   f"{fmt(cpu['chalice_trivial_route_cpu_ms_p50'], 3)} ms (goal: < 3 ms)", ""]
     if r.get("profile"):
         lines += ["cProfile of the handler (own time):", r["profile"], ""]
-    imp, fr = r.get("imports"), r.get("first_request")
-    if imp or fr:
+    imp, fr, cold = r.get("imports"), r.get("first_request"), r.get("cold")
+    if imp or fr or cold:
         lines.append("== 3. Cold start ==")
+        if cold:
+            lines.append(f"cold first issuance (fresh process, Lambda's environment, app.app(event, context)), "
+                         f"median of {cold['reps']}: {fmt(cold['total_ms'], 0)} ms = interpreter "
+                         f"{fmt(cold['interpreter_ms'], 0)} + import app {fmt(cold['import_app_ms'], 0)} + first "
+                         f"issuance {fmt(cold['first_issuance_ms'], 0)} ms (runs: "
+                         + ", ".join(f"{x:.0f}" for x in cold["runs_total_ms"]) + f"); the process's own CPU "
+                         f"{fmt(cold.get('process_cpu_ms'), 0)} ms")
         if imp:
             lines += [f"import app {fmt(imp['app_import_ms'])} ms; the dependencies alone "
                       f"({', '.join(imp['dependencies'])}) {fmt(imp['deps_import_ms'])} ms; "
@@ -252,15 +292,21 @@ def report(doc: dict) -> str:
     s = r.get("storm")
     if s:
         ck = s["check"]
-        lines += [f"== 4. Boot storm: {s['requests']} instances, {s['threads']} threads, in process ==",
-                  f"{fmt(s['seconds'])} s, {fmt(s['throughput_rps'], 1)} issuances/s; statuses {s['statuses']}",
-                  table(latency_rows([("latency", s["latency_ms"])]), LATENCY_HEADER),
+        lines += [f"== 4. Boot storm: {s['requests']} identities, {s['workers']} cold processes, in-region delays, "
+                  f"faults injected ==",
+                  f"{fmt(s['seconds'])} s from the spawn of the workers to the last answer, "
+                  f"{fmt(s['throughput_rps'], 1)} issuances/s; first answer after {fmt(s['first_answer_ms'], 0)} ms; "
+                  f"answers {s['statuses']}; attempts per identity {s['attempts_per_identity']}",
+                  table(latency_rows([("latency from t0 (queue, retries included)", s["latency_ms"])]), LATENCY_HEADER),
+                  "faults injected: " + (", ".join(f"{k} {v}" for k, v in s["faults_injected"].items()) or "none"),
                   "CPU per issuance during the storm: " + ", ".join(
                       f"{k} {v:.1f} ms" for k, v in (s.get("cpu_ms_per_issuance") or {}).items()),
-                  f"check: {ck['answered_200']} answered 200, {ck['issued_with_record']} with their issued audit record, "
-                  f"{ck['instances_with_records']} instances with records, {ck['extra_audit_records']} extra records, "
-                  f"{ck['secret_id_accessors']} secret ID accessors, {ck['duplicate_accessors']} repeated accessors "
-                  f"-> lost {s['lost']}, duplicates {s['duplicates']}", ""]
+                  f"reconciled: {ck['answered_200']} answered 200, {ck['audit_records']} audit records "
+                  f"{ck['audit_outcomes']}; {ck['used_ok']} unwrapped and logged in as they arrived; "
+                  f"{ck['vault_new_accessors_live']} secret IDs minted during the storm still live in Vault "
+                  f"({ck['issued_still_live']} of them issued); lost {s['lost']} {ck['lost_reasons'] or ''}, "
+                  f"duplicates {s['duplicates']}, orphans {s['orphans']}"
+                  + (f"; worker errors: {s['worker_errors']}" if s["worker_errors"] else ""), ""]
     c = r.get("client")
     if c:
         st = c["startup"]
@@ -279,6 +325,17 @@ def report(doc: dict) -> str:
                   + ", ".join(f"{n} {z:.2f}" for n, z, _ in p["lambda_top_entries_mb"][:5]),
                   f"client: {fmt(p['client_mb'], 3)} MB installed; with the [aws] extra (botocore and its "
                   f"requirements) {fmt(p['client_with_aws_mb'])} MB", ""]
+    bc = r.get("botocore")
+    if bc:
+        lines += [f"== 8. botocore CPU per call ({bc['calls']} calls of each, {', '.join(bc['operations'])}) ==",
+                  table([[row["variant"], row["cpu_ms_per_call"], row["vs_previous"]] for row in bc["rows"]],
+                        ("client settings (cumulative)", "CPU ms per call", "vs previous")), ""]
+    ps = r.get("proxy_stall")
+    if ps:
+        d, t = ps["direct_ms"], ps["through_proxy_ms"]
+        lines += ["== 9. devstack/faultproxy.py on kept-alive connections ==",
+                  f"{ps['requests']} requests: direct p50 {fmt(d['p50'])} ms; through the proxy p50 {fmt(t['p50'])} / "
+                  f"p99 {fmt(t['p99'])} / max {fmt(t['max'])} ms; {ps['stalled']} over {ps['stall_threshold_ms']:g} ms", ""]
     if r.get("errors"):
         lines += ["ERRORS:"] + [f"  {k}: {v}" for k, v in r["errors"].items()] + [""]
     lines += [f"{k} {_value(v)}" for k, v in doc["headlines"].items()]
@@ -294,25 +351,24 @@ def _value(v) -> str:
 # ---- compare ----------------------------------------------------------------------
 
 COMPARE = (
+    ("requests_per_issuance", ("requests", "requests_per_issuance")),
+    ("critical_path_steps (exact)", ("latency", "critical_path_steps_exact")),
+    ("p50 no delay ms", ("latency", "latency_ms", "none", "p50")),
+    ("p50 in-region delays ms", ("latency", "latency_ms", "in-region (pad)", "p50")),
+    ("latency_ratio_p50", ("latency", "latency_ratio_p50")),
+    ("exposed delay ratio", ("latency", "exposed_delay_ratio_p50")),
     ("floor p50 ms", ("overhead", "latency_ms", "floor", "p50")),
-    ("floor+GIP p50 ms", ("overhead", "latency_ms", "floor+gip", "p50")),
     ("in process p50 ms", ("overhead", "latency_ms", "inprocess", "p50")),
-    ("in process p99 ms", ("overhead", "latency_ms", "inprocess", "p99")),
-    ("HTTP p50 ms", ("overhead", "latency_ms", "http", "p50")),
-    ("HTTP p99 ms", ("overhead", "latency_ms", "http", "p99")),
     ("overhead_ratio_p50_inprocess", ("overhead", "ratio_p50_inprocess")),
-    ("overhead_ratio_p50_http", ("overhead", "ratio_p50_http")),
     ("handler_cpu_ms_p50", ("cpu", "cpu_ms", "p50")),
-    ("floor's client CPU ms", ("overhead", "floor_cpu_ms_p50")),
+    ("cold_first_issuance_ms", ("cold", "total_ms")),
     ("import app ms", ("imports", "app_import_ms")),
-    ("import_overhead_ratio", ("imports", "import_overhead_ratio")),
-    ("first health answered ms", ("first_request", "to_first_health_ms")),
-    ("first AWS issuance ms", ("first_request", "first_issuance_ms")),
     ("storm issuances/s", ("storm", "throughput_rps")),
     ("storm p50 ms", ("storm", "latency_ms", "p50")),
-    ("storm_p99_ms", ("storm", "latency_ms", "p99")),
+    ("storm p99 ms", ("storm", "latency_ms", "p99")),
     ("storm_lost", ("storm", "lost")),
     ("storm_duplicates", ("storm", "duplicates")),
+    ("storm_orphans", ("storm", "orphans")),
     ("client to token ms", ("client", "login_to_token_ms")),
     ("lambda_zip_mb", ("package", "lambda_zip_mb")),
 )
@@ -384,9 +440,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rev", metavar="REV", default=os.environ.get("BENCH_REV"),
                     help="measure the broker code of a commit: exported with git archive into a temporary "
                          "directory (the work tree and the index are not touched; also BENCH_REV=REV)")
-    ap.add_argument("--only", metavar="LIST", default=os.environ.get("BENCH_ONLY", "1,2,3,4,5,6"),
-                    help="comma-separated benchmark numbers, 1..6")
-    ap.add_argument("--storm-threads", type=int, default=None, help="threads of the boot storm (default 8)")
+    ap.add_argument("--only", metavar="LIST", default=os.environ.get("BENCH_ONLY", ALL),
+                    help="comma-separated benchmark numbers, 1..9")
+    ap.add_argument("--storm-workers", type=int, default=None,
+                    help="processes (Lambda environments) of the boot storm (default 4)")
     args = ap.parse_args(argv)
     quick = args.quick or bench_env.quick()
     exported = rev = None
@@ -399,8 +456,9 @@ def main(argv=None) -> int:
     only = {int(x) for x in args.only.split(",") if x.strip()}
     tree = bench_env.tree()
     started = time.perf_counter()
+    load_at_start = os.getloadavg()
     try:
-        results = run(only, quick, args.storm_threads)
+        results = run(only, quick, args.storm_workers)
     finally:
         if exported is not None:
             import shutil
@@ -409,9 +467,10 @@ def main(argv=None) -> int:
         "label": args.save,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "quick": quick,
+        "aws_clients": os.environ.get("BENCH_AWS_CLIENTS") or "backends",
         "tree": str(tree),
         "git": {"rev": rev, "broker_code_modified": False, "exported": args.rev} if exported else git_rev(tree),
-        "machine": machine(),
+        "machine": {**machine(), "loadavg": load_at_start, "loadavg_at_end": os.getloadavg()},
         "results": results,
         "headlines": headlines(results),
         "seconds": time.perf_counter() - started,

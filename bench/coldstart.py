@@ -194,3 +194,75 @@ def first_request(tree: Path, broker_env: dict, make_login, reps: int, python: s
     })
     say(f"benchmark 3: first request in {reps} fresh processes")
     return result
+
+
+# ---- cold_first_issuance_ms (issue 14) ----------------------------------------------
+
+LAMBDA_ENV = {  # what the Lambda runtime sets besides the function's own variables
+    "AWS_LAMBDA_FUNCTION_NAME": "secret-zero-broker-bench",
+    "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
+    "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12",
+    "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001",
+    "LAMBDA_TASK_ROOT": "/var/task",
+    "TZ": ":UTC",
+}
+
+_COLD_CHILD = r"""
+import json, sys, time
+t_main = time.time()
+payload = json.loads(sys.stdin.buffer.read())
+import app
+exec(PRELUDE)
+t_import = time.time()
+
+class Context:  # the attributes of Lambda's context object that chalice reads
+    function_name = "secret-zero-broker-bench"; function_version = "$LATEST"
+    memory_limit_in_mb = "512"; aws_request_id = payload["request_id"]
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:secret-zero-broker-bench"
+    log_group_name = "/aws/lambda/secret-zero-broker-bench"; log_stream_name = "bench"
+    def get_remaining_time_in_millis(self): return 30000
+
+out = app.app(payload["event"], Context())
+t_done = time.time()
+print("BENCH_RESULT " + json.dumps({"t_main": t_main, "t_import": t_import, "t_done": t_done,
+                                    "cpu": time.process_time(), "status": out.get("statusCode")}))
+"""
+
+
+def cold_first_issuance(tree: Path, broker_env: dict, make_event, reps: int, python: str = sys.executable,
+                        say=print) -> dict:
+    """``cold_first_issuance_ms``: a fresh process with the Lambda's environment (the
+    broker's BROKER_* and AWS_* variables, the runtime's AWS_LAMBDA_* ones): from just
+    before the spawn to the first AWS issuance answered through the Lambda entry point
+    ``app.app(event, context)`` (interpreter, import app, building the service, the
+    issuance). ``make_event()`` returns a prebuilt API Gateway event of a fresh proof.
+    The median of ``reps`` runs; the parts beside it."""
+    env = clean_env({**broker_env, **LAMBDA_ENV})
+    runs = []
+    for i in range(reps):
+        payload = json.dumps({"event": make_event(), "request_id": f"cold-{i}"}).encode()
+        t0 = time.time()
+        from .env import TUNED_CLIENTS_PRELUDE
+
+        code = f"PRELUDE = {TUNED_CLIENTS_PRELUDE!r}\n" + _COLD_CHILD
+        proc = subprocess.run([python, "-c", code], cwd=tree, env=env, input=payload,
+                              capture_output=True, timeout=120)
+        line = next((ln for ln in proc.stdout.decode(errors="replace").splitlines()
+                     if ln.startswith("BENCH_RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            raise RuntimeError(f"cold-start child failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-2000:]}")
+        doc = json.loads(line.split(" ", 1)[1])
+        if doc["status"] != 200:
+            raise RuntimeError(f"the cold first issuance answered {doc['status']}")
+        runs.append({"total_ms": (doc["t_done"] - t0) * 1000,
+                     "interpreter_ms": (doc["t_main"] - t0) * 1000,
+                     "import_app_ms": (doc["t_import"] - doc["t_main"]) * 1000,
+                     "first_issuance_ms": (doc["t_done"] - doc["t_import"]) * 1000,
+                     # the process's own CPU from its start to the answer: less sensitive to load
+                     "process_cpu_ms": doc["cpu"] * 1000})
+    result = {k: median(r[k] for r in runs) for k in runs[0]}
+    result["runs_total_ms"] = [r["total_ms"] for r in runs]
+    result["reps"] = reps
+    say(f"benchmark 3: cold first issuance in {reps} fresh processes, median {result['total_ms']:.0f} ms")
+    return result

@@ -72,6 +72,40 @@ def import_app():
     return app
 
 
+TUNED_CLIENTS_PRELUDE = (
+    "import os\n"
+    "if os.environ.get('BENCH_AWS_CLIENTS') == 'tuned':\n"
+    "    import chalicelib.aws_clients, chalicelib.backends\n"
+    "    chalicelib.backends.aws_client_factory = chalicelib.aws_clients.aws_client_factory\n")
+
+
+def use_tuned_clients_if_asked() -> bool:
+    """``BENCH_AWS_CLIENTS=tuned``: the broker builds its botocore clients with
+    chalicelib/aws_clients.py instead of backends.aws_client_factory (what the lead's
+    one-line change in backends.py will do), in this process; the cold-start and storm
+    processes run :data:`TUNED_CLIENTS_PRELUDE` for the same."""
+    if os.environ.get("BENCH_AWS_CLIENTS") != "tuned":
+        return False
+    import chalicelib.backends
+    from chalicelib import aws_clients
+
+    chalicelib.backends.aws_client_factory = aws_clients.aws_client_factory
+    return True
+
+
+def latency_module():
+    """devstack/latency.py of this checkout (also when an older tree is measured)."""
+    name = "bench_latency_proxy"
+    if name not in sys.modules:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(name, PROJECT_DIR / "devstack" / "latency.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def _sigv4():
     activate_tree()
     from tests import sigv4
@@ -178,6 +212,7 @@ class Bench:
     def __init__(self, stack: Stack | None = None, workdir: Path | str | None = None,
                  say: Callable[[str], None] = lambda _m: None):
         self.say = say
+        self.latency = None  # the LatencyStack in front of moto and OpenBao (devstack/latency.py)
         self._own_stack = stack is None
         self._workdir = workdir
         self.stack = stack
@@ -189,8 +224,9 @@ class Bench:
     rules_override: dict = {}
 
     def broker_env(self) -> dict:
-        """The stack's broker environment with the benchmark's rules (no rate limit)."""
-        return {**self.stack.broker_env(), **self.rules_override}
+        """The stack's broker environment with the benchmark's rules (no rate limit) and
+        its backends behind the latency proxies (no delay unless a benchmark sets one)."""
+        return {**self.stack.broker_env(), **self.rules_override, **(self.latency.env() if self.latency else {})}
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -204,15 +240,15 @@ class Bench:
             workdir = self._workdir or tempfile.mkdtemp(prefix="bench-stack-")
             t0 = time.perf_counter()
             self.stack = Stack.start(workdir, with_broker=False, project_dir=tree())
-            self.rules_override = unlimited_rules(tree(), self.stack.workdir)
-            self.stack.start_broker(self.rules_override)
             self.say(f"local stack up in {time.perf_counter() - t0:.1f} s (workdir {workdir})")
-        elif self.stack.broker is None or self.stack.broker.proc is None:
-            self.rules_override = unlimited_rules(tree(), self.stack.workdir)
-            self.stack.start_broker(self.rules_override)
+        self.rules_override = unlimited_rules(tree(), self.stack.workdir)
+        self.latency = latency_module().LatencyStack(self.stack).start()
+        if self.stack.broker is None or self.stack.broker.proc is None:
+            self.stack.start_broker(self.broker_env())  # chalice local, through the proxies too
         from chalice.test import Client
 
         broker_app = import_app()
+        use_tuned_clients_if_asked()
 
         self.app_module = broker_app
         self._saved_env = dict(os.environ)
@@ -232,6 +268,9 @@ class Bench:
             self._saved_env = None
             self.app_module._service = None
         self._restore_broker_log()
+        if self.latency is not None:
+            self.latency.stop()
+            self.latency = None
         if self._own_stack and self.stack is not None:
             self.stack.stop()
 
@@ -288,6 +327,15 @@ class Bench:
         gw = self.client.http._local_gateway
         headers = {"Content-Type": "application/json"} if body else {}
         return gw._generate_lambda_event(method, path, headers, body), gw._generate_lambda_context()
+
+    def json_event(self, body: bytes) -> dict:
+        """The API Gateway event of a POST as API Gateway sends it (JSON-safe: a text body),
+        for another process."""
+        event, _ = self.lambda_event(body)
+        event = dict(event)
+        if isinstance(event.get("body"), bytes):
+            event["body"] = event["body"].decode()
+        return event
 
     def invoke(self, event, context) -> dict:
         """The Lambda entry point itself: ``app.app(event, context)``."""
@@ -378,11 +426,14 @@ def _label(server: str, method: str, url: str, body: Any, headers) -> str:
     return f"{service} {action.group(1) if action else method + ' ' + path}"
 
 
-def backend_ports(stack: Stack) -> dict[int, str]:
-    """Port -> server name, for :func:`trace_http`."""
+def backend_ports(stack: Stack, latency=None) -> dict[int, str]:
+    """Port -> server name, for :func:`trace_http` (the latency proxies named as their upstreams)."""
     from urllib.parse import urlsplit
 
     ports = {urlsplit(stack.aws_endpoint_url).port: "moto", urlsplit(stack.vault_addr).port: "vault"}
+    if latency is not None:
+        ports[urlsplit(latency.aws.url).port] = "moto"
+        ports[urlsplit(latency.vault.url).port] = "vault"
     if stack.broker_url:
         ports[urlsplit(stack.broker_url).port] = "broker"
     return ports

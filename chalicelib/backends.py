@@ -12,19 +12,21 @@ from .jsonlog import get_logger
 
 
 def aws_client_factory(settings):
-    import botocore.config
+    """make(service, region=None, **credentials) -> a botocore client.
+
+    A fresh botocore session per service build (credentials are resolved again, as a
+    rebuilt service needs), with the leaner settings of chalicelib/aws_clients.py
+    (benchmark 8): a fixed User-Agent, no client-side validation, raw timestamps.
+    DynamoDB fails faster than the rest: a hanging table must not hold a request for
+    2 attempts x 5 s on each of its calls, past the Lambda timeout and API Gateway's 29 s.
+    """
     import botocore.session
 
+    from .aws_clients import _keep_timestamp, client_configs
+
     session = botocore.session.get_session()
-    config = botocore.config.Config(
-        connect_timeout=2, read_timeout=5,
-        retries={"mode": "standard", "max_attempts": 2},
-        max_pool_connections=20,
-    )
-    # DynamoDB answers in milliseconds; a hanging table must not hold a request for
-    # 2 attempts x 5 s on each of its calls (the replay write, then the audit write of
-    # the failure), which would pass the Lambda timeout and API Gateway's 29 s.
-    fast = config.merge(botocore.config.Config(connect_timeout=1, read_timeout=2))
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_keep_timestamp)
+    config, fast = client_configs()
 
     def make(service, region=None, **credentials):
         """A client of the broker's own credentials, or of the given ones (a reader role's)."""

@@ -100,6 +100,11 @@ class FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # The answer goes out in two writes (status + headers, then the body): with
+            # Nagle's algorithm on, the second waits for the ACK of the first, which the
+            # client delays by up to 40 ms on a kept-alive connection. TCP_NODELAY sends
+            # both at once (docs/performance.md, "the fault proxy's 40 ms stall").
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet: the tests report what matters
                 pass

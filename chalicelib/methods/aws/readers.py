@@ -88,10 +88,24 @@ class AccountReaders:
             kwargs["ExternalId"] = reader.external_id
         answer = call(f"reader role of {reader.account}", self._make("sts").assume_role, **kwargs)
         creds = answer["Credentials"]
-        expiration = creds["Expiration"]
-        expires_at = expiration.timestamp() if hasattr(expiration, "timestamp") else self._clock() + SESSION_SECONDS
+        expires_at = _epoch(creds.get("Expiration")) or self._clock() + SESSION_SECONDS
         return AccountClients(reader.account, self._make, {
             "aws_access_key_id": creds["AccessKeyId"],
             "aws_secret_access_key": creds["SecretAccessKey"],
             "aws_session_token": creds["SessionToken"],
         }, expires_at)
+
+
+def _epoch(expiration):
+    """Seconds since the epoch of an STS Expiration: a datetime, or the ISO-8601 text the
+    broker's clients keep (chalicelib/aws_clients.py); None when unreadable."""
+    if hasattr(expiration, "timestamp"):
+        return expiration.timestamp()
+    if isinstance(expiration, str):
+        from datetime import datetime
+
+        try:
+            return datetime.fromisoformat(expiration.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
