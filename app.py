@@ -13,7 +13,24 @@ from chalice import Chalice, IAMAuthorizer, Response
 
 from chalicelib.errors import BrokerError, ConfigError, Unavailable
 
-app = Chalice(app_name="secret-zero-broker")
+class _Broker(Chalice):
+    """`chalice local` serves each request on its own thread, but Chalice keeps the request
+    in one attribute of the app: two requests at once could read each other's body (a
+    revocation racing issuances did). Here each thread sees its own. Lambda runs one
+    request per process at a time, so nothing changes there."""
+
+    _requests = threading.local()
+
+    @property
+    def current_request(self):
+        return getattr(self._requests, "request", None)
+
+    @current_request.setter
+    def current_request(self, value):
+        self._requests.request = value
+
+
+app = _Broker(app_name="secret-zero-broker")
 app.log.setLevel(logging.INFO)
 
 _service = None
@@ -99,7 +116,7 @@ def health():
                  None if healthy else {"Retry-After": "5"})
 
 
-# ---- the security team's routes (chalicelib/security.py) ---------------------------------------
+# ---- the security team's routes (chalicelib/security/) ---------------------------------------
 # IAM authorization in the deployed stages; the broker also verifies the caller's signed proof
 # (X-Broker-Proof) against [security] in the rules file, since `chalice local` enforces no IAM.
 _security_team = IAMAuthorizer()
@@ -107,7 +124,11 @@ _security_team = IAMAuthorizer()
 
 def _security(action, *args):
     request = app.current_request
-    context = dict(_request_context(), headers=request.headers,
+    params = request.query_params
+    # What the caller's proof must be bound to (chalicelib/admin_auth.py): this very request.
+    bound = {"method": request.method, "path": request.path.format(**(request.uri_params or {})),
+             "params": {k: params.getlist(k) for k in params} if params else {}, "body": request.raw_body or b""}
+    context = dict(_request_context(), headers=request.headers, request=bound,
                    iam_caller_arn=((request.context or {}).get("identity") or {}).get("userArn"))
     try:
         body = getattr(get_service().security, action)(*args, **context)
@@ -143,6 +164,16 @@ def incidents():
     """A client reports a possible interception of its issuance (its own fresh proof in the body)."""
     try:
         body = get_service().security.report_incident(app.current_request.raw_body, **_request_context())
+    except BrokerError as e:
+        return _error(e)
+    return _json(200, body)
+
+
+@app.route("/v1/tokens", methods=["POST"], content_types=["*/*"])
+def tokens():
+    """A client registers the accessor of the Vault token it logged in with (its own fresh proof in the body)."""
+    try:
+        body = get_service().security.register_token(app.current_request.raw_body, **_request_context())
     except BrokerError as e:
         return _error(e)
     return _json(200, body)

@@ -8,9 +8,17 @@
 4. one AppRole per role the rules file serves: that role's policy, single-use secret
    IDs (``secret_id_num_uses=1``), ``secret_id_ttl`` the longest the rules ask for,
    and ``token_bound_cidrs`` when ``--token-bound-cidrs`` is given;
-5. the broker's secret ID in Secrets Manager: kept if it is a valid secret ID of the
-   broker's AppRole, else a new one is created response-wrapped, its wrapping token
-   checked (creation path), unwrapped here and stored.
+5. the revoking identity: AppRole ``secret-zero-revoker`` with its own policy (list,
+   look up and revoke tokens by accessor; destroy the served roles' secret IDs), used
+   only by the revocation route;
+6. the AppRole mount's user lockout turned off: every machine of a role holds the same
+   role ID, so failed logins of one machine (a used or revoked secret ID retried by
+   its Agent) would lock the whole role out; secret IDs are random and single-use, so
+   guessing is not what lockout would defend against (docs/operations.md);
+7. the broker's secret ID in Secrets Manager, and the revoking identity's in its own
+   secret (``<secret>-revoker``): each kept if it is a valid secret ID of its AppRole,
+   else a new one is created response-wrapped, its wrapping token checked (creation
+   path), unwrapped here and stored.
 
 Only the fields listed are written; token TTLs of existing served roles are left as
 the operator set them (the defaults apply when a role is created). ``--dry-run``
@@ -31,7 +39,9 @@ from broker.errors import UsageError, VaultError
 from broker.http import CONNECTION_ERRORS, build_opener, request
 
 BROKER_ROLE = "secret-zero-broker"
+REVOKER_ROLE = "secret-zero-revoker"
 BROKER_ROLE_DEFAULTS = {"token_ttl": 900, "token_max_ttl": 3600, "secret_id_num_uses": 0}
+REVOKER_WANTED = {"token_policies": [REVOKER_ROLE], "secret_id_num_uses": 0}
 SERVED_ROLE_CREATE_DEFAULTS = {"token_ttl": 3600, "token_max_ttl": 86400}
 SECRET_ID_WRAP_TTL = "60s"
 
@@ -121,10 +131,16 @@ def served_roles(rules_path: str) -> dict[str, int]:
     return roles
 
 
+def revoker_secret_name(secret_name: str) -> str:
+    """Where the revoking identity's secret ID is stored: beside the broker's."""
+    return f"{secret_name}-revoker"
+
+
 def check_policy_dir(policy_dir: Path, roles: dict[str, int], mount: str, broker_role: str) -> dict[str, str]:
-    """{policy name: HCL} for the broker and each served role; UsageError when one is missing,
-    or when the broker's policy does not let it mint for a served role."""
-    wanted = [broker_role, *sorted(roles)]
+    """{policy name: HCL} for the broker, the revoking identity and each served role;
+    UsageError when one is missing, or when the broker's policy does not let it mint for
+    a served role, or the revoker's does not let it destroy a served role's secret IDs."""
+    wanted = [broker_role, REVOKER_ROLE, *sorted(roles)]
     missing = [name for name in wanted if not (policy_dir / f"{name}.hcl").is_file()]
     if missing:
         raise UsageError(f"no policy file for {', '.join(missing)} in {policy_dir} "
@@ -138,6 +154,12 @@ def check_policy_dir(policy_dir: Path, roles: dict[str, int], mount: str, broker
         raise UsageError(f"{policy_dir / (broker_role + '.hcl')} does not let the broker read the role ID and "
                          f"create secret IDs of {', '.join(uncovered)} (at auth/{mount}/role/...): "
                          "add them, or remove the rules for them")
+    revoker_policy = policies[REVOKER_ROLE]
+    uncovered = [role for role in sorted(roles)
+                 if f'"auth/{mount}/role/{role}/secret-id-accessor/destroy"' not in revoker_policy]
+    if uncovered:
+        raise UsageError(f"{policy_dir / (REVOKER_ROLE + '.hcl')} does not let the revoking identity destroy the "
+                         f"secret IDs of {', '.join(uncovered)} (at auth/{mount}/role/...): add them")
     return policies
 
 
@@ -168,6 +190,18 @@ def ensure_approle(vault: Vault, mount: str, plan: Plan) -> None:
         raise UsageError(f"{mount}/ is a {current.get('type')} auth method, not approle")
     else:
         plan.same(f"approle auth method at {mount}/")
+
+
+def ensure_no_lockout(vault: Vault, mount: str, plan: Plan) -> None:
+    """Turn off the AppRole mount's user lockout (see the module's docstring, step 6)."""
+    current = None if (plan.dry_run and _mount_planned(plan, mount)) else vault.read(f"sys/auth/{mount}/tune")
+    if current is not None and current.get("user_lockout_disable") is True:
+        plan.same(f"user lockout off on {mount}/")
+        return
+    plan.change(f"turn off user lockout on {mount}/ (machines of a role share its role ID: one machine's failed "
+                "logins must not lock out the others)")
+    if not plan.dry_run:
+        vault.ok("POST", f"sys/auth/{mount}/tune", {"user_lockout_config": {"lockout_disable": True}})
 
 
 def ensure_policies(vault: Vault, policies: dict[str, str], plan: Plan) -> None:
@@ -209,7 +243,7 @@ def _describe(values: dict[str, Any]) -> str:
 
 
 def ensure_broker_secret(vault: Vault, mount: str, broker_role: str, secrets_client: Any, secret_name: str,
-                         plan: Plan) -> None:
+                         plan: Plan, whose: str = "the broker's") -> None:
     """Keep the stored secret ID if it is valid for the broker's AppRole; else mint, check,
     unwrap and store a new one."""
     stored = None
@@ -227,7 +261,7 @@ def ensure_broker_secret(vault: Vault, mount: str, broker_role: str, secrets_cli
             expires = doc["data"].get("expiration_time") or ""
             if not expires or expires.startswith("0001-"):  # Vault's zero time: no expiry
                 expires = "never"
-            plan.same(f"the broker's secret ID in {secret_name} (valid; expires {expires})")
+            plan.same(f"{whose} secret ID in {secret_name} (valid; expires {expires})")
             return
     why = "missing" if not exists else "empty" if not stored else "not a valid secret ID of the broker's AppRole"
     plan.change(f"create a secret ID for AppRole {broker_role} and store it in {secret_name} ({why})")
@@ -293,6 +327,7 @@ def setup(
     policies = check_policy_dir(Path(policy_dir), roles, mount, broker_role)
     plan = Plan(dry_run=dry_run)
     ensure_approle(vault, mount, plan)
+    ensure_no_lockout(vault, mount, plan)
     ensure_policies(vault, policies, plan)
     broker_wanted: dict[str, Any] = {"token_policies": [broker_role], "secret_id_num_uses": 0}
     if broker_cidrs:
@@ -303,7 +338,13 @@ def setup(
         if token_bound_cidrs:
             wanted["token_bound_cidrs"] = list(token_bound_cidrs)
         ensure_role(vault, mount, role, wanted, SERVED_ROLE_CREATE_DEFAULTS, plan)
+    ensure_role(vault, mount, REVOKER_ROLE, dict(REVOKER_WANTED, **({"token_bound_cidrs": list(broker_cidrs),
+                                                                     "secret_id_bound_cidrs": list(broker_cidrs)}
+                                                                    if broker_cidrs else {})),
+                BROKER_ROLE_DEFAULTS, plan)
     ensure_broker_secret(vault, mount, broker_role, secrets_client, secret_name, plan)
+    ensure_broker_secret(vault, mount, REVOKER_ROLE, secrets_client, revoker_secret_name(secret_name), plan,
+                         whose="the revoking identity's")
     return plan
 
 

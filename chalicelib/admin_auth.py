@@ -9,19 +9,76 @@ header rules included), spent once in the replay table, and the caller's
 canonical IAM ARN must match a glob of `[security] principal_arns` in the rules
 file. When API Gateway did authenticate the request (its request context names
 the IAM caller), that caller must be the proof's principal too.
+
+A proof is bound to one request: its signed headers include `X-Broker-Request`,
+naming the HTTP method, the path, a hash of the query and of the body, and a random
+nonce (`v1;method=POST;path=/v1/revocations;query=<sha256>;body=<sha256>;nonce=<hex>`).
+STS checks the signature over that header; the broker checks that the header
+describes the request the proof came with. A proof signed for an audit read is
+refused for a revocation, and two calls in one second never sign the same proof.
 """
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
+import re
+from urllib.parse import urlencode
 
 from .audit_schema import canonical_principal
 from .errors import InvalidProof, InvalidRequest, NotAuthorized
 from .methods.aws.request import PROOF_FIELDS, parse_aws_login
 
 PROOF_HEADER = "X-Broker-Proof"
+BINDING_HEADER = "X-Broker-Request"
+_BINDING = re.compile(r"^v1;method=([A-Z]{3,7});path=(/[\x21-\x7e]{1,1024});query=([0-9a-f]{64});"
+                      r"body=([0-9a-f]{64});nonce=([0-9a-f]{32,64})$")
+_AUTH_SIGNED = re.compile(r"SignedHeaders=([a-z0-9;-]+)")
 MAX_PROOF_HEADER = 8192
 _PLACEHOLDER_ROLE = "security-team"  # parse_aws_login wants a role; an admin proof asks for none
+
+
+def sha256_hex(data):
+    return hashlib.sha256(data or b"").hexdigest()
+
+
+def canonical_query(params):
+    """The query string as both sides hash it: every (name, value) pair, sorted, urlencoded."""
+    pairs = []
+    for name, values in (params or {}).items():
+        for value in ([values] if isinstance(values, str) else values):
+            pairs.append((name, value))
+    return urlencode(sorted(pairs))
+
+
+def request_binding(method, path, params, body, nonce):
+    """The X-Broker-Request value for one request (the client builds the same)."""
+    return (f"v1;method={method.upper()};path={path};query={sha256_hex(canonical_query(params).encode())};"
+            f"body={sha256_hex(body)};nonce={nonce}")
+
+
+def check_binding(login, request):
+    """InvalidProof unless the proof's signed X-Broker-Request describes `request`
+    ({"method", "path", "params", "body"})."""
+    value = login.header(BINDING_HEADER)
+    signed = _AUTH_SIGNED.search(login.header("Authorization") or "")
+    if value is None or not signed or BINDING_HEADER.lower() not in signed.group(1).split(";"):
+        raise InvalidProof(f"the proof must sign an {BINDING_HEADER} header naming this request "
+                           "(method, path, query and body hashes, nonce): update the broker CLI")
+    m = _BINDING.match(value)
+    if not m:
+        raise InvalidProof(f"the proof's {BINDING_HEADER} header is malformed")
+    method, path, query, body, _nonce = m.groups()
+    wanted = {"method": request["method"].upper(), "path": request["path"],
+              "query": sha256_hex(canonical_query(request.get("params")).encode()),
+              "body": sha256_hex(request.get("body"))}
+    given = {"method": method, "path": path, "query": query, "body": body}
+    differs = [k for k in ("method", "path", "query", "body") if not hmac.compare_digest(given[k], wanted[k])]
+    if differs:
+        raise InvalidProof("the proof was signed for another request",
+                           detail=f"{BINDING_HEADER} names another {', '.join(differs)} "
+                                  f"(signed for {method} {path}, used for {wanted['method']} {wanted['path']})")
 
 
 def parse_admin_proof(value):
@@ -46,14 +103,18 @@ class AdminAuthenticator:
         self._replay = replay  # chalicelib.admission.Admission
         self._proof_hash = proof_hash  # AwsLoginRequest -> the replay key, offline (None: no early lookup)
 
-    def authenticate(self, headers, *, request_id, record, iam_caller_arn=None):
+    def authenticate(self, headers, *, request_id, record, iam_caller_arn=None, request=None):
         """The verified caller's identity if it may use the security routes, else 401/403.
 
+        `request` ({"method", "path", "params", "body"}) is what the proof must be bound to.
         Fills `record.principal` and `record.account` as soon as they are proven.
         """
         login = parse_admin_proof(_header(headers, PROOF_HEADER))
         if self._proof_hash is not None:
             self._replay.seen(self._proof_hash(login))  # as a login: a replayed proof costs no STS call
+        if request is None:
+            raise InvalidProof("the request the proof is for is unknown")
+        check_binding(login, request)  # before STS is asked
         identity = self._verify(login)
         record.principal, record.account = identity.principal, identity.account
         self._replay.admit(identity.proof_hash, request_id=request_id, method="aws", valid_until=identity.valid_until)

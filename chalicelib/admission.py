@@ -131,7 +131,7 @@ class Admission:
         }
 
     def _counter_update(self, identity_key, limit, now):
-        # The same counter items as QuarantineStore.take_slot("issue-identity", ...).
+        # The same counter items as stores.rate_limits.RateLimitStore.take_slot("issue-identity", ...).
         start = now - now % limit.window
         return {
             "TableName": self._quarantine,
@@ -155,11 +155,11 @@ class Admission:
         return item if item and int(float(item["until"]["N"])) > self._clock() else None
 
     def _quarantined(self, key):
-        from .quarantine import _entry, iso
+        from .stores.quarantine import entry_from_item, iso
 
         page = call("quarantine store", self._db.get_item, TableName=self._quarantine, Key={"pk": {"S": key}},
                     ConsistentRead=True)
-        entry = _entry(page["Item"]) if page.get("Item") else None
+        entry = entry_from_item(page["Item"]) if page.get("Item") else None
         if entry is None:  # lifted meanwhile: still refused this time, the transaction said so
             return Quarantined("this caller is quarantined by the security team", detail=f"quarantined: {key}")
         kind, value = entry.target

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from .audit_schema import INTERNAL_ATTRIBUTES, TTL_ATTRIBUTE, index_attributes
 from .aws_calls import call
 
-OUTCOMES = ("issued", "denied", "error", "incident", "admin")
+OUTCOMES = ("issued", "denied", "error", "incident", "admin", "registration")
 # Fields held as JSON text in DynamoDB (and decoded when read).
 JSON_FIELDS = frozenset({"facts", "query", "target", "destroyed", "vault_audit_hmacs"})
 

@@ -108,8 +108,15 @@ def parse_query(params, *, now, retention_days):
             raise InvalidRequest(f"query parameter {name} is empty or too long")
         one[name] = values[0]
 
-    until = _time(one, "until") if "until" in one else Decimal(f"{now:.3f}")
-    since = _time(one, "since") if "since" in one else until - Decimal(retention_days * 86400)
+    # The range is bounded by what the trail can hold: records expire after the retention
+    # period, and none is written in the future. A since older than the retention starts at
+    # the oldest record kept; an until later than now ends now (plus a day of clock skew).
+    oldest = Decimal(f"{now - retention_days * 86400:.3f}")
+    newest = Decimal(f"{now + 86400:.3f}")
+    until = min(_time(one, "until"), newest) if "until" in one else Decimal(f"{now:.3f}")
+    since = max(_time(one, "since"), oldest) if "since" in one else oldest
+    if until < oldest:
+        raise InvalidRequest(f"until is before the oldest record the audit trail keeps ({retention_days} days)")
     if since > until:
         raise InvalidRequest("since is after until")
     principal = one.get("principal")
@@ -142,7 +149,10 @@ def _time(one, name):
         raise InvalidRequest(f"{name} must be an ISO 8601 time like 2024-05-01T12:00:00Z") from None
     if when.tzinfo is None:
         raise InvalidRequest(f"{name} needs a time zone (Z or +00:00)")
-    return Decimal(f"{when.timestamp():.3f}")
+    try:
+        return Decimal(f"{when.timestamp():.3f}")
+    except (OverflowError, ValueError):  # e.g. 9999-12-31T23:59:59-23:59 is past the last UTC date
+        raise InvalidRequest(f"{name} is out of range") from None
 
 
 def _match(one, name, pattern, what):

@@ -55,6 +55,23 @@ def enabled_methods(settings):
     return [name for name in REGISTRY if settings.methods.get(name) is not None]
 
 
+def _once(factory):
+    """A factory that builds its object on first use and then hands out that one (the
+    issuance pipeline and the security routes share each method)."""
+    import threading
+
+    lock, built = threading.Lock(), []
+
+    def get():
+        if not built:
+            with lock:
+                if not built:
+                    built.append(factory())
+        return built[0]
+
+    return get
+
+
 def build_service(settings):
     from .admission import Admission
     from .audit import AuditStore
@@ -62,30 +79,31 @@ def build_service(settings):
     from .minter import VaultMinter
     from .pipeline.frame import AuditedRequests
     from .pipeline.issuance import BrokerService
-    from .quarantine import QuarantineStore
     from .rules_source import LiveRules, RulesSource
-    from .security import SecurityService
 
     make = aws_client_factory(settings)
     dynamodb = make("dynamodb")
     secrets = make("secretsmanager")
 
-    def fetch_secret_id():
-        value = call("secrets manager", secrets.get_secret_value, SecretId=settings.vault_secret_id_secret)
-        secret = (value.get("SecretString") or "").strip()
-        if not secret:
-            raise Unavailable("the broker's Vault credentials are missing", backend="secrets manager",
-                              detail=f"secret {settings.vault_secret_id_secret} is empty")
-        return secret
+    def secret_fetcher(name, what):
+        def fetch():
+            value = call("secrets manager", secrets.get_secret_value, SecretId=name)
+            secret = (value.get("SecretString") or "").strip()
+            if not secret:
+                raise Unavailable(f"the {what} Vault credentials are missing", backend="secrets manager",
+                                  detail=f"secret {name} is empty")
+            return secret
+
+        return fetch
 
     names = enabled_methods(settings)
     live = {}
-    methods = {name: (lambda name=name: package(name).build(settings, make, http_session(), lambda: live["rules"]))
+    methods = {name: _once(lambda name=name: package(name).build(settings, make, http_session(),
+                                                                 lambda: live["rules"]))
                for name in names}
     # The AWS method is built now: every version of the rules is checked against the
     # accounts it can read (a rule needing facts of an unreadable account is refused).
     aws = methods["aws"]()
-    methods["aws"] = lambda: aws
 
     def deployment_problems(candidate):
         return [p for name in names for p in package(name).check_rules(candidate, aws.readers.accounts())]
@@ -95,19 +113,82 @@ def build_service(settings):
                                       refresh=0 if kind == "file" else settings.rules_refresh,
                                       check=deployment_problems)
 
-    quarantine = QuarantineStore(dynamodb, settings.quarantine_table) if settings.quarantine_table else None
-    frame = AuditedRequests(AuditStore(dynamodb, settings.audit_table, settings.audit_retention_days),
-                            get_logger(settings.log_level))
-    service = BrokerService(
-        settings=settings,
-        rules=rules,
-        methods=methods,
-        admission=Admission(dynamodb, settings.replay_table, settings.quarantine_table),
-        minter=VaultMinter(settings, http_session(), fetch_secret_id),
-        frame=frame,
-        logger=get_logger(settings.log_level),
-        quarantine=quarantine,
+    stores = build_stores(settings, dynamodb)
+    logger = get_logger(settings.log_level)
+    audit_store = AuditStore(dynamodb, settings.audit_table, settings.audit_retention_days)
+    frame = AuditedRequests(audit_store, logger)
+    admission = Admission(dynamodb, settings.replay_table, settings.quarantine_table)
+    minter = VaultMinter(settings, http_session(), secret_fetcher(settings.vault_secret_id_secret, "broker's"))
+
+    def method(name):
+        from .errors import InvalidRequest
+
+        if name not in methods:
+            raise InvalidRequest(f"unknown proof method {name!r}; this broker accepts {', '.join(methods)}")
+        return methods[name]()
+
+    security = build_security(settings, rules, frame=frame, audit=audit_store, method=method, admission=admission, minter=minter,
+                              stores=stores, dynamodb=dynamodb, fetch_revoker_secret=secret_fetcher(
+                                  settings.revoker_secret_id_secret, "revoking identity's"))
+    return BrokerService(settings=settings, rules=rules, methods=methods, admission=admission, minter=minter,
+                         frame=frame, logger=logger, rate_limits=stores.rate_limits,
+                         quarantine=stores.quarantine, security=security)
+
+
+class Stores:
+    def __init__(self, quarantine=None, revocations=None, rate_limits=None, tokens=None):
+        self.quarantine = quarantine
+        self.revocations = revocations
+        self.rate_limits = rate_limits
+        self.tokens = tokens
+
+
+def build_stores(settings, dynamodb):
+    """The quarantine list, the revocations and the rate limits (chalicelib/stores/), or none
+    of them without BROKER_QUARANTINE_TABLE."""
+    from .stores.quarantine import QuarantineList
+    from .stores.rate_limits import RateLimitStore
+    from .stores.revocations import RevocationStore
+    from .stores.tokens import TokenRegistry
+
+    table = settings.quarantine_table
+    if not table:
+        return Stores()
+    return Stores(QuarantineList(dynamodb, table), RevocationStore(dynamodb, table), RateLimitStore(dynamodb, table),
+                  TokenRegistry(dynamodb, table))
+
+
+def build_security(settings, rules, *, frame, audit, method, admission, minter, stores, dynamodb, fetch_revoker_secret):
+    """The security team's routes and the incident reports (chalicelib/security/)."""
+    from .admin_auth import AdminAuthenticator
+    from .audit_query import AuditQueryEngine
+    from .revoker import VaultRevoker
+    from .security import AuditReads, Incidents, Revocations, SecurityRoutes, TokenRegistrations
+    from .security.principals import AwsPrincipals
+    from .security.audited import SecurityRequests
+
+    requests = SecurityRequests(frame, AdminAuthenticator(rules, lambda login: method("aws").verify(login),
+                                                          admission,
+                                                          proof_hash=lambda login: method("aws").proof_hash(login)))
+    query_engine = AuditQueryEngine(dynamodb, settings.audit_table)
+    revoker = None
+    if settings.revoker_role_id:
+        revoker = VaultRevoker(addr=settings.vault_addr, mount=settings.vault_approle_mount,
+                               role_id=settings.revoker_role_id, fetch_secret_id=fetch_revoker_secret,
+                               http_session=http_session(), timeout=settings.vault_timeout)
+    return SecurityRoutes(
+        audit=AuditReads(requests=requests, audit=audit, query_engine=query_engine,
+                         retention_days=settings.audit_retention_days),
+        revocations=Revocations(requests=requests, audit=audit, query_engine=query_engine,
+                                quarantine=stores.quarantine, revocations=stores.revocations, revoker=revoker,
+                                secret_ids=minter, rules=rules, principals=AwsPrincipals(lambda: method("aws")),
+                                token_max_ttl=settings.token_max_ttl,
+                                settle_seconds=settings.revocation_settle_seconds,
+                                retention_days=settings.audit_retention_days, tokens=stores.tokens,
+                                scan_seconds=settings.token_scan_seconds),
+        incidents=Incidents(requests=requests, method=method, admission=admission, audit=audit,
+                            rate_limits=stores.rate_limits, minter=minter),
+        tokens=TokenRegistrations(requests=requests, method=method, admission=admission, audit=audit,
+                                  rate_limits=stores.rate_limits, tokens=stores.tokens,
+                                  keep_for=settings.token_max_ttl),
     )
-    # The security team's routes and the incident reports (chalicelib/security.py).
-    service.security = SecurityService.for_service(service, dynamodb=dynamodb, quarantine=quarantine)
-    return service

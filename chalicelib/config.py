@@ -36,6 +36,13 @@ class Settings:
     # Optional (None: off). Revocation, quarantine and the incident rate limit need the table.
     quarantine_table: str | None = None
     vault_audit_hash_path: str | None = None  # an audit device's path, e.g. "file": sys/audit-hash/<path>
+    # The revoking identity (chalicelib/revoker.py): its own AppRole, used only by the revocation route.
+    # Unset: revocations destroy secret IDs with the issuing identity and reach no Vault token.
+    revoker_role_id: str | None = None
+    revoker_secret_id_secret: str | None = None
+    token_max_ttl: int = 86400  # the served roles' longest token lifetime: how far back a revocation looks
+    revocation_settle_seconds: float = 2.0  # the second sweep runs this long after the quarantine
+    token_scan_seconds: float = 12.0  # a revocation's scans of every token accessor stop after this long
     rules_source: tuple = None  # (kind, location): chalicelib/rules_source.py; None: the rules file
     rules_refresh: float = 60.0  # seconds between reads of a remote rules source (0: never)
 
@@ -73,6 +80,12 @@ class Settings:
             methods={"aws": AwsSettings.from_env(env, region), "gcp": GcpSettings.from_env(env)},
             quarantine_table=_get(env, "BROKER_QUARANTINE_TABLE"),
             vault_audit_hash_path=_audit_path(env, "BROKER_VAULT_AUDIT_HASH_PATH"),
+            revoker_role_id=_get(env, "BROKER_REVOKER_ROLE_ID"),
+            revoker_secret_id_secret=_get(env, "BROKER_REVOKER_SECRET_ID_SECRET",
+                                          required=bool(_get(env, "BROKER_REVOKER_ROLE_ID"))),
+            token_max_ttl=int(_number(env, "BROKER_TOKEN_MAX_TTL", 86400, low=60, high=366 * 86400)),
+            revocation_settle_seconds=_number(env, "BROKER_REVOCATION_SETTLE_SECONDS", 2, low=0, high=10),
+            token_scan_seconds=_number(env, "BROKER_TOKEN_SCAN_SECONDS", 12, low=1, high=600),
             rules_source=_rules_source(env),
             rules_refresh=_number(env, "BROKER_RULES_REFRESH_SECONDS", 60, low=0, high=3600),
         )

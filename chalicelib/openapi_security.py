@@ -1,8 +1,8 @@
 """The OpenAPI description of the security team's routes and of the incident reports
-(merged into chalicelib/openapi.py's SPEC). See chalicelib/security.py."""
+(merged into chalicelib/openapi.py's SPEC). See chalicelib/security/."""
 
 from .audit_query import DEFAULT_LIMIT, MAX_LIMIT, PARAMS
-from .security import MAX_REASON
+from .security.inputs import MAX_REASON
 
 _UUID = {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
          "example": "5b1259de-0c4e-4c8e-9a47-0d6f1c2b3a4d"}
@@ -28,7 +28,7 @@ _FILTERS = {
                   "service account email", 2048),
     "instance": ("an EC2 or GCE instance ID", 128),
     "role": ("an AppRole name", 128),
-    "outcome": ("comma-separated: issued, denied, error, incident, admin", 64),
+    "outcome": ("comma-separated: issued, denied, error, incident, admin, registration", 64),
     "method": ("comma-separated: aws, gcp", 16),
     "account": ("an AWS account ID or a GCP project ID", 128),
     "next": ("the cursor of the previous page", 2048),
@@ -109,13 +109,25 @@ def paths(error, unavailable):
             "revoke", "Destroy what was issued to a target, and quarantine it",
             _ok("What was destroyed and the quarantine in force.", "#/components/schemas/Revocation"),
             body="#/components/schemas/RevocationRequest", not_found=True,
-            description=("Every secret ID the broker issued to the target that may still be valid is "
-                         "destroyed by its accessor; the target's instance or principal is then refused "
-                         "(403 quarantined) until the quarantine ends or is lifted."))},
+            description=("The target is quarantined first (403 quarantined until the quarantine ends or is "
+                         "lifted); then every issuance to it that may still be in use is reached: its "
+                         "wrapping tokens revoked, its secret ID destroyed, every Vault token logged in with "
+                         "it revoked (registered ones, then a scan); a second sweep catches issuances that "
+                         "were in flight. `complete` is true only when nothing reached can still be used."))},
         "/v1/revocations/{revocation_id}": {"delete": admin(
             "lift", "Lift a revocation's quarantine",
             _ok("The quarantine entries removed.", "#/components/schemas/Lifted"),
             parameters=[revocation_id], not_found=True)},
+        "/v1/tokens": {"post": {
+            "operationId": "register_token", "tags": ["security"],
+            "summary": "Register the accessor of the Vault token logged in with an issuance (by its client)",
+            "description": ("The caller proves again the identity the credentials were issued to; a "
+                            "revocation of the issuance then revokes that token at once (after checking "
+                            "the token's metadata names the issuance) instead of finding it by a scan."),
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/TokenRegistration"}}}},
+            "responses": {"200": _ok("Registered.", "#/components/schemas/TokenRegistered"), **incident_errors},
+        }},
         "/v1/incidents": {"post": {
             "operationId": "report_incident", "tags": ["security"],
             "summary": "Report a possible interception of an issuance (by the client that received it)",
@@ -136,7 +148,12 @@ _RECORD = {"type": "object", "additionalProperties": True, "required": ["request
 _DESTROYED = {"type": "array", "items": {"type": "object", "properties": {
     "request_id": {"type": "string"}, "role": {"type": "string", "nullable": True},
     "secret_id_accessor": {"type": "string", "nullable": True},
-    "result": {"type": "string", "description": "destroyed, gone, expired, nothing to destroy, failed: ..."}}}}
+    "issued_at": {"type": "string", "nullable": True}, "found_by": {"type": "string"},
+    "wrapping_tokens": {"type": "object", "description": "role_id / secret_id: revoked, used or expired, ..."},
+    "tokens": {"description": "[{accessor, found_by, result}], or why tokens were not reached",
+               "oneOf": [{"type": "array", "items": {"type": "object"}}, {"type": "string"}]},
+    "result": {"type": "string", "description": "the secret ID: destroyed, gone, expired, nothing to destroy, "
+                                                "failed: ..."}}}}
 
 SCHEMAS = {
     "AuditEvent": {"type": "object", "additionalProperties": False, "required": ["event", "request_id"],
@@ -152,13 +169,19 @@ SCHEMAS = {
         "properties": {"request_id": _UUID, "instance": {"type": "string", "maxLength": 128},
                        "principal": {"type": "string", "maxLength": 2048}, "reason": _REASON,
                        "quarantine": {"type": "string", "pattern": "^[0-9]{1,6}[smhd]?$", "default": "24h",
-                                      "description": "how long the target is refused; 0: not at all"}}},
+                                      "description": "how long the target is refused; 0: not at all"},
+                       "force": {"type": "boolean", "default": False,
+                                 "description": "quarantine a target that matches no issuance and no known "
+                                                "principal"}}},
     "Revocation": {"type": "object", "additionalProperties": False,
                    "required": ["revocation_id", "target", "reason", "destroyed", "quarantine", "complete",
                                 "request_id"],
                    "properties": {"revocation_id": {"type": "string"}, "target": {"type": "object"},
                                   "reason": {"type": "string"}, "destroyed": _DESTROYED,
                                   "quarantine": {"type": "array", "items": {"type": "object"}},
+                                  "covers": {"type": "array", "items": {"type": "string"}},
+                                  "swept_at": {"type": "string"},
+                                  "problems": {"type": "array", "items": {"type": "string"}},
                                   "complete": {"type": "boolean"}, "request_id": {"type": "string"}}},
     "Lifted": {"type": "object", "additionalProperties": False,
                "required": ["revocation_id", "target", "lifted", "still_quarantined", "request_id"],
@@ -174,6 +197,17 @@ SCHEMAS = {
                        "jwt": {"type": "string", "maxLength": 8192},
                        "iam_http_request_method": {"type": "string", "maxLength": 16},
                        "iam_request_url": _B64, "iam_request_body": _B64, "iam_request_headers": _B64}},
+    "TokenRegistration": {
+        "type": "object", "additionalProperties": False, "required": ["request_id", "accessor"],
+        "description": "The issuance's request_id, the token's accessor and a fresh proof (iam_* fields, or jwt).",
+        "properties": {"request_id": _UUID, "accessor": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
+                       "jwt": {"type": "string", "maxLength": 8192},
+                       "iam_http_request_method": {"type": "string", "maxLength": 16},
+                       "iam_request_url": _B64, "iam_request_body": _B64, "iam_request_headers": _B64}},
+    "TokenRegistered": {"type": "object", "additionalProperties": False,
+                        "required": ["related_request_id", "accessor", "registered", "request_id"],
+                        "properties": {"related_request_id": {"type": "string"}, "accessor": {"type": "string"},
+                                       "registered": {"type": "boolean"}, "request_id": {"type": "string"}}},
     "Incident": {"type": "object", "additionalProperties": False,
                  "required": ["related_request_id", "secret_id", "request_id"],
                  "properties": {"related_request_id": {"type": "string"}, "secret_id": {"type": "string"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ AUDIT_TABLE = "secret-zero-audit"
 REPLAY_TABLE = "secret-zero-replay"
 QUARANTINE_TABLE = "secret-zero-quarantine"
 VAULT_SECRET_ID_SECRET = "secret-zero-broker/local/vault-secret-id"
+REVOKER_SECRET_ID_SECRET = VAULT_SECRET_ID_SECRET + "-revoker"  # as `broker vault setup` names it
 AMI_ID = "ami-12c6146b"  # any ID works with moto; this is moto's example AMI
 
 # The unauthenticated requests moto allows before it starts verifying: exactly the
@@ -172,11 +174,14 @@ class MotoServer(LoopbackServer):
     log_name = "moto.log"
 
     def start(self) -> "MotoServer":
-        argv = [find_executable("moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
+        # moto_server, with its DynamoDB transactions isolated from concurrent writes (devstack/moto_isolated.py)
+        argv = [sys.executable, "-m", "devstack.moto_isolated", "-H", "127.0.0.1", "-p", str(self.port)]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(BOOTSTRAP_REQUESTS)
         env["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"  # ~1 s of the first EC2 call; AMI IDs are not validated anyway
         env["PYTHONUNBUFFERED"] = "1"
+        root = str(Path(__file__).resolve().parent.parent)  # devstack.moto_isolated, from any directory
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self.proc = start_process("moto server", argv, self.log_path, env=env, detached=self.detached)
         return self
 
@@ -420,11 +425,12 @@ def seed_ecs(moto: MotoServer, admin: Keys, account_id: str) -> dict[str, str]:
             "host_instance_id": host["InstanceId"]}
 
 
-def put_vault_secret_id(moto: MotoServer, admin: Keys, secret_id: str) -> None:
-    """Create or update the Secrets Manager secret holding the broker's secret ID."""
+def put_vault_secret_id(moto: MotoServer, admin: Keys, secret_id: str, name: str = VAULT_SECRET_ID_SECRET,
+                        whose: str = "the broker's own AppRole") -> None:
+    """Create or update the Secrets Manager secret holding the broker's secret ID (or, with
+    ``name``, the revoking identity's)."""
     sm = moto.client(admin, "secretsmanager")
     try:
-        sm.put_secret_value(SecretId=VAULT_SECRET_ID_SECRET, SecretString=secret_id)
+        sm.put_secret_value(SecretId=name, SecretString=secret_id)
     except sm.exceptions.ResourceNotFoundException:
-        sm.create_secret(Name=VAULT_SECRET_ID_SECRET, SecretString=secret_id,
-                         Description="secret ID of the broker's own AppRole (local stack)")
+        sm.create_secret(Name=name, SecretString=secret_id, Description=f"secret ID of {whose} (local stack)")

@@ -61,7 +61,7 @@ def _ours(name: str, pid: int | None, state: dict) -> bool:
     if name == "vault":
         return "bao" in text and f"127.0.0.1:{_port(state.get('vault_addr'))}" in text
     if name == "moto":
-        return "moto_server" in text and _port(state.get("aws_endpoint_url")) in argv
+        return ("moto_server" in text or "devstack.moto_isolated" in text) and _port(state.get("aws_endpoint_url")) in argv
     if name == "broker":
         return "chalice" in text and "local" in argv and _port(state.get("broker_url")) in argv
     if name == "google":

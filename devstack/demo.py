@@ -10,8 +10,8 @@ its identity token. A container on ECS bootstraps with its task role and task
 metadata; another one on the same task role, tagged for another role, is refused.
 An instance of a second AWS account bootstraps, read there through a reader role.
 Then the security team's view: the audit trail searched with `broker audit search`,
-the web instance revoked and quarantined after an IDS alert, and its next attempt
-refused. KEEP=1 leaves the stack running, and every command shown can be pasted.
+the web instance revoked and quarantined after an IDS alert, its Vault token refused
+(reading and renewing), and its next attempt refused. KEEP=1 leaves the stack running, and every command shown can be pasted.
 """
 
 from __future__ import annotations
@@ -282,6 +282,7 @@ def story(stack, keep=False):
             {token_file} (mode {oct(token_file.stat().st_mode & 0o777)}).
         """)
         granted_request = summary.get("request_id")
+        web_token = token_file.read_text().strip()  # kept (in memory) for the revocation, step 10
 
         step(3, "The application reads its secret with that token")
         client = hvac.Client(url=stack.vault_addr, token=token_file.read_text().strip())
@@ -371,13 +372,34 @@ def story(stack, keep=False):
     if proc.returncode != 0:
         failures += 1
     say("""
-        Every secret ID the broker issued to it that could still be valid is destroyed in OpenBao
-        by accessor ("gone" here: its login already used up its single-use secret ID; a wrapped
-        or unused one would say "destroyed"). And the instance is quarantined: whatever it
-        presents now, the broker refuses it before anything is minted.
+        The instance is quarantined first: from that moment the broker refuses it before anything
+        is minted. Then everything issued to it that could still be used is killed in OpenBao, by
+        accessor, by the broker's revoking identity (its own AppRole, used for nothing else): the
+        wrapping tokens, the secret ID ("gone" here: its login used up the single-use secret ID),
+        and the Vault token logged in with it (its client registered that token's accessor; the
+        others would be found by a scan of every token). A second sweep catches issuances that
+        were in flight.
     """)
 
-    step(11, "The flagged instance asks again")
+    step(11, "The token on the flagged instance stops working")
+    read = hvac.Client(url=stack.vault_addr, token=web_token)
+    try:
+        read.secrets.kv.v2.read_secret_version(path="web/config", raise_on_deleted_version=True)
+        print("   UNEXPECTED: the revoked token still reads secret/web/config")
+        failures += 1
+    except hvac.exceptions.Forbidden:
+        say("GET secret/web/config with the token in its sink -> 403 permission denied")
+    try:
+        read.auth.token.renew_self()
+        print("   UNEXPECTED: the revoked token could still be renewed")
+        failures += 1
+    except hvac.exceptions.Forbidden:
+        say("""
+            POST auth/token/renew-self -> 403: an Agent renewing this token is refused the same way,
+            and it can't log in again either: its secret ID is spent and the broker won't issue another.
+        """)
+
+    step(12, "The flagged instance asks again")
     with workspace(keep, "web-1-flagged") as tmp:
         code, summary = run_client(machines.instance_env(stack, web), "web", ["--out-dir", tmp],
                                    f"as-instance --instance {web}")
@@ -390,7 +412,8 @@ def story(stack, keep=False):
         print(f"\nThe demo saw {failures} unexpected outcome(s).")
         return 1
     print("\nDone: EC2 instances in two accounts, an ECS task and a GCE instance bootstrapped with no shipped "
-          "credential, an instance and a task refused, all on the record; the flagged instance cut off at once.")
+          "credential, an instance and a task refused, all on the record; the flagged instance cut off at once: "
+          "its token refused, its requests refused.")
     return 0
 
 

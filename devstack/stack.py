@@ -89,8 +89,9 @@ class Stack:
             if stack.moto_workaround:
                 say(f"note: broker IAM user also has policy {aws.MOTO_WORKAROUND_POLICY_NAME!r} "
                     "(moto cannot match resource-scoped statements for DynamoDB/Secrets Manager)")
-            aws.put_vault_secret_id(stack.moto, stack.admin_keys, stack.vault_seed.broker_secret_id)
-            say(f"broker secret ID stored in Secrets Manager as {aws.VAULT_SECRET_ID_SECRET}")
+            stack._store_vault_secret_ids()
+            say(f"broker secret ID stored in Secrets Manager as {aws.VAULT_SECRET_ID_SECRET}, the revoking "
+                f"identity's as {aws.REVOKER_SECRET_ID_SECRET}")
             stack._start_google()
             say(f"simulated Google on {stack.google.url}: certs, token, Compute, metadata servers; "
                 f"GCE instance {gcp.SEED_INSTANCE} ({gcp.PROJECT}/{gcp.ZONE}, vault-role=web)")
@@ -286,6 +287,8 @@ class Stack:
             "BROKER_REPLAY_TABLE": aws.REPLAY_TABLE,
             "BROKER_QUARANTINE_TABLE": aws.QUARANTINE_TABLE,
             "BROKER_VAULT_AUDIT_HASH_PATH": "file",  # OpenBao's file audit device (openbao-audit.log)
+            "BROKER_REVOKER_ROLE_ID": self.vault_seed.revoker_role_id,
+            "BROKER_REVOKER_SECRET_ID_SECRET": aws.REVOKER_SECRET_ID_SECRET,
             "AWS_ACCESS_KEY_ID": self.broker_keys.access_key_id,
             "AWS_SECRET_ACCESS_KEY": self.broker_keys.secret_access_key,
             "AWS_DEFAULT_REGION": REGION,
@@ -716,9 +719,14 @@ class Stack:
         self.openbao.wait_ready()
         self.vault_seed = seed_vault(self.vault(), self.project_dir / "policies" / "vault",
                                      previous=self.vault_seed if keep_ids else None)
-        aws.put_vault_secret_id(self.moto, self.admin_keys, self.vault_seed.broker_secret_id)
+        self._store_vault_secret_ids()
         after = self.broker_env()
         return {k: v for k, v in after.items() if before.get(k) != v}
+
+    def _store_vault_secret_ids(self) -> None:
+        aws.put_vault_secret_id(self.moto, self.admin_keys, self.vault_seed.broker_secret_id)
+        aws.put_vault_secret_id(self.moto, self.admin_keys, self.vault_seed.revoker_secret_id,
+                                aws.REVOKER_SECRET_ID_SECRET, "the broker's revoking identity")
 
     # -- the broker (chalice local) ----------------------------------------------
 

@@ -136,6 +136,8 @@ class VaultSeed:
     broker_role_id: str
     broker_secret_id: str
     role_ids: dict[str, str] = field(default_factory=dict)  # web/batch
+    revoker_role_id: str = ""  # the revoking identity (secret-zero-revoker)
+    revoker_secret_id: str = ""
     kv: dict[str, dict] = field(default_factory=dict)  # path -> data
 
 
@@ -183,18 +185,22 @@ def seed_vault(
         raise StackError(f"OpenBao seed: {e}") from None
     plan = setup.Plan(dry_run=False)
     _retry(lambda: setup.ensure_approle(vault, APPROLE_MOUNT, plan), "enable approle")
+    _retry(lambda: setup.ensure_no_lockout(vault, APPROLE_MOUNT, plan), "approle lockout")
     _retry(lambda: setup.ensure_policies(vault, policies, plan), "policies")
     _retry(lambda: setup.ensure_role(vault, APPROLE_MOUNT, BROKER_ROLE,
                                      {"token_policies": [BROKER_ROLE], "secret_id_num_uses": 0},
                                      {"token_ttl": 3600, "token_max_ttl": 14400}, plan), f"AppRole {BROKER_ROLE}")
+    _retry(lambda: setup.ensure_role(vault, APPROLE_MOUNT, setup.REVOKER_ROLE, setup.REVOKER_WANTED,
+                                     setup.BROKER_ROLE_DEFAULTS, plan), f"AppRole {setup.REVOKER_ROLE}")
     for role, secret_id_ttl in sorted(roles.items()):
         _retry(lambda role=role, ttl=secret_id_ttl: setup.ensure_role(
             vault, APPROLE_MOUNT, role, {"token_policies": [role], "secret_id_num_uses": 1, "secret_id_ttl": ttl},
             setup.SERVED_ROLE_CREATE_DEFAULTS, plan), f"AppRole {role}")
 
     role_ids: dict[str, str] = {}
-    for role in (BROKER_ROLE, *sorted(roles)):
+    for role in (BROKER_ROLE, setup.REVOKER_ROLE, *sorted(roles)):
         old = previous.broker_role_id if previous is not None and role == BROKER_ROLE else \
+            previous.revoker_role_id if previous is not None and role == setup.REVOKER_ROLE else \
             (previous.role_ids.get(role) if previous is not None else None)
         if old:
             vault.ok("POST", f"auth/{APPROLE_MOUNT}/role/{role}/role-id", {"role_id": old})
@@ -203,8 +209,12 @@ def seed_vault(
     if previous is not None:
         secret_id = previous.broker_secret_id
         vault.ok("POST", f"auth/{APPROLE_MOUNT}/role/{BROKER_ROLE}/custom-secret-id", {"secret_id": secret_id})
+        revoker_secret_id = previous.revoker_secret_id
+        vault.ok("POST", f"auth/{APPROLE_MOUNT}/role/{setup.REVOKER_ROLE}/custom-secret-id",
+                 {"secret_id": revoker_secret_id})
     else:
         secret_id, _accessor = setup.mint_secret_id(vault, APPROLE_MOUNT, BROKER_ROLE)
+        revoker_secret_id, _accessor = setup.mint_secret_id(vault, APPROLE_MOUNT, setup.REVOKER_ROLE)
 
     kv = dict(previous.kv) if previous is not None else {
         "web/config": {"db_password": secrets.token_urlsafe(18), "api_url": "https://web.internal"},
@@ -217,6 +227,8 @@ def seed_vault(
     return VaultSeed(
         broker_role_id=role_ids.pop(BROKER_ROLE),
         broker_secret_id=secret_id,
+        revoker_role_id=role_ids.pop(setup.REVOKER_ROLE),
+        revoker_secret_id=revoker_secret_id,
         role_ids=role_ids,
         kv=kv,
     )

@@ -106,8 +106,11 @@ def test_dry_run_on_a_fresh_vault_says_everything_and_changes_nothing(bao, env, 
     assert summary["changes"][0] == "enable the approle auth method at approle/"
     assert {c.split(" (")[0] for c in summary["changes"][1:]} >= {
         "create policy secret-zero-broker", "create policy web", "create policy batch",
-        "create AppRole secret-zero-broker", "create AppRole batch", "create AppRole web"}
-    assert summary["changes"][-1].startswith("create a secret ID for AppRole secret-zero-broker")
+        "create AppRole secret-zero-broker", "create AppRole batch", "create AppRole web",
+        "create policy secret-zero-revoker", "create AppRole secret-zero-revoker", "turn off user lockout on approle/"}
+    assert summary["changes"][-2].startswith("create a secret ID for AppRole secret-zero-broker")
+    assert summary["changes"][-1].startswith("create a secret ID for AppRole secret-zero-revoker and store it in "
+                                             f"{env['secret']}-revoker")
     assert "approle/" not in bao.data("sys/auth")
     with pytest.raises(env["sm"].exceptions.ResourceNotFoundException):
         env["sm"].get_secret_value(SecretId=env["secret"])
@@ -116,7 +119,7 @@ def test_dry_run_on_a_fresh_vault_says_everything_and_changes_nothing(bao, env, 
 def test_setup_is_complete_and_idempotent(bao, env, capsys):
     rc, summary, output = run_setup(bao, env, capsys)
     assert rc == 0, output
-    assert len(summary["changes"]) == 1 + 3 + 3 + 1 and summary["unchanged"] == []
+    assert len(summary["changes"]) == 1 + 1 + 4 + 4 + 2 and summary["unchanged"] == []
 
     for role in ("web", "batch"):
         settings = bao.data(f"auth/approle/role/{role}")
@@ -142,11 +145,34 @@ def test_setup_is_complete_and_idempotent(bao, env, capsys):
                          headers={"X-Vault-Token": token}, timeout=10)
     assert bare.status_code == 403  # min_wrapping_ttl: never unwrapped
 
+    # the revoking identity: its own secret, and the powers of its policy (and no others)
+    revoker_role_id = bao.data("auth/approle/role/secret-zero-revoker/role-id")["role_id"]
+    revoker_secret = env["sm"].get_secret_value(SecretId=env["secret"] + "-revoker")["SecretString"]
+    revoker = requests.post(f"{bao.addr}/v1/auth/approle/login", timeout=10,
+                            json={"role_id": revoker_role_id, "secret_id": revoker_secret}).json()["auth"]
+    assert revoker["token_policies"] == ["default", "secret-zero-revoker"]
+    as_revoker = {"X-Vault-Token": revoker["client_token"]}
+    assert requests.request("LIST", f"{bao.addr}/v1/auth/token/accessors", headers=as_revoker,
+                            timeout=10).status_code == 200
+    assert requests.post(f"{bao.addr}/v1/auth/approle/role/web/secret-id", json={}, timeout=10,
+                         headers=dict(as_revoker, **{"X-Vault-Wrap-TTL": "60s"})).status_code == 403  # never issues
+    assert requests.request("LIST", f"{bao.addr}/v1/auth/token/accessors", headers={"X-Vault-Token": token},
+                            timeout=10).status_code == 403  # and the issuing identity never lists tokens
+    # no lockout: eight failed logins with web's role ID, then a valid secret ID of web logs in
+    web_role_id = bao.data("auth/approle/role/web/role-id")["role_id"]
+    assert bao.data("sys/auth/approle/tune")["user_lockout_disable"] is True
+    for _ in range(8):
+        assert requests.post(f"{bao.addr}/v1/auth/approle/login", timeout=10,
+                             json={"role_id": web_role_id, "secret_id": str(uuid.uuid4())}).status_code == 400
+    fresh = bao.call("POST", "auth/approle/role/web/secret-id").json()["data"]["secret_id"]
+    assert requests.post(f"{bao.addr}/v1/auth/approle/login", timeout=10,
+                         json={"role_id": web_role_id, "secret_id": fresh}).status_code == 200
+
     version = env["sm"].describe_secret(SecretId=env["secret"])["VersionIdsToStages"]
     rc, again, output = run_setup(bao, env, capsys)
     assert rc == 0, output
     assert again["changes"] == []
-    assert len(again["unchanged"]) == 1 + 3 + 3 + 1
+    assert len(again["unchanged"]) == 1 + 1 + 4 + 4 + 2
     assert env["sm"].describe_secret(SecretId=env["secret"])["VersionIdsToStages"] == version
     assert "nothing to change" in output
     # the broker's secret ID never expires (secret_id_ttl 0): said so, not as Vault's zero time
@@ -213,4 +239,4 @@ def test_the_seeded_stack_is_what_setup_makes(stack, capsys, monkeypatch):
     assert rc == 0, captured.err
     summary = json.loads(captured.out)
     assert summary["changes"] == []
-    assert len(summary["unchanged"]) == 1 + 3 + 3 + 1
+    assert len(summary["unchanged"]) == 1 + 1 + 4 + 4 + 2

@@ -205,6 +205,9 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
             summary.update(token_accessor=login.accessor, token_ttl=login.lease_duration,
                            token_policies=list(login.policies))
             out.info(f"logged in to Vault (token accessor {login.accessor}, ttl {login.lease_duration}s)")
+            from broker.token_registration import register_token  # a revocation reaches this token at once
+
+            summary["token_registered"] = register_token(client, proof.make, issued.request_id, login.accessor, out)
     handoff.deliver(material, summary, out.info)
     out.result(summary)
     return EXIT_OK

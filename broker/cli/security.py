@@ -39,6 +39,7 @@ from broker.http import (
 )
 
 PROOF_HEADER = "X-Broker-Proof"
+BINDING_HEADER = "X-Broker-Request"
 RETRYABLE = frozenset({429, 502, 503, 504})
 MAX_ATTEMPTS = 3
 _RELATIVE = re.compile(r"^(\d+)(s|m|h|d|w)$")
@@ -85,7 +86,7 @@ def add_security_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "  broker audit search --instance i-0123456789abcdef0 --json")
     search.add_argument("--since", default="24h", help="from this time (default 24h ago)")
     search.add_argument("--until", help="up to this time (default now)")
-    search.add_argument("--outcome", help="issued, denied, error, incident, admin (comma-separated)")
+    search.add_argument("--outcome", help="issued, denied, error, incident, admin, registration (comma-separated)")
     search.add_argument("--role", help="the AppRole")
     search.add_argument("--instance", help="an EC2 or GCE instance ID")
     search.add_argument("--principal", help="an STS session ARN, an IAM role/user ARN (all its sessions), "
@@ -127,11 +128,24 @@ def add_security_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                         help="why (recorded in the audit trail); required, except for `revoke lift`")
     revoke.add_argument("--quarantine", default="24h", help="how long the target is refused: 30m, 24h, 7d; "
                         "0 for no quarantine (default 24h)")
+    revoke.add_argument("--force", action="store_true", help="quarantine a target that matches no issuance and "
+                        "no known principal (a misspelt target is refused without it)")
     _connection_args(revoke)
     revoke.set_defaults(func=cmd_revoke)
 
 
 # ---- the HTTP side ----------------------------------------------------------------------------
+
+
+def request_binding(method: str, path: str, params: dict[str, str] | None, body: bytes | None) -> str:
+    """The X-Broker-Request value the proof signs (the broker's chalicelib/admin_auth.py
+    checks the same): method, path, SHA-256 of the sorted query and of the body, a nonce."""
+    import hashlib
+    import secrets
+
+    query = urlencode(sorted((params or {}).items()))
+    return (f"v1;method={method.upper()};path={path};query={hashlib.sha256(query.encode()).hexdigest()};"
+            f"body={hashlib.sha256(body or b'').hexdigest()};nonce={secrets.token_hex(16)}")
 
 
 class SecurityApi:
@@ -158,15 +172,18 @@ class SecurityApi:
                             or _env("AWS_REGION") or _env("AWS_DEFAULT_REGION") or "us-east-1")
         self._sleep = sleep
 
-    def _proof(self) -> str:
-        fields = self._signer.sign().login_fields()
+    def _proof(self, method: str, path: str, params: dict[str, str] | None, body: bytes | None) -> str:
+        """A fresh proof bound to this one request (method, path, query, body, a random
+        nonce): the broker refuses it for any other request, and no two are alike."""
+        fields = self._signer.sign({BINDING_HEADER: request_binding(method, path, params, body)}).login_fields()
         return base64.b64encode(json.dumps(fields, separators=(",", ":")).encode()).decode()
 
-    def _signed_request(self, method: str, url: str, body: bytes | None) -> tuple:
+    def _signed_request(self, method: str, url: str, body: bytes | None, path: str = "",
+                        params: dict[str, str] | None = None) -> dict[str, str]:
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 
-        headers = {"Accept": "application/json", PROOF_HEADER: self._proof()}
+        headers = {"Accept": "application/json", PROOF_HEADER: self._proof(method, path, params, body)}
         if body is not None:
             headers["Content-Type"] = "application/json"
         aws_request = AWSRequest(method=method, url=url, data=body or b"", headers=headers)
@@ -180,7 +197,7 @@ class SecurityApi:
         data = json.dumps(body).encode() if body is not None else None
         last = "no attempt"
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            headers = self._signed_request(method, url, data)
+            headers = self._signed_request(method, url, data, path, params)
             try:
                 result = request(self._opener, method, url, data=data, headers=headers, timeout=self.timeout,
                                  max_bytes=16 << 20)
@@ -201,7 +218,7 @@ class SecurityApi:
                 return doc
             code, message, request_id = broker_error_fields(result)
             if status == 401 and code == "proof_replayed" and attempt < MAX_ATTEMPTS:
-                continue  # the signer moves to the next second by itself
+                continue  # never expected (each proof has its own nonce): sign a new one
             if status in RETRYABLE and attempt < MAX_ATTEMPTS:
                 self._sleep(min(10.0, parse_retry_after(headers.get("retry-after")) or attempt))
                 last = f"HTTP {status} {code}: {message}"
@@ -377,8 +394,8 @@ def cmd_revoke(args: argparse.Namespace, out: Any) -> int:
         raise UsageError("name the target: --instance ID, --principal ARN or --request-id ID")
     if not args.reason:
         raise UsageError("--reason is required: it goes into the audit trail")
-    doc = _api(args, out).call("POST", "/v1/revocations", body=dict(target, reason=args.reason,
-                                                                      quarantine=args.quarantine))
+    body = dict(target, reason=args.reason, quarantine=args.quarantine, **({"force": True} if args.force else {}))
+    doc = _api(args, out).call("POST", "/v1/revocations", body=body)
     if args.json:
         print(json.dumps(doc, sort_keys=True), file=out.stdout)
     else:
@@ -387,9 +404,12 @@ def cmd_revoke(args: argparse.Namespace, out: Any) -> int:
         print(f"revocation {doc.get('revocation_id')}: {kind} {value}", file=stream)
         destroyed = doc.get("destroyed") or []
         if destroyed:
-            render_plain(destroyed, ("request_id", "role", "secret_id_accessor", "result"), stream)
+            rows = [dict(d, wrapping=_wrapping(d), tokens=_tokens(d)) for d in destroyed]
+            render_plain(rows, ("request_id", "role", "secret_id_accessor", "result", "wrapping", "tokens"), stream)
         else:
-            print("no secret ID issued to it may still be valid", file=stream)
+            print("nothing issued to it may still be in use", file=stream)
+        for note in doc.get("covers") or []:
+            print(f"also covered: {note}", file=stream)
         for q in doc.get("quarantine") or []:
             (qk, qv), = q["target"].items()
             print(f"quarantined: {qk} {qv} until {q['until']} (revocation {q['revocation_id']})", file=stream)
@@ -397,9 +417,27 @@ def cmd_revoke(args: argparse.Namespace, out: Any) -> int:
             print("no quarantine", file=stream)
         print(f"audit record: {doc.get('request_id')}", file=stream)
     if not doc.get("complete", True):
-        out.error("some secret IDs could not be destroyed (see 'failed'); run the revocation again")
+        out.error("the revocation is not complete: " + "; ".join(doc.get("problems") or ["see 'failed'"]))
         return EXIT_UNAVAILABLE
     return EXIT_OK
+
+
+def _wrapping(entry: dict[str, Any]) -> str:
+    """The wrapping tokens' fate in one cell: "revoked/used or expired" (role ID's/secret ID's)."""
+    wraps = entry.get("wrapping_tokens") or {}
+    return "/".join(str(wraps.get(k, "-")) for k in ("role_id", "secret_id"))
+
+
+def _tokens(entry: dict[str, Any]) -> str:
+    tokens = entry.get("tokens")
+    if not isinstance(tokens, list):
+        return str(tokens or "-")
+    if not tokens:
+        return "none found"
+    results: dict[str, int] = {}
+    for t in tokens:
+        results[t.get("result", "?")] = results.get(t.get("result", "?"), 0) + 1
+    return ", ".join(f"{n} {result}" for result, n in results.items())
 
 
 def render_plain(rows: list[dict[str, Any]], keys: tuple[str, ...], stream: Any) -> None:

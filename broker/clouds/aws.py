@@ -146,7 +146,9 @@ class ProofSigner:
         self._credentials = credentials
         return credentials
 
-    def sign(self) -> SignedProof:
+    def sign(self, extra_headers: dict[str, str] | None = None) -> SignedProof:
+        """A fresh proof. ``extra_headers`` are signed too (the security routes' request
+        binding, whose random nonce makes each proof unique: no wait for the next second)."""
         credentials = self._resolve_credentials()
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
@@ -159,11 +161,13 @@ class ProofSigner:
         if not frozen.access_key or not frozen.secret_key:
             raise NoCredentialsError("the AWS credentials found are incomplete (no access key or secret key)")
 
-        self._pace.wait()
+        if not extra_headers:
+            self._pace.wait()
         headers = {
             "Host": self.host,
             "Content-Type": CONTENT_TYPE,
             SERVER_ID_HEADER: self.server_id,
+            **(extra_headers or {}),
         }
         request = AWSRequest(method="POST", url=self.url, data=STS_BODY.encode("utf-8"), headers=headers)
         SigV4Auth(frozen, "sts", self.region).add_auth(request)

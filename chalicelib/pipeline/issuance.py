@@ -7,7 +7,10 @@ Cheap refusals first, budgets spent last:
 4. at once: read the caller's facts, and admit the proof in one DynamoDB transaction
    (spent, not quarantined, within the per-identity budget; chalicelib/admission.py);
 5. the rules decide (403 not_authorized); the per-role cap counts granted requests only;
-6. mint the wrapped role ID and secret ID; 7. the audit record, before the answer.
+6. mint the wrapped role ID and secret ID; 7. the audit record, before the answer;
+8. the quarantine once more: an issuance admitted just before a revocation's quarantine
+   but recorded after it takes itself back (the revocation's sweep may not see its
+   record yet; chalicelib/security/revocations.py). One consistent read.
 
 Every request ends in exactly one audit record (chalicelib/pipeline/frame.py). If that
 record can't be written, whatever was minted is taken back and the caller gets 503.
@@ -18,18 +21,20 @@ import threading
 import time
 
 from ..concurrency import settle
-from ..errors import InvalidRequest, NotAuthorized
+from ..errors import InvalidRequest, NotAuthorized, Quarantined, Unavailable
 from ..jsonlog import log
 from ..policy import RateLimits
-from ..quarantine import caller_keys
+from ..stores.quarantine import caller_keys
 
 
 class BrokerService:
-    def __init__(self, *, settings, rules, methods, admission, minter, frame, logger, quarantine=None):
+    def __init__(self, *, settings, rules, methods, admission, minter, frame, logger, rate_limits=None,
+                 quarantine=None, security=None):
         self.settings = settings
         self.rules = rules
-        self._quarantine = quarantine  # chalicelib.quarantine.QuarantineStore, or None (no quarantine)
-        self.security = None  # chalicelib.security.SecurityService, set by backends.build_service
+        self._rate_limits = rate_limits  # chalicelib.stores rate-limit store, or None (no per-role caps)
+        self._quarantine = quarantine  # chalicelib.stores quarantine list, or None (no quarantine)
+        self.security = security  # chalicelib.security.SecurityRoutes (app.py's security routes)
         self._method_factories = methods  # {"aws": () -> Method, ...}, built on first use
         self._methods = {}
         self._methods_lock = threading.Lock()
@@ -60,7 +65,7 @@ class BrokerService:
         """The success body, or a BrokerError carrying `request_id`."""
         known = method_name if method_name in self._method_factories else "unknown"
         record = self._frame.new_record(known, context)
-        issued = []
+        issued, admitted_keys = [], []
 
         def work():
             method = self.method(method_name)
@@ -74,7 +79,7 @@ class BrokerService:
             record.instance = caller.claimed.id if caller.claimed else None
             (facts, facts_error), (_, admit_error) = settle(
                 lambda: method.read_facts(caller, login),
-                lambda: self._admit(caller, record))
+                lambda: admitted_keys.extend(self._admit(caller, record)))
             if admit_error or facts_error:
                 raise admit_error or facts_error
             record.account = facts.account or record.account
@@ -112,7 +117,30 @@ class BrokerService:
                 self._take_back(record, minted)
 
         body = self._frame.run(record, work, on_unrecorded=take_back)
+        if issued and admitted_keys and self._quarantine is not None:
+            self._confirm_not_quarantined(record, admitted_keys, issued, context)
         return {"request_id": body.pop("request_id"), **body}
+
+    def _confirm_not_quarantined(self, record, keys, issued, context):
+        """After the record is written: a quarantine placed while this issuance was in flight
+        takes it back, and the refusal is a record of its own (related to the issuance's)."""
+        try:
+            self._quarantine.check(keys)
+            return
+        except (Quarantined, Unavailable) as error:
+            refusal = error
+        for minted in issued:
+            self._take_back(record, minted)
+        refusal.detail = (f"issuance {record.request_id} taken back (wrapping tokens spent, secret ID destroyed): "
+                          f"{refusal.detail}")
+        follow = self._frame.new_record(record.method, context, role=record.role, principal=record.principal,
+                                        account=record.account, instance=record.instance,
+                                        related_request_id=record.request_id, action="take_back")
+
+        def refuse():
+            raise refusal
+
+        self._frame.run(follow, refuse)
 
     def _rules_now(self):
         """The RuleSet in force (chalicelib/rules_source.py LiveRules re-reads its source)."""
@@ -134,14 +162,15 @@ class BrokerService:
         self._admission.admit(caller.proof_hash, request_id=record.request_id, method=caller.method,
                               valid_until=caller.valid_until, identity_key=caller.identity_key,
                               limit=limit or None, quarantine_keys=own, shared_quarantine_keys=shared)
+        return keys
 
     def _take_role_slot(self, role):
         """The optional cap per AppRole, counted only for granted requests (a refused
         caller must not be able to use up a role's budget)."""
         limit = self._limits().per_role.get(role)
-        if self._quarantine is None or not limit:
+        if self._rate_limits is None or not limit:
             return
-        self._quarantine.take_slot("issue-role", role, limit=limit.count, window=limit.window,
+        self._rate_limits.take_slot("issue-role", role, limit=limit.count, window=limit.window,
                                    message=f"too many credentials issued for role {role!r} recently; try again later")
 
     def _audit_hashes(self, issued):

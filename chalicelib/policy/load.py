@@ -1,6 +1,7 @@
 """Load and validate the rules file (TOML). A bad file stops the broker's start with
 every problem found, each naming the rule and the field."""
 
+import re
 import tomllib
 
 from .durations import parse_duration
@@ -75,8 +76,15 @@ def parse_rules(text, source="<rules>", matchers=None):
     return RuleSet(tuple(rules), source, security, limits, matchers=dict(matchers))
 
 
+_SECURITY_ARN = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}):(role|user)/([\w+=,.@*?-]{1,128})$")
+
+
 def _parse_security(raw, where):
-    """[security]: who may read the audit trail and revoke (the security team)."""
+    """[security]: who may read the audit trail and revoke (the security team).
+
+    Each entry is an exact IAM role or user ARN (without a path: the broker compares the
+    caller's canonical ARN, which has none), or a role ARN whose name, and only its name,
+    holds a glob (`*`, `?`) in a literal account: `arn:aws:iam::123456789012:role/sec-*`."""
     if not isinstance(raw, dict):
         raise RulesError(f"{where}: must be a table ([security])")
     only_keys(raw, {"principal_arns"}, where)
@@ -87,7 +95,18 @@ def _parse_security(raw, where):
         if ":assumed-role/" in p or p.startswith("arn:aws:sts:"):
             raise RulesError(f"{where}.principal_arns: {p!r} must be an IAM role or user ARN "
                              "(arn:aws:iam::ACCOUNT:role/NAME), not an STS session ARN")
-        if p.split(":", 5)[5] in ("*", "role/*", "user/*") or p.split(":")[4] in ("*", ""):
+        parts = p.split(":", 5)
+        if any(c in parts[4] for c in "*?[") or parts[4] == "" or parts[5] in ("*", "role/*", "user/*") \
+                or any(c in parts[5].split("/", 1)[0] for c in "*?["):
+            raise RulesError(f"{where}.principal_arns: {p!r} is too broad: name the account and the role or user")
+        m = _SECURITY_ARN.match(p)
+        if not m:
+            raise RulesError(f"{where}.principal_arns: {p!r} must be arn:aws:iam::ACCOUNT:role/NAME or "
+                             "arn:aws:iam::ACCOUNT:user/NAME, without a path (a glob only in a role's name)")
+        kind, name = m.group(3), m.group(4)
+        if kind == "user" and any(c in name for c in "*?"):
+            raise RulesError(f"{where}.principal_arns: {p!r}: a user ARN must be exact (a glob only in a role's name)")
+        if name.strip("*?") == "":
             raise RulesError(f"{where}.principal_arns: {p!r} is too broad: name the account and the role or user")
     return principals
 

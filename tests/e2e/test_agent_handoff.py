@@ -201,3 +201,36 @@ def test_the_examples_agent_configuration_works(local_broker, web_instance_sessi
     assert len(sinks) == 1 and (sinks[0] / "token").read_text().strip()
     if "remove_secret_id_file_after_reading = true" in config:
         assert not (dirs["creds"] / "secret_id").exists()
+
+
+def test_a_revocation_stops_the_token_the_agent_logged_in_with(local_broker, tmp_path):
+    """The Agent logs in itself, so nobody registers its token: the revocation's scan finds it
+    (AppRole copied the broker's request_id into its metadata) and revokes it."""
+    from tests.e2e.test_security_cli import conn, run_broker
+
+    stack = local_broker.stack
+    instance = stack.launch_instance({"vault-role": "web"}, profile="demo-node")
+    agent_dir = tmp_path / "agent"
+    proc = login_for_agent(local_broker, stack.assume("demo-node", instance), agent_dir, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    request_id = json.loads(proc.stdout)["request_id"]
+    sink, template, rendered = tmp_path / "token", tmp_path / "config.tmpl", tmp_path / "config.env"
+    template.write_text(TEMPLATE)
+    agent = run_agent(agent_config(stack.vault_addr, agent_dir, sink, template, rendered), tmp_path)
+    assert agent.returncode == 0, agent.stderr[-3000:]
+    token = sink.read_text().strip()
+
+    engineer = stack.assume("security-team", "agent-case")
+    revoked = run_broker(engineer, "revoke", "--instance", instance, "--reason", "IDS", "--quarantine", "10m",
+                         "--json", *conn(local_broker), cwd=tmp_path)
+    assert revoked.returncode == 0, revoked.stderr
+    doc = json.loads(revoked.stdout)
+    entry = {d["request_id"]: d for d in doc["destroyed"]}[request_id]
+    assert [(t["found_by"], t["result"]) for t in entry["tokens"]] == [("scan", "revoked")]
+    for path in ("auth/token/lookup-self", "auth/token/renew-self"):
+        method = "GET" if path.endswith("lookup-self") else "POST"
+        assert requests.request(method, f"{stack.vault_addr}/v1/{path}", headers={"X-Vault-Token": token},
+                                timeout=10).status_code == 403
+    assert_clean(revoked, token)
+    assert run_broker(engineer, "revoke", "lift", doc["revocation_id"], *conn(local_broker),
+                      cwd=tmp_path).returncode == 0

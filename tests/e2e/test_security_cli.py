@@ -191,3 +191,73 @@ def test_login_reports_an_interception_and_the_thiefs_secret_id_dies(local_broke
     assert incident["destroyed"][0]["result"] == "destroyed"
     assert_clean(proc, thief.stolen[0])
     assert not TOKEN_PATTERN.search(shown.stdout)
+
+
+# ---- tokens, replays, targets ------------------------------------------------------------------
+
+
+def test_a_revocation_stops_the_token_in_the_machines_sink(local_broker, engineer, tmp_path):
+    stack = local_broker.stack
+    instance = stack.launch_instance({"vault-role": "web"}, profile="demo-node")
+    creds = stack.assume("demo-node", instance)
+    sink = tmp_path / "vault-token"
+    logged_in = run_client(creds, "--broker-url", local_broker.url, "--role", "web", "--server-id", SERVER_ID,
+                           "--vault-addr", stack.vault_addr, "--sink", str(sink), cwd=tmp_path)
+    assert logged_in.returncode == 0, logged_in.stderr
+    token = sink.read_text().strip()
+
+    def read_config():
+        return requests.get(f"{stack.vault_addr}/v1/secret/data/web/config", headers={"X-Vault-Token": token},
+                            timeout=10).status_code
+
+    assert read_config() == 200
+    revoked = run_broker(engineer, "revoke", "--instance", instance, "--reason", "IDS alert 4712",
+                         "--quarantine", "1h", *conn(local_broker), cwd=tmp_path)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "1 revoked" in revoked.stdout  # the table's TOKENS column
+    assert "registered with the broker" in logged_in.stderr
+    assert read_config() == 403
+    assert requests.post(f"{stack.vault_addr}/v1/auth/token/renew-self", headers={"X-Vault-Token": token},
+                         timeout=10).status_code == 403
+    assert_clean(revoked, token)
+    doc_id = next(line.split()[1].rstrip(":") for line in revoked.stdout.splitlines() if line.startswith("revocation "))
+    assert run_broker(engineer, "revoke", "lift", doc_id, *conn(local_broker), cwd=tmp_path).returncode == 0
+
+
+def test_two_searches_in_the_same_second_are_no_replay(local_broker, engineer, tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-m", "broker", "audit", "search", "--since", "5m", "--limit", "1",
+                               "--json", *conn(local_broker)], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_env(engineer, tmp_path)) for _ in range(3)]
+    results = [p.communicate(timeout=60) + (p.returncode,) for p in procs]
+    assert [rc for _, _, rc in results] == [0, 0, 0], [err for _, err, _ in results]
+    ids = {json.loads(out)["request_id"] if "request_id" in json.loads(out) else None for out, _, _ in results}
+    assert all(err.count("proof_replayed") == 0 for _, err, _ in results)
+    del ids
+    search = run_broker(engineer, "audit", "search", "--since", "2m", "--outcome", "denied", "--json",
+                        *conn(local_broker), cwd=tmp_path)
+    replays = [e for e in json.loads(search.stdout)["events"] if e.get("code") == "proof_replayed"
+               and "security-team" in (e.get("principal") or "")]
+    assert replays == []
+
+
+def _env(creds, cwd):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BROKER_", "VAULT_", "BAO_"))}
+    env.update(AWS_ACCESS_KEY_ID=creds["access_key_id"], AWS_SECRET_ACCESS_KEY=creds["secret_access_key"],
+               AWS_SESSION_TOKEN=creds["session_token"], AWS_EC2_METADATA_DISABLED="true",
+               AWS_CONFIG_FILE=str(cwd / "no-aws-config"), AWS_SHARED_CREDENTIALS_FILE=str(cwd / "no-aws-credentials"),
+               PYTHONPATH=str(REPO))
+    return env
+
+
+def test_a_misspelt_target_is_refused_unless_forced(local_broker, engineer, tmp_path):
+    never_seen = "i-0fedcba9876543210"
+    refused = run_broker(engineer, "revoke", "--instance", never_seen, "--reason", "typo?", *conn(local_broker),
+                         cwd=tmp_path)
+    assert refused.returncode == 4 and "404 not_found" in refused.stderr and "--force" in refused.stderr
+    forced = run_broker(engineer, "revoke", "--instance", never_seen, "--reason", "preventive", "--force",
+                        "--quarantine", "10m", "--json", *conn(local_broker), cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    doc = json.loads(forced.stdout)
+    assert doc["quarantine"][0]["target"] == {"instance": never_seen} and doc["destroyed"] == []
+    assert run_broker(engineer, "revoke", "lift", doc["revocation_id"], *conn(local_broker),
+                      cwd=tmp_path).returncode == 0

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import secrets
 import threading
 import time
 from datetime import datetime, timezone
@@ -26,9 +27,21 @@ def fresh_when():
     raise RuntimeError("more than 240 proofs signed in 4 minutes: slow down")
 
 
-def proof_header(creds, server_id, **kwargs):
-    """The X-Broker-Proof value: base64 of the JSON of the four iam_* fields."""
-    kwargs.setdefault("when", fresh_when())
+def binding(method, path, params=None, body=b"", nonce=None):
+    """The X-Broker-Request value a proof signs for one request (chalicelib/admin_auth.py)."""
+    from chalicelib.admin_auth import request_binding
+
+    return request_binding(method, path, params or {}, body, nonce or secrets.token_hex(16))
+
+
+def proof_header(creds, server_id, *, bound=None, **kwargs):
+    """The X-Broker-Proof value: base64 of the JSON of the four iam_* fields; `bound` is the
+    X-Broker-Request value to sign (binding(...)), None for a proof bound to nothing. A bound
+    proof is unique by its nonce: it may be signed at any second."""
+    if "when" not in kwargs:
+        kwargs["when"] = datetime.now(timezone.utc) if bound is not None else fresh_when()
+    if bound is not None:
+        kwargs["extra_headers"] = dict(kwargs.get("extra_headers") or {}, **{"X-Broker-Request": bound})
     body = signed_login(creds, "unused", server_id, **kwargs)
     del body["role"]
     return base64.b64encode(json.dumps(body).encode()).decode()
@@ -43,25 +56,35 @@ def proof_fields(creds, server_id, **kwargs):
 
 
 class SecurityClient:
-    """Calls the security routes of the in-process broker as a given AWS identity."""
+    """Calls the security routes of the in-process broker as a given AWS identity, each call
+    with a fresh proof bound to it (unless a `proof` is given)."""
 
     def __init__(self, broker, creds):
         self.broker = broker
         self.creds = creds
 
-    def headers(self, proof=None):
-        return {"X-Broker-Proof": proof or proof_header(self.creds, self.broker.server_id)}
+    def headers(self, method="GET", path="/v1/audit/events", params=None, body=b"", proof=None):
+        return {"X-Broker-Proof": proof or proof_header(self.creds, self.broker.server_id,
+                                                        bound=binding(method, path, params, body))}
 
     def get(self, path, proof=None):
-        return self.broker.client.http.get(path, headers=self.headers(proof))
+        from urllib.parse import parse_qsl, urlsplit
+
+        parts = urlsplit(path)
+        params = {}
+        for k, v in parse_qsl(parts.query, keep_blank_values=True):
+            params.setdefault(k, []).append(v)
+        return self.broker.client.http.get(path, headers=self.headers("GET", parts.path, params, b"", proof))
 
     def post(self, path, body, proof=None):
-        return self.broker.client.http.post(path, body=json.dumps(body),
-                                            headers={"Content-Type": "application/json", **self.headers(proof)})
+        data = json.dumps(body).encode()
+        return self.broker.client.http.post(path, body=data, headers={
+            "Content-Type": "application/json", **self.headers("POST", path, None, data, proof)})
 
     def delete(self, path, body=None, proof=None):
-        return self.broker.client.http.request("DELETE", path, body=json.dumps(body).encode() if body else b"",
-                                               headers={"Content-Type": "application/json", **self.headers(proof)})
+        data = json.dumps(body).encode() if body else b""
+        return self.broker.client.http.request("DELETE", path, body=data, headers={
+            "Content-Type": "application/json", **self.headers("DELETE", path, None, data, proof)})
 
     def search(self, **params):
         from urllib.parse import urlencode
@@ -69,4 +92,4 @@ class SecurityClient:
         return self.get("/v1/audit/events" + (f"?{urlencode(params)}" if params else ""))
 
 
-__all__ = ["SecurityClient", "fresh_when", "proof_header", "proof_fields", "sign"]
+__all__ = ["SecurityClient", "binding", "fresh_when", "proof_header", "proof_fields", "sign"]

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from chalicelib.audit import AuditRecord
-from tests.service.security_helpers import SecurityClient, proof_header
+from tests.service.security_helpers import SecurityClient, binding, proof_header
 
 ACCOUNT = "123456789012"
 
@@ -30,7 +30,9 @@ def iso(epoch):
 def seeded(broker):
     """60 records over three UTC days of a random past window; returns their fields."""
     uid = uuid.uuid4().hex[:8]
-    base = datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(days=random.randrange(0, 300))
+    # a random past window within the retention (older records are outside any search)
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    base = today - timedelta(days=random.randrange(30, 330))
     start = base.timestamp() + 3600 * 20  # 20:00 on day 1: the records span days 1, 2 and 3
     instances = [f"i-{uid}{n:09x}" for n in (1, 2)]
     roles = [f"web-{uid}", f"batch-{uid}"]
@@ -218,7 +220,7 @@ def test_an_outsider_is_403_and_the_attempt_is_on_the_record(broker):
 
 
 def test_a_replayed_admin_proof_is_401(broker, security):
-    proof = proof_header(security.creds, broker.server_id)
+    proof = proof_header(security.creds, broker.server_id, bound=binding("GET", "/v1/audit/events", {"limit": ["1"]}))
     assert security.get("/v1/audit/events?limit=1", proof=proof).status_code == 200
     again = security.get("/v1/audit/events?limit=1", proof=proof)
     assert again.status_code == 401 and body_of(again)["error"]["code"] == "proof_replayed"
@@ -232,7 +234,7 @@ def test_a_malformed_proof_header_is_400(broker, header):
 
 
 def test_a_proof_for_another_server_id_is_401(broker, security):
-    proof = proof_header(security.creds, "some-other-service")
+    proof = proof_header(security.creds, "some-other-service", bound=binding("GET", "/v1/audit/events"))
     response = security.get("/v1/audit/events", proof=proof)
     assert response.status_code == 401 and "does not name this broker" in body_of(response)["error"]["message"]
 
@@ -257,7 +259,8 @@ def test_a_crowded_shard_is_read_page_after_page_and_merged_in_order(broker, sec
     others are exhausted, and the merge must stay newest first."""
     from chalicelib.audit_schema import TIME_SHARDS, shard_of
 
-    day = datetime(2023, 6, 1, tzinfo=timezone.utc) + timedelta(days=random.randrange(0, 150))
+    day = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) \
+        - timedelta(days=random.randrange(30, 330))
     crowded, others = [], []
     while len(crowded) < 36 or len(others) < 6:
         rid = str(uuid.uuid4())
@@ -275,3 +278,57 @@ def test_a_crowded_shard_is_read_page_after_page_and_merged_in_order(broker, sec
     params = {"since": iso(day.timestamp()), "until": iso(day.timestamp() + 86399)}
     assert fetch_all(security, 20, **params)[0] == want
     assert fetch_all(security, 500, **params)[0] == want
+
+
+# ---- proofs bound to one request ----------------------------------------------------------------
+
+
+def test_a_proof_signed_for_an_audit_read_is_refused_for_a_revocation(broker, security):
+    proof = proof_header(security.creds, broker.server_id, bound=binding("GET", "/v1/audit/events"))
+    body = {"instance": "i-0123456789abcdef0", "reason": "with a borrowed proof", "quarantine": "1h", "force": True}
+    response = security.post("/v1/revocations", body, proof=proof)
+    assert response.status_code == 401, response.body
+    doc = body_of(response)
+    assert doc["error"]["code"] == "invalid_proof" and "signed for another request" in doc["error"]["message"]
+    record = broker.audit.get(doc["request_id"])
+    assert record["outcome"] == "denied" and record["action"] == "revoke"
+    assert "signed for GET /v1/audit/events, used for POST /v1/revocations" in record["reason"]
+    # and nothing was quarantined: the proof was refused before anything was done
+    assert record.get("revocation_id") is None
+
+
+@pytest.mark.parametrize("signed_for", [
+    ("POST", "/v1/revocations", None, b'{"instance": "i-0123456789abcdef0", "reason": "one thing"}'),  # other body
+    ("DELETE", f"/v1/revocations/{uuid.uuid4()}", None, b""),  # other path
+    ("GET", "/v1/audit/events", {"limit": ["500"]}, b""),  # other query
+])
+def test_a_proof_bound_to_another_body_path_or_query_is_401(broker, security, signed_for):
+    proof = proof_header(security.creds, broker.server_id, bound=binding(*signed_for))
+    if signed_for[0] == "GET":
+        response = security.get("/v1/audit/events?limit=1", proof=proof)
+    elif signed_for[0] == "DELETE":
+        response = security.delete(f"/v1/revocations/{uuid.uuid4()}", proof=proof)
+    else:
+        response = security.post("/v1/revocations", {"instance": "i-0123456789abcdef0", "reason": "another"},
+                                 proof=proof)
+    assert response.status_code == 401 and "signed for another request" in body_of(response)["error"]["message"]
+
+
+def test_a_proof_without_a_binding_is_401(broker, security):
+    response = security.get("/v1/audit/events", proof=proof_header(security.creds, broker.server_id))
+    assert response.status_code == 401
+    assert "X-Broker-Request" in body_of(response)["error"]["message"]
+
+
+def test_a_binding_rewritten_after_signing_is_refused_by_sts(broker, security):
+    """The binding is part of the signature: rewriting it to match another request breaks it."""
+    import json as _json
+
+    signed = proof_header(security.creds, broker.server_id, bound=binding("GET", "/v1/audit/events"))
+    fields = _json.loads(base64.b64decode(signed))
+    headers = _json.loads(base64.b64decode(fields["iam_request_headers"]))
+    headers["X-Broker-Request"] = [binding("GET", "/v1/audit/events", {"limit": ["1"]})]
+    fields["iam_request_headers"] = base64.b64encode(_json.dumps(headers).encode()).decode()
+    forged = base64.b64encode(_json.dumps(fields).encode()).decode()
+    response = security.get("/v1/audit/events?limit=1", proof=forged)
+    assert response.status_code == 401 and body_of(response)["error"]["code"] == "invalid_proof"

@@ -35,7 +35,8 @@ CONFIG = REPO / ".chalice" / "config.json"
 AWS_CALL_HELPERS = {"call": 1, "try_call": 2, "attempt": 2}
 # A transaction has no IAM action of its own: AWS authorizes each of its items.
 TRANSACTION_ITEM_ACTIONS = {("dynamodb", "transact_write_items"): {"dynamodb:PutItem", "dynamodb:UpdateItem",
-                                                                   "dynamodb:ConditionCheckItem"}}
+                                                                   "dynamodb:ConditionCheckItem"},
+                            ("dynamodb", "transact_get_items"): {"dynamodb:GetItem"}}
 # Calls that need no IAM permission at all.
 NO_PERMISSION = {"sts:GetCallerIdentity"}
 
@@ -252,6 +253,8 @@ def widen_for_moto(policy: dict) -> tuple[dict, set[str]]:
         if "dynamodb:ConditionCheckItem" in as_list(st["Action"]):
             # moto asks for an action named after the API call, which AWS does not have
             st["Action"] = as_list(st["Action"]) + ["dynamodb:TransactWriteItems"]
+        if "dynamodb:GetItem" in as_list(st["Action"]) and "dynamodb:ConditionCheckItem" in as_list(st["Action"]):
+            st["Action"] = as_list(st["Action"]) + ["dynamodb:TransactGetItems"]  # the same, for the token registry
     return out, widened
 
 

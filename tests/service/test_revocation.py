@@ -36,6 +36,11 @@ def unwrap_secret_id(stack, doc):
     return data["secret_id"]
 
 
+def unwrap_status(stack, doc, which="secret_id_wrap"):
+    return requests.post(f"{stack.vault_addr}/v1/sys/wrapping/unwrap", timeout=10,
+                         headers={"X-Vault-Token": doc[which]["token"]}).status_code
+
+
 def approle_login(stack, role, secret_id):
     """The HTTP status of an AppRole login with the seeded role ID and this secret ID."""
     response = requests.post(f"{stack.vault_addr}/v1/auth/approle/login",
@@ -70,9 +75,12 @@ def test_revoking_an_instance_destroys_its_secret_ids_and_quarantines_it_until_l
     assert doc["quarantine"][0]["target"] == {"instance": instance}
     assert doc["quarantine"][0]["revocation_id"] == doc["revocation_id"]
 
-    # Neither secret ID logs in any more: the unwrapped one, nor the one still wrapped.
+    # The unwrapped secret ID logs in no more, and the one still wrapped can't even be unwrapped.
     assert approle_login(stack, "web", secret_id) == 400
-    assert approle_login(stack, "web", unwrap_secret_id(stack, wrapped)) == 400
+    assert unwrap_status(stack, wrapped) == 400
+    entries = {d["request_id"]: d for d in doc["destroyed"]}
+    assert entries[wrapped["request_id"]]["wrapping_tokens"] == {"role_id": "revoked", "secret_id": "revoked"}
+    assert entries[used["request_id"]]["wrapping_tokens"] == {"role_id": "revoked", "secret_id": "used or expired"}
 
     # The instance is refused before anything is minted, and that is on the record.
     refused = assert_error(broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when())),
@@ -107,13 +115,13 @@ def test_revoking_a_principal_session_and_by_request_id(broker, security):
                                                       "quarantine": "0"}))
     assert [(d["request_id"], d["result"]) for d in by_id["destroyed"]] == [(first["request_id"], "destroyed")]
     assert by_id["quarantine"] == []
-    assert approle_login(stack, "batch", unwrap_secret_id(stack, first)) == 400
+    assert unwrap_status(stack, first) == 400  # its wrapping token is revoked
 
     by_principal = body_of(security.post("/v1/revocations", {"principal": arn, "reason": "compromised job",
                                                              "quarantine": "30m"}))
     results = {d["request_id"]: d["result"] for d in by_principal["destroyed"]}
     assert results == {first["request_id"]: "gone", second["request_id"]: "destroyed"}
-    assert approle_login(stack, "batch", unwrap_secret_id(stack, second)) == 400
+    assert unwrap_status(stack, second) == 400
     try:
         assert_error(broker.post(signed_login(creds, "batch", broker.server_id, when=fresh_when())), 403, "quarantined")
         # another session of the same role is not this principal
@@ -312,3 +320,201 @@ def test_gce_instances_report_incidents_and_are_quarantined_by_instance(broker, 
         security.delete(f"/v1/revocations/{revoked['revocation_id']}")
     assert login(names[0]).status_code == 200
 
+
+
+# ---- tokens, and issuances in flight -------------------------------------------------------------
+
+
+def vault_login(stack, role, doc):
+    """Unwrap and log in as the machine would: its Vault token (a secret: kept, never printed)."""
+    response = requests.post(f"{stack.vault_addr}/v1/auth/approle/login", timeout=10, json={
+        "role_id": stack.vault_seed.role_ids[role], "secret_id": unwrap_secret_id(stack, doc)})
+    assert response.status_code == 200, response.text
+    return response.json()["auth"]
+
+
+def token_status(stack, token):
+    return requests.get(f"{stack.vault_addr}/v1/auth/token/lookup-self", timeout=10,
+                        headers={"X-Vault-Token": token}).status_code
+
+
+def test_a_revocation_revokes_the_tokens_logged_in_with_its_secret_ids(broker, security):
+    stack = broker.stack
+    instance = broker.web_instance()
+    creds = stack.assume("demo-node", instance)
+    doc = issue(broker, creds, "web")
+    auth = vault_login(stack, "web", doc)
+    assert auth["metadata"]["request_id"] == doc["request_id"]  # AppRole copied the secret ID's metadata
+    kv = requests.get(f"{stack.vault_addr}/v1/secret/data/web/config", headers={"X-Vault-Token": auth["client_token"]},
+                      timeout=10)
+    assert kv.status_code == 200
+
+    revoked = body_of(security.post("/v1/revocations", {"instance": instance, "reason": "IDS", "quarantine": "1h"}))
+    try:
+        assert revoked["complete"] is True
+        entry = {d["request_id"]: d for d in revoked["destroyed"]}[doc["request_id"]]
+        assert entry["result"] == "gone"  # used by the login
+        assert entry["tokens"] == [{"accessor": auth["accessor"], "found_by": "scan", "result": "revoked"}]
+        assert token_status(stack, auth["client_token"]) == 403
+        assert requests.get(f"{stack.vault_addr}/v1/secret/data/web/config", timeout=10,
+                            headers={"X-Vault-Token": auth["client_token"]}).status_code == 403
+        renewed = requests.post(f"{stack.vault_addr}/v1/auth/token/renew-self", timeout=10,
+                                headers={"X-Vault-Token": auth["client_token"]})
+        assert renewed.status_code == 403
+        assert auth["client_token"] not in json.dumps(revoked)
+    finally:
+        security.delete(f"/v1/revocations/{revoked['revocation_id']}")
+
+
+def test_an_issuance_in_flight_when_the_quarantine_lands_takes_itself_back(broker, security, monkeypatch):
+    """The quarantine is placed after this issuance was admitted but before its record was
+    written: it answers 403, its secret ID is destroyed, and both records say so."""
+    import app as broker_app
+    from chalicelib.stores.quarantine import QuarantineList, quarantine_key
+    from devstack import aws as stack_aws
+
+    stack = broker.stack
+    instance = broker.web_instance()
+    creds = stack.assume("demo-node", instance)
+    service = broker_app.get_service()
+    quarantine = QuarantineList(stack.client("dynamodb"), stack_aws.QUARANTINE_TABLE)
+    minted = []
+    real_issue = service._minter.issue
+
+    def issue_then_quarantine(*args, **kwargs):
+        result = real_issue(*args, **kwargs)
+        minted.append(result)
+        quarantine.place(quarantine_key("instance", instance), revocation_id=str(uuid.uuid4()),
+                         until=int(__import__("time").time()) + 600, reason="in flight", by="test")
+        return result
+
+    monkeypatch.setattr(service._minter, "issue", issue_then_quarantine)
+    try:
+        refused = assert_error(broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when())),
+                               403, "quarantined")
+    finally:
+        monkeypatch.undo()
+        quarantine.lift(quarantine_key("instance", instance), quarantine.get(quarantine_key("instance", instance))
+                        .revocation_id)
+    follow = broker.audit.get(refused["request_id"])
+    assert follow["action"] == "take_back" and follow["code"] == "quarantined"
+    original = broker.audit.get(follow["related_request_id"])
+    assert original["outcome"] == "issued" and original["instance"] == instance
+    assert f"issuance {original['request_id']} taken back" in follow["reason"]
+    # In OpenBao: the secret ID is gone, and so are both wrapping tokens.
+    looked = requests.post(f"{stack.vault_addr}/v1/auth/approle/role/web/secret-id-accessor/lookup",
+                           json={"secret_id_accessor": minted[0].secret_id_accessor},
+                           headers={"X-Vault-Token": "root"}, timeout=10)
+    assert looked.status_code in (400, 404), looked.text
+    for wrap in (minted[0].role_id_wrap, minted[0].secret_id_wrap):
+        assert requests.post(f"{stack.vault_addr}/v1/sys/wrapping/unwrap", timeout=10,
+                             headers={"X-Vault-Token": wrap.token}).status_code == 400
+
+
+# ---- targets: canonical spellings, unknown targets, a GCE instance's service account --------------
+
+
+def test_a_role_named_in_another_case_is_the_same_role(broker, security):
+    stack = broker.stack
+    creds = stack.assume("demo-batch", f"case-{uuid.uuid4().hex[:6]}")
+    doc = issue(broker, creds, "batch")
+    revoked = security.post("/v1/revocations", {"principal": f"arn:aws:iam::{ACCOUNT}:role/Demo-Batch",
+                                                "reason": "case test", "quarantine": "10m"})
+    assert revoked.status_code == 200, revoked.body
+    answer = body_of(revoked)
+    try:
+        assert answer["target"] == {"principal": f"arn:aws:iam::{ACCOUNT}:role/demo-batch"}  # IAM's spelling
+        assert doc["request_id"] in {d["request_id"] for d in answer["destroyed"]}
+        assert_error(broker.post(signed_login(creds, "batch", broker.server_id, when=fresh_when())), 403, "quarantined")
+    finally:
+        security.delete(f"/v1/revocations/{answer['revocation_id']}")
+
+
+@pytest.mark.parametrize("target", [
+    {"principal": f"arn:aws:iam::{ACCOUNT}:role/no-such-role"},
+    {"principal": f"arn:aws:sts::{ACCOUNT}:assumed-role/no-such-role/s1"},
+    {"principal": "nobody@demo-project.iam.gserviceaccount.com"},
+    {"instance": "i-0abcdef0123456789"},
+])
+def test_a_target_matching_nothing_is_refused_unless_forced(security, target):
+    refused = security.post("/v1/revocations", dict(target, reason="typo?"))
+    assert_error(refused, 404, "not_found")
+    assert "force" in body_of(refused)["error"]["message"]
+    forced = security.post("/v1/revocations", dict(target, reason="preventive", quarantine="1m", force=True))
+    assert forced.status_code == 200, forced.body
+    assert body_of(forced)["destroyed"] == []
+    security.delete(f"/v1/revocations/{body_of(forced)['revocation_id']}")
+
+
+def test_quarantining_a_gce_instance_refuses_its_service_accounts_instanceless_tokens(broker, security):
+    stack = broker.stack
+    audience = stack.broker_env()["BROKER_GCP_AUDIENCE"]
+    sa = "demo-node@demo-project.iam.gserviceaccount.com"
+    name = f"web-sa-{uuid.uuid4().hex[:6]}"
+    stack.gcp_create_instance(name, labels={"vault-role": "web"}, service_account=sa)
+
+    def gcp_post(jwt):
+        return broker.client.http.post("/v1/credentials/gcp", body=json.dumps({"role": "web", "jwt": jwt}),
+                                       headers={"Content-Type": "application/json"})
+
+    issued = gcp_post(stack.gcp_instance_token(name, audience=audience))
+    assert issued.status_code == 200, issued.body
+    instance_id = broker.audit.get(body_of(issued)["request_id"])["instance"]
+    # Before: the service account's instance-less token is refused by the rules only.
+    assert_error(gcp_post(stack.gcp_sa_token(sa, audience=audience)), 403, "not_authorized")
+
+    revoked = body_of(security.post("/v1/revocations", {"instance": instance_id, "reason": "GCE compromise",
+                                                        "quarantine": "10m"}))
+    try:
+        targets = [q["target"] for q in revoked["quarantine"]]
+        assert targets == [{"instance": instance_id}, {"instanceless": sa}]
+        assert any(sa in note and "metadata server" in note for note in revoked["covers"])
+        refused = assert_error(gcp_post(stack.gcp_sa_token(sa, audience=audience)), 403, "quarantined")
+        assert "instanceless" in broker.audit.get(refused["request_id"])["reason"]
+    finally:
+        security.delete(f"/v1/revocations/{revoked['revocation_id']}")
+
+
+# ---- registered tokens ------------------------------------------------------------------------------
+
+
+def register(broker, creds, request_id, accessor):
+    body = dict(proof_fields(creds, broker.server_id), request_id=request_id, accessor=accessor)
+    return broker.client.http.post("/v1/tokens", body=json.dumps(body), headers={"Content-Type": "application/json"})
+
+
+def test_a_registered_token_is_revoked_first_and_a_borrowed_accessor_is_ignored(broker, security):
+    stack = broker.stack
+    creds = stack.assume("demo-batch", f"reg-{uuid.uuid4().hex[:6]}")
+    mine, other = issue(broker, creds, "batch"), issue(broker, stack.assume("demo-batch", "bystander"), "batch")
+    my_auth, other_auth = vault_login(stack, "batch", mine), vault_login(stack, "batch", other)
+    registered = register(broker, creds, mine["request_id"], my_auth["accessor"])
+    assert registered.status_code == 200, registered.body
+    assert broker.audit.get(body_of(registered)["request_id"])["outcome"] == "registration"
+    # somebody else's accessor, registered under my issuance: the revocation must not revoke it
+    assert register(broker, creds, mine["request_id"], other_auth["accessor"]).status_code == 200
+    # and nobody registers a token under an issuance that is not theirs
+    assert_error(register(broker, stack.assume("demo-batch", "mallory"), mine["request_id"], "x" * 24), 403,
+                 "not_authorized")
+
+    revoked = body_of(security.post("/v1/revocations", {"request_id": mine["request_id"], "reason": "reg",
+                                                        "quarantine": "0"}))
+    tokens = {d["request_id"]: d["tokens"] for d in revoked["destroyed"]}[mine["request_id"]]
+    assert tokens == [{"accessor": my_auth["accessor"], "found_by": "registered", "result": "revoked"}]
+    assert token_status(stack, my_auth["client_token"]) == 403
+    assert token_status(stack, other_auth["client_token"]) == 200  # the bystander's token lives on
+
+
+# ---- no role-wide lockout ------------------------------------------------------------------------
+
+
+def test_failed_logins_of_one_machine_lock_out_no_other_machine_of_the_role(broker):
+    """Every machine of a role holds its role ID: eight failed logins (a used or revoked secret ID
+    retried by an Agent) must not refuse another machine's fresh secret ID."""
+    stack = broker.stack
+    doc = issue(broker, stack.assume("demo-batch", f"crashloop-{uuid.uuid4().hex[:6]}"), "batch")
+    used = unwrap_secret_id(stack, doc)
+    assert approle_login(stack, "batch", used) == 200
+    assert [approle_login(stack, "batch", used) for _ in range(8)] == [400] * 8  # the crash loop
+    other = issue(broker, stack.assume("demo-batch", f"healthy-{uuid.uuid4().hex[:6]}"), "batch")
+    assert approle_login(stack, "batch", unwrap_secret_id(stack, other)) == 200

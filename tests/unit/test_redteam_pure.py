@@ -10,7 +10,7 @@ from chalicelib.methods.aws.proof import caller_from_arn
 from chalicelib.methods.aws.trust import EC2_SERVICE, ECS_TASKS_SERVICE, only_service_may_assume
 from chalicelib.methods.gcp.proof import caller_from_claims
 from chalicelib.policy import RateLimits
-from chalicelib.quarantine import caller_keys
+from chalicelib.stores.quarantine import caller_keys
 
 EC2_ONLY = {"Effect": "Allow", "Principal": {"Service": EC2_SERVICE}, "Action": "sts:AssumeRole"}
 

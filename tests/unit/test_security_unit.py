@@ -12,7 +12,7 @@ from chalicelib.audit_schema import (INDEX_INSTANCE, INDEX_PRINCIPAL, INDEX_ROLE
                                      ROLE_SHARDS, TIME_SHARDS, cloudformation_properties, index_attributes,
                                      table_definitions)
 from chalicelib.errors import InvalidRequest
-from chalicelib.quarantine import caller_keys
+from chalicelib.stores.quarantine import caller_keys
 from chalicelib.policy import RulesError, parse_rules
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -30,6 +30,14 @@ def test_security_allow_list_is_globs_on_the_canonical_arn():
     assert not rules.is_security_principal(None)
 
 
+def test_exact_arns_and_globs_in_a_role_name_are_accepted():
+    rules = parse_rules('version = 1\n[security]\nprincipal_arns = ["arn:aws:iam::123456789012:role/sec-*", '
+                        '"arn:aws:iam::123456789012:user/alice", "arn:aws-us-gov:iam::123456789012:role/ir?"]\n')
+    assert rules.is_security_principal("arn:aws:iam::123456789012:user/alice")
+    assert rules.is_security_principal("arn:aws-us-gov:iam::123456789012:role/ir1")
+    assert not rules.is_security_principal("arn:aws:iam::210987654321:role/sec-team")
+
+
 def test_no_security_table_means_nobody():
     rules = parse_rules("version = 1\n")
     assert rules.security_principals == ()
@@ -44,6 +52,16 @@ def test_no_security_table_means_nobody():
     ('principal_arns = ["arn:aws:sts::123456789012:assumed-role/r/s"]', "not an STS session"),
     ('principal_arns = "arn:aws:iam::123456789012:role/x"', "list of non-empty strings"),
     ('admins = []', "unknown field"),
+    ('principal_arns = ["arn:aws:iam::123456789012:role*"]', "too broad"),
+    ('principal_arns = ["arn:aws:iam::123456789012:*/*"]', "too broad"),
+    ('principal_arns = ["arn:aws:iam::[0-9]*:role/security-team"]', "too broad"),
+    ('principal_arns = ["arn:aws:iam::12345678901?:role/security-team"]', "too broad"),
+    ('principal_arns = ["arn:aws:iam::123456789012:role/teams/*"]', "without a path"),
+    ('principal_arns = ["arn:aws:iam::123456789012:role/teams/security"]', "without a path"),
+    ('principal_arns = ["arn:aws:iam::123456789012:role/sec-[a-z]"]', "without a path"),
+    ('principal_arns = ["arn:aws:iam::123456789012:user/al*"]', "a user ARN must be exact"),
+    ('principal_arns = ["arn:aws:iam::123456789012:role/**"]', "too broad"),
+    ('principal_arns = ["arn:aws:iam::123456789012:group/sec"]', "without a path"),
 ])
 def test_bad_security_tables_are_refused(body, match):
     with pytest.raises(RulesError, match=match):
@@ -184,4 +202,40 @@ def test_quarantine_keys_cover_instance_session_and_role():
     assert caller_keys("i-0123456789abcdef0", SESSION) == [
         "quarantine#instance#i-0123456789abcdef0", f"quarantine#principal#{SESSION}",
         f"quarantine#principal#{ROLE_ARN}"]
-    assert caller_keys(None, "sa@p.iam.gserviceaccount.com") == ["quarantine#principal#sa@p.iam.gserviceaccount.com"]
+    # a service account's caller naming no instance: its instance-less entry too (a GCE quarantine places it)
+    assert caller_keys(None, "sa@p.iam.gserviceaccount.com") == [
+        "quarantine#principal#sa@p.iam.gserviceaccount.com", "quarantine#instanceless#sa@p.iam.gserviceaccount.com"]
+    assert caller_keys("1234567890", "sa@p.iam.gserviceaccount.com") == [
+        "quarantine#instance#1234567890", "quarantine#principal#sa@p.iam.gserviceaccount.com"]
+
+
+def test_quarantine_keys_spell_iam_names_in_one_case():
+    """IAM role and user names are case-insensitive: role/Demo-Batch is role/demo-batch."""
+    from chalicelib.stores.quarantine import principal_key, quarantine_key
+
+    assert quarantine_key("principal", "arn:aws:iam::123456789012:role/Demo-Batch") == \
+        quarantine_key("principal", "arn:aws:iam::123456789012:role/path/demo-batch")
+    session = "arn:aws:sts::123456789012:assumed-role/Demo-Batch/Nightly-1"
+    assert principal_key(session) == "arn:aws:sts::123456789012:assumed-role/demo-batch/Nightly-1"  # session kept
+    assert caller_keys(None, session)[1] == quarantine_key("principal", "arn:aws:iam::123456789012:role/DEMO-BATCH")
+
+
+@pytest.mark.parametrize("params", [
+    {"since": "0001-01-01T00:00:00+00:00"}, {"until": "9999-12-31T23:59:59-23:59"},
+    {"since": "0001-01-01T00:00:00+23:59"}, {"until": "0001-01-01"},
+    {"since": "9999-12-31T23:59:59-23:59"}, {"since": "1000-01-01", "until": "1000-01-02"},
+])
+def test_extreme_times_are_a_400_or_a_bounded_range(params):
+    """Year 1 and year 9999 are a 400 or clamped to what the trail holds; never an error
+    other than InvalidRequest, never a range of more days than the retention."""
+    try:
+        q = aq.parse_query({k: [v] for k, v in params.items()}, now=NOW, retention_days=400)
+    except InvalidRequest:
+        return
+    assert NOW - 400 * 86400 <= q.since <= q.until <= NOW + 86400
+    assert len(aq._days(q.since, q.until)) <= 402
+
+
+def test_a_since_older_than_the_retention_starts_at_the_oldest_record_kept():
+    q = aq.parse_query({"since": ["1000-01-01"]}, now=NOW, retention_days=30)
+    assert q.since == Decimal(f"{NOW - 30 * 86400:.3f}") and q.until == Decimal(f"{NOW:.3f}")

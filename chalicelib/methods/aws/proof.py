@@ -22,7 +22,8 @@ GET_CALLER_IDENTITY_BODY = b"Action=GetCallerIdentity&Version=2011-06-15"
 SERVER_ID_HEADER = "x-vault-aws-iam-server-id"
 # Headers a GetCallerIdentity signature may cover, and the only ones forwarded.
 SIGNABLE_HEADERS = frozenset(
-    {"host", "content-type", "content-length", "x-amz-date", "x-amz-security-token", SERVER_ID_HEADER}
+    {"host", "content-type", "content-length", "x-amz-date", "x-amz-security-token", SERVER_ID_HEADER,
+     "x-broker-request"}  # the security routes' request binding (chalicelib/admin_auth.py)
 )
 REQUIRED_SIGNED = frozenset({"host", "x-amz-date", SERVER_ID_HEADER})
 ALLOWED_AMZ_HEADERS = frozenset({"x-amz-date", "x-amz-security-token"})

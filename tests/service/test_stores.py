@@ -1,0 +1,129 @@
+"""One contract, two implementations: each store of chalicelib/stores/ and its in-memory fake
+(chalicelib/stores/memory.py) pass the same tests (the DynamoDB one against the stack's
+moto, SigV4 verified), so the fakes can stand in for them in fast tests."""
+
+import uuid
+
+import pytest
+
+from chalicelib.errors import InvalidRequest, Quarantined, RateLimited
+from chalicelib.stores import memory
+from chalicelib.stores.quarantine import QuarantineList, caller_keys, quarantine_key
+from chalicelib.stores.rate_limits import RateLimitStore
+from chalicelib.stores.revocations import RevocationStore
+from chalicelib.stores.tokens import MAX_PER_ISSUANCE, TokenRegistry
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_900_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture(params=["memory", "dynamodb"])
+def stores(request, clock):
+    if request.param == "memory":
+        return {"quarantine": memory.MemoryQuarantineList(clock), "revocations": memory.MemoryRevocationStore(clock),
+                "rate_limits": memory.MemoryRateLimitStore(clock), "tokens": memory.MemoryTokenRegistry(clock)}
+    from devstack import aws as stack_aws
+
+    stack = request.getfixturevalue("stack")
+    db, table = stack.client("dynamodb"), stack_aws.QUARANTINE_TABLE
+    return {"quarantine": QuarantineList(db, table, clock), "revocations": RevocationStore(db, table, clock),
+            "rate_limits": RateLimitStore(db, table, clock), "tokens": TokenRegistry(db, table, clock)}
+
+
+def unique(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class TestQuarantineList:
+    def test_a_placed_entry_refuses_until_it_ends(self, stores, clock):
+        q = stores["quarantine"]
+        instance = unique("i")
+        key = quarantine_key("instance", instance)
+        q.check(caller_keys(instance, None))  # nothing yet
+        entry = q.place(key, revocation_id="r1", until=int(clock.now) + 60, reason="x", by="sec")
+        assert (entry.key, entry.revocation_id) == (key, "r1")
+        with pytest.raises(Quarantined) as refused:
+            q.check(caller_keys(instance, None))
+        assert "r1" in refused.value.detail
+        clock.now += 61
+        q.check(caller_keys(instance, None))  # expired: every read checks `until` itself
+
+    def test_a_longer_quarantine_stays_and_only_its_owner_lifts_it(self, stores, clock):
+        q = stores["quarantine"]
+        key = quarantine_key("principal", f"arn:aws:iam::123456789012:role/{unique('r')}")
+        q.place(key, revocation_id="long", until=int(clock.now) + 3600, reason="x", by="sec")
+        kept = q.place(key, revocation_id="short", until=int(clock.now) + 60, reason="x", by="sec")
+        assert kept.revocation_id == "long"
+        assert q.lift(key, "short") is False and q.get(key).revocation_id == "long"
+        assert q.lift(key, "long") is True and q.get(key) is None
+
+    def test_a_role_entry_refuses_every_session_in_any_case(self, stores, clock):
+        q = stores["quarantine"]
+        role = unique("Demo-Role")
+        q.place(quarantine_key("principal", f"arn:aws:iam::123456789012:role/{role}"), revocation_id="r",
+                until=int(clock.now) + 60, reason="x", by="sec")
+        session = f"arn:aws:sts::123456789012:assumed-role/{role.lower()}/s1"
+        with pytest.raises(Quarantined):
+            q.check(caller_keys(None, session))
+
+
+class TestRevocationStore:
+    def test_put_get_and_lift(self, stores, clock):
+        r = stores["revocations"]
+        rid = str(uuid.uuid4())
+        assert r.get(rid) is None
+        r.put(rid, target=("instance", "i-1"), reason="why", by="sec", until=int(clock.now) + 60,
+              keys=["quarantine#instance#i-1"], request_id="req")
+        got = r.get(rid)
+        assert got["target"] == {"instance": "i-1"} and got["quarantine_keys"] == ["quarantine#instance#i-1"]
+        assert got["lifted_at"] is None
+        r.mark_lifted(rid, "sec")
+        assert r.get(rid)["lifted_at"] == int(clock.now)
+
+    def test_a_revocation_id_is_written_once(self, stores, clock):
+        from chalicelib.errors import Unavailable
+
+        r = stores["revocations"]
+        rid = str(uuid.uuid4())
+        r.put(rid, target=("instance", "i-1"), reason="a", by="sec", until=None, keys=[], request_id="q")
+        with pytest.raises(Unavailable):
+            r.put(rid, target=("instance", "i-2"), reason="b", by="sec", until=None, keys=[], request_id="q")
+        assert r.get(rid)["target"] == {"instance": "i-1"}
+
+
+class TestRateLimits:
+    def test_a_window_holds_its_limit_then_the_next_one_starts_afresh(self, stores, clock):
+        limits = stores["rate_limits"]
+        caller = unique("caller")
+        clock.now = 1_900_000_000.0 - 1_900_000_000 % 60  # the start of a window
+        for _ in range(3):
+            limits.take_slot("test", caller, limit=3, window=60)
+        with pytest.raises(RateLimited) as limited:
+            limits.take_slot("test", caller, limit=3, window=60)
+        assert limited.value.retry_after == 60
+        limits.take_slot("test", unique("other"), limit=3, window=60)  # another caller has its own
+        clock.now += 60
+        limits.take_slot("test", caller, limit=3, window=60)
+
+
+class TestTokenRegistry:
+    def test_accessors_per_issuance_bounded(self, stores):
+        tokens = stores["tokens"]
+        rid = str(uuid.uuid4())
+        assert tokens.get_many([rid]) == {}
+        for n in range(MAX_PER_ISSUANCE):
+            tokens.add(rid, f"acc{n}", keep_for=3600)
+        tokens.add(rid, "acc0", keep_for=3600)  # again: no new one
+        with pytest.raises(InvalidRequest):
+            tokens.add(rid, "one-too-many", keep_for=3600)
+        assert tokens.get_many([rid, str(uuid.uuid4())]) == {rid: [f"acc{n}" for n in range(MAX_PER_ISSUANCE)]}
