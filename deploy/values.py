@@ -47,6 +47,7 @@ LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
 # what the values file sets through its own keys: not again through [environment]
 _DERIVED_ENV = {"BROKER_VAULT_ADDR", "BROKER_VAULT_ROLE_ID", "BROKER_VAULT_SECRET_ID_SECRET",
+                "BROKER_REVOKER_ROLE_ID", "BROKER_REVOKER_SECRET_ID_SECRET",
                 "BROKER_SERVER_ID", "BROKER_AUDIT_TABLE", "BROKER_REPLAY_TABLE",
                 "BROKER_QUARANTINE_TABLE", "BROKER_LOG_LEVEL", "BROKER_GCP_AUDIENCE",
                 "BROKER_ACCOUNT_READERS"}
@@ -97,6 +98,9 @@ class Values:
     thresholds: Thresholds
     log_retention_days: int
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The revoking identity's role ID (`broker vault setup` creates it and stores its secret
+    # ID beside the broker's); None: revocations reach no Vault token (complete: false).
+    revoker_role_id: str | None = None
 
     # ---- derived names (one place: deploy/resources.yaml and the IAM policy follow them) ----
     @property
@@ -127,6 +131,8 @@ class Values:
             "BROKER_VAULT_ADDR": self.vault_addr,
             "BROKER_VAULT_ROLE_ID": self.vault_role_id,
             "BROKER_VAULT_SECRET_ID_SECRET": self.secret_name,
+            **({"BROKER_REVOKER_ROLE_ID": self.revoker_role_id,
+                "BROKER_REVOKER_SECRET_ID_SECRET": f"{self.secret_name}-revoker"} if self.revoker_role_id else {}),
             "BROKER_SERVER_ID": self.server_id,
             "BROKER_AUDIT_TABLE": self.table("audit"),
             "BROKER_REPLAY_TABLE": self.table("replay"),
@@ -286,6 +292,7 @@ def _parse(path: Path, stage: str, doc: dict) -> Values:
     return Values(
         path=path, stage=stage, vault_addr=vault_addr,
         vault_role_id=string(vault, "vault", "role_id"),
+        revoker_role_id=string(vault, "vault", "revoker_role_id", required=False),
         server_id=string(broker, "broker", "server_id"),
         log_level=log_level, endpoint_type=endpoint_type, vpc_endpoints=tuple(vpc_endpoints),
         throttle_rate_limit=rate, throttle_burst_limit=burst,
@@ -308,6 +315,10 @@ def placeholders(values: Values) -> list[str]:
     if values.vault_role_id == EXAMPLE_ROLE_ID or _EXAMPLE_WORD.search(values.vault_role_id):
         flag("vault.role_id", values.vault_role_id,
              "placeholder; `vault read -field=role_id auth/approle/role/secret-zero-broker/role-id`")
+    if values.revoker_role_id and (values.revoker_role_id == EXAMPLE_ROLE_ID
+                                   or _EXAMPLE_WORD.search(values.revoker_role_id)):
+        flag("vault.revoker_role_id", values.revoker_role_id,
+             "placeholder; `vault read -field=role_id auth/approle/role/secret-zero-revoker/role-id`")
     host = urlsplit(values.vault_addr).hostname or ""
     if _EXAMPLE_HOST.search(host):
         flag("vault.addr", values.vault_addr, "example host name")

@@ -22,6 +22,7 @@ stage = "prod"
 [vault]
 addr = "https://vault.corp.acme.net:8200"
 role_id = "5c9b2f0e-8d1a-4c55-9f0e-3b7a1d2e4f60"
+revoker_role_id = "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
 [broker]
 server_id = "secret-zero-broker.acme.net"
 [api]
@@ -52,7 +53,8 @@ def write(tmp_path, text, name="prod.toml"):
 def test_the_repository_values_are_examples_and_each_is_named():
     found = deploy_values.placeholders(deploy_values.load("prod"))
     keys = [line.split(" = ")[0] for line in found]
-    assert keys == ["vault.role_id", "vault.addr", "broker.server_id", "api.vpc_endpoints", "api.vpc_endpoints",
+    assert keys == ["vault.role_id", "vault.revoker_role_id", "vault.addr", "broker.server_id", "api.vpc_endpoints",
+                    "api.vpc_endpoints",
                     "gcp.audience", "account_readers[0].account", "account_readers[0].external_id"]
     assert any("'vpce-0123456789abcdef0'" in line for line in found)
     assert any("'set-me-from-broker-vault-setup'" in line for line in found)
@@ -84,6 +86,9 @@ def test_a_deployers_values_have_no_placeholder_and_make_the_environment(tmp_pat
     }
     assert env["BROKER_AUDIT_TABLE"] == "secret-zero-broker-prod-audit"
     assert env["BROKER_VAULT_SECRET_ID_SECRET"] == "secret-zero-broker/prod/vault-secret-id"
+    # the revoking identity: its role ID, its secret beside the broker's (broker vault setup stores it)
+    assert env["BROKER_REVOKER_ROLE_ID"] == "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
+    assert env["BROKER_REVOKER_SECRET_ID_SECRET"] == "secret-zero-broker/prod/vault-secret-id-revoker"
     assert values.api_policy()["Statement"][0]["Condition"] == {
         "StringNotEquals": {"aws:SourceVpce": ["vpce-0a1b2c3d4e5f60718"]}}
     # and the chalice config for `chalice deploy` (written into a copy of .chalice here)
