@@ -5,17 +5,14 @@ login body); the issuance must be the caller's (same principal, same machine). I
 secret ID is destroyed at once. Reports are rate-limited per caller.
 """
 
-import json
-import re
-
 from ..audit_query import valid_request_id
-from ..errors import InvalidRequest, NotAuthorized
+from ..errors import InvalidRequest
 from .inputs import parse_body, parse_reason
+from .own_issuance import ACCESSOR, method_of, proof_fields, prove_caller
 
 # Incident reports: per caller (exact principal), per window.
 INCIDENT_LIMIT = 5
 INCIDENT_WINDOW = 3600
-_ACCESSOR = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class Incidents:
@@ -28,10 +25,7 @@ class Incidents:
         self._minter = minter
 
     def report(self, raw_body, **context):
-        from ..methods import REGISTRY, package
-
-        proof_fields = {f for name in REGISTRY for f in package(name).PROOF_FIELDS}
-        allowed = ("request_id", "reason", "accessor", *sorted(proof_fields))
+        allowed = ("request_id", "reason", "accessor", *proof_fields())
         doc = None
         try:
             doc = parse_body(raw_body, allowed, ("request_id",))
@@ -43,9 +37,7 @@ class Incidents:
                 issuance = self._audit.get(valid_request_id(doc["request_id"]))
             except InvalidRequest:
                 pass
-        # The proof's method is the reported issuance's (the audit trail's word), not a guess
-        # from which fields the body carries.
-        method_name = (issuance or {}).get("method") or "aws"
+        method_name = method_of(issuance)
 
         def work(record, identity):
             if doc is None:
@@ -54,23 +46,11 @@ class Incidents:
             record.related_request_id = wanted
             reason = parse_reason(doc.get("reason"), required=False) or "possible interception reported by the client"
             accessor = doc.get("accessor")
-            if accessor is not None and (not isinstance(accessor, str) or not _ACCESSOR.fullmatch(accessor)):
+            if accessor is not None and (not isinstance(accessor, str) or not ACCESSOR.fullmatch(accessor)):
                 raise InvalidRequest("field accessor must be a wrapping token accessor")
-            method = self._method(method_name)
-            proof = {k: doc[k] for k in package(method_name).PROOF_FIELDS if k in doc}
-            login = method.parse(json.dumps(dict(proof, role="incident")).encode())
-            self._admission.seen(method.proof_hash(login))  # as a login: a replayed proof costs no cloud call
-            caller = method.verify(login)
-            record.principal, record.account = caller.principal, caller.account
-            record.instance = caller.claimed.id if caller.claimed else None
-            self._admission.admit(caller.proof_hash, request_id=record.request_id, method=method_name,
-                                  valid_until=caller.valid_until)
-            if self._rate_limits is not None:
-                self._rate_limits.take_slot("incident", caller.principal, limit=INCIDENT_LIMIT,
-                                            window=INCIDENT_WINDOW)
-            mismatch = _not_the_callers(issuance, caller, record.instance)
-            if mismatch:
-                raise NotAuthorized("that request ID was not issued to this caller", detail=mismatch)
+            prove_caller(method=self._method(method_name), method_name=method_name, admission=self._admission,
+                         rate_limits=self._rate_limits, doc=doc, record=record, issuance=issuance,
+                         placeholder_role="incident", scope="incident", limit=INCIDENT_LIMIT, window=INCIDENT_WINDOW)
             record.role = issuance.get("role")
             record.reason = reason + (f" (wrapping accessor {accessor})" if accessor else "")
             result = "nothing to destroy"
@@ -84,15 +64,3 @@ class Incidents:
         return self._requests.run("incident", context, work, admin=False, method=method_name, outcome="incident",
                                   event="incident")
 
-
-def _not_the_callers(issuance, caller, instance):
-    """Why the issuance is not the caller's to report, or None."""
-    if issuance is None:
-        return "no such audit record"
-    if issuance.get("outcome") != "issued":
-        return f"the record is not an issuance (outcome {issuance.get('outcome')})"
-    if issuance.get("principal") != caller.principal:
-        return f"issued to {issuance.get('principal')}, reported by {caller.principal}"
-    if issuance.get("instance") and issuance["instance"] != instance:
-        return f"issued to instance {issuance['instance']}, reported from {instance}"
-    return None

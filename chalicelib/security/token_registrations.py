@@ -9,18 +9,14 @@ revocation checks the token's metadata with the revoking identity before revokin
 so a registered accessor of somebody else's token is ignored. Rate-limited per caller.
 """
 
-import json
-import re
-
 from ..audit_query import valid_request_id
-from ..errors import InvalidRequest, NotAuthorized
-from .incidents import _not_the_callers
-from .inputs import parse_body
+from ..errors import InvalidRequest
 from .audited import need
+from .inputs import parse_body
+from .own_issuance import ACCESSOR, method_of, proof_fields, prove_caller
 
 REGISTRATION_LIMIT = 20
 REGISTRATION_WINDOW = 3600
-_ACCESSOR = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class TokenRegistrations:
@@ -34,17 +30,14 @@ class TokenRegistrations:
         self._keep_for = keep_for  # the tokens' longest lifetime
 
     def register(self, raw_body, **context):
-        from ..methods import REGISTRY, package
-
-        proof_fields = {f for name in REGISTRY for f in package(name).PROOF_FIELDS}
-        allowed = ("request_id", "accessor", *sorted(proof_fields))
+        allowed = ("request_id", "accessor", *proof_fields())
         doc, issuance = None, None
         try:
             doc = parse_body(raw_body, allowed, ("request_id", "accessor"))
             issuance = self._audit.get(valid_request_id(doc["request_id"]))
         except InvalidRequest:
             pass
-        method_name = (issuance or {}).get("method") or "aws"
+        method_name = method_of(issuance)
 
         def work(record, identity):
             tokens = need(self._tokens, "token registration")
@@ -52,23 +45,12 @@ class TokenRegistrations:
             wanted = valid_request_id(body["request_id"])
             record.related_request_id = wanted
             accessor = body["accessor"]
-            if not isinstance(accessor, str) or not _ACCESSOR.fullmatch(accessor):
+            if not isinstance(accessor, str) or not ACCESSOR.fullmatch(accessor):
                 raise InvalidRequest("field accessor must be a Vault token accessor")
-            method = self._method(method_name)
-            proof = {k: body[k] for k in package(method_name).PROOF_FIELDS if k in body}
-            login = method.parse(json.dumps(dict(proof, role="token")).encode())
-            self._admission.seen(method.proof_hash(login))  # as a login: a replayed proof costs no cloud call
-            caller = method.verify(login)
-            record.principal, record.account = caller.principal, caller.account
-            record.instance = caller.claimed.id if caller.claimed else None
-            self._admission.admit(caller.proof_hash, request_id=record.request_id, method=method_name,
-                                  valid_until=caller.valid_until)
-            if self._rate_limits is not None:
-                self._rate_limits.take_slot("token-register", caller.principal, limit=REGISTRATION_LIMIT,
-                                            window=REGISTRATION_WINDOW)
-            mismatch = _not_the_callers(issuance, caller, record.instance)
-            if mismatch:
-                raise NotAuthorized("that request ID was not issued to this caller", detail=mismatch)
+            prove_caller(method=self._method(method_name), method_name=method_name, admission=self._admission,
+                         rate_limits=self._rate_limits, doc=body, record=record, issuance=issuance,
+                         placeholder_role="token", scope="token-register", limit=REGISTRATION_LIMIT,
+                         window=REGISTRATION_WINDOW)
             tokens.add(wanted, accessor, keep_for=self._keep_for)
             record.role = issuance.get("role")
             record.code = "token_registered"

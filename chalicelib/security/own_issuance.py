@@ -1,0 +1,59 @@
+"""A client acting on its own issuance (an interception report, a token registration)
+proves who it is with a fresh proof in the body, and the issuance must be its own: the
+same principal, the same machine. One check for both routes."""
+
+import json
+import re
+
+from ..errors import NotAuthorized
+
+# A Vault token or wrapping-token accessor, as the client sends it.
+ACCESSOR = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def proof_fields():
+    """Every method's proof fields: what a body may carry beside the route's own."""
+    from ..methods import REGISTRY, package
+
+    return sorted({f for name in REGISTRY for f in package(name).PROOF_FIELDS})
+
+
+def method_of(issuance):
+    """The proof's method is the issuance's (the audit trail's word), not a guess from
+    which fields the body carries."""
+    return (issuance or {}).get("method") or "aws"
+
+
+def prove_caller(*, method, method_name, admission, rate_limits, doc, record, issuance, placeholder_role,
+                 scope, limit, window):
+    """Verify the body's proof like a login's (looked up before the cloud is asked, spent
+    once), count the caller's budget for `scope`, and refuse unless `issuance` is its own."""
+    from ..methods import package
+
+    proof = {k: doc[k] for k in package(method_name).PROOF_FIELDS if k in doc}
+    login = method.parse(json.dumps(dict(proof, role=placeholder_role)).encode())
+    admission.seen(method.proof_hash(login))  # as a login: a replayed proof costs no cloud call
+    caller = method.verify(login)
+    record.principal, record.account = caller.principal, caller.account
+    record.instance = caller.claimed.id if caller.claimed else None
+    admission.admit(caller.proof_hash, request_id=record.request_id, method=method_name,
+                    valid_until=caller.valid_until)
+    if rate_limits is not None:
+        rate_limits.take_slot(scope, caller.principal, limit=limit, window=window)
+    mismatch = not_the_callers(issuance, caller, record.instance)
+    if mismatch:
+        raise NotAuthorized("that request ID was not issued to this caller", detail=mismatch)
+    return caller
+
+
+def not_the_callers(issuance, caller, instance):
+    """Why the issuance is not the caller's to act on, or None."""
+    if issuance is None:
+        return "no such audit record"
+    if issuance.get("outcome") != "issued":
+        return f"the record is not an issuance (outcome {issuance.get('outcome')})"
+    if issuance.get("principal") != caller.principal:
+        return f"issued to {issuance.get('principal')}, reported by {caller.principal}"
+    if issuance.get("instance") and issuance["instance"] != instance:
+        return f"issued to instance {issuance['instance']}, reported from {instance}"
+    return None
