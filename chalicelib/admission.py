@@ -27,9 +27,13 @@ CONFLICT_BACKOFF = 0.02  # seconds, doubled per attempt
 
 class Admission:
     def __init__(self, dynamodb, replay_table, quarantine_table=None, clock=time.time, sleep=time.sleep):
+        from .stores.quarantine import QuarantineList
+
         self._db = dynamodb
         self._replay = replay_table
         self._quarantine = quarantine_table  # None: no quarantine and no rate limits
+        # The quarantine list's own reads (shared keys, and which entry refused a caller).
+        self._list = QuarantineList(dynamodb, quarantine_table, clock) if quarantine_table else None
         self._clock = clock
         self._sleep = sleep
 
@@ -57,13 +61,12 @@ class Admission:
         if self._quarantine is not None and shared_quarantine_keys:
             from .concurrency import raise_first, settle
 
-            _, shared = raise_first(settle(
+            # The proof is spent (and counted) even when a shared key refuses the caller:
+            # it can't be tried again once the quarantine is lifted.
+            raise_first(settle(
                 lambda: self.admit(proof_hash, request_id=request_id, method=method, valid_until=valid_until,
                                    identity_key=identity_key, limit=limit, quarantine_keys=quarantine_keys),
-                lambda: [self._entry_in_force(k) for k in shared_quarantine_keys]))
-            in_force = [key for key, entry in zip(shared_quarantine_keys, shared) if entry is not None]
-            if in_force:  # the proof is spent (and counted): a refused caller can't try it again
-                raise self._quarantined(in_force[0])
+                lambda: self._list.check(shared_quarantine_keys)))
             return None
         now = int(self._clock())
         items = [{"Put": self._replay_item(proof_hash, request_id, method, valid_until, now)}]
@@ -148,25 +151,13 @@ class Admission:
         if refused:
             raise ProofReplayed("this proof was already used; sign a new one")
 
-    def _entry_in_force(self, key):
-        page = call("quarantine store", self._db.get_item, TableName=self._quarantine, Key={"pk": {"S": key}},
-                    ConsistentRead=True, ProjectionExpression="pk, #until", ExpressionAttributeNames={"#until": "until"})
-        item = page.get("Item")
-        return item if item and int(float(item["until"]["N"])) > self._clock() else None
-
     def _quarantined(self, key):
-        from .stores.quarantine import entry_from_item, iso
+        """The refusal for a quarantine key whose ConditionCheck failed, with its entry's details."""
+        from .stores.quarantine import quarantined_error
 
-        page = call("quarantine store", self._db.get_item, TableName=self._quarantine, Key={"pk": {"S": key}},
-                    ConsistentRead=True)
-        entry = entry_from_item(page["Item"]) if page.get("Item") else None
-        if entry is None:  # lifted meanwhile: still refused this time, the transaction said so
-            return Quarantined("this caller is quarantined by the security team", detail=f"quarantined: {key}")
-        kind, value = entry.target
-        return Quarantined(
-            f"this caller is quarantined by the security team until {iso(entry.until)}",
-            detail=f"quarantined: {kind} {value} by revocation {entry.revocation_id} until {iso(entry.until)}")
-
+        error = quarantined_error(self._list.get(key), self._clock())
+        # lifted meanwhile: still refused this time, the transaction said so
+        return error or Quarantined("this caller is quarantined by the security team", detail=f"quarantined: {key}")
 
 def _reasons(error):
     return ",".join(str((r or {}).get("Code")) for r in getattr(error, "response", {}).get("CancellationReasons", []))
