@@ -1,8 +1,14 @@
 """The secret-zero broker's HTTP API (AWS Chalice: API Gateway + Lambda).
 
 Thin on purpose: each route hands the raw request to chalicelib's service and
-maps its typed errors to JSON. The backends are built once per process, on the
-first request (not at import, so `chalice package` and the tests can import this).
+maps its typed errors to JSON. The backends are built once per process:
+
+- in Lambda (AWS_LAMBDA_FUNCTION_NAME or AWS_EXECUTION_ENV set), at import: Lambda's
+  init pays for the service, its clients and the Vault login instead of the first
+  request, and with SnapStart the snapshot holds them (chalicelib/snapstart.py
+  refreshes what must not outlive it). A bad configuration there is logged, naming the
+  variable, and every request answers 503 until it is fixed: the import never fails;
+- anywhere else (tests, `chalice package`, `chalice local`), on the first request.
 """
 
 import logging
@@ -12,6 +18,19 @@ import threading
 from chalice import Chalice, IAMAuthorizer, Response
 
 from chalicelib.errors import BrokerError, ConfigError, Unavailable
+
+def in_lambda(env=os.environ):
+    """Running in the Lambda runtime, not `chalice local`, the tests or Chalice's CLI (which
+    imports this file to package it). Read before Chalice() is made: it sets
+    AWS_EXECUTION_ENV in every process ("AWS_Lambda aws-chalice/..."); the runtime sets
+    AWS_Lambda_python3.12 and the like."""
+    if env.get("AWS_CHALICE_CLI_MODE"):
+        return False
+    return bool(env.get("AWS_LAMBDA_FUNCTION_NAME") or env.get("AWS_EXECUTION_ENV", "").startswith("AWS_Lambda_"))
+
+
+_IN_LAMBDA = in_lambda()
+
 
 class _Broker(Chalice):
     """`chalice local` serves each request on its own thread, but Chalice keeps the request
@@ -39,24 +58,55 @@ _service_lock = threading.Lock()
 
 def get_service():
     """The process's BrokerService; a bad configuration is logged with the variable it names."""
-    global _service
     if _service is None:
-        with _service_lock:
-            if _service is None:
-                # Imported here, not at module level: the cold start's import phase stays
-                # chalice's own, and the service's modules load once, with the first request.
-                from chalicelib.backends import build_service
-                from chalicelib.config import Settings
-                from chalicelib.jsonlog import get_logger, log
-                from chalicelib.policy import RulesError
-
-                try:
-                    _service = build_service(Settings.from_env())
-                except (ConfigError, RulesError) as e:
-                    log(get_logger(), logging.CRITICAL, "broker misconfigured", problem=str(e))
-                    raise Unavailable("the broker is misconfigured; see its log", backend="configuration",
-                                      retry_after=60) from None
+        _build()
     return _service
+
+
+def _build(at_init=False):
+    """Build the service once (the modules are imported here, not at module level, so that
+    importing app.py outside Lambda stays chalice's own cost). At init, also warm it up
+    and hand the SnapStart hooks to the runtime."""
+    global _service
+    with _service_lock:
+        if _service is not None:
+            return
+        from chalicelib import snapstart
+        from chalicelib.backends import build_runtime
+        from chalicelib.config import Settings
+        from chalicelib.jsonlog import get_logger, log
+        from chalicelib.policy import RulesError
+
+        try:
+            runtime = build_runtime(Settings.from_env())
+        except (ConfigError, RulesError) as e:
+            log(get_logger(), logging.CRITICAL, "broker misconfigured", problem=str(e))
+            raise Unavailable("the broker is misconfigured; see its log", backend="configuration",
+                              retry_after=60) from None
+        if at_init:
+            problems = runtime.warm_up()
+            if problems:  # the first request tries again
+                log(get_logger(), logging.WARNING, "warm-up at init incomplete", problems=problems)
+            snapstart.after_restore(runtime.after_restore)
+            snapstart.register_with_runtime(app.log)
+        _service = runtime.service
+
+
+def _init_in_lambda():
+    """Lambda's init: build now. Nothing raised here may fail the import (Lambda would
+    retry the init on every request and log a stack trace without the variable's name):
+    a misconfiguration is logged by _build, anything else here; get_service() builds
+    again on the next request and answers 503 (or the error) there."""
+    try:
+        _build(at_init=True)
+    except BrokerError:
+        pass  # logged by _build (configuration) or a backend down at init: the request retries
+    except Exception as e:  # noqa: BLE001 - an import must not crash; the request path raises it again
+        from chalicelib.jsonlog import get_logger, log
+
+        log(get_logger(), logging.ERROR, "building the service at init failed; retried on the first request",
+            problem=type(e).__name__)
+
 
 
 def _json(status, body, headers=None):
@@ -186,10 +236,6 @@ def openapi():
     return _json(200, document())
 
 
-# Configuration is validated at import in the Lambda runtime, so a bad one fails the
-# cold start with a message naming the variable (Chalice's CLI imports app.py too).
-if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not os.environ.get("AWS_CHALICE_CLI_MODE"):
-    from chalicelib.config import Settings
-    from chalicelib.policy import load_rules
-
-    load_rules(Settings.from_env().rules_file)  # ConfigError / RulesError name the variable or the rule
+# Last, once every route is registered: in Lambda, build at init (see the top).
+if _IN_LAMBDA:
+    _init_in_lambda()

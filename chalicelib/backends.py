@@ -72,7 +72,67 @@ def _once(factory):
     return get
 
 
+class Runtime:
+    """The process's service and what its cold start needs from it (app.py):
+
+    - `warm_up()` at init in Lambda: builds now what the first request would build
+      lazily (every enabled method, the broker's own-account botocore clients and their
+      service models, the Vault login), so that init pays for it and a SnapStart
+      snapshot holds it;
+    - `after_restore()` after a SnapStart restore (chalicelib/snapstart.py): drops the
+      pooled connections and the Vault sessions the snapshot holds.
+    """
+
+    def __init__(self, service, *, settings, minter, revoker, rules, clients, http_sessions):
+        self.service = service
+        self._settings = settings
+        self._minter = minter
+        self._revoker = revoker
+        self._rules = rules
+        self._clients = clients  # weak: a reader role's clients go when its credentials are renewed
+        self._http_sessions = http_sessions
+
+    def warm_up(self, log_in=True):
+        """Build what the first request would. Errors of the network parts (the Vault login)
+        are returned, not raised: the first request tries again and answers 503 if it must.
+        Returns {step: problem} of the steps that failed."""
+        problems = {}
+        for name in self.service.method_names:
+            method = self.service.method(name)
+            if name == "aws":
+                own = method.readers.for_account(method.readers.own_account)
+                for region in self._settings.aws.regions:
+                    own.client("ec2", region)
+                    own.client("ecs", region)
+                own.client("iam")
+        if log_in:
+            try:
+                self._minter.log_in()
+            except Exception as e:  # Unavailable (named backend) or a network error
+                problems["vault login"] = getattr(e, "detail", None) or type(e).__name__
+        return problems
+
+    def after_restore(self):
+        """What no two restored copies of a snapshot may share, and what may have expired."""
+        for client in list(self._clients):
+            client.close()  # botocore: the endpoint's connection pools; the client stays usable
+        for session in self._http_sessions:
+            session.close()  # requests: the adapters' pools; new connections on the next call
+        self._minter.forget_token()
+        if self._revoker is not None:
+            self._revoker.forget_token()
+        recheck = getattr(self._rules, "recheck", None)
+        if callable(recheck):
+            recheck()
+
+
 def build_service(settings):
+    return build_runtime(settings).service
+
+
+def build_runtime(settings):
+    import weakref
+
     from .admission import Admission
     from .audit import AuditStore
     from .methods import package
@@ -81,7 +141,19 @@ def build_service(settings):
     from .pipeline.issuance import BrokerService
     from .rules_source import LiveRules, RulesSource
 
-    make = aws_client_factory(settings)
+    make_client = aws_client_factory(settings)
+    clients, sessions = weakref.WeakSet(), []
+
+    def make(service, region=None, **credentials):
+        client = make_client(service, region, **credentials)
+        clients.add(client)  # for Runtime.after_restore
+        return client
+
+    def new_http_session():
+        session = http_session()
+        sessions.append(session)
+        return session
+
     dynamodb = make("dynamodb")
     secrets = make("secretsmanager")
 
@@ -98,7 +170,7 @@ def build_service(settings):
 
     names = enabled_methods(settings)
     live = {}
-    methods = {name: _once(lambda name=name: package(name).build(settings, make, http_session(),
+    methods = {name: _once(lambda name=name: package(name).build(settings, make, new_http_session(),
                                                                  lambda: live["rules"]))
                for name in names}
     # The AWS method is built now: every version of the rules is checked against the
@@ -118,7 +190,7 @@ def build_service(settings):
     audit_store = AuditStore(dynamodb, settings.audit_table, settings.audit_retention_days)
     frame = AuditedRequests(audit_store, logger)
     admission = Admission(dynamodb, settings.replay_table, settings.quarantine_table)
-    minter = VaultMinter(settings, http_session(), secret_fetcher(settings.vault_secret_id_secret, "broker's"))
+    minter = VaultMinter(settings, new_http_session(), secret_fetcher(settings.vault_secret_id_secret, "broker's"))
 
     def method(name):
         from .errors import InvalidRequest
@@ -127,12 +199,21 @@ def build_service(settings):
             raise InvalidRequest(f"unknown proof method {name!r}; this broker accepts {', '.join(methods)}")
         return methods[name]()
 
-    security = build_security(settings, rules, frame=frame, audit=audit_store, method=method, admission=admission, minter=minter,
-                              stores=stores, dynamodb=dynamodb, fetch_revoker_secret=secret_fetcher(
-                                  settings.revoker_secret_id_secret, "revoking identity's"))
-    return BrokerService(settings=settings, rules=rules, methods=methods, admission=admission, minter=minter,
-                         frame=frame, logger=logger, rate_limits=stores.rate_limits,
-                         quarantine=stores.quarantine, security=security)
+    revoker = None
+    if settings.revoker_role_id:
+        from .revoker import VaultRevoker
+
+        revoker = VaultRevoker(addr=settings.vault_addr, mount=settings.vault_approle_mount,
+                               role_id=settings.revoker_role_id,
+                               fetch_secret_id=secret_fetcher(settings.revoker_secret_id_secret, "revoking identity's"),
+                               http_session=new_http_session(), timeout=settings.vault_timeout)
+    security = build_security(settings, rules, frame=frame, audit=audit_store, method=method, admission=admission,
+                              minter=minter, stores=stores, dynamodb=dynamodb, revoker=revoker)
+    service = BrokerService(settings=settings, rules=rules, methods=methods, admission=admission, minter=minter,
+                            frame=frame, logger=logger, rate_limits=stores.rate_limits,
+                            quarantine=stores.quarantine, security=security)
+    return Runtime(service, settings=settings, minter=minter, revoker=revoker, rules=rules,
+                   clients=clients, http_sessions=sessions)
 
 
 class Stores:
@@ -158,11 +239,11 @@ def build_stores(settings, dynamodb):
                   TokenRegistry(dynamodb, table))
 
 
-def build_security(settings, rules, *, frame, audit, method, admission, minter, stores, dynamodb, fetch_revoker_secret):
-    """The security team's routes and the incident reports (chalicelib/security/)."""
+def build_security(settings, rules, *, frame, audit, method, admission, minter, stores, dynamodb, revoker):
+    """The security team's routes and the incident reports (chalicelib/security/). `revoker`:
+    the revoking identity (chalicelib/revoker.py), or None without BROKER_REVOKER_ROLE_ID."""
     from .admin_auth import AdminAuthenticator
     from .audit_query import AuditQueryEngine
-    from .revoker import VaultRevoker
     from .security import AuditReads, Incidents, Revocations, SecurityRoutes, TokenRegistrations
     from .security.principals import AwsPrincipals
     from .security.audited import SecurityRequests
@@ -171,11 +252,6 @@ def build_security(settings, rules, *, frame, audit, method, admission, minter, 
                                                           admission,
                                                           proof_hash=lambda login: method("aws").proof_hash(login)))
     query_engine = AuditQueryEngine(dynamodb, settings.audit_table)
-    revoker = None
-    if settings.revoker_role_id:
-        revoker = VaultRevoker(addr=settings.vault_addr, mount=settings.vault_approle_mount,
-                               role_id=settings.revoker_role_id, fetch_secret_id=fetch_revoker_secret,
-                               http_session=http_session(), timeout=settings.vault_timeout)
     return SecurityRoutes(
         audit=AuditReads(requests=requests, audit=audit, query_engine=query_engine,
                          retention_days=settings.audit_retention_days),

@@ -74,6 +74,17 @@ class VaultMinter:
             lease = int(auth.get("lease_duration") or 0)
             self._token_good_until = self._clock() + max(lease * (1 - TOKEN_REFRESH_FRACTION), 1) if lease else float("inf")
 
+    def log_in(self):
+        """Log in now: at init (app.py in Lambda), so that the first request finds a token."""
+        self._ensure_token()
+
+    def forget_token(self):
+        """Log in again at the next call: after a SnapStart restore the token may have expired
+        while the snapshot waited, and its lifetime is counted on time.monotonic, which does
+        not count that wait (chalicelib/snapstart.py)."""
+        with self._lock:
+            self._token_good_until = 0.0
+
     def _login(self):
         # use_token=False: other threads keep using the old token until the new one is set.
         response = self._vault_call(

@@ -52,6 +52,11 @@ class VaultRevoker:
 
     # ---- the session -----------------------------------------------------------------------
 
+    def forget_token(self):
+        """Log in again at the next call (after a SnapStart restore; see VaultMinter.forget_token)."""
+        with self._lock:
+            self._good_until = 0.0
+
     def _ensure_token(self, force=False):
         with self._lock:
             if not force and self._token and self._clock() < self._good_until:

@@ -119,6 +119,11 @@ class LiveRules:
                 self._lock.release()
         return self._current
 
+    def recheck(self):
+        """Read the source again at the next request (after a SnapStart restore the snapshot's
+        rules may be older than `refresh`, and the monotonic clock does not show it)."""
+        self._checked_at = float("-inf")
+
     def __getattr__(self, name):
         return getattr(self.current(), name)
 

@@ -1,0 +1,182 @@
+"""app.py in the Lambda runtime builds the service at init (issue 14, item 4), against the
+real stack: fresh processes with the runtime's variables, the backends' requests counted
+at the latency proxies (devstack/latency.py, no delay).
+
+- init does what the first request did lazily: it logs in to Vault (after reading the
+  secret ID from Secrets Manager), so the first issuance makes neither call;
+- a misconfiguration at init does not fail the import: it is logged with the variable's
+  name and every request answers 503 (Retry-After) until the configuration is fixed;
+- outside Lambda (tests, `chalice local`, Chalice's CLI) nothing is built at import.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devstack.latency import LatencyStack
+from tests.sigv4 import signed_login
+
+PROJECT = Path(__file__).resolve().parents[2]
+LAMBDA_RUNTIME = {"AWS_LAMBDA_FUNCTION_NAME": "secret-zero-broker-test", "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12",
+                  "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "LAMBDA_TASK_ROOT": "/var/task"}
+
+# A fresh process: import app, say so and wait; then each line of stdin is a request
+# (JSON: method, path, body) answered on stdout ("CHILD " + JSON; the broker's JSON log
+# lines go to stdout too) through chalice.test's Client, which calls the handler Lambda calls.
+CHILD = r"""
+import json, sys
+import app
+print("CHILD " + json.dumps({"imported": True, "built": app._service is not None}), flush=True)
+from chalice.test import Client
+client = Client(app.app, stage_name="local")
+for line in sys.stdin:
+    req = json.loads(line)
+    if req["method"] == "GET":
+        r = client.http.get(req["path"])
+    else:
+        r = client.http.post(req["path"], body=req["body"], headers={"Content-Type": "application/json"})
+    print("CHILD " + json.dumps({"status": r.status_code, "headers": dict(r.headers), "body": r.body.decode()}), flush=True)
+"""
+
+
+def _env(extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "AWS_"))}
+    env.update(extra)
+    env["PYTHONPATH"] = str(PROJECT)
+    return env
+
+
+class Child:
+    def __init__(self, env):
+        self.log = []  # the child's log lines (stdout)
+        self.proc = subprocess.Popen([sys.executable, "-c", CHILD], cwd=PROJECT, env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.imported = self._read()
+
+    def _read(self):
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"the child died: {self.proc.stderr.read()[-3000:]}")
+            if line.startswith("CHILD "):
+                return json.loads(line[len("CHILD "):])
+            self.log.append(line)
+
+    def ask(self, method, path, body=None):
+        self.proc.stdin.write(json.dumps({"method": method, "path": path, "body": body}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        """The child's log (stdout) and stderr, once it has exited."""
+        self.proc.stdin.close()
+        rest = self.proc.stdout.read()
+        self.proc.wait(timeout=30)
+        return "".join(self.log) + rest + self.proc.stderr.read()
+
+
+@pytest.fixture(scope="module")
+def proxies(stack):
+    with LatencyStack(stack) as latency:
+        yield latency
+
+
+def _fresh_login(stack):
+    instance = stack.launch_instance({"vault-role": "web"}, profile="demo-node")
+    return signed_login(stack.assume("demo-node", instance), "web", stack.broker_env()["BROKER_SERVER_ID"])
+
+
+def _vault_logins(counts):
+    return sum(n for op, n in counts.items() if "login" in op)
+
+
+def _secret_reads(counts):
+    return sum(n for op, n in counts.items() if "GetSecretValue" in op)
+
+
+def test_in_lambda_init_logs_in_so_the_first_issuance_does_not(stack, proxies):
+    proxies.reset()
+    child = Child(_env({**stack.broker_env(), **proxies.env(), **LAMBDA_RUNTIME}))
+    try:
+        assert child.imported == {"imported": True, "built": True}
+        at_init = proxies.counts()
+        assert _secret_reads(at_init) == 1 and _vault_logins(at_init) == 1, at_init
+        proxies.reset()
+        answer = child.ask("POST", "/v1/credentials/aws", json.dumps(_fresh_login(stack)))
+        assert answer["status"] == 200, answer["body"]
+        first = proxies.counts()
+        assert _secret_reads(first) == 0 and _vault_logins(first) == 0, first
+        assert any("secret-id" in op for op in first), first  # it did mint
+    finally:
+        child.close()
+
+
+def test_outside_lambda_nothing_is_built_at_import(stack, proxies):
+    proxies.reset()
+    child = Child(_env({**stack.broker_env(), **proxies.env()}))
+    try:
+        assert child.imported == {"imported": True, "built": False}
+        assert sum(proxies.counts().values()) == 0
+        answer = child.ask("POST", "/v1/credentials/aws", json.dumps(_fresh_login(stack)))
+        assert answer["status"] == 200, answer["body"]
+        assert _vault_logins(proxies.counts()) == 1  # the first request logged in
+    finally:
+        child.close()
+
+
+def test_chalice_cli_mode_builds_nothing_even_with_the_runtime_variables(stack):
+    child = Child(_env({**stack.broker_env(), **LAMBDA_RUNTIME, "AWS_CHALICE_CLI_MODE": "true"}))
+    try:
+        assert child.imported == {"imported": True, "built": False}
+    finally:
+        child.close()
+
+
+@pytest.mark.parametrize("broken, named", [
+    ({"BROKER_VAULT_ADDR": ""}, "BROKER_VAULT_ADDR"),
+    ({"BROKER_VAULT_TIMEOUT": "forever"}, "BROKER_VAULT_TIMEOUT"),
+])
+def test_misconfigured_at_init_imports_logs_the_variable_and_answers_503(stack, broken, named):
+    env = {**stack.broker_env(), **LAMBDA_RUNTIME, **broken}
+    child = Child(_env({k: v for k, v in env.items() if v != ""}))
+    try:
+        assert child.imported == {"imported": True, "built": False}
+        for method, path, body in (("GET", "/v1/health", None),
+                                   ("POST", "/v1/credentials/aws", json.dumps(_fresh_login(stack)))):
+            answer = child.ask(method, path, body)
+            assert answer["status"] == 503, answer
+            assert answer["headers"].get("Retry-After") == "60"
+            assert json.loads(answer["body"])["error"]["code"] == "unavailable"
+    finally:
+        log = child.close()
+    misconfigured = [json.loads(line) for line in log.splitlines()
+                     if line.startswith("{") and "broker misconfigured" in line]
+    # once at init, then once per request (each tries to build again)
+    assert len(misconfigured) == 3, log[-2000:]
+    assert all(named in entry["problem"] and entry["level"] == "CRITICAL" for entry in misconfigured)
+    assert "Traceback" not in log
+
+
+def test_backend_down_at_init_is_retried_by_the_first_request(stack, proxies):
+    """Vault unreachable at init: the import still succeeds (the service is built, the
+    login left for later), and the first request logs in once Vault is back."""
+    proxies.reset()
+    proxies.set_faults([{"backend": "vault", "operation": "POST auth/approle/login", "rate": 1.0,
+                         "kind": "status", "status": 503, "body": "{\"errors\":[\"sealed\"]}"}])
+    try:
+        child = Child(_env({**stack.broker_env(), **proxies.env(), **LAMBDA_RUNTIME}))
+    finally:
+        proxies.set_faults([])
+    try:
+        assert child.imported == {"imported": True, "built": True}
+        proxies.reset()
+        answer = child.ask("POST", "/v1/credentials/aws", json.dumps(_fresh_login(stack)))
+        assert answer["status"] == 200, answer["body"]
+        assert _vault_logins(proxies.counts()) == 1
+    finally:
+        log = child.close()
+    assert "warm-up at init incomplete" in log and "Traceback" not in log
