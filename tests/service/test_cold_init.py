@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from devstack.latency import LatencyStack
+from tests.service.conftest import use_environment
 from tests.sigv4 import signed_login
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -180,3 +181,41 @@ def test_backend_down_at_init_is_retried_by_the_first_request(stack, proxies):
     finally:
         log = child.close()
     assert "warm-up at init incomplete" in log and "Traceback" not in log
+
+
+def _open_pools(runtime):
+    """Connection pools holding sockets: botocore's (every client made) and the requests sessions'."""
+    botocore = sum(len(c._endpoint.http_session._manager.pools) for c in runtime._clients)
+    sessions = sum(len(a.poolmanager.pools) for s in runtime._http_sessions for a in s.adapters.values())
+    return botocore, sessions
+
+
+def test_after_restore_drops_connections_and_the_vault_session_and_the_next_issuance_works(stack, proxies):
+    """Runtime.after_restore, the hook a SnapStart restore runs (chalicelib/snapstart.py), on
+    a service that has served: its pooled connections are gone, the next issuance logs in to
+    Vault again and opens new connections, and it succeeds."""
+    from chalicelib.backends import build_runtime
+    from chalicelib.config import Settings
+
+    restore_env = use_environment({**stack.broker_env(), **proxies.env()})  # botocore reads its keys there
+    try:
+        runtime = build_runtime(Settings.from_env())
+        _serve_restore_and_serve_again(stack, proxies, runtime)
+    finally:
+        restore_env()
+
+
+def _serve_restore_and_serve_again(stack, proxies, runtime):
+    assert runtime.warm_up() == {}
+    context = {"source_ip": "10.0.0.1", "api_request_id": "restore-test"}
+    assert runtime.service.issue("aws", json.dumps(_fresh_login(stack)).encode(), **context)["role"] == "web"
+    botocore_pools, session_pools = _open_pools(runtime)
+    assert botocore_pools > 0 and session_pools > 0
+
+    runtime.after_restore()
+    assert _open_pools(runtime) == (0, 0)
+    proxies.reset()
+    assert runtime.service.issue("aws", json.dumps(_fresh_login(stack)).encode(), **context)["role"] == "web"
+    assert _vault_logins(proxies.counts()) == 1  # the snapshot's token is not used again
+    assert _secret_reads(proxies.counts()) == 0  # the secret ID itself is kept (it does not expire)
+    assert all(n > 0 for n in _open_pools(runtime))
