@@ -16,15 +16,16 @@ def aws_client_factory(settings):
 
     A fresh botocore session per service build (credentials are resolved again, as a
     rebuilt service needs), with the leaner settings of chalicelib/aws_clients.py
-    (benchmark 8): a fixed User-Agent, no client-side validation, raw timestamps.
+    (benchmark 8): a fixed User-Agent, no client-side validation, raw timestamps; and
+    the trimmed service models (only the operations the broker calls: deploy/botocore_models.py).
     DynamoDB fails faster than the rest: a hanging table must not hold a request for
     2 attempts x 5 s on each of its calls, past the Lambda timeout and API Gateway's 29 s.
     """
     import botocore.session
 
-    from .aws_clients import _keep_timestamp, client_configs
+    from .aws_clients import _keep_timestamp, client_configs, use_trimmed_models
 
-    session = botocore.session.get_session()
+    session = use_trimmed_models(botocore.session.get_session())
     session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_keep_timestamp)
     config, fast = client_configs()
 

@@ -1,0 +1,73 @@
+"""The trimmed botocore models (deploy/botocore_models.py, chalicelib/botocore_models/): up
+to date with the pinned botocore, holding every operation the code calls, and the ones the
+broker's clients are built from. tests/service/test_trimmed_models.py calls through them."""
+
+import json
+from types import SimpleNamespace
+
+import botocore
+import pytest
+
+from chalicelib.aws_clients import TRIMMED_MODELS
+from chalicelib.backends import aws_client_factory
+from deploy import botocore_models
+from tests.service.test_least_privilege import clients_made, code_calls, table_rows
+
+
+def test_the_files_are_what_the_pinned_botocore_gives():
+    assert botocore_models.written() == botocore_models.build(), (
+        f"chalicelib/botocore_models is out of date for botocore {botocore.__version__}: "
+        "run python deploy/botocore_models.py")
+
+
+def test_every_call_in_the_code_has_its_operation_in_the_trimmed_models():
+    rows = [r for r in table_rows() if r.method]
+    assert {(r.module, r.method) for r in rows} == code_calls()  # as test_least_privilege checks
+    models = {}
+    for path in botocore_models.written():
+        service = path.split("/")[0]
+        models[service] = json.loads((botocore_models.OUT / path).read_text())
+    assert clients_made() <= set(models)
+    from botocore import xform_name
+
+    for row in rows:
+        assert row.client in models, f"{row.module}: no trimmed model for {row.client}"
+        methods = {xform_name(op) for op in models[row.client]["operations"]}
+        assert row.method in methods, f"{row.module}: {row.client}.{row.method} is not in the trimmed model"
+
+
+def test_the_trimmed_operations_and_shapes_hold_no_documentation():
+    for path in botocore_models.written():
+        model = json.loads((botocore_models.OUT / path).read_text())
+        assert '"documentation"' not in json.dumps([model["operations"], model["shapes"]])
+
+
+def test_a_trimmed_model_keeps_what_an_operation_reaches():
+    model = {"metadata": {"serviceId": "X"}, "documentation": "doc", "operations": {
+        "GetThing": {"input": {"shape": "In"}, "errors": [{"shape": "Oops"}], "documentation": "d"},
+        "PutThing": {"input": {"shape": "Other"}},
+        "DescribeEndpoints": {"endpointoperation": True, "output": {"shape": "Eps"}}},
+        "shapes": {"In": {"type": "structure", "members": {"Ids": {"shape": "IdList", "documentation": "x"}}},
+                   "IdList": {"type": "list", "member": {"shape": "Id"}}, "Id": {"type": "string"},
+                   "Oops": {"type": "structure", "members": {}}, "Other": {"type": "string"},
+                   "Eps": {"type": "map", "key": {"shape": "Id"}, "value": {"shape": "Id"}}}}
+    trimmed = botocore_models.trim(model, {"get_thing"})
+    assert set(trimmed["operations"]) == {"GetThing", "DescribeEndpoints"}
+    assert set(trimmed["shapes"]) == {"In", "IdList", "Id", "Oops", "Eps"}
+    assert "documentation" not in json.dumps([trimmed["operations"], trimmed["shapes"]])
+    with pytest.raises(SystemExit, match="no operation for put_things"):
+        botocore_models.trim(model, {"put_things"})
+
+
+def test_the_broker_clients_are_built_from_the_trimmed_models(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    make = aws_client_factory(SimpleNamespace(aws_region="us-east-1", aws_endpoint_url=None))
+    for service in ("ec2", "iam", "sts", "dynamodb"):
+        client = make(service)
+        names = set(client.meta.service_model.operation_names)
+        trimmed = next(p for p in botocore_models.written() if p.startswith(service + "/"))
+        expected = set(json.loads((botocore_models.OUT / trimmed).read_text())["operations"])
+        assert names == expected, service
+    assert not hasattr(make("ec2"), "run_instances")  # the broker can't even form that call
+    assert TRIMMED_MODELS.endswith("chalicelib/botocore_models")
