@@ -53,7 +53,12 @@ RESOURCES_TEMPLATE = PROJECT / "deploy" / "resources.yaml"
 TERRAFORM_SOURCE = PROJECT / "deploy" / "terraform" / "broker"
 READER_MODULE_SOURCE = PROJECT / "deploy" / "terraform" / "reader-role"
 READER_POLICY = PROJECT / "policies" / "aws" / "reader-policy.json"
-LAMBDA_INVOKE_ARN = "@@lambda_invoke_arn@@"  # openapi.json: Terraform puts the function's invoke ARN here
+LAMBDA_INVOKE_ARN = "@@lambda_invoke_arn@@"  # openapi.json: Terraform puts the alias's invoke ARN here
+ALIAS = "live"  # the function's alias API Gateway invokes: the latest published version (SnapStart)
+FUNCTION_ARN_IN_URI = "${APIHandler.Arn}"  # how Chalice's OpenAPI body names the function
+# The alias AutoPublishAlias makes, by its logical ID (function + "Alias" + name): SAM resolves
+# "APIHandler.Alias" in Ref/GetAtt, not inside the API's OpenAPI body; Ref of an alias is its ARN.
+ALIAS_IN_URI = "${APIHandlerAlias" + ALIAS + "}"
 
 
 class PlaceholderError(SystemExit):
@@ -248,7 +253,16 @@ def cfn_alarm(values: Values, alarm: monitoring.Alarm) -> dict:
 def merge_template(values: Values, api_stage: str) -> dict:
     """What `chalice package --merge-template` adds to Chalice's SAM template."""
     resources = {
-        "APIHandler": {"Metadata": _checkov_skips(SKIP_FUNCTION)},
+        "APIHandler": {
+            "Metadata": _checkov_skips(SKIP_FUNCTION),
+            # SnapStart (docs/operations.md): Lambda runs the init once per published version and
+            # starts every execution environment from its snapshot; app.py builds the service at
+            # init for it. It applies to published versions only: SAM publishes one per change
+            # and points the alias ALIAS at it, and API Gateway invokes the alias (invoke_alias).
+            "Properties": {"SnapStart": {"ApplyOn": "PublishedVersions"}, "AutoPublishAlias": ALIAS},
+        },
+        # API Gateway may invoke the alias (a permission on the function alone does not cover it)
+        "APIHandlerInvokePermission": {"Properties": {"FunctionName": {"Ref": "APIHandler.Alias"}}},
         # a fixed name: the member accounts' reader roles trust it (policies/aws/README.md)
         "ApiHandlerRole": {"Properties": {"RoleName": values.role_name}},
         "RestAPI": {
@@ -275,6 +289,22 @@ def merge_template(values: Values, api_stage: str) -> dict:
     for alarm in monitoring.alarms(values, api_stage):
         resources[_logical_id(alarm)] = cfn_alarm(values, alarm)
     return {"Resources": resources}
+
+
+def invoke_alias(template_path: Path) -> None:
+    """Every API integration of Chalice's template invokes the alias, not the unqualified
+    function: SnapStart serves published versions only ($LATEST would start cold)."""
+    template = yaml.safe_load(template_path.read_text())  # Chalice writes long-form intrinsics only
+    uris = 0
+    for methods in template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["paths"].values():
+        for op in methods.values():
+            uri = (op.get("x-amazon-apigateway-integration") or {}).get("uri")
+            if isinstance(uri, dict) and FUNCTION_ARN_IN_URI in uri.get("Fn::Sub", ""):
+                uri["Fn::Sub"] = uri["Fn::Sub"].replace(FUNCTION_ARN_IN_URI, ALIAS_IN_URI)
+                uris += 1
+    if not uris:
+        raise SystemExit(f"{template_path}: no integration names {FUNCTION_ARN_IN_URI}: has Chalice's template changed?")
+    template_path.write_text(yaml.safe_dump(template, sort_keys=False))
 
 
 def resources_template(values: Values) -> str:
@@ -375,6 +405,8 @@ def terraform_variables(values: Values, sam: dict, config: dict) -> dict:
             "timeout": fn["Timeout"], "architectures": fn["Architectures"],
             "reserved_concurrency": fn.get("ReservedConcurrentExecutions", -1),
             "tracing_mode": fn.get("Tracing", "PassThrough"),
+            "snap_start": (fn.get("SnapStart") or {}).get("ApplyOn", "None"),
+            "alias": fn["AutoPublishAlias"],
         },
         "environment": fn["Environment"]["Variables"],
         "function_policy": json.dumps(policy, sort_keys=True),
@@ -445,9 +477,11 @@ def build(stage: str = "prod", out: Path | str = PROJECT / "dist", *, values_pat
     api_stage = config["stages"][stage].get("api_gateway_stage", "api")
     merge = project / f"sam-merge-{stage}.yaml"  # deleted with the copy
     merge.write_text(yaml.safe_dump(merge_template(values, api_stage), sort_keys=False))
-    chalice = str(BIN / "chalice")
-    _run([chalice, "package", "--stage", stage, "--template-format", "yaml", "--merge-template", str(merge),
+    # Chalice with the runtime fixed (deploy/chalice_runtime.py: SnapStart needs python3.12+)
+    chalice = [sys.executable, str(PROJECT / "deploy" / "chalice_runtime.py")]
+    _run([*chalice, "package", "--stage", stage, "--template-format", "yaml", "--merge-template", str(merge),
           str(pkg.sam_dir)], cwd=project)
+    invoke_alias(pkg.sam_template)
     pkg.resources_template.write_text(resources_template(values))
     pkg.reader_template.write_text(yaml.safe_dump(reader_role_template(), sort_keys=False))
     _write_terraform(pkg, load_cfn(pkg.sam_template), config)

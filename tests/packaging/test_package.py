@@ -77,7 +77,7 @@ def test_sam_package(package):
     fn = resources["APIHandler"]["Properties"]
     prod, config = prod_stage(), chalice_config()
     values = deploy_values.load("prod")
-    assert fn["Runtime"] == "python3.11"
+    assert fn["Runtime"] == "python3.12"  # SnapStart for Python needs 3.12 or later (deploy/chalice_runtime.py)
     assert fn["MemorySize"] == config["lambda_memory_size"]
     assert fn["ReservedConcurrentExecutions"] == prod["reserved_concurrency"]
     assert fn["Environment"]["Variables"] == values.environment() == prod["environment_variables"]
@@ -95,6 +95,50 @@ def test_sam_package(package):
     (throttle,) = api["MethodSettings"]
     assert throttle["ThrottlingRateLimit"] == values.throttle_rate_limit
     assert 0 < throttle["ThrottlingBurstLimit"] == values.throttle_burst_limit <= prod["reserved_concurrency"]
+
+
+def test_snapstart_on_published_versions_and_the_api_invokes_the_alias(package):
+    """SnapStart serves published versions only: SAM publishes one per change and points the
+    alias at it (AutoPublishAlias); API Gateway must invoke that alias, with the permission on
+    it. (Checked with aws-sam-translator 1.115: the transform gives AWS::Lambda::Version,
+    AWS::Lambda::Alias APIHandlerAliaslive, the permission's and every integration's
+    references resolved to the alias.)"""
+    resources = load_cfn(package.sam_template)["Resources"]
+    fn = resources["APIHandler"]["Properties"]
+    assert fn["SnapStart"] == {"ApplyOn": "PublishedVersions"}
+    assert fn["AutoPublishAlias"] == packaging.ALIAS == "live"
+    assert resources["APIHandlerInvokePermission"]["Properties"]["FunctionName"] == {"Ref": "APIHandler.Alias"}
+    uris = [op["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
+            for methods in resources["RestAPI"]["Properties"]["DefinitionBody"]["paths"].values()
+            for op in methods.values()]
+    assert uris and all("/functions/${APIHandlerAliaslive}/invocations" in u for u in uris)
+    assert not [u for u in uris if "APIHandler.Arn" in u]
+
+
+def test_zip_holds_only_compiled_files_for_the_runtime(package):
+    """The function runs python3.12: every extension module in the zip is for CPython 3.12 or
+    the stable ABI, and every wheel's tag fits (Chalice downloads them for the runtime)."""
+    with zipfile.ZipFile(package.zip_path) as z:
+        names = z.namelist()
+        tags = {n.split("/")[0]: z.read(n).decode() for n in names if n.endswith(".dist-info/WHEEL")}
+    extensions = [n for n in names if n.endswith(".so")]
+    assert extensions and all(".cpython-312-" in n or n.endswith(".abi3.so") for n in extensions), extensions
+    assert any("_cffi_backend" in n for n in extensions)  # cryptography's cffi, for 3.12
+    def fits(tag):
+        python, abi, _platform = tag.split("-", 2)
+        return python in ("py3", "py2.py3", "cp312") or abi == "abi3"
+
+    for dist, text in tags.items():  # a universal wheel lists py2 and py3: one must fit
+        assert any(fits(tag) for tag in re.findall(r"^Tag: (\S+)$", text, re.M)), (dist, text)
+
+
+def test_zip_holds_the_trimmed_botocore_models(package):
+    from deploy import botocore_models
+
+    with zipfile.ZipFile(package.zip_path) as z:
+        shipped = {n.removeprefix("chalicelib/botocore_models/"): z.read(n) for n in z.namelist()
+                   if n.startswith("chalicelib/botocore_models/")}
+    assert shipped == botocore_models.written() and "ec2/2016-11-15/service-2.json" in shipped
 
 
 def test_sam_alarms_and_dashboard(package):

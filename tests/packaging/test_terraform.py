@@ -29,7 +29,8 @@ PARITY = {
     "QuarantineTable": ['aws_dynamodb_table.table["quarantine"]'],
     "VaultSecretIdSecret": ["aws_secretsmanager_secret.vault_secret_id"],
     "FunctionLogGroup": ["aws_cloudwatch_log_group.function"],
-    "APIHandler": ["aws_lambda_function.api_handler"],
+    # SAM's AutoPublishAlias makes the version (publish = true) and the alias
+    "APIHandler": ["aws_lambda_function.api_handler", "aws_lambda_alias.live"],
     "ApiHandlerRole": ["aws_iam_role.api_handler", "aws_iam_role_policy.api_handler"],
     "APIHandlerInvokePermission": ["aws_lambda_permission.rest_api_invoke"],
     "RestAPI": ["aws_api_gateway_rest_api.rest_api", "aws_api_gateway_deployment.rest_api",
@@ -164,6 +165,8 @@ def test_same_configuration_as_the_sam_package(package, tfvars):
     f = tfvars["function"]
     assert (f["memory_size"], f["timeout"], f["runtime"], f["handler"], f["reserved_concurrency"]) == (
         fn["MemorySize"], fn["Timeout"], fn["Runtime"], fn["Handler"], fn["ReservedConcurrentExecutions"])
+    assert (f["snap_start"], f["alias"]) == (fn["SnapStart"]["ApplyOn"], fn["AutoPublishAlias"]) == (
+        "PublishedVersions", "live")
     assert tfvars["role_name"] == sam["ApiHandlerRole"]["Properties"]["RoleName"]
     api = sam["RestAPI"]["Properties"]
     assert tfvars["api_name"] == api["Name"] and tfvars["api_stage"] == api["StageName"]

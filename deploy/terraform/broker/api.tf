@@ -1,9 +1,9 @@
 # The REST API (Chalice's RestAPI in sam.yaml: the API, its deployment and stage, the
-# stage's throttling) and API Gateway's permission to invoke the function.
+# stage's throttling) and API Gateway's permission to invoke the function's alias.
 
 resource "aws_api_gateway_rest_api" "rest_api" {
   name = var.api_name
-  body = replace(file("${path.module}/openapi.json"), "@@lambda_invoke_arn@@", aws_lambda_function.api_handler.invoke_arn)
+  body = replace(file("${path.module}/openapi.json"), "@@lambda_invoke_arn@@", aws_lambda_alias.live.invoke_arn)
 
   endpoint_configuration {
     types = [var.api_endpoint_type]
@@ -57,7 +57,8 @@ resource "aws_api_gateway_method_settings" "throttling" {
 }
 
 resource "aws_lambda_permission" "rest_api_invoke" {
-  function_name = aws_lambda_function.api_handler.arn
+  function_name = aws_lambda_function.api_handler.function_name
+  qualifier     = aws_lambda_alias.live.name # the alias API Gateway invokes
   action        = "lambda:InvokeFunction"
   principal     = "apigateway.amazonaws.com"
   source_arn    = "${aws_api_gateway_rest_api.rest_api.execution_arn}/*"

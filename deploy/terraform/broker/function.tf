@@ -35,6 +35,14 @@ resource "aws_lambda_function" "api_handler" {
   reserved_concurrent_executions = var.function.reserved_concurrency
   filename                       = "${path.module}/deployment.zip"
   source_code_hash               = filebase64sha256("${path.module}/deployment.zip")
+  # SnapStart (docs/operations.md): the init runs once per published version and every
+  # execution environment starts from its snapshot; it applies to published versions only,
+  # so each change publishes one and the alias below (which API Gateway invokes) follows it.
+  publish = true
+
+  snap_start {
+    apply_on = var.function.snap_start
+  }
 
   environment {
     variables = var.environment
@@ -50,4 +58,11 @@ resource "aws_lambda_function" "api_handler" {
 
   # the log group (with its retention) exists before the function first logs
   depends_on = [aws_cloudwatch_log_group.function, aws_iam_role_policy.api_handler]
+}
+
+# What API Gateway invokes: the latest published version (SAM's AutoPublishAlias).
+resource "aws_lambda_alias" "live" {
+  name             = var.function.alias
+  function_name    = aws_lambda_function.api_handler.function_name
+  function_version = aws_lambda_function.api_handler.version
 }

@@ -24,3 +24,8 @@ output "vault_secret_id_secret_arn" {
 output "rest_api_id" {
   value = aws_api_gateway_rest_api.rest_api.id
 }
+
+output "function_alias_arn" {
+  description = "What API Gateway invokes: the alias of the latest published version (SnapStart)."
+  value       = aws_lambda_alias.live.arn
+}

@@ -24,6 +24,8 @@ variable "function" {
     architectures        = list(string)
     reserved_concurrency = number
     tracing_mode         = string
+    snap_start           = string # PublishedVersions (SnapStart on) or None
+    alias                = string # the alias API Gateway invokes
   })
 }
 
