@@ -95,6 +95,20 @@ def main(argv=None) -> int:
             print(f"sum of every module's own time: {total:.1f} ms")
             for name, ms in tops[:args.top]:
                 print(f"  {ms:8.1f}  {name}")
+            # app's own imports at the next level: with the Lambda environment, the init's
+            children = []
+            for m, _s, c, depth in records:  # a module's imports come before it, one level deeper
+                children.append((m, c / 1000, depth))
+            print("imports of app (one level down), cumulative ms:")
+            pending = []
+            for m, ms, depth in children:
+                if depth == 1:
+                    pending.append((m, ms))
+                elif depth == 0:
+                    if m == "app":
+                        for name, ms1 in sorted(pending, key=lambda x: -x[1])[:args.top]:
+                            print(f"  {ms1:8.1f}  {name}")
+                    pending = []
             out, _ = _child(tree, env, payload(1), prelude + f"TOP = {args.top}\n" + _PROFILED)
             doc = json.loads(out.split("BENCH_RESULT ", 1)[1].splitlines()[0])
             print(f"\n== cProfile (wall clock, the calling thread only) (status {doc['status']}): "

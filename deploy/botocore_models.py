@@ -11,6 +11,9 @@ to the code), the shapes they reach, and no documentation. chalicelib/backends.p
 directory first on its botocore loader's search path (a data path, as AWS_DATA_PATH would),
 so a client of these services is built from the trimmed model; anything else (the endpoint
 rule sets, paginators, the services not here) still comes from botocore's own data.
+endpoints.json (every partition and region, 733 kB, read once per botocore session) is
+trimmed to the same services: a client of any other service resolves its endpoint through
+its own rule set as before; only the legacy lookups of endpoints.json no longer know it.
 
 Generated from the botocore of this virtualenv (requirements-dev.txt pins it); the
 Lambda runtime brings its own botocore, which reads these files the same way (if the
@@ -96,13 +99,24 @@ def trim(model: dict, methods: set[str]) -> dict:
     return trimmed
 
 
+def trim_endpoints(endpoints: dict, services: set[str]) -> dict:
+    """botocore's endpoints.json (every partition, its regions and defaults) with only the
+    services' entries: 733 kB, loaded once per botocore session, becomes a few kB."""
+    out = dict(endpoints)
+    out["partitions"] = [{**p, "services": {k: v for k, v in p["services"].items() if k in services}}
+                         for p in endpoints["partitions"]]
+    return out
+
+
 def build(calls: dict[str, set[str]] | None = None) -> dict[str, bytes]:
     """{relative path: file content} of the trimmed models, from the pinned botocore."""
     import botocore.session
 
     loader = botocore.session.get_session().get_component("data_loader")
-    files = {}
-    for service, methods in sorted((calls or calls_from_policy()).items()):
+    calls = calls or calls_from_policy()
+    endpoints = trim_endpoints(loader.load_data("endpoints"), set(calls))
+    files = {"endpoints.json": (json.dumps(endpoints, sort_keys=True, separators=(",", ":")) + "\n").encode()}
+    for service, methods in sorted(calls.items()):
         version = loader.determine_latest_version(service, "service-2")
         model = loader.load_service_model(service, "service-2", version)
         text = json.dumps(trim(model, methods), sort_keys=True, separators=(",", ":")) + "\n"
