@@ -237,7 +237,13 @@ def cold_first_issuance(tree: Path, broker_env: dict, make_event, reps: int, pyt
     before the spawn to the first AWS issuance answered through the Lambda entry point
     ``app.app(event, context)`` (interpreter, import app, building the service, the
     issuance). ``make_event()`` returns a prebuilt API Gateway event of a fresh proof.
-    The median of ``reps`` runs; the parts beside it."""
+    The median of ``reps`` runs; the parts beside it.
+
+    With the Lambda environment, app.py builds the service at import (Lambda's init:
+    clients, the Vault login), so "import app" holds the init and "first issuance" is
+    what an environment restored from a SnapStart snapshot still pays after the restore
+    (docs/performance.md). BENCH_AWS_CLIENTS=tuned no longer reaches the cold process's
+    clients: they are built before its prelude runs."""
     env = clean_env({**broker_env, **LAMBDA_ENV})
     runs = []
     for i in range(reps):
