@@ -66,7 +66,7 @@ def get_service():
 def _build(at_init=False):
     """Build the service once (the modules are imported here, not at module level, so that
     importing app.py outside Lambda stays chalice's own cost). At init, also warm it up
-    and hand the SnapStart hooks to the runtime."""
+    and register what a SnapStart restore must refresh (chalicelib/snapstart.py)."""
     global _service
     with _service_lock:
         if _service is not None:
@@ -88,7 +88,6 @@ def _build(at_init=False):
             if problems:  # the first request tries again
                 log(get_logger(), logging.WARNING, "warm-up at init incomplete", problems=problems)
             snapstart.after_restore(runtime.after_restore)
-            snapstart.register_with_runtime(app.log)
         _service = runtime.service
 
 
@@ -98,15 +97,17 @@ def _init_in_lambda():
     a misconfiguration is logged by _build, anything else here; get_service() builds
     again on the next request and answers 503 (or the error) there."""
     try:
+        from chalicelib import snapstart
+
+        snapstart.register_with_runtime(app.log)  # a no-op outside a SnapStart-capable runtime
         _build(at_init=True)
-    except BrokerError:
-        pass  # logged by _build (configuration) or a backend down at init: the request retries
     except Exception as e:  # noqa: BLE001 - an import must not crash; the request path raises it again
+        if getattr(e, "backend", None) == "configuration":
+            return  # logged by _build, with the variable's name
         from chalicelib.jsonlog import get_logger, log
 
         log(get_logger(), logging.ERROR, "building the service at init failed; retried on the first request",
-            problem=type(e).__name__)
-
+            problem=getattr(e, "detail", None) or type(e).__name__)
 
 
 def _json(status, body, headers=None):
