@@ -19,6 +19,7 @@ from .aws_calls import call
 
 OUTCOMES = ("issued", "denied", "error", "incident", "admin", "registration")
 # Fields held as JSON text in DynamoDB (and decoded when read).
+# vault_audit_hmacs: stored by older versions (HMACs are computed when a record is shown now)
 JSON_FIELDS = frozenset({"facts", "query", "target", "destroyed", "vault_audit_hmacs"})
 
 
@@ -43,8 +44,6 @@ class AuditRecord:
     secret_id_wrap_accessor: str | None = None
     secret_id_accessor: str | None = None
     secret_id_expires_at: int | None = None  # when the issued secret ID expires (epoch seconds)
-    # HMACs of the accessors as Vault's audit device logs them (BROKER_VAULT_AUDIT_HASH_PATH)
-    vault_audit_hmacs: dict | None = None
     # security-team actions and incidents
     action: str | None = None  # audit.search, audit.show, revoke, lift, incident
     related_request_id: str | None = None  # the issuance an incident or revocation is about

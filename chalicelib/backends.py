@@ -6,6 +6,8 @@ The proof methods come from the registry (chalicelib/methods/__init__.py); their
 rule conditions are handed to the policy engine here.
 """
 
+import functools
+
 from .aws_calls import call
 from .errors import Unavailable
 from .jsonlog import get_logger
@@ -178,7 +180,9 @@ def build_security(settings, rules, *, frame, audit, method, admission, minter, 
                                http_session=http_session(), timeout=settings.vault_timeout)
     return SecurityRoutes(
         audit=AuditReads(requests=requests, audit=audit, query_engine=query_engine,
-                         retention_days=settings.audit_retention_days),
+                         retention_days=settings.audit_retention_days,
+                         audit_hashes=(functools.partial(minter.audit_hashes, settings.vault_audit_hash_path)
+                                       if settings.vault_audit_hash_path else None)),
         revocations=Revocations(requests=requests, audit=audit, query_engine=query_engine,
                                 quarantine=stores.quarantine, revocations=stores.revocations, revoker=revoker,
                                 secret_ids=minter, rules=rules, principals=AwsPrincipals(lambda: method("aws")),

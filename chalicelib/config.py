@@ -35,7 +35,7 @@ class Settings:
     methods: dict = field(default_factory=dict)
     # Optional (None: off). Revocation, quarantine and the incident rate limit need the table.
     quarantine_table: str | None = None
-    vault_audit_hash_path: str | None = None  # an audit device's path, e.g. "file": sys/audit-hash/<path>
+    vault_audit_hash_path: str | None = None  # an audit device's path, e.g. "file": `audit show` asks sys/audit-hash/<path>
     # The revoking identity (chalicelib/revoker.py): its own AppRole, used only by the revocation route.
     # Unset: revocations destroy secret IDs with the issuing identity and reach no Vault token.
     revoker_role_id: str | None = None

@@ -103,7 +103,6 @@ class BrokerService:
             record.secret_id_wrap_accessor = minted.secret_id_wrap.accessor
             record.secret_id_accessor = minted.secret_id_accessor
             record.secret_id_expires_at = int(time.time()) + decision.issuance.secret_id_ttl
-            record.vault_audit_hmacs = self._audit_hashes(minted)
             record.outcome, record.code, record.reason = "issued", "issued", decision.reason
             return {
                 "role": login.role,
@@ -172,20 +171,6 @@ class BrokerService:
             return
         self._rate_limits.take_slot("issue-role", role, limit=limit.count, window=limit.window,
                                    message=f"too many credentials issued for role {role!r} recently; try again later")
-
-    def _audit_hashes(self, issued):
-        """HMACs of the accessors and wrapping tokens as Vault's audit log shows them (best
-        effort), or None. An HMAC is not a secret: Vault's audit device logs exactly these."""
-        path = getattr(self.settings, "vault_audit_hash_path", None)
-        if not path:
-            return None
-        return self._minter.audit_hashes(path, {
-            "role_id_wrap_accessor": issued.role_id_wrap.accessor,
-            "secret_id_wrap_accessor": issued.secret_id_wrap.accessor,
-            "secret_id_accessor": issued.secret_id_accessor,
-            "role_id_wrap_token": issued.role_id_wrap.token,  # finds failed unwraps too (no accessor then)
-            "secret_id_wrap_token": issued.secret_id_wrap.token,
-        }) or None
 
     def _take_back(self, record, issued):
         failures = self._minter.take_back(issued)

@@ -231,19 +231,33 @@ def test_malformed_reports_are_400(broker, body):
 # ---- Vault's audit log ---------------------------------------------------------------------------
 
 
-def test_issuances_carry_the_hmacs_that_find_them_in_vaults_audit_log(broker):
+def test_audit_show_gives_the_hmacs_that_find_an_issuance_in_vaults_audit_log(broker, security):
     stack = broker.stack
     creds = stack.assume("demo-batch", f"traced-{uuid.uuid4().hex[:6]}")
     doc = issue(broker, creds, "batch")
-    record = broker.audit.get(doc["request_id"])
+    # Nothing is hashed on the issuance's path: the stored record has the accessors only.
+    assert "vault_audit_hmacs" not in broker.audit.get(doc["request_id"])
+    shown = security.get(f"/v1/audit/events/{doc['request_id']}")
+    assert shown.status_code == 200, shown.body
+    record = body_of(shown)["event"]
     hmacs = record["vault_audit_hmacs"]
-    assert set(hmacs) == {"role_id_wrap_accessor", "secret_id_wrap_accessor", "secret_id_accessor",
-                          "role_id_wrap_token", "secret_id_wrap_token"}
-    clear = dict(record, role_id_wrap_token=doc["role_id_wrap"]["token"],
-                 secret_id_wrap_token=doc["secret_id_wrap"]["token"])
+    assert set(hmacs) == {"role_id_wrap_accessor", "secret_id_wrap_accessor", "secret_id_accessor"}
     for name, value in hmacs.items():
         assert value.startswith("hmac-sha256:")
-        assert value == stack.vault().write_data("sys/audit-hash/file", data={"input": clear[name]})["data"]["hash"]
+        assert value == stack.vault().write_data("sys/audit-hash/file", data={"input": record[name]})["data"]["hash"]
+
+    def log_lines():
+        return [json.loads(line) for line in stack.openbao.audit_log_path.read_text().splitlines()]
+
+    # The wrapping tokens' HMACs are not stored anywhere: the creation's response line, found
+    # by the accessor's HMAC, carries them (as docs/audit.md shows with jq).
+    created = [e for e in log_lines() if e["type"] == "response"
+               and (e["response"].get("wrap_info") or {}).get("accessor") == hmacs["secret_id_wrap_accessor"]]
+    assert [e["request"]["path"] for e in created] == ["auth/approle/role/batch/secret-id"]
+    token_hmac = created[0]["response"]["wrap_info"]["token"]
+    assert token_hmac == stack.vault().write_data(
+        "sys/audit-hash/file", data={"input": doc["secret_id_wrap"]["token"]})["data"]["hash"]
+    hmacs = dict(hmacs, secret_id_wrap_token=token_hmac)
 
     # The client unwraps and logs in, as it would at boot.
     client = hvac.Client(url=stack.vault_addr, token=doc["secret_id_wrap"]["token"])
