@@ -119,7 +119,8 @@ def build_service(settings):
     logger = get_logger(settings.log_level)
     audit_store = AuditStore(dynamodb, settings.audit_table, settings.audit_retention_days)
     frame = AuditedRequests(audit_store, logger)
-    admission = Admission(dynamodb, settings.replay_table, settings.quarantine_table)
+    admission = Admission(dynamodb, settings.replay_table, settings.quarantine_table,
+                          shared_key_max_age=settings.shared_quarantine_read_seconds)
     minter = VaultMinter(settings, http_session(), secret_fetcher(settings.vault_secret_id_secret, "broker's"))
 
     def method(name):
