@@ -11,7 +11,7 @@ Keys and indexes: chalicelib/audit_schema.py; queries: chalicelib/audit_query.py
 
 import json
 from time import time as _now
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .audit_schema import INTERNAL_ATTRIBUTES, TTL_ATTRIBUTE, index_attributes
@@ -55,8 +55,10 @@ class AuditRecord:
     quarantine_until: str | None = None
 
     def fields(self):
-        """The record as plain data without empty fields (also what the log line shows)."""
-        return {k: v for k, v in asdict(self).items() if v not in (None, "", {}, [])}
+        """The record as plain data without empty fields (also what the log line shows).
+        Shallow: its values are strings, numbers and JSON-like data nobody changes here
+        (dataclasses.asdict's deep copy cost ~3 ms per issuance, twice)."""
+        return {k: v for k, v in vars(self).items() if v not in (None, "", {}, [])}
 
 
 class AuditStore:
