@@ -26,16 +26,21 @@ CONFLICT_BACKOFF = 0.02  # seconds, doubled per attempt
 
 
 class Admission:
-    def __init__(self, dynamodb, replay_table, quarantine_table=None, clock=time.time, sleep=time.sleep):
-        from .stores.quarantine import QuarantineList
+    def __init__(self, dynamodb, replay_table, quarantine_table=None, *, shared_key_max_age=0.0, clock=time.time,
+                 sleep=time.sleep, monotonic=time.monotonic):
+        from .stores.quarantine import QuarantineList, RecentReads
 
         self._db = dynamodb
         self._replay = replay_table
         self._quarantine = quarantine_table  # None: no quarantine and no rate limits
-        # The quarantine list's own reads (shared keys, and which entry refused a caller).
+        # The quarantine list's own reads (which entry refused a caller), and the shared keys'
+        # recent reads (a role's key, read once per `shared_key_max_age` in this process).
         self._list = QuarantineList(dynamodb, quarantine_table, clock) if quarantine_table else None
+        self._shared = (RecentReads(self._list, shared_key_max_age, clock, monotonic)
+                        if quarantine_table else None)
         self._clock = clock
         self._sleep = sleep
+        self._monotonic = monotonic
 
     def seen(self, proof_hash):
         """ProofReplayed when this proof was spent before (a cheap read before verification)."""
@@ -44,30 +49,27 @@ class Admission:
         if page.get("Item"):
             raise ProofReplayed("this proof was already used; sign a new one")
 
+    def check_shared(self, keys):
+        """Quarantined (403) if a key many callers share (a role's ARN, a service account
+        every instance runs as) is in force; else the monotonic time the oldest read relied
+        on was sent. Not in the transaction: every machine of a role would check the same
+        item, and concurrent transactions on one item cancel each other
+        (TransactionConflict) in a boot storm. Read through recent reads (see RecentReads)."""
+        if self._shared is None or not keys:
+            return self._monotonic()
+        return self._shared.check(keys)
+
     def admit(self, proof_hash, *, request_id, method, valid_until, identity_key=None, limit=None,
-              quarantine_keys=(), shared_quarantine_keys=()):
-        """Spend the proof, count the identity's budget and check the quarantine, atomically.
+              quarantine_keys=()):
+        """Spend the proof, count the identity's budget and check the caller's own quarantine
+        keys (its machine, its session: ConditionChecks), atomically.
 
-        `quarantine_keys` are the caller's own (its machine, or its principal when it claims
-        none): they are ConditionChecks in the transaction. `shared_quarantine_keys` (a role's
-        ARN, a service account every instance runs as) are read beside it instead: every
-        machine of a role would check the same item, and concurrent transactions on one item
-        cancel each other (TransactionConflict) in a boot storm.
-
-        Raises ProofReplayed, Quarantined or RateLimited (in that order of precedence);
-        a quarantined or over-budget caller's proof is still spent afterwards, so it
-        can't be tried again once the quarantine is lifted.
+        Returns the monotonic time the transaction was sent (the issuance's window starts
+        there at the latest). Raises ProofReplayed, Quarantined or RateLimited (in that order
+        of precedence); a quarantined or over-budget caller's proof is still spent
+        afterwards, so it can't be tried again once the quarantine is lifted.
         """
-        if self._quarantine is not None and shared_quarantine_keys:
-            from .concurrency import raise_first, settle
-
-            # The proof is spent (and counted) even when a shared key refuses the caller:
-            # it can't be tried again once the quarantine is lifted.
-            raise_first(settle(
-                lambda: self.admit(proof_hash, request_id=request_id, method=method, valid_until=valid_until,
-                                   identity_key=identity_key, limit=limit, quarantine_keys=quarantine_keys),
-                lambda: self._list.check(shared_quarantine_keys)))
-            return None
+        sent = self._monotonic()
         now = int(self._clock())
         items = [{"Put": self._replay_item(proof_hash, request_id, method, valid_until, now)}]
         counted = self._quarantine is not None and limit is not None and identity_key is not None
@@ -81,10 +83,11 @@ class Admission:
                 "ExpressionAttributeNames": {"#until": "until"},
                 "ExpressionAttributeValues": {":now": {"N": str(now)}}}})
         if len(items) == 1:
-            return self._spend(items[0]["Put"])
+            self._spend(items[0]["Put"])
+            return sent
         cancelled = self._transact(items)
         if cancelled is None:
-            return None
+            return sent
         failed = _failed_items(cancelled)
         if failed is None:  # cancelled for another reason (a conflicting write, throttling)
             raise Unavailable("the replay store is unavailable", backend="replay store",

@@ -6,6 +6,8 @@ The proof methods come from the registry (chalicelib/methods/__init__.py); their
 rule conditions are handed to the policy engine here.
 """
 
+import functools
+
 from .aws_calls import call
 from .errors import Unavailable
 from .jsonlog import get_logger
@@ -190,7 +192,8 @@ def build_runtime(settings):
     logger = get_logger(settings.log_level)
     audit_store = AuditStore(dynamodb, settings.audit_table, settings.audit_retention_days)
     frame = AuditedRequests(audit_store, logger)
-    admission = Admission(dynamodb, settings.replay_table, settings.quarantine_table)
+    admission = Admission(dynamodb, settings.replay_table, settings.quarantine_table,
+                          shared_key_max_age=settings.shared_quarantine_read_seconds)
     minter = VaultMinter(settings, new_http_session(), secret_fetcher(settings.vault_secret_id_secret, "broker's"))
 
     def method(name):
@@ -255,7 +258,9 @@ def build_security(settings, rules, *, frame, audit, method, admission, minter, 
     query_engine = AuditQueryEngine(dynamodb, settings.audit_table)
     return SecurityRoutes(
         audit=AuditReads(requests=requests, audit=audit, query_engine=query_engine,
-                         retention_days=settings.audit_retention_days),
+                         retention_days=settings.audit_retention_days,
+                         audit_hashes=(functools.partial(minter.audit_hashes, settings.vault_audit_hash_path)
+                                       if settings.vault_audit_hash_path else None)),
         revocations=Revocations(requests=requests, audit=audit, query_engine=query_engine,
                                 quarantine=stores.quarantine, revocations=stores.revocations, revoker=revoker,
                                 secret_ids=minter, rules=rules, principals=AwsPrincipals(lambda: method("aws")),

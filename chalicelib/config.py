@@ -35,16 +35,29 @@ class Settings:
     methods: dict = field(default_factory=dict)
     # Optional (None: off). Revocation, quarantine and the incident rate limit need the table.
     quarantine_table: str | None = None
-    vault_audit_hash_path: str | None = None  # an audit device's path, e.g. "file": sys/audit-hash/<path>
+    vault_audit_hash_path: str | None = None  # an audit device's path, e.g. "file": `audit show` asks sys/audit-hash/<path>
     # The revoking identity (chalicelib/revoker.py): its own AppRole, used only by the revocation route.
     # Unset: revocations destroy secret IDs with the issuing identity and reach no Vault token.
     revoker_role_id: str | None = None
     revoker_secret_id_secret: str | None = None
     token_max_ttl: int = 86400  # the served roles' longest token lifetime: how far back a revocation looks
-    revocation_settle_seconds: float = 2.0  # the second sweep runs this long after the quarantine
+    revocation_settle_seconds: float = 3.0  # the second sweep runs this long after the quarantine
     token_scan_seconds: float = 12.0  # a revocation's scans of every token accessor stop after this long
     rules_source: tuple = None  # (kind, location): chalicelib/rules_source.py; None: the rules file
     rules_refresh: float = 60.0  # seconds between reads of a remote rules source (0: never)
+
+    # A revocation's second sweep (settle seconds after its quarantine) must see every
+    # issuance that got past the quarantine before it landed. One third of the settle time
+    # for the audit indexes to show a record, and two thirds for the issuance: the reads it
+    # relied on (a shared key's read may be up to a third old) until its record is written.
+    # An issuance outside its window takes itself back (chalicelib/pipeline/issuance.py).
+    @property
+    def shared_quarantine_read_seconds(self):
+        return self.revocation_settle_seconds / 3
+
+    @property
+    def issuance_window_seconds(self):
+        return self.revocation_settle_seconds * 2 / 3
 
     @property
     def aws(self):
@@ -84,7 +97,7 @@ class Settings:
             revoker_secret_id_secret=_get(env, "BROKER_REVOKER_SECRET_ID_SECRET",
                                           required=bool(_get(env, "BROKER_REVOKER_ROLE_ID"))),
             token_max_ttl=int(_number(env, "BROKER_TOKEN_MAX_TTL", 86400, low=60, high=366 * 86400)),
-            revocation_settle_seconds=_number(env, "BROKER_REVOCATION_SETTLE_SECONDS", 2, low=0, high=10),
+            revocation_settle_seconds=_number(env, "BROKER_REVOCATION_SETTLE_SECONDS", 3, low=1, high=10),
             token_scan_seconds=_number(env, "BROKER_TOKEN_SCAN_SECONDS", 12, low=1, high=600),
             rules_source=_rules_source(env),
             rules_refresh=_number(env, "BROKER_RULES_REFRESH_SECONDS", 60, low=0, high=3600),

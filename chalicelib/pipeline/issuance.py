@@ -5,12 +5,15 @@ Cheap refusals first, budgets spent last:
 2. look the proof up in the replay store: a replay costs no STS call (401 proof_replayed);
 3. verify it with the cloud -> VerifiedCaller (401 invalid_proof);
 4. at once: read the caller's facts, and admit the proof in one DynamoDB transaction
-   (spent, not quarantined, within the per-identity budget; chalicelib/admission.py);
+   (spent, its own quarantine keys clear, within the per-identity budget) beside a read
+   of the keys its role shares (chalicelib/admission.py);
 5. the rules decide (403 not_authorized); the per-role cap counts granted requests only;
 6. mint the wrapped role ID and secret ID; 7. the audit record, before the answer;
-8. the quarantine once more: an issuance admitted just before a revocation's quarantine
-   but recorded after it takes itself back (the revocation's sweep may not see its
-   record yet; chalicelib/security/revocations.py). One consistent read.
+8. the window: an issuance whose record was written later than `issuance_window_seconds`
+   after the quarantine reads it relied on takes itself back (503, try again). A
+   revocation's second sweep, `settle` seconds after its quarantine, finds every issuance
+   that got past the quarantine before it landed (chalicelib/security/revocations.py,
+   chalicelib/config.py): no extra read on the way.
 
 Every request ends in exactly one audit record (chalicelib/pipeline/frame.py). If that
 record can't be written, whatever was minted is taken back and the caller gets 503.
@@ -21,15 +24,15 @@ import threading
 import time
 
 from ..concurrency import settle
-from ..errors import InvalidRequest, NotAuthorized, Quarantined, Unavailable
+from ..errors import InvalidRequest, NotAuthorized, Unavailable
 from ..jsonlog import log
 from ..policy import RateLimits
-from ..stores.quarantine import caller_keys
+from ..stores.quarantine import split_caller_keys
 
 
 class BrokerService:
     def __init__(self, *, settings, rules, methods, admission, minter, frame, logger, rate_limits=None,
-                 quarantine=None, security=None):
+                 quarantine=None, security=None, monotonic=time.monotonic):
         self.settings = settings
         self.rules = rules
         self._rate_limits = rate_limits  # chalicelib.stores rate-limit store, or None (no per-role caps)
@@ -42,6 +45,7 @@ class BrokerService:
         self._minter = minter
         self._frame = frame
         self._log = logger
+        self._monotonic = monotonic
 
     @property
     def method_names(self):
@@ -65,7 +69,7 @@ class BrokerService:
         """The success body, or a BrokerError carrying `request_id`."""
         known = method_name if method_name in self._method_factories else "unknown"
         record = self._frame.new_record(known, context)
-        issued, admitted_keys = [], []
+        issued, evidence = [], []
 
         def work():
             method = self.method(method_name)
@@ -77,11 +81,18 @@ class BrokerService:
             caller = method.verify(login)
             record.principal, record.account = caller.principal, caller.account
             record.instance = caller.claimed.id if caller.claimed else None
-            (facts, facts_error), (_, admit_error) = settle(
+            own, shared = self._quarantine_keys(caller)
+            # Three leaf calls at once: the facts, the admission transaction (the proof spent,
+            # the budget counted, the caller's own quarantine keys), the keys its role shares.
+            # The proof is spent even when a shared key refuses the caller.
+            (facts, facts_error), (admitted_at, admit_error), (shared_at, shared_error) = settle(
                 lambda: method.read_facts(caller, login),
-                lambda: admitted_keys.extend(self._admit(caller, record)))
-            if admit_error or facts_error:
-                raise admit_error or facts_error
+                lambda: self._admit(caller, record, own),
+                lambda: self._admission.check_shared(shared))
+            if admit_error or shared_error or facts_error:
+                raise admit_error or shared_error or facts_error
+            if self._quarantine is not None:  # no quarantine, no revocations: no window to keep
+                evidence.append(min(admitted_at, shared_at))
             record.account = facts.account or record.account
             if facts.entity is not None:
                 record.instance = facts.entity.id
@@ -103,7 +114,6 @@ class BrokerService:
             record.secret_id_wrap_accessor = minted.secret_id_wrap.accessor
             record.secret_id_accessor = minted.secret_id_accessor
             record.secret_id_expires_at = int(time.time()) + decision.issuance.secret_id_ttl
-            record.vault_audit_hmacs = self._audit_hashes(minted)
             record.outcome, record.code, record.reason = "issued", "issued", decision.reason
             return {
                 "role": login.role,
@@ -117,22 +127,28 @@ class BrokerService:
                 self._take_back(record, minted)
 
         body = self._frame.run(record, work, on_unrecorded=take_back)
-        if issued and admitted_keys and self._quarantine is not None:
-            self._confirm_not_quarantined(record, admitted_keys, issued, context)
+        if issued and evidence:
+            self._within_window(record, evidence[0], issued, context)
         return {"request_id": body.pop("request_id"), **body}
 
-    def _confirm_not_quarantined(self, record, keys, issued, context):
-        """After the record is written: a quarantine placed while this issuance was in flight
-        takes it back, and the refusal is a record of its own (related to the issuance's)."""
-        try:
-            self._quarantine.check(keys)
+    def _within_window(self, record, evidence_read_at, issued, context):
+        """After the record is written: if the quarantine reads this issuance relied on are
+        older than its window, a revocation's second sweep may have run before the record
+        could be seen. Take it back; the refusal is a record of its own (related to the
+        issuance's), and the caller asks again with a fresh proof."""
+        # Security-critical: this is what lets a revocation's sweep stand in for a re-read
+        # of the quarantine (the window and the sweep's delay are set together in config.py).
+        elapsed = self._monotonic() - evidence_read_at
+        window = self.settings.issuance_window_seconds
+        if elapsed <= window:
             return
-        except (Quarantined, Unavailable) as error:
-            refusal = error
         for minted in issued:
             self._take_back(record, minted)
-        refusal.detail = (f"issuance {record.request_id} taken back (wrapping tokens spent, secret ID destroyed): "
-                          f"{refusal.detail}")
+        refusal = Unavailable("this issuance took too long to be safe against a concurrent revocation; try again",
+                              backend="issuance window", retry_after=1,
+                              detail=(f"issuance {record.request_id} taken back (wrapping tokens spent, secret ID "
+                                      f"destroyed): its record was written {elapsed:.2f} s after the quarantine reads "
+                                      f"it relied on, over its window of {window:.2f} s"))
         follow = self._frame.new_record(record.method, context, role=record.role, principal=record.principal,
                                         account=record.account, instance=record.instance,
                                         related_request_id=record.request_id, action="take_back")
@@ -150,19 +166,23 @@ class BrokerService:
     def _limits(self):
         return self._rules_now().rate_limits or RateLimits()
 
-    def _admit(self, caller, record):
-        """Spend the proof, check the quarantine and count the per-identity budget: one
-        transaction, so a replay or a quarantined caller never spends the budget."""
+    def _quarantine_keys(self, caller):
+        """(own, shared) quarantine keys: the caller's own (its machine, its session) go in the
+        admission transaction; keys shared by many callers (a role, a service account) are
+        read beside it."""
+        if self._quarantine is None:
+            return [], []
+        return split_caller_keys(caller.claimed.id if caller.claimed else None, caller.principal,
+                                 caller.canonical_principal)
+
+    def _admit(self, caller, record, own_keys):
+        """Spend the proof, check the caller's own quarantine keys and count the per-identity
+        budget: one transaction, so a replay or a quarantined caller never spends the budget.
+        Returns when it was sent (monotonic)."""
         limit = self._limits().per_identity
-        keys = caller_keys(caller.claimed.id if caller.claimed else None, caller.principal,
-                           caller.canonical_principal)
-        # The caller's own key (its machine, else its principal) is checked in the transaction;
-        # keys shared by many callers (a role, a service account) are read beside it.
-        own, shared = keys[:1], keys[1:]
-        self._admission.admit(caller.proof_hash, request_id=record.request_id, method=caller.method,
-                              valid_until=caller.valid_until, identity_key=caller.identity_key,
-                              limit=limit or None, quarantine_keys=own, shared_quarantine_keys=shared)
-        return keys
+        return self._admission.admit(caller.proof_hash, request_id=record.request_id, method=caller.method,
+                                     valid_until=caller.valid_until, identity_key=caller.identity_key,
+                                     limit=limit or None, quarantine_keys=own_keys)
 
     def _take_role_slot(self, role):
         """The optional cap per AppRole, counted only for granted requests (a refused
@@ -172,20 +192,6 @@ class BrokerService:
             return
         self._rate_limits.take_slot("issue-role", role, limit=limit.count, window=limit.window,
                                    message=f"too many credentials issued for role {role!r} recently; try again later")
-
-    def _audit_hashes(self, issued):
-        """HMACs of the accessors and wrapping tokens as Vault's audit log shows them (best
-        effort), or None. An HMAC is not a secret: Vault's audit device logs exactly these."""
-        path = getattr(self.settings, "vault_audit_hash_path", None)
-        if not path:
-            return None
-        return self._minter.audit_hashes(path, {
-            "role_id_wrap_accessor": issued.role_id_wrap.accessor,
-            "secret_id_wrap_accessor": issued.secret_id_wrap.accessor,
-            "secret_id_accessor": issued.secret_id_accessor,
-            "role_id_wrap_token": issued.role_id_wrap.token,  # finds failed unwraps too (no accessor then)
-            "secret_id_wrap_token": issued.secret_id_wrap.token,
-        }) or None
 
     def _take_back(self, record, issued):
         failures = self._minter.take_back(issued)

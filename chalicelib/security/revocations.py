@@ -14,13 +14,15 @@ A revocation, in this order:
    copies the secret ID's `request_id` into the token's metadata), within
    `scan_seconds` for the whole revocation;
 4. waits until `settle_seconds` after the quarantine and sweeps again, for issuances
-   that were in flight when it was placed.
+   that were in flight when it was placed (for a revocation of one request ID that
+   placed a quarantine: the quarantined target's issuances of the last minutes).
 
-An issuance admitted before the quarantine checks the quarantine again once its audit
-record is written (chalicelib/pipeline/issuance.py) and takes itself back if it finds
-one; so an issuance the sweep can't see yet (its record not written) can't escape, and
-the second sweep covers the audit indexes' propagation delay. `complete: true` only when
-every wrapping token, secret ID and token reached is dead and the token scan ran.
+An issuance that got past the quarantine before it landed writes its audit record within
+two thirds of `settle_seconds` of the quarantine reads it relied on, or takes itself back
+(chalicelib/pipeline/issuance.py, chalicelib/config.py); the last third is for the audit
+indexes to show the record. So the second sweep sees every issuance that could escape
+the quarantine, without a re-read of the quarantine on every issuance. `complete: true`
+only when every wrapping token, secret ID and token reached is dead and the token scan ran.
 
 Vault work is done by the revoking identity (chalicelib/revoker.py); the answer lists,
 per issuance, what happened to its wrapping tokens, its secret ID and each token.
@@ -48,7 +50,7 @@ NO_REVOKER = "not reached: no revoking identity is configured (BROKER_REVOKER_RO
 class Revocations:
     def __init__(self, *, requests, audit, query_engine, quarantine, revocations, revoker, secret_ids, rules,
                  principals, token_max_ttl, settle_seconds, retention_days, tokens=None, scan_seconds=12.0,
-                 clock=time.time, sleep=time.sleep):
+                 clock=time.time, sleep=time.sleep, monotonic=time.monotonic):
         self._requests = requests  # security.audited.SecurityRequests
         self._audit = audit  # chalicelib.audit.AuditStore
         self._query = query_engine  # chalicelib.audit_query.AuditQueryEngine
@@ -65,6 +67,7 @@ class Revocations:
         self._retention_days = retention_days
         self._clock = clock
         self._sleep = sleep
+        self._monotonic = monotonic
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="revocation")
 
     # ---- POST /v1/revocations --------------------------------------------------------------------
@@ -104,7 +107,7 @@ class Revocations:
                                          until=until, reason=reason, by=identity.principal)
                 placed.append({"target": {q_kind: q_value}, "until": iso(entry.until),
                                "revocation_id": entry.revocation_id})
-            quarantined_at = self._clock()
+            quarantined_at = self._monotonic()  # the sweep's delay is a duration, as the issuances' windows are
             if placed:
                 record.quarantine_until = placed[0]["until"]
             revocations.put(revocation_id, target=(target.kind, target.value), reason=reason, by=identity.principal,
@@ -115,10 +118,10 @@ class Revocations:
             problems = []
             deadline = time.monotonic() + self._scan_seconds  # every token scan of this revocation
             reached = self._reach(self._issued(target, now), now, "first pass", problems, deadline)
-            if target.kind != "request_id":
-                self._sleep(max(0.0, quarantined_at + self._settle - self._clock()))
+            if target.kind != "request_id" or placed:
+                self._sleep(max(0.0, quarantined_at + self._settle - self._monotonic()))
                 seen = {e["request_id"] for e in reached}
-                late = [r for r in self._issued(target, int(self._clock())) if r["request_id"] not in seen]
+                late = [r for r in self._in_flight(target, now) if r["request_id"] not in seen]
                 reached += self._reach(late, int(self._clock()), "sweep", problems, deadline)
             failed = [e["request_id"] for e in reached if _failed(e)]
             if failed:
@@ -204,6 +207,20 @@ class Revocations:
             if not result.next_cursor or len(found) >= MAX_REVOKED_RECORDS:
                 return found
             after = decode_cursor(result.next_cursor, query.given)
+
+    def _in_flight(self, target, quarantined):
+        """The second sweep: the target's issued records again; for one request ID, those of
+        the target it quarantined recorded since shortly before the quarantine (issuances
+        that were in flight then: each is recorded within its window, far less than this)."""
+        if target.kind != "request_id":
+            return self._issued(target, int(self._clock()))
+        found = []
+        for kind, value in target.quarantine:
+            if kind in ("instance", "principal"):
+                query = AuditQuery(since=_dec(quarantined - REVOCATION_MARGIN), until=_dec(self._clock() + 60),
+                                   outcomes=("issued",), limit=500, **{kind: value})
+                found += self._query.search(query).events
+        return found
 
     # ---- reaching the issuances ------------------------------------------------------------------
 

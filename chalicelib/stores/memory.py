@@ -5,7 +5,7 @@ in milliseconds and without a stack. Thread-safe; time comes from an injectable 
 import threading
 import time
 
-from .quarantine import Entry, quarantined_error
+from .quarantine import Entry, raise_if_quarantined
 from .rate_limits import limited, window_start
 
 
@@ -16,13 +16,11 @@ class MemoryQuarantineList:
         self._clock = clock
 
     def check(self, keys):
-        now = self._clock()
+        raise_if_quarantined(self.entries(keys).values(), self._clock())
+
+    def entries(self, keys):
         with self._lock:
-            entries = [self._items.get(k) for k in keys]
-        for entry in entries:
-            error = quarantined_error(entry, now)
-            if error is not None:
-                raise error
+            return {k: self._items.get(k) for k in keys}
 
     def place(self, key, *, revocation_id, until, reason, by):
         now = int(self._clock())

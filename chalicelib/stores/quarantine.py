@@ -18,6 +18,7 @@ An expired entry may linger until DynamoDB's TTL deletes it (up to a couple of d
 every read checks `until` itself.
 """
 
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -89,6 +90,28 @@ def caller_keys(instance, principal, canonical=None):
     return keys
 
 
+def split_caller_keys(instance, principal, canonical=None):
+    """(own, shared): the caller's quarantine keys split by how many callers check them.
+
+    Own keys (its machine; an AWS session's exact ARN; else its principal) are checked in
+    the admission transaction. Shared keys (an AWS role, a GCE instance's service account,
+    the instance-less entry of a service account) are checked by every caller of the role
+    at once: in a transaction they would make concurrent boots cancel each other
+    (TransactionConflict), so they are read beside it instead."""
+    keys = caller_keys(instance, principal, canonical)
+    own = keys[:1]
+    if instance and principal and ":assumed-role/" in principal:
+        session = quarantine_key("principal", principal)
+        if session in keys and session != role_key_of(principal):
+            own.append(session)
+    return own, [k for k in keys if k not in own]
+
+
+def role_key_of(principal):
+    role = role_key(principal)
+    return quarantine_key("principal", role) if role else None
+
+
 @dataclass(frozen=True)
 class Entry:
     key: str
@@ -120,18 +143,17 @@ class QuarantineList:
 
     def check(self, keys):
         """Quarantined (403) if any of these entries is in force now."""
+        raise_if_quarantined(self.entries(keys).values(), self._clock())
+
+    def entries(self, keys):
+        """{key: Entry or None}: consistent reads, at once (not a transaction: items every
+        machine of a role reads must not make concurrent requests conflict)."""
         if not keys:
-            return
-        # Consistent reads, at once (not a transaction: items every machine of a role reads
-        # must not make concurrent requests conflict).
+            return {}
         from ..concurrency import raise_first, settle
 
-        items = [item for item in raise_first(settle(*(lambda k=k: self._read(k) for k in keys))) if item]
-        now = self._clock()
-        for item in items:
-            error = quarantined_error(_entry(item), now)
-            if error is not None:
-                raise error
+        items = raise_first(settle(*(lambda k=k: self._read(k) for k in keys)))
+        return {key: _entry(item) if item else None for key, item in zip(keys, items)}
 
     def place(self, key, *, revocation_id, until, reason, by):
         """Quarantine `key` until `until`. A longer quarantine already in place stays;
@@ -179,6 +201,55 @@ class QuarantineList:
             return None
         except Unavailable as e:
             return e.detail
+
+
+def raise_if_quarantined(entries, now):
+    for entry in entries:
+        error = quarantined_error(entry, now)
+        if error is not None:
+            raise error
+
+
+class RecentReads:
+    """The quarantine entries of shared keys, read at most `max_age` seconds ago (only
+    keys found clear are kept; a quarantined caller's keys are read every time).
+
+    Every session of a role checks the role's key: in a boot storm one read per role per
+    `max_age` in each Lambda environment instead of one per login. Safe because the
+    revocation closes the gap: its second sweep runs `settle` seconds after its
+    quarantine, and an issuance relying on a read older than its window when its record
+    is written takes itself back (chalicelib/pipeline/issuance.py; the windows are set
+    together in chalicelib/config.py). `check` returns when the oldest read it relied on
+    was sent (monotonic), which starts that window.
+    """
+
+    def __init__(self, quarantine_list, max_age, clock=time.time, monotonic=time.monotonic):
+        self._list = quarantine_list
+        self._max_age = max_age
+        self._clock = clock
+        self._monotonic = monotonic
+        self._reads = {}  # key -> (monotonic time the read was sent, Entry or None)
+        self._lock = threading.Lock()
+
+    def check(self, keys):
+        """Quarantined (403) if an entry of `keys` is in force; else the monotonic time the
+        oldest read relied on was sent (now, when nothing was relied on)."""
+        now = self._monotonic()
+        with self._lock:
+            known = {k: self._reads[k] for k in keys if k in self._reads and now - self._reads[k][0] < self._max_age}
+        missing = [k for k in keys if k not in known]
+        if missing:
+            sent = self._monotonic()
+            fresh = self._list.entries(missing)
+            with self._lock:
+                for key in missing:
+                    known[key] = (sent, fresh.get(key))
+                    if fresh.get(key) is None:  # only "clear" is kept: a lifted quarantine is seen at once
+                        self._reads[key] = known[key]
+                if len(self._reads) > 4096:  # many roles: forget the stale reads
+                    self._reads = {k: v for k, v in self._reads.items() if now - v[0] < self._max_age}
+        raise_if_quarantined((entry for _, entry in known.values()), self._clock())
+        return min((sent for sent, _ in known.values()), default=now)
 
 
 def _entry(item):

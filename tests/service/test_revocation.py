@@ -231,19 +231,33 @@ def test_malformed_reports_are_400(broker, body):
 # ---- Vault's audit log ---------------------------------------------------------------------------
 
 
-def test_issuances_carry_the_hmacs_that_find_them_in_vaults_audit_log(broker):
+def test_audit_show_gives_the_hmacs_that_find_an_issuance_in_vaults_audit_log(broker, security):
     stack = broker.stack
     creds = stack.assume("demo-batch", f"traced-{uuid.uuid4().hex[:6]}")
     doc = issue(broker, creds, "batch")
-    record = broker.audit.get(doc["request_id"])
+    # Nothing is hashed on the issuance's path: the stored record has the accessors only.
+    assert "vault_audit_hmacs" not in broker.audit.get(doc["request_id"])
+    shown = security.get(f"/v1/audit/events/{doc['request_id']}")
+    assert shown.status_code == 200, shown.body
+    record = body_of(shown)["event"]
     hmacs = record["vault_audit_hmacs"]
-    assert set(hmacs) == {"role_id_wrap_accessor", "secret_id_wrap_accessor", "secret_id_accessor",
-                          "role_id_wrap_token", "secret_id_wrap_token"}
-    clear = dict(record, role_id_wrap_token=doc["role_id_wrap"]["token"],
-                 secret_id_wrap_token=doc["secret_id_wrap"]["token"])
+    assert set(hmacs) == {"role_id_wrap_accessor", "secret_id_wrap_accessor", "secret_id_accessor"}
     for name, value in hmacs.items():
         assert value.startswith("hmac-sha256:")
-        assert value == stack.vault().write_data("sys/audit-hash/file", data={"input": clear[name]})["data"]["hash"]
+        assert value == stack.vault().write_data("sys/audit-hash/file", data={"input": record[name]})["data"]["hash"]
+
+    def log_lines():
+        return [json.loads(line) for line in stack.openbao.audit_log_path.read_text().splitlines()]
+
+    # The wrapping tokens' HMACs are not stored anywhere: the creation's response line, found
+    # by the accessor's HMAC, carries them (as docs/audit.md shows with jq).
+    created = [e for e in log_lines() if e["type"] == "response"
+               and (e["response"].get("wrap_info") or {}).get("accessor") == hmacs["secret_id_wrap_accessor"]]
+    assert [e["request"]["path"] for e in created] == ["auth/approle/role/batch/secret-id"]
+    token_hmac = created[0]["response"]["wrap_info"]["token"]
+    assert token_hmac == stack.vault().write_data(
+        "sys/audit-hash/file", data={"input": doc["secret_id_wrap"]["token"]})["data"]["hash"]
+    hmacs = dict(hmacs, secret_id_wrap_token=token_hmac)
 
     # The client unwraps and logs in, as it would at boot.
     client = hvac.Client(url=stack.vault_addr, token=doc["secret_id_wrap"]["token"])
@@ -366,9 +380,60 @@ def test_a_revocation_revokes_the_tokens_logged_in_with_its_secret_ids(broker, s
         security.delete(f"/v1/revocations/{revoked['revocation_id']}")
 
 
-def test_an_issuance_in_flight_when_the_quarantine_lands_takes_itself_back(broker, security, monkeypatch):
-    """The quarantine is placed after this issuance was admitted but before its record was
-    written: it answers 403, its secret ID is destroyed, and both records say so."""
+def test_an_issuance_recorded_outside_its_window_takes_itself_back(broker, monkeypatch):
+    """A revocation's second sweep stands in for a re-read of the quarantine only if every
+    issuance is recorded within its window of the quarantine reads it relied on: one that
+    is not (a stalled Lambda, a slow audit write) answers 503, its secret ID is destroyed,
+    its wrapping tokens are dead, and both records say so."""
+    import time
+
+    import app as broker_app
+
+    stack = broker.stack
+    instance = broker.web_instance()
+    creds = stack.assume("demo-node", instance)
+    service = broker_app.get_service()
+    minted = []
+    real_issue = service._minter.issue
+    stalled = {"by": 0.0}
+
+    def issue_then_stall(*args, **kwargs):
+        result = real_issue(*args, **kwargs)
+        minted.append(result)
+        stalled["by"] = service.settings.issuance_window_seconds + 1  # as if the process had stalled here
+        return result
+
+    monkeypatch.setattr(service._minter, "issue", issue_then_stall)
+    monkeypatch.setattr(service, "_monotonic", lambda: time.monotonic() + stalled["by"])
+    refused = assert_error(broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when())),
+                           503, "unavailable")
+    monkeypatch.undo()
+    follow = broker.audit.get(refused["request_id"])
+    assert follow["action"] == "take_back" and follow["code"] == "unavailable"
+    original = broker.audit.get(follow["related_request_id"])
+    assert original["outcome"] == "issued" and original["instance"] == instance
+    assert f"issuance {original['request_id']} taken back" in follow["reason"]
+    assert "over its window" in follow["reason"]
+    # In OpenBao: the secret ID is gone, and so are both wrapping tokens.
+    looked = requests.post(f"{stack.vault_addr}/v1/auth/approle/role/web/secret-id-accessor/lookup",
+                           json={"secret_id_accessor": minted[0].secret_id_accessor},
+                           headers={"X-Vault-Token": "root"}, timeout=10)
+    assert looked.status_code in (400, 404), looked.status_code
+    for wrap in (minted[0].role_id_wrap, minted[0].secret_id_wrap):
+        assert requests.post(f"{stack.vault_addr}/v1/sys/wrapping/unwrap", timeout=10,
+                             headers={"X-Vault-Token": wrap.token}).status_code == 400
+    # within its window the same instance is served again
+    assert broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when())).status_code == 200
+
+
+def test_an_issuance_in_flight_when_a_revocation_lands_is_reached_by_its_second_sweep(broker, security,
+                                                                                     monkeypatch):
+    """The quarantine lands after this issuance was admitted and before its record is
+    written; the issuance answers 200 within its window, and the revocation's second sweep
+    (settle seconds after the quarantine) destroys what it was given."""
+    import threading
+    import time
+
     import app as broker_app
     from chalicelib.stores.quarantine import QuarantineList, quarantine_key
     from devstack import aws as stack_aws
@@ -376,39 +441,46 @@ def test_an_issuance_in_flight_when_the_quarantine_lands_takes_itself_back(broke
     stack = broker.stack
     instance = broker.web_instance()
     creds = stack.assume("demo-node", instance)
+    first = issue(broker, creds, "web")  # the instance has a record: no --force needed
     service = broker_app.get_service()
     quarantine = QuarantineList(stack.client("dynamodb"), stack_aws.QUARANTINE_TABLE)
-    minted = []
+    key = quarantine_key("instance", instance)
+    revocation = {}
     real_issue = service._minter.issue
 
-    def issue_then_quarantine(*args, **kwargs):
+    def revoke():
+        revocation.update(body_of(security.post("/v1/revocations",
+                                                {"instance": instance, "reason": "in flight", "quarantine": "1h"})))
+
+    def issue_while_revoked(*args, **kwargs):
         result = real_issue(*args, **kwargs)
-        minted.append(result)
-        quarantine.place(quarantine_key("instance", instance), revocation_id=str(uuid.uuid4()),
-                         until=int(__import__("time").time()) + 600, reason="in flight", by="test")
+        revoker = threading.Thread(target=revoke)
+        revoker.start()
+        revocation["thread"] = revoker
+        deadline = time.monotonic() + 10
+        while quarantine.get(key) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert quarantine.get(key) is not None, "the revocation placed no quarantine"
         return result
 
-    monkeypatch.setattr(service._minter, "issue", issue_then_quarantine)
+    monkeypatch.setattr(service._minter, "issue", issue_while_revoked)
+    response = broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when()))
+    monkeypatch.undo()
+    revocation.pop("thread").join(timeout=60)
     try:
-        refused = assert_error(broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when())),
-                               403, "quarantined")
+        assert response.status_code == 200  # recorded within its window: the sweep will reach it
+        doc = body_of(response)
+        assert revocation["complete"] is True, revocation["problems"]
+        reached = {d["request_id"]: d for d in revocation["destroyed"]}
+        assert reached[first["request_id"]]["found_by"] == "first pass"
+        assert reached[doc["request_id"]]["found_by"] == "sweep"
+        assert reached[doc["request_id"]]["result"] == "destroyed"
+        assert unwrap_status(stack, doc) == 400
+        assert unwrap_status(stack, doc, "role_id_wrap") == 400
+        # and nothing new for the instance while it is quarantined
+        assert_error(broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when())), 403, "quarantined")
     finally:
-        monkeypatch.undo()
-        quarantine.lift(quarantine_key("instance", instance), quarantine.get(quarantine_key("instance", instance))
-                        .revocation_id)
-    follow = broker.audit.get(refused["request_id"])
-    assert follow["action"] == "take_back" and follow["code"] == "quarantined"
-    original = broker.audit.get(follow["related_request_id"])
-    assert original["outcome"] == "issued" and original["instance"] == instance
-    assert f"issuance {original['request_id']} taken back" in follow["reason"]
-    # In OpenBao: the secret ID is gone, and so are both wrapping tokens.
-    looked = requests.post(f"{stack.vault_addr}/v1/auth/approle/role/web/secret-id-accessor/lookup",
-                           json={"secret_id_accessor": minted[0].secret_id_accessor},
-                           headers={"X-Vault-Token": "root"}, timeout=10)
-    assert looked.status_code in (400, 404), looked.text
-    for wrap in (minted[0].role_id_wrap, minted[0].secret_id_wrap):
-        assert requests.post(f"{stack.vault_addr}/v1/sys/wrapping/unwrap", timeout=10,
-                             headers={"X-Vault-Token": wrap.token}).status_code == 400
+        security.delete(f"/v1/revocations/{revocation['revocation_id']}")
 
 
 # ---- targets: canonical spellings, unknown targets, a GCE instance's service account --------------

@@ -77,6 +77,17 @@ class TestQuarantineList:
             q.check(caller_keys(None, session))
 
 
+    def test_entries_names_each_key_with_its_entry_or_none(self, stores, clock):
+        q = stores["quarantine"]
+        placed, clear = quarantine_key("instance", unique("i")), quarantine_key("instance", unique("i"))
+        q.place(placed, revocation_id="r", until=int(clock.now) + 60, reason="x", by="sec")
+        entries = q.entries([placed, clear])
+        assert list(entries) == [placed, clear]
+        assert (entries[placed].revocation_id, entries[placed].until) == ("r", int(clock.now) + 60)
+        assert entries[clear] is None
+        assert q.entries([]) == {}
+
+
 class TestRevocationStore:
     def test_put_get_and_lift(self, stores, clock):
         r = stores["revocations"]

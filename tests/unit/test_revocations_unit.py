@@ -103,7 +103,8 @@ def revocations(clock, trail, vault, quarantine, store):
     return Revocations(requests=Requests(), audit=trail, query_engine=trail, quarantine=quarantine,
                        revocations=store, revoker=vault, secret_ids=None, rules=rules, principals=None,
                        token_max_ttl=3600, settle_seconds=2, retention_days=400,
-                       tokens=memory.MemoryTokenRegistry(clock), scan_seconds=5, clock=clock, sleep=clock.sleep)
+                       tokens=memory.MemoryTokenRegistry(clock), scan_seconds=5, clock=clock, sleep=clock.sleep,
+                       monotonic=clock)
 
 
 @pytest.fixture

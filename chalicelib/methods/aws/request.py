@@ -100,7 +100,11 @@ def _headers(raw):
     return tuple(headers)
 
 
+# Characters an HTTP client can't put in a header value: controls, DEL, beyond latin-1.
+_UNSENDABLE = re.compile(r"[^\x20-\x7e\x80-\xff]")
+
+
 def _sendable(value):
     if value != value.strip(" \t"):
         return False
-    return all(32 <= ord(c) <= 255 and ord(c) != 127 for c in value)
+    return _UNSENDABLE.search(value) is None
