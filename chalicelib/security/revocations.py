@@ -211,16 +211,24 @@ class Revocations:
     def _in_flight(self, target, quarantined):
         """The second sweep: the target's issued records again; for one request ID, those of
         the target it quarantined recorded since shortly before the quarantine (issuances
-        that were in flight then: each is recorded within its window, far less than this)."""
-        if target.kind != "request_id":
-            return self._issued(target, int(self._clock()))
-        found = []
+        that were in flight then: each is recorded within its window, far less than this).
+
+        An `instanceless` quarantine (placed with a GCE instance's) refuses callers the
+        target's records don't name: its service account's tokens that name no instance.
+        One of those admitted just before the quarantine is found by its principal and its
+        lack of an instance, or nothing would reach it."""
+        found = self._issued(target, int(self._clock())) if target.kind != "request_id" else []
         for kind, value in target.quarantine:
-            if kind in ("instance", "principal"):
+            if kind == "instanceless" or (target.kind == "request_id" and kind in ("instance", "principal")):
+                field = "instance" if kind == "instance" else "principal"
                 query = AuditQuery(since=_dec(quarantined - REVOCATION_MARGIN), until=_dec(self._clock() + 60),
-                                   outcomes=("issued",), limit=500, **{kind: value})
-                found += self._query.search(query).events
-        return found
+                                   outcomes=("issued",), limit=500, **{field: value})
+                events = self._query.search(query).events
+                found += [e for e in events if kind != "instanceless" or not e.get("instance")]
+        unique = {}
+        for record in found:
+            unique.setdefault(record["request_id"], record)
+        return list(unique.values())
 
     # ---- reaching the issuances ------------------------------------------------------------------
 
