@@ -292,3 +292,47 @@ def test_a_second_process_with_stale_recent_reads_leaves_nothing_usable(broker, 
         for doc in revocations:
             security.delete(f"/v1/revocations/{doc['revocation_id']}")
     assert set(statuses) <= {"issued", "quarantined"}, set(statuses)
+
+
+# ---- 4. a Lambda environment frozen between invocations --------------------------------------------------
+
+
+def test_a_read_kept_across_a_freeze_does_not_pass_for_fresh(broker, security):
+    """Lambda freezes an environment between invocations; whether its CLOCK_MONOTONIC
+    counts the frozen time is not documented (a paused microVM's can stand still). Process
+    B reads the role's key (clear, kept), is frozen while process A revokes the role
+    (`complete: true`), and is thawed: its monotonic clock says its read is a tenth of a
+    second old. Before the fix B served the next session of the role from that read, after
+    the revocation's sweep, and the secret ID stayed alive. The freeze is modelled by B's
+    monotonic clock not counting it (nothing here can pause a microVM); the rest is real."""
+    stack = broker.stack
+    b = second_process(stack)
+    frozen = {"for": 0.0}
+
+    def b_monotonic():
+        return time.monotonic() - frozen["for"]
+
+    b._monotonic = b._admission._shared._monotonic = b_monotonic
+
+    def b_login():
+        creds = stack.assume("demo-batch", f"redq-f-{uuid.uuid4().hex[:8]}")
+        body = json.dumps(signed_login(creds, "batch", broker.server_id, when=fresh_when())).encode()
+        return b.issue("aws", body, source_ip="127.0.0.1", api_request_id=None)
+
+    b_login()  # B keeps the role's key as clear
+    read_at = time.monotonic()
+    revoked = body_of(security.post("/v1/revocations", {"principal": BATCH_ROLE_ARN, "reason": "freeze",
+                                                        "quarantine": "10m"}))
+    try:
+        assert revoked["complete"] is True, revoked["problems"]
+        frozen["for"] = time.monotonic() - read_at - 0.1  # thawed: its clock counted none of it
+        try:
+            doc = b_login()
+        except Exception as error:  # BrokerError
+            assert getattr(error, "code", None) == "quarantined", error
+            return
+        record = broker.audit.get(doc["request_id"])
+        alive = secret_id_alive(stack, "batch", record["secret_id_accessor"])
+        assert not alive, "a session of the revoked role got a live secret ID after the revocation completed"
+    finally:
+        security.delete(f"/v1/revocations/{revoked['revocation_id']}")
