@@ -336,3 +336,50 @@ def test_a_read_kept_across_a_freeze_does_not_pass_for_fresh(broker, security):
         assert not alive, "a session of the revoked role got a live secret ID after the revocation completed"
     finally:
         security.delete(f"/v1/revocations/{revoked['revocation_id']}")
+
+
+# ---- 5. a request-ID revocation racing an issuance of the machine it quarantines ------------------------
+
+
+def test_a_request_id_revocation_reaches_the_machines_issuance_in_flight(broker, security, monkeypatch):
+    """Revoking one request ID quarantines its (verified) machine; an issuance of that
+    machine admitted just before the quarantine and recorded after the first pass is
+    reached by the sweep (the machine's issuances of the last minutes): nothing it was
+    given unwraps or logs in once the revocation answers `complete: true`."""
+    import app as broker_app
+
+    stack = broker.stack
+    instance = broker.web_instance()
+    creds = stack.assume("demo-node", instance)
+    first = broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when()))
+    assert first.status_code == 200, first.body
+    service = broker_app.get_service()
+    real_issue = service._minter.issue
+    revocation = {}
+
+    def revoke():
+        revocation.update(body_of(security.post("/v1/revocations", {
+            "request_id": body_of(first)["request_id"], "reason": "one stolen", "quarantine": "10m"})))
+
+    def issue_while_revoked(*args, **kwargs):
+        result = real_issue(*args, **kwargs)
+        thread = threading.Thread(target=revoke)
+        thread.start()
+        revocation["thread"] = thread
+        assert wait_for_key(stack, quarantine_key("instance", instance))
+        return result
+
+    monkeypatch.setattr(service._minter, "issue", issue_while_revoked)
+    response = broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when()))
+    monkeypatch.undo()
+    revocation.pop("thread").join(timeout=60)
+    try:
+        assert revocation["complete"] is True, revocation["problems"]
+        assert response.status_code == 200, response.body
+        doc = body_of(response)
+        reached = {d["request_id"]: d["found_by"] for d in revocation["destroyed"]}
+        assert reached == {body_of(first)["request_id"]: "first pass", doc["request_id"]: "sweep"}
+        assert unwrap(stack, doc)[0] == 400
+        assert not secret_id_alive(stack, "web", broker.audit.get(doc["request_id"])["secret_id_accessor"])
+    finally:
+        security.delete(f"/v1/revocations/{revocation['revocation_id']}")
