@@ -10,10 +10,11 @@ Cheap refusals first, budgets spent last:
 5. the rules decide (403 not_authorized); the per-role cap counts granted requests only;
 6. mint the wrapped role ID and secret ID; 7. the audit record, before the answer;
 8. the window: an issuance whose record was written later than `issuance_window_seconds`
-   after the quarantine reads it relied on takes itself back (503, try again). A
-   revocation's second sweep, `settle` seconds after its quarantine, finds every issuance
-   that got past the quarantine before it landed (chalicelib/security/revocations.py,
-   chalicelib/config.py): no extra read on the way.
+   after the quarantine reads it relied on reads its quarantine keys again, and takes
+   itself back if its caller was quarantined meanwhile (403) or the list can't be read
+   (503). A revocation's second sweep, `settle` seconds after its quarantine, finds every
+   issuance within its window that got past the quarantine before it landed
+   (chalicelib/security/revocations.py, chalicelib/config.py): no extra read on the way.
 
 Every request ends in exactly one audit record (chalicelib/pipeline/frame.py). If that
 record can't be written, whatever was minted is taken back and the caller gets 503.
