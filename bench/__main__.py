@@ -215,6 +215,10 @@ def report(doc: dict) -> str:
                   f"{fmt(q['requests_per_issuance'])} ("
                   + ", ".join(f"{k} {v:g}" for k, v in q["per_backend"].items()) + ")",
                   table([[k, v] for k, v in q["per_operation"].items()], ("request", "per issuance"))]
+        if q.get("requests_after_idle") is not None:
+            lines += [f"one issuance after {q['idle_seconds']:g} s idle (the short caches expired): "
+                      f"{q['requests_after_idle']} requests ("
+                      + ", ".join(f"{k} {v}" for k, v in q["per_operation_after_idle"].items()) + ")"]
     lt = r.get("latency")
     if lt:
         lines += [table(latency_rows([(f"delays: {name}", st) for name, st in lt["latency_ms"].items()]),

@@ -11,6 +11,7 @@ pay the same hop.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections import Counter
@@ -238,4 +239,6 @@ def profile_handler(bench: Bench, iterations: int = 30, top: int = 25) -> str:
     stats = pstats.Stats(prof, stream=out)
     stats.sort_stats("tottime").print_stats(top)
     stats.sort_stats("cumulative").print_stats(top)
+    if os.environ.get("BENCH_PROFILE_CALLERS"):  # e.g. "lower|isinstance": who calls them
+        stats.sort_stats("tottime").print_callers(os.environ["BENCH_PROFILE_CALLERS"])
     return out.getvalue()

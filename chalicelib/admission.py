@@ -49,32 +49,26 @@ class Admission:
         if page.get("Item"):
             raise ProofReplayed("this proof was already used; sign a new one")
 
+    def check_shared(self, keys):
+        """Quarantined (403) if a key many callers share (a role's ARN, a service account
+        every instance runs as) is in force; else the monotonic time the oldest read relied
+        on was sent. Not in the transaction: every machine of a role would check the same
+        item, and concurrent transactions on one item cancel each other
+        (TransactionConflict) in a boot storm. Read through recent reads (see RecentReads)."""
+        if self._shared is None or not keys:
+            return self._monotonic()
+        return self._shared.check(keys)
+
     def admit(self, proof_hash, *, request_id, method, valid_until, identity_key=None, limit=None,
-              quarantine_keys=(), shared_quarantine_keys=()):
-        """Spend the proof, count the identity's budget and check the quarantine, atomically.
+              quarantine_keys=()):
+        """Spend the proof, count the identity's budget and check the caller's own quarantine
+        keys (its machine, its session: ConditionChecks), atomically.
 
-        `quarantine_keys` are the caller's own (its machine, its session): they are
-        ConditionChecks in the transaction. `shared_quarantine_keys` (a role's ARN, a service
-        account every instance runs as) are read beside it, through recent reads: every
-        machine of a role would check the same item, and concurrent transactions on one item
-        cancel each other (TransactionConflict) in a boot storm.
-
-        Returns the monotonic time the oldest quarantine evidence this admission relied on
-        was read (the issuance's window starts there). Raises ProofReplayed, Quarantined or
-        RateLimited (in that order of precedence); a quarantined or over-budget caller's
-        proof is still spent afterwards, so it can't be tried again once the quarantine is
-        lifted.
+        Returns the monotonic time the transaction was sent (the issuance's window starts
+        there at the latest). Raises ProofReplayed, Quarantined or RateLimited (in that order
+        of precedence); a quarantined or over-budget caller's proof is still spent
+        afterwards, so it can't be tried again once the quarantine is lifted.
         """
-        if self._quarantine is not None and shared_quarantine_keys:
-            from .concurrency import raise_first, settle
-
-            # The proof is spent (and counted) even when a shared key refuses the caller:
-            # it can't be tried again once the quarantine is lifted.
-            own, shared = raise_first(settle(
-                lambda: self.admit(proof_hash, request_id=request_id, method=method, valid_until=valid_until,
-                                   identity_key=identity_key, limit=limit, quarantine_keys=quarantine_keys),
-                lambda: self._shared.check(shared_quarantine_keys)))
-            return min(own, shared)
         sent = self._monotonic()
         now = int(self._clock())
         items = [{"Put": self._replay_item(proof_hash, request_id, method, valid_until, now)}]

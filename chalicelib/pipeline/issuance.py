@@ -82,11 +82,18 @@ class BrokerService:
             caller = method.verify(login)
             record.principal, record.account = caller.principal, caller.account
             record.instance = caller.claimed.id if caller.claimed else None
-            (facts, facts_error), (_, admit_error) = settle(
+            own, shared = self._quarantine_keys(caller)
+            # Three leaf calls at once: the facts, the admission transaction (the proof spent,
+            # the budget counted, the caller's own quarantine keys), the keys its role shares.
+            # The proof is spent even when a shared key refuses the caller.
+            (facts, facts_error), (admitted_at, admit_error), (shared_at, shared_error) = settle(
                 lambda: method.read_facts(caller, login),
-                lambda: evidence.append(self._admit(caller, record)))
-            if admit_error or facts_error:
-                raise admit_error or facts_error
+                lambda: self._admit(caller, record, own),
+                lambda: self._admission.check_shared(shared))
+            if admit_error or shared_error or facts_error:
+                raise admit_error or shared_error or facts_error
+            if self._quarantine is not None:  # no quarantine, no revocations: no window to keep
+                evidence.append((min(admitted_at, shared_at), [*own, *shared]))  # read again past the window
             record.account = facts.account or record.account
             if facts.entity is not None:
                 record.instance = facts.entity.id
@@ -121,7 +128,7 @@ class BrokerService:
                 self._take_back(record, minted)
 
         body = self._frame.run(record, work, on_unrecorded=take_back)
-        if issued and evidence and evidence[0] is not None:
+        if issued and evidence:
             self._within_window(record, *evidence[0], issued, context)
         return {"request_id": body.pop("request_id"), **body}
 
@@ -140,6 +147,8 @@ class BrokerService:
         window = self.settings.issuance_window_seconds
         if elapsed <= window:
             return
+        log(self._log, logging.WARNING, "issuance past its window: its quarantine keys read again",
+            request_id=record.request_id, elapsed=round(elapsed, 3), window=round(window, 3))
         try:
             self._quarantine.check(keys)
             return
@@ -167,21 +176,23 @@ class BrokerService:
     def _limits(self):
         return self._rules_now().rate_limits or RateLimits()
 
-    def _admit(self, caller, record):
-        """Spend the proof, check the quarantine and count the per-identity budget: one
-        transaction, so a replay or a quarantined caller never spends the budget. Returns
-        when the oldest quarantine read relied on was sent (monotonic), and the keys read."""
+    def _quarantine_keys(self, caller):
+        """(own, shared) quarantine keys: the caller's own (its machine, its session) go in the
+        admission transaction; keys shared by many callers (a role, a service account) are
+        read beside it."""
+        if self._quarantine is None:
+            return [], []
+        return split_caller_keys(caller.claimed.id if caller.claimed else None, caller.principal,
+                                 caller.canonical_principal)
+
+    def _admit(self, caller, record, own_keys):
+        """Spend the proof, check the caller's own quarantine keys and count the per-identity
+        budget: one transaction, so a replay or a quarantined caller never spends the budget.
+        Returns when it was sent (monotonic)."""
         limit = self._limits().per_identity
-        # The caller's own keys (its machine, its session) are checked in the transaction;
-        # keys shared by many callers (a role, a service account) are read beside it.
-        own, shared = split_caller_keys(caller.claimed.id if caller.claimed else None, caller.principal,
-                                        caller.canonical_principal)
-        if self._quarantine is None:  # no quarantine, no revocations: no window to keep
-            own, shared = [], []
-        read_at = self._admission.admit(caller.proof_hash, request_id=record.request_id, method=caller.method,
-                                        valid_until=caller.valid_until, identity_key=caller.identity_key,
-                                        limit=limit or None, quarantine_keys=own, shared_quarantine_keys=shared)
-        return (read_at, [*own, *shared]) if self._quarantine is not None else None
+        return self._admission.admit(caller.proof_hash, request_id=record.request_id, method=caller.method,
+                                     valid_until=caller.valid_until, identity_key=caller.identity_key,
+                                     limit=limit or None, quarantine_keys=own_keys)
 
     def _take_role_slot(self, role):
         """The optional cap per AppRole, counted only for granted requests (a refused
