@@ -410,3 +410,53 @@ def test_concurrent_logins_of_one_instance_are_all_admitted_and_counted_once_eac
         ExpressionAttributeValues={":p": {"S": "ratelimit#issue-identity#"}})["Items"]
     mine = [c for c in counters if instance in c["pk"]["S"] and c["pk"]["S"].endswith(f"#{start}")]
     assert [int(c["hits"]["N"]) for c in mine] == [8], [c["pk"]["S"] for c in mine]
+
+
+# ---- 7. a service account revoked while one of its GCE instances is in flight ----------------------------
+
+
+def test_a_service_account_revocation_reaches_a_gce_issuance_in_flight(broker, security, monkeypatch):
+    """A GCE instance's service account is a shared key (read beside the transaction, kept
+    a third of the settle time). Revoking the service account while one of its instances'
+    issuances is in flight: the sweep (the service account's issuances) reaches it."""
+    import app as broker_app
+
+    stack = broker.stack
+    audience = os.environ["BROKER_GCP_AUDIENCE"]
+    sa = "demo-node@demo-project.iam.gserviceaccount.com"
+    name = f"redq-sa-{uuid.uuid4().hex[:6]}"
+    stack.gcp_create_instance(name, labels={"vault-role": "web"}, service_account=sa)
+    assert gcp_post(broker, stack.gcp_instance_token(name, audience=audience), "web").status_code == 200
+    service = broker_app.get_service()
+    real_issue = service._minter.issue
+    revocation = {}
+
+    def revoke():
+        revocation.update(body_of(security.post("/v1/revocations", {"principal": sa, "reason": "SA key leaked",
+                                                                    "quarantine": "10m"})))
+
+    def issue_while_revoked(*args, **kwargs):
+        result = real_issue(*args, **kwargs)
+        thread = threading.Thread(target=revoke)
+        thread.start()
+        revocation["thread"] = thread
+        assert wait_for_key(stack, quarantine_key("principal", sa))
+        return result
+
+    monkeypatch.setattr(service._minter, "issue", issue_while_revoked)
+    response = gcp_post(broker, stack.gcp_instance_token(name, audience=audience), "web")
+    monkeypatch.undo()
+    assert "thread" in revocation, f"not minted: {response.status_code} {response.body}"
+    revocation.pop("thread").join(timeout=60)
+    try:
+        assert revocation["complete"] is True, revocation["problems"]
+        assert response.status_code == 200, response.body
+        doc = body_of(response)
+        reached = {d["request_id"]: d["found_by"] for d in revocation["destroyed"]}
+        assert reached.get(doc["request_id"]) == "sweep"
+        assert unwrap(stack, doc)[0] == 400
+        assert not secret_id_alive(stack, "web", broker.audit.get(doc["request_id"])["secret_id_accessor"])
+        refused = gcp_post(broker, stack.gcp_instance_token(name, audience=audience), "web")
+        assert refused.status_code == 403 and body_of(refused)["error"]["code"] == "quarantined"
+    finally:
+        security.delete(f"/v1/revocations/{revocation['revocation_id']}")
