@@ -453,7 +453,7 @@ def test_a_service_account_revocation_reaches_a_gce_issuance_in_flight(broker, s
         assert response.status_code == 200, response.body
         doc = body_of(response)
         reached = {d["request_id"]: d["found_by"] for d in revocation["destroyed"]}
-        assert reached.get(doc["request_id"]) == "sweep"
+        assert reached.get(doc["request_id"]) in ("first pass", "sweep")  # racing the first pass: either
         assert unwrap(stack, doc)[0] == 400
         assert not secret_id_alive(stack, "web", broker.audit.get(doc["request_id"])["secret_id_accessor"])
         refused = gcp_post(broker, stack.gcp_instance_token(name, audience=audience), "web")
