@@ -90,6 +90,8 @@ class BrokerService:
                 lambda: method.read_facts(caller, login),
                 lambda: self._admit(caller, record, own),
                 lambda: self._admission.check_shared(shared))
+            if shared_error is not None and admit_error is None:
+                self._refund(caller)  # refused by its role's key: the budget slot is given back
             if admit_error or shared_error or facts_error:
                 raise admit_error or shared_error or facts_error
             if self._quarantine is not None:  # no quarantine, no revocations: no window to keep
@@ -193,6 +195,12 @@ class BrokerService:
         return self._admission.admit(caller.proof_hash, request_id=record.request_id, method=caller.method,
                                      valid_until=caller.valid_until, identity_key=caller.identity_key,
                                      limit=limit or None, quarantine_keys=own_keys)
+
+    def _refund(self, caller):
+        try:
+            self._admission.refund(caller.identity_key, self._limits().per_identity or None)
+        except Unavailable as e:  # the refusal stands; the slot ends with its window
+            log(self._log, logging.WARNING, "budget slot not given back", problem=e.detail)
 
     def _take_role_slot(self, role):
         """The optional cap per AppRole, counted only for granted requests (a refused

@@ -460,3 +460,31 @@ def test_a_service_account_revocation_reaches_a_gce_issuance_in_flight(broker, s
         assert refused.status_code == 403 and body_of(refused)["error"]["code"] == "quarantined"
     finally:
         security.delete(f"/v1/revocations/{revocation['revocation_id']}")
+
+
+# ---- 8. a role quarantine must not use up its sessions' budgets (issue 10) ----------------------------------
+
+
+def test_a_caller_refused_by_its_roles_quarantine_keeps_its_budget(broker, security):
+    """The role's key is read beside the admission transaction, so the transaction has
+    counted the caller before the role's quarantine refuses it: the slot is given back.
+    25 refused logins (the budget is 20 per hour), then the lift: the machine is served."""
+    stack = broker.stack
+    instance = broker.web_instance()
+    creds = stack.assume("demo-node", instance)
+    role_arn = "arn:aws:iam::123456789012:role/demo-node"
+    revoked = body_of(security.post("/v1/revocations", {"principal": role_arn, "reason": "budget", "quarantine": "1h"}))
+    try:
+        for _ in range(25):
+            refused = broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when()))
+            assert refused.status_code == 403 and body_of(refused)["error"]["code"] == "quarantined"
+    finally:
+        security.delete(f"/v1/revocations/{revoked['revocation_id']}")
+    start = int(time.time()) // 3600 * 3600
+    counters = stack.client("dynamodb").scan(
+        TableName=stack_aws.QUARANTINE_TABLE, FilterExpression="begins_with(pk, :p)",
+        ExpressionAttributeValues={":p": {"S": "ratelimit#issue-identity#"}})["Items"]
+    mine = [int(c["hits"]["N"]) for c in counters if instance in c["pk"]["S"] and c["pk"]["S"].endswith(f"#{start}")]
+    assert sum(mine) == 0, mine
+    served = broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when()))
+    assert served.status_code == 200, body_of(served).get("error")
