@@ -239,6 +239,8 @@ def profile_handler(bench: Bench, iterations: int = 30, top: int = 25) -> str:
     stats = pstats.Stats(prof, stream=out)
     stats.sort_stats("tottime").print_stats(top)
     stats.sort_stats("cumulative").print_stats(top)
+    if os.environ.get("BENCH_PROFILE_ONLY"):  # e.g. "chalicelib": the broker's own functions, cumulative
+        stats.sort_stats("cumulative").print_stats(os.environ["BENCH_PROFILE_ONLY"], 40)
     if os.environ.get("BENCH_PROFILE_CALLERS"):  # e.g. "lower|isinstance": who calls them
         stats.sort_stats("tottime").print_callers(os.environ["BENCH_PROFILE_CALLERS"])
     return out.getvalue()

@@ -105,6 +105,17 @@ class Admission:
                           retry_after=max(1, start + window - now),
                           detail=f"rate limit issue-identity {identity_key}: {limit.count} per {window}s reached")
 
+    def refund(self, identity_key, limit):
+        """Give back the budget slot a successful admission counted (best effort): for a
+        caller the keys its role shares refused after the transaction went through (a
+        quarantined caller must not use up its budget; issue 10)."""
+        if self._quarantine is None or limit is None or identity_key is None:
+            return
+        try_call("quarantine store", ("ConditionalCheckFailedException",), self._db.update_item,
+                 TableName=self._quarantine, Key=_counter_key(identity_key, limit, int(self._clock())),
+                 UpdateExpression="ADD hits :minus_one", ConditionExpression="hits > :zero",
+                 ExpressionAttributeValues={":minus_one": {"N": "-1"}, ":zero": {"N": "0"}})
+
     def _transact(self, items):
         """The transaction; None when it went through, else its cancellation.
 
@@ -141,7 +152,7 @@ class Admission:
         start = now - now % limit.window
         return {
             "TableName": self._quarantine,
-            "Key": {"pk": {"S": f"ratelimit#issue-identity#{identity_key}#{start}"}},
+            "Key": _counter_key(identity_key, limit, now),
             "UpdateExpression": "ADD hits :one SET #exp = :exp",
             "ConditionExpression": "attribute_not_exists(hits) OR hits < :limit",
             "ExpressionAttributeNames": {"#exp": TTL_ATTRIBUTE},
@@ -161,6 +172,11 @@ class Admission:
         error = quarantined_error(self._list.get(key), self._clock())
         # lifted meanwhile: still refused this time, the transaction said so
         return error or Quarantined("this caller is quarantined by the security team", detail=f"quarantined: {key}")
+
+def _counter_key(identity_key, limit, now):
+    # The same counter items as stores.rate_limits.RateLimitStore.take_slot("issue-identity", ...).
+    return {"pk": {"S": f"ratelimit#issue-identity#{identity_key}#{now - now % limit.window}"}}
+
 
 def _reasons(error):
     return ",".join(str((r or {}).get("Code")) for r in getattr(error, "response", {}).get("CancellationReasons", []))

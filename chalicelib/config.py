@@ -50,7 +50,8 @@ class Settings:
     # issuance that got past the quarantine before it landed. One third of the settle time
     # for the audit indexes to show a record, and two thirds for the issuance: the reads it
     # relied on (a shared key's read may be up to a third old) until its record is written.
-    # An issuance outside its window takes itself back (chalicelib/pipeline/issuance.py).
+    # An issuance outside its window reads its quarantine keys again and takes itself back
+    # if they refuse it (chalicelib/pipeline/issuance.py).
     @property
     def shared_quarantine_read_seconds(self):
         return self.revocation_settle_seconds / 3

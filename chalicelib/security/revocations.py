@@ -121,7 +121,7 @@ class Revocations:
             if target.kind != "request_id" or placed:
                 self._sleep(max(0.0, quarantined_at + self._settle - self._monotonic()))
                 seen = {e["request_id"] for e in reached}
-                late = [r for r in self._in_flight(target, now) if r["request_id"] not in seen]
+                late = [r for r in self._in_flight(target, now, bool(placed)) if r["request_id"] not in seen]
                 reached += self._reach(late, int(self._clock()), "sweep", problems, deadline)
             failed = [e["request_id"] for e in reached if _failed(e)]
             if failed:
@@ -208,19 +208,27 @@ class Revocations:
                 return found
             after = decode_cursor(result.next_cursor, query.given)
 
-    def _in_flight(self, target, quarantined):
+    def _in_flight(self, target, quarantined, placed):
         """The second sweep: the target's issued records again; for one request ID, those of
         the target it quarantined recorded since shortly before the quarantine (issuances
-        that were in flight then: each is recorded within its window, far less than this)."""
-        if target.kind != "request_id":
-            return self._issued(target, int(self._clock()))
-        found = []
-        for kind, value in target.quarantine:
-            if kind in ("instance", "principal"):
+        that were in flight then: each is recorded within its window, far less than this).
+
+        An `instanceless` quarantine (placed with a GCE instance's) refuses callers the
+        target's records don't name: its service account's tokens that name no instance.
+        One of those admitted just before the quarantine is found by its principal and its
+        lack of an instance, or nothing would reach it."""
+        found = self._issued(target, int(self._clock())) if target.kind != "request_id" else []
+        for kind, value in (target.quarantine if placed else []):
+            if kind == "instanceless" or (target.kind == "request_id" and kind in ("instance", "principal")):
+                field = "instance" if kind == "instance" else "principal"
                 query = AuditQuery(since=_dec(quarantined - REVOCATION_MARGIN), until=_dec(self._clock() + 60),
-                                   outcomes=("issued",), limit=500, **{kind: value})
-                found += self._query.search(query).events
-        return found
+                                   outcomes=("issued",), limit=500, **{field: value})
+                events = self._query.search(query).events
+                found += [e for e in events if kind != "instanceless" or not e.get("instance")]
+        unique = {}
+        for record in found:
+            unique.setdefault(record["request_id"], record)
+        return list(unique.values())
 
     # ---- reaching the issuances ------------------------------------------------------------------
 

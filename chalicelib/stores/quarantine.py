@@ -228,28 +228,37 @@ class RecentReads:
         self._max_age = max_age
         self._clock = clock
         self._monotonic = monotonic
-        self._reads = {}  # key -> (monotonic time the read was sent, Entry or None)
+        self._reads = {}  # key -> (monotonic time the read was sent, None: clear, wall-clock time it was sent)
         self._lock = threading.Lock()
 
     def check(self, keys):
         """Quarantined (403) if an entry of `keys` is in force; else the monotonic time the
         oldest read relied on was sent (now, when nothing was relied on)."""
-        now = self._monotonic()
+        now, wall = self._monotonic(), self._clock()
         with self._lock:
-            known = {k: self._reads[k] for k in keys if k in self._reads and now - self._reads[k][0] < self._max_age}
+            known = {k: self._reads[k][:2] for k in keys if k in self._reads and self._young(self._reads[k], now, wall)}
         missing = [k for k in keys if k not in known]
         if missing:
-            sent = self._monotonic()
+            sent, sent_wall = self._monotonic(), self._clock()
             fresh = self._list.entries(missing)
             with self._lock:
                 for key in missing:
                     known[key] = (sent, fresh.get(key))
                     if fresh.get(key) is None:  # only "clear" is kept: a lifted quarantine is seen at once
-                        self._reads[key] = known[key]
+                        self._reads[key] = (sent, None, sent_wall)
                 if len(self._reads) > 4096:  # many roles: forget the stale reads
-                    self._reads = {k: v for k, v in self._reads.items() if now - v[0] < self._max_age}
+                    self._reads = {k: v for k, v in self._reads.items() if self._young(v, now, wall)}
         raise_if_quarantined((entry for _, entry in known.values()), self._clock())
         return min((sent for sent, _ in known.values()), default=now)
+
+    def _young(self, read, now, wall):
+        """Read less than `max_age` ago by both clocks. The monotonic clock may not count the
+        time a Lambda environment spent frozen between invocations (a paused microVM's
+        CLOCK_MONOTONIC can stand still): a read kept from before a long freeze would pass
+        for fresh, after the revocation that quarantined the key had swept. The wall clock
+        bounds it too (a clock stepped backwards makes the read stale, never younger)."""
+        sent, _, sent_wall = read
+        return now - sent < self._max_age and 0 <= wall - sent_wall < self._max_age
 
 
 def _entry(item):

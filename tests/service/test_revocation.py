@@ -383,33 +383,43 @@ def test_a_revocation_revokes_the_tokens_logged_in_with_its_secret_ids(broker, s
 def test_an_issuance_recorded_outside_its_window_takes_itself_back(broker, monkeypatch):
     """A revocation's second sweep stands in for a re-read of the quarantine only if every
     issuance is recorded within its window of the quarantine reads it relied on: one that
-    is not (a stalled Lambda, a slow audit write) answers 503, its secret ID is destroyed,
-    its wrapping tokens are dead, and both records say so."""
+    is not (a stalled Lambda, a slow audit write) reads its quarantine keys again after its
+    record is written. Quarantined meanwhile: it answers 403, its secret ID is destroyed,
+    its wrapping tokens are dead, and both records say so. Clear: it is served."""
     import time
 
     import app as broker_app
+    from chalicelib.stores.quarantine import QuarantineList, quarantine_key
+    from devstack import aws as stack_aws
 
     stack = broker.stack
     instance = broker.web_instance()
     creds = stack.assume("demo-node", instance)
     service = broker_app.get_service()
+    quarantine = QuarantineList(stack.client("dynamodb"), stack_aws.QUARANTINE_TABLE)
+    key = quarantine_key("instance", instance)
     minted = []
     real_issue = service._minter.issue
-    stalled = {"by": 0.0}
+    stalled = {"by": 0.0, "quarantine": True}
 
     def issue_then_stall(*args, **kwargs):
         result = real_issue(*args, **kwargs)
         minted.append(result)
         stalled["by"] = service.settings.issuance_window_seconds + 1  # as if the process had stalled here
+        if stalled["quarantine"]:  # and a revocation had landed meanwhile
+            quarantine.place(key, revocation_id=str(uuid.uuid4()), until=int(time.time()) + 600,
+                             reason="stalled", by="test")
         return result
 
     monkeypatch.setattr(service._minter, "issue", issue_then_stall)
     monkeypatch.setattr(service, "_monotonic", lambda: time.monotonic() + stalled["by"])
-    refused = assert_error(broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when())),
-                           503, "unavailable")
-    monkeypatch.undo()
+    try:
+        refused = assert_error(broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when())),
+                               403, "quarantined")
+    finally:
+        quarantine.lift(key, quarantine.get(key).revocation_id)
     follow = broker.audit.get(refused["request_id"])
-    assert follow["action"] == "take_back" and follow["code"] == "unavailable"
+    assert follow["action"] == "take_back" and follow["code"] == "quarantined"
     original = broker.audit.get(follow["related_request_id"])
     assert original["outcome"] == "issued" and original["instance"] == instance
     assert f"issuance {original['request_id']} taken back" in follow["reason"]
@@ -422,6 +432,10 @@ def test_an_issuance_recorded_outside_its_window_takes_itself_back(broker, monke
     for wrap in (minted[0].role_id_wrap, minted[0].secret_id_wrap):
         assert requests.post(f"{stack.vault_addr}/v1/sys/wrapping/unwrap", timeout=10,
                              headers={"X-Vault-Token": wrap.token}).status_code == 400
+    # stalled as long, not quarantined: the keys read again are clear, it is served
+    stalled.update(by=0.0, quarantine=False)
+    assert broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when())).status_code == 200
+    monkeypatch.undo()
     # within its window the same instance is served again
     assert broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when())).status_code == 200
 
