@@ -93,3 +93,43 @@ class SecurityClient:
 
 
 __all__ = ["SecurityClient", "binding", "fresh_when", "proof_header", "proof_fields", "sign"]
+
+
+class RevocationInFlight:
+    """A revocation placed while an issuance is in flight: the next minting (after it has
+    minted, before its record is written) starts `POST /v1/revocations` with `body` on a
+    thread and waits until `placed()` says its quarantine is in place. `answer` is the
+    revocation's answer once `wait()` returned. Use with the test's monkeypatch."""
+
+    def __init__(self, monkeypatch, service, security, body, placed):
+        self.answer = {}
+        self._thread = None
+        real_issue = service._minter.issue
+
+        def revoke():
+            self.answer.update(json.loads(security.post("/v1/revocations", body).body))
+
+        def issue_while_revoked(*args, **kwargs):
+            result = real_issue(*args, **kwargs)
+            if self._thread is None:
+                self._thread = threading.Thread(target=revoke)
+                self._thread.start()
+                deadline = time.monotonic() + 15
+                while not placed() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert placed(), "the revocation placed no quarantine"
+            return result
+
+        monkeypatch.setattr(service._minter, "issue", issue_while_revoked)
+        self._monkeypatch = monkeypatch
+
+    @property
+    def started(self):
+        return self._thread is not None
+
+    def wait(self):
+        """Undo the patch, then wait for the revocation's answer."""
+        self._monkeypatch.undo()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        return self.answer

@@ -20,7 +20,7 @@ from chalicelib.stores.quarantine import QuarantineList, quarantine_key
 from devstack import aws as stack_aws
 from devstack.faultproxy import Fault, FaultProxy
 from tests.service.conftest import use_environment
-from tests.service.security_helpers import SecurityClient, fresh_when
+from tests.service.security_helpers import RevocationInFlight, SecurityClient, fresh_when
 from tests.sigv4 import signed_login
 
 ACCOUNT = "123456789012"
@@ -354,26 +354,12 @@ def test_a_request_id_revocation_reaches_the_machines_issuance_in_flight(broker,
     creds = stack.assume("demo-node", instance)
     first = broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when()))
     assert first.status_code == 200, first.body
-    service = broker_app.get_service()
-    real_issue = service._minter.issue
-    revocation = {}
-
-    def revoke():
-        revocation.update(body_of(security.post("/v1/revocations", {
-            "request_id": body_of(first)["request_id"], "reason": "one stolen", "quarantine": "10m"})))
-
-    def issue_while_revoked(*args, **kwargs):
-        result = real_issue(*args, **kwargs)
-        thread = threading.Thread(target=revoke)
-        thread.start()
-        revocation["thread"] = thread
-        assert wait_for_key(stack, quarantine_key("instance", instance))
-        return result
-
-    monkeypatch.setattr(service._minter, "issue", issue_while_revoked)
+    in_flight = RevocationInFlight(
+        monkeypatch, broker_app.get_service(), security,
+        {"request_id": body_of(first)["request_id"], "reason": "one stolen", "quarantine": "10m"},
+        placed=lambda: wait_for_key(stack, quarantine_key("instance", instance), timeout=0.01))
     response = broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when()))
-    monkeypatch.undo()
-    revocation.pop("thread").join(timeout=60)
+    revocation = in_flight.wait()
     try:
         assert revocation["complete"] is True, revocation["problems"]
         assert response.status_code == 200, response.body
@@ -427,27 +413,13 @@ def test_a_service_account_revocation_reaches_a_gce_issuance_in_flight(broker, s
     name = f"redq-sa-{uuid.uuid4().hex[:6]}"
     stack.gcp_create_instance(name, labels={"vault-role": "web"}, service_account=sa)
     assert gcp_post(broker, stack.gcp_instance_token(name, audience=audience), "web").status_code == 200
-    service = broker_app.get_service()
-    real_issue = service._minter.issue
-    revocation = {}
-
-    def revoke():
-        revocation.update(body_of(security.post("/v1/revocations", {"principal": sa, "reason": "SA key leaked",
-                                                                    "quarantine": "10m"})))
-
-    def issue_while_revoked(*args, **kwargs):
-        result = real_issue(*args, **kwargs)
-        thread = threading.Thread(target=revoke)
-        thread.start()
-        revocation["thread"] = thread
-        assert wait_for_key(stack, quarantine_key("principal", sa))
-        return result
-
-    monkeypatch.setattr(service._minter, "issue", issue_while_revoked)
+    in_flight = RevocationInFlight(
+        monkeypatch, broker_app.get_service(), security, {"principal": sa, "reason": "SA key leaked", "quarantine": "10m"},
+        placed=lambda: wait_for_key(stack, quarantine_key("principal", sa), timeout=0.01))
     response = gcp_post(broker, stack.gcp_instance_token(name, audience=audience), "web")
-    monkeypatch.undo()
-    assert "thread" in revocation, f"not minted: {response.status_code} {response.body}"
-    revocation.pop("thread").join(timeout=60)
+    started = in_flight.started
+    revocation = in_flight.wait()
+    assert started, f"not minted: {response.status_code} {response.body}"
     try:
         assert revocation["complete"] is True, revocation["problems"]
         assert response.status_code == 200, response.body

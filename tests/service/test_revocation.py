@@ -9,7 +9,7 @@ import hvac
 import pytest
 import requests
 
-from tests.service.security_helpers import SecurityClient, fresh_when, proof_fields
+from tests.service.security_helpers import RevocationInFlight, SecurityClient, fresh_when, proof_fields
 from tests.sigv4 import signed_login
 
 ACCOUNT = "123456789012"
@@ -445,9 +445,6 @@ def test_an_issuance_in_flight_when_a_revocation_lands_is_reached_by_its_second_
     """The quarantine lands after this issuance was admitted and before its record is
     written; the issuance answers 200 within its window, and the revocation's second sweep
     (settle seconds after the quarantine) destroys what it was given."""
-    import threading
-    import time
-
     import app as broker_app
     from chalicelib.stores.quarantine import QuarantineList, quarantine_key
     from devstack import aws as stack_aws
@@ -456,31 +453,13 @@ def test_an_issuance_in_flight_when_a_revocation_lands_is_reached_by_its_second_
     instance = broker.web_instance()
     creds = stack.assume("demo-node", instance)
     first = issue(broker, creds, "web")  # the instance has a record: no --force needed
-    service = broker_app.get_service()
     quarantine = QuarantineList(stack.client("dynamodb"), stack_aws.QUARANTINE_TABLE)
     key = quarantine_key("instance", instance)
-    revocation = {}
-    real_issue = service._minter.issue
-
-    def revoke():
-        revocation.update(body_of(security.post("/v1/revocations",
-                                                {"instance": instance, "reason": "in flight", "quarantine": "1h"})))
-
-    def issue_while_revoked(*args, **kwargs):
-        result = real_issue(*args, **kwargs)
-        revoker = threading.Thread(target=revoke)
-        revoker.start()
-        revocation["thread"] = revoker
-        deadline = time.monotonic() + 10
-        while quarantine.get(key) is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert quarantine.get(key) is not None, "the revocation placed no quarantine"
-        return result
-
-    monkeypatch.setattr(service._minter, "issue", issue_while_revoked)
+    in_flight = RevocationInFlight(monkeypatch, broker_app.get_service(), security,
+                                   {"instance": instance, "reason": "in flight", "quarantine": "1h"},
+                                   placed=lambda: quarantine.get(key) is not None)
     response = broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when()))
-    monkeypatch.undo()
-    revocation.pop("thread").join(timeout=60)
+    revocation = in_flight.wait()
     try:
         assert response.status_code == 200  # recorded within its window: the sweep will reach it
         doc = body_of(response)
