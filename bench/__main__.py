@@ -310,7 +310,10 @@ def report(doc: dict) -> str:
                   f"{ck['vault_new_accessors_live']} secret IDs minted during the storm still live in Vault "
                   f"({ck['issued_still_live']} of them issued); lost {s['lost']} {ck['lost_reasons'] or ''}, "
                   f"duplicates {s['duplicates']}, orphans {s['orphans']}"
-                  + (f"; worker errors: {s['worker_errors']}" if s["worker_errors"] else ""), ""]
+                  + (f"; worker errors: {s['worker_errors']}" if s["worker_errors"] else "")]
+        for records in ck.get("duplicate_detail") or []:
+            lines += ["  duplicate: " + json.dumps(records, sort_keys=True)]
+        lines += [""]
     c = r.get("client")
     if c:
         st = c["startup"]

@@ -353,7 +353,9 @@ def reconcile(bench: Bench, idents: list[_Identity], vault_before: set[str]) -> 
     storm_instances = {ident.instance_id for ident in idents}
     records = defaultdict(list)
     kwargs = {"TableName": table, "Limit": 300,
-              "ProjectionExpression": "request_id, instance, outcome, secret_id_accessor, secret_id_wrap_accessor"}
+              "ProjectionExpression": "request_id, instance, outcome, code, #a, related_request_id, reason, "
+                                      "secret_id_accessor, secret_id_wrap_accessor",
+              "ExpressionAttributeNames": {"#a": "action"}}
     for _ in range(100_000):
         page = db.scan(**kwargs)
         for item in page.get("Items", []):
@@ -374,9 +376,14 @@ def reconcile(bench: Bench, idents: list[_Identity], vault_before: set[str]) -> 
 
     lost_reasons: Counter = Counter()
     duplicates = 0
+    duplicate_detail = []
     for ident in idents:
         issued = [r for r in records.get(ident.instance_id, []) if r.get("outcome") == "issued"]
         duplicates += max(0, len(issued) - 1)
+        if len(issued) > 1 and len(duplicate_detail) < 10:  # what the identity's records say
+            duplicate_detail.append([{k: (v[:140] if k == "reason" else v) for k, v in r.items()
+                                      if k in ("request_id", "outcome", "code", "action", "related_request_id", "reason")}
+                                     for r in records[ident.instance_id]])
         if not ident.answer:
             lost_reasons["no 200 after retries"] += 1
             continue
@@ -405,6 +412,7 @@ def reconcile(bench: Bench, idents: list[_Identity], vault_before: set[str]) -> 
         "lost_reasons": dict(lost_reasons),
         "lost": sum(lost_reasons.values()),
         "duplicates": duplicates,
+        "duplicate_detail": duplicate_detail,
         "orphans": len(orphans),
         # live secret IDs named only by a failure record (taken back but not destroyed)
         "recorded_not_issued_live": len(vault_new & (set(named) - set(issued_named))),

@@ -49,6 +49,12 @@ class Admission:
         if page.get("Item"):
             raise ProofReplayed("this proof was already used; sign a new one")
 
+    def _spent_by(self, proof_hash):
+        """The request ID that spent this proof (None if unknown)."""
+        page = call("replay store", self._db.get_item, TableName=self._replay, Key={"proof_hash": {"S": proof_hash}},
+                    ConsistentRead=True, ProjectionExpression="request_id")
+        return (page.get("Item") or {}).get("request_id", {}).get("S")
+
     def check_shared(self, keys):
         """Quarantined (403) if a key many callers share (a role's ARN, a service account
         every instance runs as) is in force; else the monotonic time the oldest read relied
@@ -93,6 +99,10 @@ class Admission:
             raise Unavailable("the replay store is unavailable", backend="replay store",
                               detail="transact_write_items was cancelled: " + _reasons(cancelled))
         if 0 in failed:
+            if self._spent_by(proof_hash) == request_id:
+                # Our own earlier attempt committed (its answer was lost, botocore sent the
+                # transaction again): admitted, counted and checked once, by that attempt.
+                return sent
             raise ProofReplayed("this proof was already used; sign a new one")
         self._spend(items[0]["Put"])  # refused below: the proof is still used up
         first_check = 2 if counted else 1

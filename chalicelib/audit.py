@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .audit_schema import INTERNAL_ATTRIBUTES, TTL_ATTRIBUTE, index_attributes
-from .aws_calls import call
+from .aws_calls import call, try_call
 
 OUTCOMES = ("issued", "denied", "error", "incident", "admin", "registration")
 # Fields held as JSON text in DynamoDB (and decoded when read).
@@ -83,8 +83,13 @@ class AuditStore:
         for key, value in index_attributes(record.request_id, epoch, record.principal, record.role).items():
             item[key] = {"S": value}
         item[TTL_ATTRIBUTE] = {"N": str(int(record.epoch) + self._retention)}
-        call("audit store", self._db.put_item, TableName=self._table, Item=item,
-             ConditionExpression="attribute_not_exists(request_id)")
+        _, exists = try_call("audit store", ("ConditionalCheckFailedException",), self._db.put_item,
+                             TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(request_id)")
+        if exists is not None:
+            # Request IDs are ours (uuid4) and written once: the record is there because our own
+            # first attempt landed and its answer was lost (botocore sent it again). Written.
+            # Treating it as a failure would take back an issuance its record calls issued.
+            return
 
     def get(self, request_id):
         """One record as plain data, or None (used by the tests and the security CLI)."""
