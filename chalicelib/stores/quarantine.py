@@ -93,12 +93,15 @@ def caller_keys(instance, principal, canonical=None):
 def split_caller_keys(instance, principal, canonical=None):
     """(own, shared): the caller's quarantine keys split by how many callers check them.
 
-    Own keys (its machine; an AWS session's exact ARN; else its principal) are checked in
-    the admission transaction. Shared keys (an AWS role, a GCE instance's service account,
-    the instance-less entry of a service account) are checked by every caller of the role
-    at once: in a transaction they would make concurrent boots cancel each other
-    (TransactionConflict), so they are read beside it instead."""
+    Own keys (its machine; an AWS session's exact ARN; else its AWS principal) are checked
+    in the admission transaction. Shared keys (an AWS role, a service account: every GCE
+    instance, Cloud Run instance or GKE pod running as it) are checked by every caller of
+    the role at once: in a transaction they would make concurrent boots cancel each other
+    (TransactionConflict), so they are read beside it instead. A service-account token
+    naming no instance has no own key."""
     keys = caller_keys(instance, principal, canonical)
+    if not instance and principal and not principal.startswith("arn:"):
+        return [], keys
     own = keys[:1]
     if instance and principal and ":assumed-role/" in principal:
         session = quarantine_key("principal", principal)

@@ -41,12 +41,13 @@ def test_an_instance_sessions_own_keys_are_its_machine_and_session_and_its_role_
     assert shared == [quarantine_key("principal", ROLE)]
 
 
-def test_a_gce_instance_shares_its_service_account_and_a_token_without_instance_its_instanceless_key():
+def test_a_service_accounts_keys_are_shared_and_a_token_without_instance_has_no_own_key():
     email = "app@proj.iam.gserviceaccount.com"
     assert split_caller_keys("1234567890", email) == (
         [quarantine_key("instance", "1234567890")], [quarantine_key("principal", email)])
+    # Cloud Run, GKE, a service-account key: every caller of the account shares both keys
     assert split_caller_keys(None, email) == (
-        [quarantine_key("principal", email)], [quarantine_key("instanceless", email)])
+        [], [quarantine_key("principal", email), quarantine_key("instanceless", email)])
 
 
 def test_a_clear_key_is_read_once_per_max_age_and_the_window_starts_at_that_read(world):
