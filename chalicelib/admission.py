@@ -16,13 +16,15 @@ import time
 
 from .aws_calls import attempt, call, try_call
 from .audit_schema import TTL_ATTRIBUTE
-from .errors import ProofReplayed, Quarantined, RateLimited, Unavailable
+from .errors import ProofReplayed, Quarantined, Unavailable
+from .stores.rate_limits import counter_key, limited, window_start
 
 # STS accepts a signature for 15 minutes; keep the record at least that long past our own window.
 STS_SIGNATURE_LIFETIME = 15 * 60
 # Transactions cancelled only by conflicts with concurrent ones are tried again (jittered).
 CONFLICT_ATTEMPTS = 4
 CONFLICT_BACKOFF = 0.02  # seconds, doubled per attempt
+IDENTITY_SCOPE = "issue-identity"  # the per-identity budget's counters (stores.rate_limits items)
 
 
 class Admission:
@@ -44,16 +46,17 @@ class Admission:
 
     def seen(self, proof_hash):
         """ProofReplayed when this proof was spent before (a cheap read before verification)."""
-        page = call("replay store", self._db.get_item, TableName=self._replay,
-                    Key={"proof_hash": {"S": proof_hash}}, ConsistentRead=True, ProjectionExpression="proof_hash")
-        if page.get("Item"):
+        if self._replay_record(proof_hash) is not None:
             raise ProofReplayed("this proof was already used; sign a new one")
 
     def _spent_by(self, proof_hash):
         """The request ID that spent this proof (None if unknown)."""
+        return (self._replay_record(proof_hash) or {}).get("request_id", {}).get("S")
+
+    def _replay_record(self, proof_hash):
         page = call("replay store", self._db.get_item, TableName=self._replay, Key={"proof_hash": {"S": proof_hash}},
-                    ConsistentRead=True, ProjectionExpression="request_id")
-        return (page.get("Item") or {}).get("request_id", {}).get("S")
+                    ConsistentRead=True, ProjectionExpression="proof_hash, request_id")
+        return page.get("Item")
 
     def check_shared(self, keys):
         """Quarantined (403) if a key many callers share (a role's ARN, a service account
@@ -109,11 +112,8 @@ class Admission:
         quarantined = [checks[i - first_check] for i in sorted(failed) if i >= first_check]
         if quarantined:
             raise self._quarantined(quarantined[0])
-        window = limit.window
-        start = now - now % window
-        raise RateLimited("too many credentials asked for by this caller recently; try again later",
-                          retry_after=max(1, start + window - now),
-                          detail=f"rate limit issue-identity {identity_key}: {limit.count} per {window}s reached")
+        raise limited(IDENTITY_SCOPE, identity_key, limit.count, limit.window, now,
+                      "too many credentials asked for by this caller recently; try again later")
 
     def refund(self, identity_key, limit):
         """Give back the budget slot a successful admission counted (best effort): for a
@@ -121,8 +121,9 @@ class Admission:
         quarantined caller must not use up its budget; issue 10)."""
         if self._quarantine is None or limit is None or identity_key is None:
             return
+        key = counter_key(IDENTITY_SCOPE, identity_key, int(self._clock()), limit.window)
         try_call("quarantine store", ("ConditionalCheckFailedException",), self._db.update_item,
-                 TableName=self._quarantine, Key=_counter_key(identity_key, limit, int(self._clock())),
+                 TableName=self._quarantine, Key=key,
                  UpdateExpression="ADD hits :minus_one", ConditionExpression="hits > :zero",
                  ExpressionAttributeValues={":minus_one": {"N": "-1"}, ":zero": {"N": "0"}})
 
@@ -159,10 +160,10 @@ class Admission:
 
     def _counter_update(self, identity_key, limit, now):
         # The same counter items as stores.rate_limits.RateLimitStore.take_slot("issue-identity", ...).
-        start = now - now % limit.window
+        start = window_start(now, limit.window)
         return {
             "TableName": self._quarantine,
-            "Key": _counter_key(identity_key, limit, now),
+            "Key": counter_key(IDENTITY_SCOPE, identity_key, now, limit.window),
             "UpdateExpression": "ADD hits :one SET #exp = :exp",
             "ConditionExpression": "attribute_not_exists(hits) OR hits < :limit",
             "ExpressionAttributeNames": {"#exp": TTL_ATTRIBUTE},
@@ -183,9 +184,6 @@ class Admission:
         # lifted meanwhile: still refused this time, the transaction said so
         return error or Quarantined("this caller is quarantined by the security team", detail=f"quarantined: {key}")
 
-def _counter_key(identity_key, limit, now):
-    # The same counter items as stores.rate_limits.RateLimitStore.take_slot("issue-identity", ...).
-    return {"pk": {"S": f"ratelimit#issue-identity#{identity_key}#{now - now % limit.window}"}}
 
 
 def _reasons(error):

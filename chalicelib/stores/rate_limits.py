@@ -15,6 +15,11 @@ def window_start(now, window):
     return now - now % window
 
 
+def counter_key(scope, caller, now, window):
+    """The key of `caller`'s counter item for the window `now` falls in."""
+    return {"pk": {"S": f"ratelimit#{scope}#{caller}#{window_start(now, window)}"}}
+
+
 def limited(scope, caller, limit, window, now, message=None):
     start = window_start(now, window)
     return RateLimited(message or f"too many {scope} reports from this caller; try again later",
@@ -34,7 +39,7 @@ class RateLimitStore:
         start = window_start(now, window)
         _, refused = try_call(
             "quarantine store", ("ConditionalCheckFailedException",), self._db.update_item,
-            TableName=self._table, Key={"pk": {"S": f"ratelimit#{scope}#{caller}#{start}"}},
+            TableName=self._table, Key=counter_key(scope, caller, now, window),
             UpdateExpression="ADD hits :one SET #exp = :exp",
             ConditionExpression="attribute_not_exists(hits) OR hits < :limit",
             ExpressionAttributeNames={"#exp": TTL_ATTRIBUTE},
