@@ -198,10 +198,15 @@ class Revocations:
             return [found] if found and found.get("outcome") == "issued" else []
         longest_secret_id = max([r.issuance.secret_id_ttl for r in self._rules.rules] + [SECRET_ID_TTL_BOUNDS[0]])
         since = now - longest_secret_id - self._token_max_ttl - REVOCATION_MARGIN
+        return self._issued_since(since, now, **{target.kind: target.value})
+
+    def _issued_since(self, since, now, **where):
+        """Every issued record matching `where` since `since`, page by page (up to
+        MAX_REVOKED_RECORDS)."""
         found, after = [], None
         while True:
             query = AuditQuery(since=_dec(since), until=_dec(now + 60), outcomes=("issued",), limit=500,
-                               after=after, **{target.kind: target.value})
+                               after=after, **where)
             result = self._query.search(query)
             found += result.events
             if not result.next_cursor or len(found) >= MAX_REVOKED_RECORDS:
@@ -221,9 +226,8 @@ class Revocations:
         for kind, value in (target.quarantine if placed else []):
             if kind == "instanceless" or (target.kind == "request_id" and kind in ("instance", "principal")):
                 field = "instance" if kind == "instance" else "principal"
-                query = AuditQuery(since=_dec(quarantined - REVOCATION_MARGIN), until=_dec(self._clock() + 60),
-                                   outcomes=("issued",), limit=500, **{field: value})
-                events = self._query.search(query).events
+                # every page: a busy service account issues more than one page in these minutes
+                events = self._issued_since(quarantined - REVOCATION_MARGIN, int(self._clock()), **{field: value})
                 found += [e for e in events if kind != "instanceless" or not e.get("instance")]
         unique = {}
         for record in found:
