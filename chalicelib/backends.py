@@ -13,16 +13,48 @@ from .errors import Unavailable
 from .jsonlog import get_logger
 
 
-def aws_client_factory(settings):
-    """make(service, region=None, **credentials) -> a botocore client.
+def aws_client_factory(settings, pools=None):
+    """make(service, region=None, **credentials) -> a client of `service`.
 
-    A fresh botocore session per service build (credentials are resolved again, as a
-    rebuilt service needs), with the leaner settings of chalicelib/aws_clients.py
-    (benchmark 8): a fixed User-Agent, no client-side validation, raw timestamps; and
-    the trimmed service models (only the operations the broker calls: deploy/botocore_models.py).
-    DynamoDB fails faster than the rest: a hanging table must not hold a request for
-    2 attempts x 5 s on each of its calls, past the Lambda timeout and API Gateway's 29 s.
+    The calls of an issuance (DynamoDB, Secrets Manager, EC2, IAM, STS, ECS) go through
+    the lean clients of chalicelib/lean_aws/ (SigV4 on the broker's urllib3 pools, no
+    botocore client machinery: issue 14); any other service (S3, SSM for a remote rules
+    source), an endpoint the lean clients don't know, and BROKER_AWS_CLIENTS=botocore get
+    a botocore client with the leaner settings of chalicelib/aws_clients.py (benchmark 8)
+    and the trimmed service models (deploy/botocore_models.py). Both keep the same
+    timeouts (DynamoDB fails faster than the rest: a hanging table must not hold a
+    request for 2 attempts x 5 s on each of its calls, past the Lambda timeout and API
+    Gateway's 29 s) and retries.
     """
+    from .http_pool import Pools
+
+    pools = pools or Pools()
+    own_credentials = None
+    botocore_make = []
+
+    def make(service, region=None, **credentials):
+        """A client of the broker's own credentials, or of the given ones (a reader role's)."""
+        nonlocal own_credentials
+        region = region or settings.aws_region
+        if settings.aws_clients == "lean":
+            from . import lean_aws
+
+            if own_credentials is None:
+                own_credentials = lean_aws.OwnCredentials()
+            client = lean_aws.client(service, region, endpoint_url=settings.aws_endpoint_url, pools=pools,
+                                     own_credentials=own_credentials, **credentials)
+            if client is not None:
+                return client
+        if not botocore_make:
+            botocore_make.append(botocore_client_factory(settings))
+        return botocore_make[0](service, region, **credentials)
+
+    return make
+
+
+def botocore_client_factory(settings):
+    """make(service, region=None, **credentials) -> a botocore client (a fresh botocore
+    session per service build: credentials are resolved again, as a rebuilt service needs)."""
     import botocore.session
 
     from .aws_clients import _keep_timestamp, client_configs, use_trimmed_models
@@ -32,7 +64,6 @@ def aws_client_factory(settings):
     config, fast = client_configs()
 
     def make(service, region=None, **credentials):
-        """A client of the broker's own credentials, or of the given ones (a reader role's)."""
         return session.create_client(service, region_name=region or settings.aws_region,
                                      endpoint_url=settings.aws_endpoint_url,
                                      config=fast if service == "dynamodb" else config, **credentials)

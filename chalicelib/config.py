@@ -45,6 +45,9 @@ class Settings:
     token_scan_seconds: float = 12.0  # a revocation's scans of every token accessor stop after this long
     rules_source: tuple = None  # (kind, location): chalicelib/rules_source.py; None: the rules file
     rules_refresh: float = 60.0  # seconds between reads of a remote rules source (0: never)
+    # "lean": the broker's own SigV4 clients for the calls of an issuance (chalicelib/lean_aws/);
+    # "botocore": botocore clients for every call (the way back, should a lean client misbehave).
+    aws_clients: str = "lean"
 
     # A revocation's second sweep (settle seconds after its quarantine) must see every
     # issuance that got past the quarantine before it landed. One third of the settle time
@@ -102,6 +105,7 @@ class Settings:
             token_scan_seconds=_number(env, "BROKER_TOKEN_SCAN_SECONDS", 12, low=1, high=600),
             rules_source=_rules_source(env),
             rules_refresh=_number(env, "BROKER_RULES_REFRESH_SECONDS", 60, low=0, high=3600),
+            aws_clients=_choice(env, "BROKER_AWS_CLIENTS", "lean", ("lean", "botocore")),
         )
 
 
@@ -129,6 +133,13 @@ def _get(env, name, default=None, required=False):
     if required:
         raise ConfigError(f"{name} is required but not set")
     return default
+
+
+def _choice(env, name, default, allowed):
+    value = _get(env, name, default).lower()
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
 
 
 def _list(env, name, default):

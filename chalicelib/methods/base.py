@@ -15,6 +15,18 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+def plain(value):
+    """Facts as nested dicts and lists (what `to_dict` gives): dataclasses.asdict's result
+    without its deep copy of every leaf, which cost ~1 ms per issuance (issue 14)."""
+    if hasattr(value, "__dataclass_fields__"):
+        return {name: plain(item) for name, item in vars(value).items()}
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(item) for item in value)
+    return value
+
+
 @dataclass(frozen=True)
 class Entity:
     """The machine a caller claims to be (EC2 instance, ECS task, GCE instance).

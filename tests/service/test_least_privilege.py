@@ -292,7 +292,10 @@ def run_as(stack, broker, monkeypatch):
             def record(model, **_):
                 made.append(f"{model.service_model.signing_name}:{model.name}")
 
-            client.meta.events.register("before-call", record)
+            if hasattr(client, "add_observer"):  # a lean client (chalicelib/lean_aws/)
+                client.add_observer(lambda service, operation: made.append(f"{service}:{operation}"))
+            else:
+                client.meta.events.register("before-call", record)
             return client
 
         return recording_make

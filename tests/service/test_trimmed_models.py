@@ -1,5 +1,5 @@
 """One call per trimmed service model through the broker's own client factory
-(chalicelib/backends.aws_client_factory, trimmed models: deploy/botocore_models.py) against
+(chalicelib/backends.botocore_client_factory, trimmed models: deploy/botocore_models.py) against
 moto with SigV4 verification: the requests a trimmed model forms and the answers it parses
 are those of the full one. The issuance, revocation and rules-source tests go through the
 same clients for everything else."""
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from chalicelib.backends import aws_client_factory
+from chalicelib.backends import botocore_client_factory
 from chalicelib.config import Settings
 from devstack import aws as stack_aws
 from tests.service.conftest import use_environment
@@ -18,7 +18,7 @@ from tests.service.conftest import use_environment
 def make(stack):
     restore = use_environment(stack.broker_env())
     try:
-        yield aws_client_factory(Settings.from_env())
+        yield botocore_client_factory(Settings.from_env())
     finally:
         restore()
 

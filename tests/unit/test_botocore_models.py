@@ -9,7 +9,7 @@ import botocore
 import pytest
 
 from chalicelib.aws_clients import TRIMMED_MODELS
-from chalicelib.backends import aws_client_factory
+from chalicelib.backends import botocore_client_factory
 from deploy import botocore_models
 from tests.service.test_least_privilege import clients_made, code_calls, table_rows
 
@@ -73,7 +73,7 @@ def test_a_trimmed_model_keeps_what_an_operation_reaches():
 def test_the_broker_clients_are_built_from_the_trimmed_models(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    make = aws_client_factory(SimpleNamespace(aws_region="us-east-1", aws_endpoint_url=None))
+    make = botocore_client_factory(SimpleNamespace(aws_region="us-east-1", aws_endpoint_url=None))
     for service in ("ec2", "iam", "sts", "dynamodb"):
         client = make(service)
         names = set(client.meta.service_model.operation_names)

@@ -5,9 +5,9 @@ account, never taken from the caller's request. Shared with the client
 (`broker policy explain`), so it imports nothing but the ARN parser.
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from ..base import Entity
+from ..base import Entity, plain
 from .arn import parse_principal_arn
 
 
@@ -76,7 +76,7 @@ class AwsFacts:
         return None
 
     def to_dict(self):
-        return asdict(self)
+        return plain(self)
 
     @classmethod
     def from_dict(cls, data):

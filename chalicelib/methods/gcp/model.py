@@ -1,8 +1,8 @@
 """What the broker knows about a verified GCP caller: plain data, no I/O (shared with the client)."""
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from ..base import Entity
+from ..base import Entity, plain
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class GcpFacts:
         return Entity("gce-instance", self.instance.instance_id) if self.instance else None
 
     def to_dict(self):
-        return asdict(self)
+        return plain(self)
 
     @classmethod
     def from_dict(cls, data):

@@ -1,0 +1,227 @@
+"""The query protocols (EC2, IAM, STS): a form-encoded request, an XML answer.
+
+One serializer and one parser per operation the broker calls, giving botocore's
+shapes for the fields the broker reads (tests/unit/test_lean_aws.py compares them
+with botocore's own parse of the same answers from moto). XML goes through
+defusedxml: no DTDs, entities or external references.
+"""
+
+import json
+from urllib.parse import quote, unquote
+
+VERSIONS = {"ec2": "2016-11-15", "iam": "2010-05-08", "sts": "2011-06-15"}
+
+
+def _form(action, service, params):
+    pairs = [("Action", action), ("Version", VERSIONS[service]), *params]
+    return "&".join(f"{quote(str(k), safe='-_.~')}={quote(str(v), safe='-_.~')}" for k, v in pairs)
+
+
+# ---- reading the XML -----------------------------------------------------------
+
+def _parse(data):
+    from defusedxml import ElementTree
+    from defusedxml.common import DefusedXmlException
+
+    try:
+        return ElementTree.fromstring(data, forbid_dtd=True)
+    except (ElementTree.ParseError, DefusedXmlException, ValueError, LookupError):
+        return None
+
+
+def _local(tag):
+    return tag.rsplit("}", 1)[-1]
+
+
+def _child(element, name):
+    if element is None:
+        return None
+    for child in element:
+        if _local(child.tag) == name:
+            return child
+    return None
+
+
+def _path(element, *names):
+    for name in names:
+        element = _child(element, name)
+    return element
+
+
+def _text(element, *names):
+    node = _path(element, *names)
+    return None if node is None or node.text is None else node.text
+
+
+def _items(element, *names):
+    """The <item>/<member> children of the list at `names` (EC2 says item, IAM/STS member)."""
+    node = _path(element, *names)
+    return [] if node is None else [child for child in node if _local(child.tag) in ("item", "member")]
+
+
+def _fields(element, mapping):
+    """{botocore name: text} of the children named in `mapping` that are present."""
+    out = {}
+    for xml_name, name in mapping.items():
+        value = _text(element, xml_name)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _tags(element, list_name, key="key", value="value"):
+    return [{"Key": _text(t, key) or "", "Value": _text(t, value) or ""} for t in _items(element, list_name)]
+
+
+def answer(http_answer, operation, parse):
+    """The parsed answer, or botocore's error shape for an error answer."""
+    from .client import _Retry, _Unreadable, _metadata
+
+    root = _parse(http_answer.data) if http_answer.data else None
+    if http_answer.status < 300:
+        if root is None:
+            return _Unreadable(f"HTTP {http_answer.status} with an unreadable body")
+        parsed = parse(root)
+        parsed["ResponseMetadata"] = _metadata(http_answer)
+        return parsed
+    if root is None and http_answer.status in (500, 502, 503, 504):
+        return _Retry(f"HTTP {http_answer.status}")
+    error = None
+    if root is not None:
+        error = next((e for e in root.iter() if _local(e.tag) == "Error"), None)
+    code = _text(error, "Code") if error is not None else None
+    return {"Error": {"Code": code or str(http_answer.status), "Message": _text(error, "Message") or ""},
+            "ResponseMetadata": _metadata(http_answer)}
+
+
+# ---- EC2 -----------------------------------------------------------------------
+
+def _describe_instances_request(InstanceIds=()):
+    return _form("DescribeInstances", "ec2", [(f"InstanceId.{i}", v) for i, v in enumerate(InstanceIds, 1)])
+
+
+_INSTANCE_FIELDS = {"instanceId": "InstanceId", "imageId": "ImageId", "instanceType": "InstanceType",
+                    "launchTime": "LaunchTime", "subnetId": "SubnetId", "vpcId": "VpcId",
+                    "privateIpAddress": "PrivateIpAddress"}
+
+
+def _instance(item):
+    instance = _fields(item, _INSTANCE_FIELDS)
+    state = _child(item, "instanceState")
+    if state is not None:
+        instance["State"] = {"Name": _text(state, "name")}
+        if _text(state, "code") is not None:
+            instance["State"]["Code"] = int(_text(state, "code"))
+    profile = _child(item, "iamInstanceProfile")
+    if profile is not None:
+        instance["IamInstanceProfile"] = _fields(profile, {"arn": "Arn", "id": "Id"})
+    placement = _child(item, "placement")
+    if placement is not None:
+        instance["Placement"] = _fields(placement, {"availabilityZone": "AvailabilityZone"})
+    options = _child(item, "metadataOptions")
+    if options is not None:
+        instance["MetadataOptions"] = _fields(options, {"state": "State", "httpTokens": "HttpTokens",
+                                                        "httpEndpoint": "HttpEndpoint"})
+    tags = _tags(item, "tagSet")
+    if tags:
+        instance["Tags"] = tags
+    return instance
+
+
+def _describe_instances(root):
+    reservations = []
+    for r in _items(root, "reservationSet"):
+        reservation = _fields(r, {"reservationId": "ReservationId", "ownerId": "OwnerId"})
+        reservation["Instances"] = [_instance(i) for i in _items(r, "instancesSet")]
+        reservations.append(reservation)
+    return {"Reservations": reservations}
+
+
+# ---- IAM -----------------------------------------------------------------------
+
+_ROLE_FIELDS = {"RoleName": "RoleName", "RoleId": "RoleId", "Arn": "Arn", "Path": "Path"}
+
+
+def _role(element):
+    role = _fields(element, _ROLE_FIELDS)
+    document = _text(element, "AssumeRolePolicyDocument")
+    if document is not None:
+        # URL-encoded JSON, decoded as botocore's json_decode_policies does
+        role["AssumeRolePolicyDocument"] = json.loads(unquote(document))
+    return role
+
+
+def _get_role_request(RoleName):
+    return _form("GetRole", "iam", [("RoleName", RoleName)])
+
+
+def _get_role(root):
+    return {"Role": _role(_path(root, "GetRoleResult", "Role"))}
+
+
+def _get_instance_profile_request(InstanceProfileName):
+    return _form("GetInstanceProfile", "iam", [("InstanceProfileName", InstanceProfileName)])
+
+
+def _get_instance_profile(root):
+    profile = _path(root, "GetInstanceProfileResult", "InstanceProfile")
+    out = _fields(profile, {"InstanceProfileName": "InstanceProfileName", "InstanceProfileId": "InstanceProfileId",
+                            "Arn": "Arn", "Path": "Path"})
+    out["Roles"] = [_fields(m, _ROLE_FIELDS) for m in _items(profile, "Roles")]
+    return {"InstanceProfile": out}
+
+
+def _list_role_tags_request(RoleName, Marker=None, MaxItems=None):
+    params = [("RoleName", RoleName)]
+    if Marker is not None:
+        params.append(("Marker", Marker))
+    if MaxItems is not None:
+        params.append(("MaxItems", MaxItems))
+    return _form("ListRoleTags", "iam", params)
+
+
+def _list_role_tags(root):
+    result = _child(root, "ListRoleTagsResult")
+    out = {"Tags": _tags(result, "Tags", "Key", "Value"), "IsTruncated": _text(result, "IsTruncated") == "true"}
+    if _text(result, "Marker") is not None:
+        out["Marker"] = _text(result, "Marker")
+    return out
+
+
+# ---- STS -----------------------------------------------------------------------
+
+def _assume_role_request(RoleArn, RoleSessionName, DurationSeconds=None, ExternalId=None):
+    params = [("RoleArn", RoleArn), ("RoleSessionName", RoleSessionName)]
+    if DurationSeconds is not None:
+        params.append(("DurationSeconds", DurationSeconds))
+    if ExternalId is not None:
+        params.append(("ExternalId", ExternalId))
+    return _form("AssumeRole", "sts", params)
+
+
+def _assume_role(root):
+    result = _child(root, "AssumeRoleResult")
+    return {"Credentials": _fields(_child(result, "Credentials"), {
+                "AccessKeyId": "AccessKeyId", "SecretAccessKey": "SecretAccessKey",
+                "SessionToken": "SessionToken", "Expiration": "Expiration"}),
+            "AssumedRoleUser": _fields(_child(result, "AssumedRoleUser"), {"AssumedRoleId": "AssumedRoleId",
+                                                                           "Arn": "Arn"})}
+
+
+def _get_caller_identity_request():
+    return _form("GetCallerIdentity", "sts", [])
+
+
+def _get_caller_identity(root):
+    return _fields(_child(root, "GetCallerIdentityResult"), {"UserId": "UserId", "Account": "Account", "Arn": "Arn"})
+
+
+# service -> {operation: (serializer, parser)}
+SERVICES = {
+    "ec2": {"describe_instances": (_describe_instances_request, _describe_instances)},
+    "iam": {"get_role": (_get_role_request, _get_role),
+            "get_instance_profile": (_get_instance_profile_request, _get_instance_profile),
+            "list_role_tags": (_list_role_tags_request, _list_role_tags)},
+    "sts": {"assume_role": (_assume_role_request, _assume_role),
+            "get_caller_identity": (_get_caller_identity_request, _get_caller_identity)},
+}
