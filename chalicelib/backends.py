@@ -41,7 +41,7 @@ def aws_client_factory(settings, pools=None):
 
             if own_credentials is None:
                 own_credentials = lean_aws.OwnCredentials()
-            client = lean_aws.client(service, region, endpoint_url=settings.aws_endpoint_url, pools=pools,
+            client = lean_aws.make_client(service, region, endpoint_url=settings.aws_endpoint_url, pools=pools,
                                      own_credentials=own_credentials, **credentials)
             if client is not None:
                 return client

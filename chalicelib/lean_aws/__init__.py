@@ -2,17 +2,17 @@
 library, urllib3 pools, no botocore client machinery. See client.py for what each
 keeps of botocore's behaviour, and docs/performance.md for what it saves.
 
-`client(service, region, ...)` returns a lean client, or None when this package does
+`make_client(service, region, ...)` returns a lean client, or None when this package does
 not serve that service or endpoint (the caller then makes a botocore client).
 """
 
 from .client import SERVICES, AwsConnectionError, AwsError, LeanClient
 from .credentials import FixedCredentials, OwnCredentials
 
-__all__ = ["client", "AwsError", "AwsConnectionError", "OwnCredentials", "SERVICES"]
+__all__ = ["make_client", "AwsError", "AwsConnectionError", "OwnCredentials", "SERVICES"]
 
 
-def client(service, region, *, endpoint_url, pools, own_credentials, aws_access_key_id=None,
+def make_client(service, region, *, endpoint_url, pools, own_credentials, aws_access_key_id=None,
            aws_secret_access_key=None, aws_session_token=None):
     if service not in SERVICES:
         return None

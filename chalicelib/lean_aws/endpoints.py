@@ -6,6 +6,7 @@ for a region of each partition. Anything else returns None and the caller uses b
 """
 
 import os
+import re
 
 _SUFFIX = {"aws": "amazonaws.com", "aws-cn": "amazonaws.com.cn", "aws-us-gov": "amazonaws.com"}
 # IAM is global: one endpoint and one signing region per partition.
@@ -17,14 +18,18 @@ _BOTOCORE_ENDPOINT_SETTINGS = ("AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPO
                                "AWS_STS_REGIONAL_ENDPOINTS", "AWS_CONFIG_FILE", "AWS_PROFILE")
 
 
+# botocore's partition patterns (endpoints.json "regionRegex"); the ISO partitions first.
+_PARTITIONS = (
+    (re.compile(r"^(us|eu)-iso[a-z]*-\w+-\d+$"), None),
+    (re.compile(r"^us-gov-\w+-\d+$"), "aws-us-gov"),
+    (re.compile(r"^cn-\w+-\d+$"), "aws-cn"),
+    (re.compile(r"^(us|eu|ap|sa|ca|me|af|il|mx)-\w+-\d+$"), "aws"),
+)
+
+
 def partition(region):
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    if region.split("-")[0] in ("us", "eu", "ap", "ca", "sa", "me", "af", "il", "mx"):
-        return "aws"
-    return None  # an ISO or unknown partition: botocore knows it
+    """aws, aws-cn or aws-us-gov; None for an ISO or unknown partition (botocore knows it)."""
+    return next((name for pattern, name in _PARTITIONS if pattern.match(region)), None)
 
 
 def resolve(service, region, endpoint_url=None, environ=os.environ):
