@@ -4,10 +4,13 @@ The broker's kinds of calls (EC2 DescribeInstances, IAM GetInstanceProfile and
 ListRoleTags, DynamoDB PutItem and GetItem), made with the broker's keys against
 the stack (through the latency proxies, no delay), by clients built with:
 
-1. ``chalicelib.backends.aws_client_factory`` (what the broker uses today);
+1. botocore with its default settings (one shared session, the trimmed models);
 2. ``chalicelib.aws_clients`` with only a fixed User-Agent;
 3. ... and no client-side parameter validation;
-4. ... and response timestamps kept as strings: ``aws_clients.aws_client_factory``.
+4. ... and response timestamps kept as strings: ``aws_clients.aws_client_factory``
+   (``backends.botocore_client_factory``, the broker's botocore clients);
+5. the lean clients (``chalicelib/lean_aws/``, ``backends.aws_client_factory``): SigV4
+   with hashlib, urllib3, no botocore client machinery (what the broker uses).
 
 Process CPU (``time.process_time``) per round of the five calls, the variants
 alternating within each round (rotating order) so that load hits them alike;
@@ -44,18 +47,22 @@ def _aws_clients():
 def per_call_cpu(bench: Bench, rounds: int, say=print) -> dict:
     import botocore.session
 
-    from chalicelib.backends import aws_client_factory
+    from chalicelib import backends
 
     ac = _aws_clients()
     env = bench.broker_env()
-    settings = types.SimpleNamespace(aws_region=env["BROKER_AWS_REGION"], aws_endpoint_url=env["BROKER_AWS_ENDPOINT_URL"])
+    settings = types.SimpleNamespace(aws_region=env["BROKER_AWS_REGION"], aws_endpoint_url=env["BROKER_AWS_ENDPOINT_URL"],
+                                     aws_clients="lean")
     plain = botocore.session.get_session()  # the default parsers
+    ac.use_trimmed_models(plain)
     variants = {
-        "backends.py today": aws_client_factory(settings),
+        "botocore, default settings": ac.tuned_factory(settings, session=plain, fixed_user_agent=False, validate=True),
         "fixed User-Agent": ac.tuned_factory(settings, session=plain, fixed_user_agent=True, validate=True),
         "+ no parameter validation": ac.tuned_factory(settings, session=plain, fixed_user_agent=True, validate=False),
         "+ timestamps kept as strings (aws_clients.aws_client_factory)": ac.aws_client_factory(settings),
     }
+    if hasattr(backends, "botocore_client_factory"):  # a tree with the lean clients (chalicelib/lean_aws)
+        variants["lean clients (chalicelib/lean_aws)"] = backends.aws_client_factory(settings)
     replay_table, audit_table = env["BROKER_REPLAY_TABLE"], env["BROKER_AUDIT_TABLE"]
     instance = bench.instance_id
 
