@@ -11,8 +11,10 @@ endpoint can't make the broker buffer an unbounded body.
 """
 
 import threading
+import time
 
 DEFAULT_MAX_BYTES = 1 << 20
+_CHUNK = 64 << 10
 
 
 class HttpError(Exception):
@@ -74,8 +76,22 @@ class Pools:
                 preload_content=False, timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout))
         except urllib3.exceptions.HTTPError as e:
             raise HttpError(_kind(e)) from None
+        # The read timeout bounds each wait for bytes, not the whole body: a body dripped a
+        # byte at a time within it would hold the call for ever (past Lambda's and API
+        # Gateway's 29 s). So the body must also be in by a deadline: both timeouts from now.
+        deadline = time.monotonic() + connect_timeout + read_timeout
         try:
-            data = response.read(max_bytes + 1, decode_content=True)
+            chunks, size = [], 0
+            while size <= max_bytes:
+                chunk = response.read1(min(_CHUNK, max_bytes + 1 - size), decode_content=True)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if time.monotonic() > deadline and not response.isclosed():
+                    response.close()
+                    raise HttpError("deadline exceeded (the answer came too slowly)")
+            data = b"".join(chunks)
             if len(data) > max_bytes:
                 response.close()  # unread bytes left: this connection can't serve another request
         except urllib3.exceptions.HTTPError as e:

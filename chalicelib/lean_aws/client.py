@@ -130,8 +130,9 @@ class LeanClient:
         for observer in self._observers:
             observer(self.service, operation)
         for attempt in range(1, MAX_ATTEMPTS + 1):
+            credentials = self._credentials.get()
             signed = sign_post(host=self._host, headers=headers, body=body, service=self.service,
-                               region=self._region, credentials=self._credentials.get())
+                               region=self._region, credentials=credentials)
             signed["user-agent"] = "secret-zero-broker"
             try:
                 answer = self._pools.request("POST", self._url, body=body, headers=signed,
@@ -144,6 +145,11 @@ class LeanClient:
                 raise AwsConnectionError(e.kind, operation) from None
             if len(answer.data) > MAX_ANSWER_BYTES:
                 raise AwsConnectionError("oversized answer", operation)
+            if self.service == "dynamodb" and answer.status < 300 and "x-amz-crc32" not in answer.headers:
+                # DynamoDB signs every answer with x-amz-crc32: a 200 without it is not
+                # DynamoDB's (a proxy, another service at a wrong endpoint), and its `{}`
+                # would read as "no such item" (a quarantine clear) or "written".
+                raise AwsConnectionError("unreadable answer: a 2xx without DynamoDB's x-amz-crc32", operation)
             outcome = read(answer) if not self._crc32_mismatch(answer) else _Retry("CRC32 mismatch")
             if isinstance(outcome, _Unreadable):
                 raise AwsConnectionError(outcome.why, operation)  # not sent again: a write may have landed
@@ -159,7 +165,7 @@ class LeanClient:
                                                or answer.status in _TRANSIENT_STATUS or answer.status == 429):
                     self._backoff()
                     continue
-                raise AwsError(outcome, operation)
+                raise AwsError(_without_secrets(outcome, credentials, signed["authorization"]), operation)
             return outcome
         raise AssertionError("unreachable")
 
@@ -174,21 +180,41 @@ class LeanClient:
     @staticmethod
     def _json_answer(answer):
         try:
-            doc = json.loads(answer.data) if answer.data else {}
-        except ValueError:
+            doc = json.loads(answer.data) if answer.data else None
+        except (ValueError, RecursionError):  # RecursionError: a hostile body nested 100,000 deep
             doc = None
         if answer.status < 300:
+            # Every answer of these APIs is a JSON object, `{}` at least: an empty 200 (a
+            # proxy's) must not read as an answer without Item.
             if not isinstance(doc, dict):
                 return _Unreadable(f"HTTP {answer.status} with an unreadable body")
             doc["ResponseMetadata"] = _metadata(answer)
             return doc
         doc = doc if isinstance(doc, dict) else {}
-        code = (doc.get("__type") or answer.headers.get("x-amzn-ErrorType") or "").split(":")[0].rsplit("#", 1)[-1]
+        kind = doc.get("__type")
+        kind = kind if isinstance(kind, str) and kind else answer.headers.get("x-amzn-ErrorType") or ""
+        code = kind.split(":")[0].rsplit("#", 1)[-1]
         message = doc.get("message") or doc.get("Message") or ""
+        message = message if isinstance(message, str) else ""
         response = {k: v for k, v in doc.items() if k not in ("__type", "message", "Message")}
         response["Error"] = {"Code": code or str(answer.status), "Message": message}
         response["ResponseMetadata"] = _metadata(answer)
         return response
+
+
+def _without_secrets(response, credentials, authorization):
+    """`response` with the session token, the secret key and the signature cut out of its
+    message: AWS's SignatureDoesNotMatch echoes the canonical request (the token is a
+    signed header), and the message reaches the exception's text."""
+    error = response.get("Error", {})
+    message = error.get("Message")
+    if message:
+        signature = authorization.rsplit("Signature=", 1)[-1]
+        for secret in (credentials.token, credentials.secret_key, signature):
+            if secret:
+                message = message.replace(secret, "<redacted>")
+        error["Message"] = message
+    return response
 
 
 class _Retry:

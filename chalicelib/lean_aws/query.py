@@ -79,9 +79,15 @@ def answer(http_answer, operation, parse):
 
     root = _parse(http_answer.data) if http_answer.data else None
     if http_answer.status < 300:
-        if root is None:
+        # SECURITY: only the operation's own answer (<DescribeInstancesResponse>...) is read.
+        # Any other XML (a captive portal's XHTML, another API's answer) would parse as
+        # empty lists and missing fields: "no such instance", "the role has no tags".
+        if root is None or _local(root.tag) != f"{operation}Response":
             return _Unreadable(f"HTTP {http_answer.status} with an unreadable body")
-        parsed = parse(root)
+        try:
+            parsed = parse(root)
+        except (ValueError, TypeError, KeyError, RecursionError):  # a field AWS never sends so (a state code not a number)
+            return _Unreadable(f"HTTP {http_answer.status} with an unreadable {operation} answer")
         parsed["ResponseMetadata"] = _metadata(http_answer)
         return parsed
     if root is None and http_answer.status in (500, 502, 503, 504):
@@ -90,6 +96,7 @@ def answer(http_answer, operation, parse):
     if root is not None:
         error = next((e for e in root.iter() if _local(e.tag) == "Error"), None)
     code = _text(error, "Code") if error is not None else None
+    code = code.strip() if code else None
     return {"Error": {"Code": code or str(http_answer.status), "Message": _text(error, "Message") or ""},
             "ResponseMetadata": _metadata(http_answer)}
 
@@ -201,9 +208,12 @@ def _assume_role_request(RoleArn, RoleSessionName, DurationSeconds=None, Externa
 
 def _assume_role(root):
     result = _child(root, "AssumeRoleResult")
-    return {"Credentials": _fields(_child(result, "Credentials"), {
-                "AccessKeyId": "AccessKeyId", "SecretAccessKey": "SecretAccessKey",
-                "SessionToken": "SessionToken", "Expiration": "Expiration"}),
+    credentials = _fields(_child(result, "Credentials"), {
+        "AccessKeyId": "AccessKeyId", "SecretAccessKey": "SecretAccessKey",
+        "SessionToken": "SessionToken", "Expiration": "Expiration"})
+    if not all(credentials.get(k) for k in ("AccessKeyId", "SecretAccessKey", "SessionToken")):
+        raise ValueError("AssumeRole answered without its keys")  # unreadable, not a KeyError later
+    return {"Credentials": credentials,
             "AssumedRoleUser": _fields(_child(result, "AssumedRoleUser"), {"AssumedRoleId": "AssumedRoleId",
                                                                            "Arn": "Arn"})}
 
@@ -213,7 +223,11 @@ def _get_caller_identity_request():
 
 
 def _get_caller_identity(root):
-    return _fields(_child(root, "GetCallerIdentityResult"), {"UserId": "UserId", "Account": "Account", "Arn": "Arn"})
+    identity = _fields(_child(root, "GetCallerIdentityResult"), {"UserId": "UserId", "Account": "Account",
+                                                                  "Arn": "Arn"})
+    if not identity.get("Account"):
+        raise ValueError("GetCallerIdentity answered without an account")
+    return identity
 
 
 # service -> {operation: (serializer, parser)}

@@ -147,8 +147,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         time.sleep(delay)
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
-        for name, value in {"content-length": str(len(data)), **headers}.items():
-            self.send_header(name, value)
+        # DynamoDB's x-amz-crc32 on every 2xx, unless the script sets it (None: left out)
+        crc32 = {"x-amz-crc32": str(zlib.crc32(data))} if status < 300 else {}
+        for name, value in {"content-length": str(len(data)), **crc32, **headers}.items():
+            if value is not None:
+                self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
