@@ -41,7 +41,8 @@ class OwnCredentials:
         env = os.environ if self._environ is None else self._environ
         key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
         if key and secret:
-            return Credentials(key, secret, env.get("AWS_SESSION_TOKEN") or None)
+            # AWS_SECURITY_TOKEN: the older name botocore's environment provider still reads
+            return Credentials(key, secret, env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN") or None)
         return self._from_chain()
 
     def _from_chain(self):

@@ -337,3 +337,74 @@ def test_threads_sharing_one_client_each_get_their_own_answer(server):
     for t in threads:
         t.join()
     assert wrong == []
+
+
+# ---- credentials -----------------------------------------------------------------------------
+
+def test_container_credentials_rotating_are_followed_under_threads(monkeypatch, tmp_path):
+    """SnapStart's Lambda hands out the role's keys through its container credentials
+    endpoint, not the environment: OwnCredentials goes to botocore's chain, built once for
+    every thread, and each call gets the keys as they are now (they rotate)."""
+    import http.server
+
+    served = {"key": "ASIAFIRST", "calls": 0}
+
+    class Endpoint(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            served["calls"] += 1
+            assert self.headers["Authorization"] == "container-token"
+            expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 120))  # < 10 min: refresh
+            data = json.dumps({"AccessKeyId": served["key"], "SecretAccessKey": "s3cr3t-" + served["key"],
+                               "Token": "token-" + served["key"], "Expiration": expires}).encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    endpoint = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", f"http://127.0.0.1:{endpoint.server_port}/creds")
+    monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", "container-token")
+    try:
+        own = lean_aws.OwnCredentials()
+        got, errors = [], []
+
+        def get():
+            try:
+                got.append(own.get())
+            except Exception as e:  # noqa: BLE001 (collected, asserted below)
+                errors.append(type(e).__name__)
+
+        threads = [threading.Thread(target=get) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and {c.access_key for c in got} == {"ASIAFIRST"}
+        assert got[0].token == "token-ASIAFIRST"
+        served["key"] = "ASIASECOND"  # rotated by Lambda
+        assert own.get().access_key == "ASIASECOND"
+    finally:
+        endpoint.shutdown()
+
+
+def test_the_legacy_security_token_variable_is_read_as_botocore_reads_it(monkeypatch):
+    """botocore's environment provider takes AWS_SECURITY_TOKEN when AWS_SESSION_TOKEN is
+    unset: signing without it would send temporary keys without their token."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ASIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.setenv("AWS_SECURITY_TOKEN", "legacy-token")
+    import botocore.session
+
+    assert botocore.session.Session().get_credentials().token == "legacy-token"
+    assert lean_aws.OwnCredentials().get().token == "legacy-token"
