@@ -173,7 +173,9 @@ class Admission:
 
     def _spend(self, put):
         _, refused = try_call("replay store", ("ConditionalCheckFailedException",), self._db.put_item, **put)
-        if refused:
+        # Refused by our own earlier attempt (its answer was lost, the client sent the put
+        # again): spent by this request, not a replay, as for the transaction above.
+        if refused and self._spent_by(put["Item"]["proof_hash"]["S"]) != put["Item"]["request_id"]["S"]:
             raise ProofReplayed("this proof was already used; sign a new one")
 
     def _quarantined(self, key):

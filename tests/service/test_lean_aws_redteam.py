@@ -80,3 +80,106 @@ def test_describe_instances_of_two_read_each_as_botocore(pair, stack):  # noqa: 
     finally:
         stack.terminate_instance(first)
         stack.terminate_instance(second)
+
+
+# ---- a lost answer, for real: a proxy forwards to moto and drops one answer ----------------------
+
+class AnswerDropper:
+    """An HTTP proxy to moto that forwards every request as it came (moto checks its SigV4)
+    and, for the first request whose X-Amz-Target ends with `drop`, closes the connection
+    instead of passing moto's answer back: the write landed, its answer is lost."""
+
+    def __init__(self, upstream, drop):
+        import http.server
+        import threading
+
+        import urllib3
+
+        proxy = self
+        self.drop, self.dropped, self.targets = drop, 0, []
+        pool = urllib3.PoolManager(retries=False)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                target = self.headers.get("x-amz-target", "")
+                proxy.targets.append(target)
+                answer = pool.request("POST", upstream + self.path, body=body, headers=dict(self.headers),
+                                      redirect=False)
+                if target.endswith(proxy.drop) and not proxy.dropped:
+                    proxy.dropped += 1
+                    self.close_connection = True
+                    self.connection.shutdown(2)  # moto applied it; the broker never hears
+                    return
+                self.send_response(answer.status)
+                for name, value in answer.headers.items():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("content-length", str(len(answer.data)))
+                self.end_headers()
+                self.wfile.write(answer.data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def _lean_dynamodb(stack, url):
+    from chalicelib import lean_aws
+    from chalicelib.http_pool import Pools
+
+    env = stack.broker_env()
+    client = lean_aws.make_client("dynamodb", stack_aws.REGION, endpoint_url=url, pools=Pools(),
+                                  own_credentials=lean_aws.OwnCredentials(environ={
+                                      "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+                                      "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"]}))
+    client._sleep = lambda seconds: None
+    return client
+
+
+def test_a_lost_transaction_answer_sent_again_by_the_lean_client_admits_once(stack):
+    import time
+
+    from chalicelib.admission import Admission
+    from chalicelib.policy import Limit
+
+    proxy = AnswerDropper(stack.broker_env()["BROKER_AWS_ENDPOINT_URL"], "TransactWriteItems")
+    try:
+        admission = Admission(_lean_dynamodb(stack, proxy.url), stack_aws.REPLAY_TABLE, stack_aws.QUARANTINE_TABLE)
+        proof, request_id, identity = uuid.uuid4().hex, str(uuid.uuid4()), f"lean-lost-{uuid.uuid4().hex}"
+        admission.admit(proof, request_id=request_id, method="aws", valid_until=time.time() + 300,
+                        identity_key=identity, limit=Limit(20, 3600),
+                        quarantine_keys=[f"quarantine#instance#i-{uuid.uuid4().hex[:17]}"])
+        assert proxy.dropped == 1 and proxy.targets.count("DynamoDB_20120810.TransactWriteItems") == 2
+        start = int(time.time()) // 3600 * 3600
+        counter = stack.client("dynamodb").get_item(
+            TableName=stack_aws.QUARANTINE_TABLE, ConsistentRead=True,
+            Key={"pk": {"S": f"ratelimit#issue-identity#{identity}#{start}"}})["Item"]
+        assert counter["hits"]["N"] == "1"  # counted once
+    finally:
+        proxy.close()
+
+
+def test_a_lost_put_answer_sent_again_by_the_lean_client_is_not_a_replay(stack):
+    """Without a quarantine table the admission is one conditional PutItem: its answer lost,
+    the lean client sends it again, and DynamoDB refuses it as a conditional write that
+    already happened. The broker must not refuse its own caller (401 proof_replayed)."""
+    import time
+
+    from chalicelib.admission import Admission
+
+    proxy = AnswerDropper(stack.broker_env()["BROKER_AWS_ENDPOINT_URL"], "PutItem")
+    try:
+        admission = Admission(_lean_dynamodb(stack, proxy.url), stack_aws.REPLAY_TABLE)
+        admission.admit(uuid.uuid4().hex, request_id=str(uuid.uuid4()), method="aws", valid_until=time.time() + 300)
+        assert proxy.dropped == 1 and proxy.targets.count("DynamoDB_20120810.PutItem") == 2
+    finally:
+        proxy.close()
