@@ -192,6 +192,8 @@ def _list_role_tags(root):
     out = {"Tags": _tags(result, "Tags", "Key", "Value"), "IsTruncated": _text(result, "IsTruncated") == "true"}
     if _text(result, "Marker") is not None:
         out["Marker"] = _text(result, "Marker")
+    elif out["IsTruncated"]:
+        raise ValueError("ListRoleTags truncated without a Marker")  # the next page can't be asked for
     return out
 
 

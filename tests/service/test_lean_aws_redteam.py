@@ -183,3 +183,21 @@ def test_a_lost_put_answer_sent_again_by_the_lean_client_is_not_a_replay(stack):
         assert proxy.dropped == 1 and proxy.targets.count("DynamoDB_20120810.PutItem") == 2
     finally:
         proxy.close()
+
+
+def test_the_error_codes_the_broker_reads_are_botocores(pair, stack):  # noqa: F811
+    """facts.py's _NOT_FOUND, ecs.py's _TASK_MISSING and ClientException: the same codes from moto."""
+    from tests.service.test_lean_clients_moto import _errors
+
+    from chalicelib.methods.aws.facts import _NOT_FOUND
+
+    lean, boto = _errors(pair, "ec2", "describe_instances", InstanceIds=["i-not-hex-at-all"])
+    assert lean == boto and lean in _NOT_FOUND  # moto says NotFound where EC2 says Malformed
+    assert _errors(pair, "ecs", "describe_task_definition", taskDefinition="no-such-family:7") == [
+        "ClientException"] * 2
+    assert _errors(pair, "ecs", "describe_tasks", cluster="no-such-cluster",
+                   tasks=[f"arn:aws:ecs:{stack_aws.REGION}:123456789012:task/no-such-cluster/"
+                          "0123456789abcdef0123456789abcdef"]) == ["ClusterNotFoundException"] * 2
+    assert _errors(pair, "iam", "list_role_tags", RoleName="no-such-role-anywhere") == ["NoSuchEntity"] * 2
+    assert _errors(pair, "iam", "get_instance_profile", InstanceProfileName="no-such-profile") == [
+        "NoSuchEntity"] * 2

@@ -408,3 +408,13 @@ def test_the_legacy_security_token_variable_is_read_as_botocore_reads_it(monkeyp
 
     assert botocore.session.Session().get_credentials().token == "legacy-token"
     assert lean_aws.OwnCredentials().get().token == "legacy-token"
+
+
+def test_role_tags_truncated_without_a_marker_are_unreadable_not_a_500(server):
+    """facts.py pages with page["Marker"] outside aws_calls: IsTruncated without one was a KeyError."""
+    client, _ = _client(server, "iam")
+    _answer(server, 200, b'<ListRoleTagsResponse><ListRoleTagsResult><IsTruncated>true</IsTruncated>'
+                         b'<Tags><member><Key>k</Key><Value>v</Value></member></Tags>'
+                         b'</ListRoleTagsResult></ListRoleTagsResponse>')
+    with pytest.raises(lean_aws.AwsConnectionError, match="unreadable"):
+        client.list_role_tags(RoleName="r")
