@@ -204,16 +204,19 @@ class LeanClient:
 
 def _without_secrets(response, credentials, authorization):
     """`response` with the session token, the secret key and the signature cut out of its
-    message: AWS's SignatureDoesNotMatch echoes the canonical request (the token is a
-    signed header), and the message reaches the exception's text."""
+    message and code: AWS's SignatureDoesNotMatch echoes the canonical request (the token
+    is a signed header); the message reaches the exception's text, the code the audit
+    record and the logs (aws_calls), whatever a wrong endpoint puts there. The code is
+    also cut to a length no AWS code reaches (an audit record stays small)."""
     error = response.get("Error", {})
-    message = error.get("Message")
-    if message:
-        signature = authorization.rsplit("Signature=", 1)[-1]
-        for secret in (credentials.token, credentials.secret_key, signature):
-            if secret:
-                message = message.replace(secret, "<redacted>")
-        error["Message"] = message
+    signature = authorization.rsplit("Signature=", 1)[-1]
+    for field, limit in (("Message", None), ("Code", 128)):
+        text = error.get(field)
+        if text:
+            for secret in (credentials.token, credentials.secret_key, signature):
+                if secret:
+                    text = text.replace(secret, "<redacted>")
+            error[field] = text[:limit]
     return response
 
 

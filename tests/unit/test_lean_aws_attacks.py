@@ -418,3 +418,27 @@ def test_role_tags_truncated_without_a_marker_are_unreadable_not_a_500(server):
                          b'</ListRoleTagsResult></ListRoleTagsResponse>')
     with pytest.raises(lean_aws.AwsConnectionError, match="unreadable"):
         client.list_role_tags(RoleName="r")
+
+
+def test_an_error_code_echoing_the_token_never_reaches_the_audit_detail(server):
+    """A wrong endpoint has the token (it was sent there); it must not also land in the
+    audit record and the logs through the error code aws_calls puts in the detail."""
+    from chalicelib.aws_calls import call
+
+    class EchoCode(_Handler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            token = self.headers["x-amz-security-token"]
+            data = json.dumps({"__type": f"Boom{token}" + "x" * 5000, "message": "m"}).encode()
+            self.send_response(400)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server.RequestHandlerClass = EchoCode
+    client = lean_aws.make_client("dynamodb", "us-east-1", endpoint_url=server.url, pools=Pools(),
+                                  own_credentials=FixedCredentials("ASIAEXAMPLE", SECRET, TOKEN))
+    with pytest.raises(Unavailable) as unavailable:
+        call("quarantine store", client.get_item, TableName="t", Key={})
+    detail = unavailable.value.detail
+    assert (TOKEN in detail, len(detail) < 300) == (False, True)
