@@ -29,7 +29,8 @@ _PARTITIONS = (
 
 def partition(region):
     """aws, aws-cn or aws-us-gov; None for an ISO or unknown partition (botocore knows it)."""
-    return next((name for pattern, name in _PARTITIONS if pattern.match(region)), None)
+    # fullmatch: `$` alone also matches before a final newline ("us-east-1\n" would make a host name)
+    return next((name for pattern, name in _PARTITIONS if pattern.fullmatch(region)), None)
 
 
 def resolve(service, region, endpoint_url=None, environ=os.environ):

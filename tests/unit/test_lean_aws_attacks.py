@@ -442,3 +442,35 @@ def test_an_error_code_echoing_the_token_never_reaches_the_audit_detail(server):
         call("quarantine store", client.get_item, TableName="t", Key={})
     detail = unavailable.value.detail
     assert (TOKEN in detail, len(detail) < 300) == (False, True)
+
+
+@pytest.mark.parametrize("encoding", ["chunked", "gzip"])
+def test_the_pool_reads_chunked_and_compressed_bodies_whole(encoding):
+    """Pools.request reads the body in pieces (for its deadline): OpenBao (Go) sends large
+    bodies chunked, and a server may compress: the body must still come whole and decoded."""
+    import gzip
+
+    body = json.dumps({"data": ["x" * 1000 + str(i) for i in range(200)]}).encode()
+
+    def answer(conn):
+        if encoding == "chunked":
+            head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            pieces = [body[i:i + 7000] for i in range(0, len(body), 7000)]
+            conn.sendall(head + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n")
+        else:
+            packed = gzip.compress(body)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n" % len(packed)
+                         + packed)
+
+    raw = RawServer(answer)
+    try:
+        assert Pools().request("GET", raw.url).data == body
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("region", ["us-east-1\n", "us-east-1.evil.example", "us-east-1/x", "", "eusc-de-east-1"])
+def test_a_region_that_is_no_region_of_a_known_partition_is_left_to_botocore(region):
+    from chalicelib.lean_aws import endpoints
+
+    assert endpoints.resolve("ec2", region, environ={}) is None
