@@ -36,7 +36,10 @@ _THROTTLED = frozenset({
     "TooManyRequestsException", "ProvisionedThroughputExceededException", "TransactionInProgressException",
     "RequestLimitExceeded", "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled",
     "SlowDown", "PriorRequestNotComplete", "EC2ThrottledException"})
-_TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"})
+_TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete",
+                              # modelled as retryable (DynamoDB's multi-Region strongly consistent
+                              # tables): botocore's ModeledRetryableChecker sends it again
+                              "ReplicatedWriteConflictException"})
 _TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 MAX_ATTEMPTS = 2
 MAX_ANSWER_BYTES = 4 << 20

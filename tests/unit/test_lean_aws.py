@@ -11,6 +11,7 @@
 import datetime
 import http.server
 import json
+import pathlib
 import threading
 import time
 import zlib
@@ -301,3 +302,26 @@ def test_every_lean_operation_is_one_the_policy_grants():
         assert set(operations) <= granted[service], service
     client = LeanClient("ec2", host="h", scheme="https", signing_region="us-east-1", credentials=None, pools=None)
     assert not hasattr(client, "run_instances")
+
+
+def test_the_retried_codes_and_statuses_are_botocores_standard_modes():
+    """Drift guard: what botocore's standard mode sends again (its lists, and the errors the
+    models of the lean services mark retryable), the lean clients send again too."""
+    import gzip
+
+    import botocore
+    from botocore.retries import standard
+
+    from chalicelib.lean_aws import client
+
+    assert set(standard.ThrottledRetryableChecker._THROTTLED_ERROR_CODES) <= client._THROTTLED
+    assert set(standard.TransientRetryableChecker._TRANSIENT_ERROR_CODES) <= client._TRANSIENT_CODES
+    assert set(standard.TransientRetryableChecker._TRANSIENT_STATUS_CODES) <= client._TRANSIENT_STATUS
+    data = pathlib.Path(botocore.__file__).parent / "data"
+    modelled = set()
+    for service in lean_aws.SERVICES:
+        for model in (data / service).glob("*/service-2.json*"):
+            raw = model.read_bytes()
+            shapes = json.loads(gzip.decompress(raw) if model.suffix == ".gz" else raw)["shapes"]
+            modelled |= {name for name, shape in shapes.items() if shape.get("retryable")}
+    assert modelled <= client._TRANSIENT_CODES | client._THROTTLED
