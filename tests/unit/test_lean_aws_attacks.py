@@ -474,3 +474,16 @@ def test_a_region_that_is_no_region_of_a_known_partition_is_left_to_botocore(reg
     from chalicelib.lean_aws import endpoints
 
     assert endpoints.resolve("ec2", region, environ={}) is None
+
+
+@pytest.mark.parametrize("head", [
+    b"".join(b"x-h%d: v\r\n" % i for i in range(150)),  # more headers than http.client reads
+    b"x-long: " + b"v" * 70000 + b"\r\n",  # a header line past http.client's 64 KiB
+])
+def test_hostile_headers_are_a_connection_error_not_an_exception_of_http_client(head):
+    raw = RawServer(lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\n" + head + b"content-length: 2\r\n\r\n{}"))
+    try:
+        with pytest.raises(lean_aws.AwsConnectionError):
+            _raw_client(raw).get_item(TableName="t", Key={})
+    finally:
+        raw.close()
