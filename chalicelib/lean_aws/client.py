@@ -148,11 +148,6 @@ class LeanClient:
                 raise AwsConnectionError(e.kind, operation) from None
             if len(answer.data) > MAX_ANSWER_BYTES:
                 raise AwsConnectionError("oversized answer", operation)
-            if self.service == "dynamodb" and answer.status < 300 and "x-amz-crc32" not in answer.headers:
-                # DynamoDB signs every answer with x-amz-crc32: a 200 without it is not
-                # DynamoDB's (a proxy, another service at a wrong endpoint), and its `{}`
-                # would read as "no such item" (a quarantine clear) or "written".
-                raise AwsConnectionError("unreadable answer: a 2xx without DynamoDB's x-amz-crc32", operation)
             outcome = read(answer) if not self._crc32_mismatch(answer) else _Retry("CRC32 mismatch")
             if isinstance(outcome, _Unreadable):
                 raise AwsConnectionError(outcome.why, operation)  # not sent again: a write may have landed

@@ -28,12 +28,6 @@ def server():
     s.shutdown()
 
 
-def _ddb_ok(payload):
-    """DynamoDB's 200: its JSON with the x-amz-crc32 DynamoDB always sends."""
-    data = json.dumps(payload).encode()
-    return data, {"x-amz-crc32": str(zlib.crc32(data))}
-
-
 # ---- a wrong answer read as a right one ----------------------------------------------------
 
 CAPTIVE_PORTAL = b"""<?xml version="1.0"?>
@@ -103,16 +97,13 @@ def test_an_empty_200_is_not_an_empty_answer(server):
         secrets.get_secret_value(SecretId="x")
 
 
-def test_a_dynamodb_200_without_its_crc32_is_not_dynamodbs(server):
-    """Every DynamoDB answer carries x-amz-crc32: a `{}` without it (another service at a
-    wrong endpoint, a proxy) is no proof that an item is absent or a write is done."""
+def test_a_dynamodb_200_without_its_crc32_is_read_as_botocore_reads_it(server):
+    """Accepted, not refused: AWS documents x-amz-crc32 as a header DynamoDB answers "can"
+    carry, and every SDK checks it only when present. Requiring it would stake the whole
+    broker on an undocumented guarantee (a 503 on every call the day an answer comes
+    without it), against a forged `{}` that over TLS only AWS itself could send."""
     client, _ = _client(server)
-    _answer(server, 200, {}, {"x-amz-crc32": None})
-    with pytest.raises(lean_aws.AwsConnectionError, match="crc32"):
-        client.get_item(TableName="quarantine", Key={"pk": {"S": "quarantine#instance#i-1"}})
-    assert len(server.requests) == 1  # not sent again: a write may have landed
-    data, headers = _ddb_ok({"Item": {"pk": {"S": "q"}}})
-    _answer(server, 200, data, headers)
+    _answer(server, 200, {"Item": {"pk": {"S": "q"}}}, {"x-amz-crc32": None})
     assert client.get_item(TableName="quarantine", Key={"pk": {"S": "q"}})["Item"] == {"pk": {"S": "q"}}
 
 
