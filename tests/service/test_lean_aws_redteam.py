@@ -3,6 +3,8 @@ answers (lists of one and of none, paged tags, non-ASCII and markup in tags, tru
 policies with characters URL-encoding must carry) read as botocore reads them."""
 
 import json
+
+import pytest
 import uuid
 
 from devstack import aws as stack_aws
@@ -201,3 +203,56 @@ def test_the_error_codes_the_broker_reads_are_botocores(pair, stack):  # noqa: F
     assert _errors(pair, "iam", "list_role_tags", RoleName="no-such-role-anywhere") == ["NoSuchEntity"] * 2
     assert _errors(pair, "iam", "get_instance_profile", InstanceProfileName="no-such-profile") == [
         "NoSuchEntity"] * 2
+
+
+# ---- the whole broker behind a proxy that answers one call with a captive portal's page ---------
+
+class CaptivePortal(AnswerDropper):
+    """Forwards every request to moto, but answers each whose form names `action` with
+    HTTP 200 and an XHTML sign-in page (a captive portal, a wrong endpoint)."""
+
+    PAGE = (b'<?xml version="1.0"?><html xmlns="http://www.w3.org/1999/xhtml"><head><title>Sign in</title>'
+            b'</head><body><p>Log in to the network</p></body></html>')
+
+    def __init__(self, upstream, action):
+        super().__init__(upstream, drop="\0never")
+        handler = self.server.RequestHandlerClass
+        forward = handler.do_POST
+        page = self.PAGE
+
+        def do_POST(request):
+            length = int(request.headers["content-length"])
+            body = request.rfile.peek(length)[:length] if hasattr(request.rfile, "peek") else b""
+            if f"Action={action}&".encode() in body:
+                request.rfile.read(length)
+                request.send_response(200)
+                request.send_header("content-type", "text/xml")
+                request.send_header("content-length", str(len(page)))
+                request.end_headers()
+                request.wfile.write(page)
+                return
+            forward(request)
+
+        handler.do_POST = do_POST
+
+
+@pytest.mark.parametrize("action", ["DescribeInstances", "GetRole", "ListRoleTags", "GetInstanceProfile"])
+def test_a_captive_portal_answering_a_facts_read_is_a_503_never_a_refusal(broker, fresh_service, action):
+    """Before the fix the page read as an empty answer: "no such instance", "the role no longer
+    exists", "the profile holds no role" (403s), and for ListRoleTags a role without tags:
+    the credentials were issued (200) on a read that never happened. A page is no answer:
+    the broker says it can't tell (503) and issues nothing."""
+    from tests.service.conftest import use_environment
+    from tests.service.test_aws_issuance import assert_error
+
+    instance = broker.web_instance()
+    portal = CaptivePortal(broker.stack.broker_env()["BROKER_AWS_ENDPOINT_URL"], action)
+    restore = use_environment({"BROKER_AWS_ENDPOINT_URL": portal.url})
+    try:
+        doc = assert_error(broker.login_as("demo-node", instance, "web"), 503, "unavailable")
+        record = broker.audit.get(doc["request_id"])
+        assert record["outcome"] == "error" and "AwsConnectionError" in record["reason"]
+    finally:
+        restore()
+        portal.close()
+        broker.stack.terminate_instance(instance)
