@@ -106,6 +106,14 @@ class AnswerDropper:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["content-length"]))
+                page = proxy.intercept(body, self.headers.get("x-amz-target", ""))
+                if page is not None:  # answered here, never forwarded
+                    self.send_response(200)
+                    self.send_header("content-type", "text/xml")
+                    self.send_header("content-length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
                 target = self.headers.get("x-amz-target", "")
                 proxy.targets.append(target)
                 answer = pool.request("POST", upstream + self.path, body=body, headers=dict(self.headers),
@@ -129,6 +137,10 @@ class AnswerDropper:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def intercept(self, body, target):
+        """The page to answer `body` with instead of moto's answer (None: forward it)."""
+        return None
 
     def close(self):
         self.server.shutdown()
@@ -216,24 +228,10 @@ class CaptivePortal(AnswerDropper):
 
     def __init__(self, upstream, action):
         super().__init__(upstream, drop="\0never")
-        handler = self.server.RequestHandlerClass
-        forward = handler.do_POST
-        page = self.PAGE
+        self.action = action
 
-        def do_POST(request):
-            length = int(request.headers["content-length"])
-            body = request.rfile.peek(length)[:length] if hasattr(request.rfile, "peek") else b""
-            if f"Action={action}&".encode() in body:
-                request.rfile.read(length)
-                request.send_response(200)
-                request.send_header("content-type", "text/xml")
-                request.send_header("content-length", str(len(page)))
-                request.end_headers()
-                request.wfile.write(page)
-                return
-            forward(request)
-
-        handler.do_POST = do_POST
+    def intercept(self, body, target):
+        return self.PAGE if f"Action={self.action}&".encode() in body else None
 
 
 @pytest.mark.parametrize("action", ["DescribeInstances", "GetRole", "ListRoleTags", "GetInstanceProfile"])
@@ -256,3 +254,46 @@ def test_a_captive_portal_answering_a_facts_read_is_a_503_never_a_refusal(broker
         restore()
         portal.close()
         broker.stack.terminate_instance(instance)
+
+
+class EmptyQuarantineReads(AnswerDropper):
+    """Forwards everything to moto but the quarantine list's reads (GetItem on the quarantine
+    table), answered with HTTP 200 and no body at all (a proxy's, a load balancer's)."""
+
+    def __init__(self, upstream):
+        super().__init__(upstream, drop="\0never")
+        self.intercepted = 0
+
+    def intercept(self, body, target):
+        if target.endswith(".GetItem") and json.loads(body).get("TableName") == stack_aws.QUARANTINE_TABLE:
+            self.intercepted += 1
+            return b""
+        return None
+
+
+def test_an_empty_200_for_a_quarantine_read_never_clears_a_quarantined_role(broker, fresh_service):
+    """Before the fix an empty 200 read as a GetItem without Item: the role's quarantine
+    read as clear, and its machine got credentials. It is no answer: a 503, nothing issued."""
+    from tests.service.conftest import use_environment
+    from tests.service.security_helpers import SecurityClient, fresh_when
+    from tests.service.test_aws_issuance import assert_error
+    from tests.sigv4 import signed_login
+
+    stack = broker.stack
+    security = SecurityClient(broker, stack.assume("security-team", f"lean-{uuid.uuid4().hex[:6]}"))
+    instance = broker.web_instance()
+    creds = stack.assume("demo-node", instance)
+    revoked = json.loads(security.post("/v1/revocations", {
+        "principal": "arn:aws:iam::123456789012:role/demo-node", "reason": "lean red team", "quarantine": "1h"}).body)
+    proxy = EmptyQuarantineReads(stack.broker_env()["BROKER_AWS_ENDPOINT_URL"])
+    restore = use_environment({"BROKER_AWS_ENDPOINT_URL": proxy.url})
+    try:
+        response = broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when()))
+        assert proxy.intercepted >= 1
+        assert_error(response, 503, "unavailable", "quarantine store")
+    finally:
+        restore()
+        proxy.close()
+        security.delete(f"/v1/revocations/{revoked['revocation_id']}")
+        stack.terminate_instance(instance)
+
