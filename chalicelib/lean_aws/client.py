@@ -9,7 +9,8 @@ protocols' XML (EC2, IAM, STS) is read by the parsers in query.py into botocore'
 shapes for the fields the broker reads.
 
 Behaviour kept from the botocore clients of aws_clients.py (issue 14's next step):
-- timeouts: connect 2 s / read 5 s, DynamoDB 1 s / 2 s;
+- timeouts: connect 2 s / read 5 s, DynamoDB 1 s / 2 s; and (beyond botocore) the body
+  must be in by both timeouts after the headers, however slowly it drips (http_pool.py);
 - 2 attempts: a connection failure or timeout, HTTP 500/502/503/504, a throttling or
   transient error code is sent once more after a random wait of up to 1 s (botocore's
   standard mode: the same codes, the same jittered backoff);
@@ -19,6 +20,12 @@ Behaviour kept from the botocore clients of aws_clients.py (issue 14's next step
 - errors: `AwsError` with `.response["Error"]["Code"]` and the modelled fields
   (CancellationReasons) at the top of `.response`, as botocore's ClientError;
   no answer at all: `AwsConnectionError` naming the failure (never a secret).
+
+Stricter than botocore where a wrong answer would read as a right one (red team,
+tests/unit/test_lean_aws_attacks.py): a 2xx is read only when it is the operation's own
+answer (a JSON object; the XML element <OperationResponse>, with the fields the broker
+needs), else it is unreadable (not sent again); an error's message and code never carry
+the token, the secret key or the signature.
 """
 
 import json
