@@ -297,3 +297,65 @@ def test_an_empty_200_for_a_quarantine_read_never_clears_a_quarantined_role(brok
         security.delete(f"/v1/revocations/{revoked['revocation_id']}")
         stack.terminate_instance(instance)
 
+
+
+def test_a_reader_roles_lean_clients_are_assumed_once_under_threads_and_again_before_expiry(stack):
+    """Threads asking for another account's clients at once share one AssumeRole; near the
+    credentials' expiry they are replaced, and the new keys sign calls moto accepts."""
+    from tests.service.conftest import use_environment
+
+    restore = use_environment(stack.broker_env())  # the broker's own keys, read at each call
+    try:
+        _reader_roles_under_threads_and_expiry()
+    finally:
+        restore()
+
+
+def _reader_roles_under_threads_and_expiry():
+    import threading
+    import time
+
+    from chalicelib import lean_aws
+    from chalicelib.backends import aws_client_factory
+    from chalicelib.config import Settings
+    from chalicelib.methods.aws.readers import REFRESH_MARGIN, AccountReaders
+    from chalicelib.methods.aws.settings import Reader
+
+    account = stack_aws.SECOND_ACCOUNT_ID
+
+    class ReaderSettings:
+        readers = {account: Reader(account, f"arn:aws:iam::{account}:role/{stack_aws.READER_ROLE}",
+                                   stack_aws.READER_EXTERNAL_ID)}
+        own_account = "123456789012"
+
+    now = [time.time()]
+    readers = AccountReaders(ReaderSettings(), aws_client_factory(Settings.from_env()), clock=lambda: now[0])
+    got, errors = [], []
+
+    def ask():
+        try:
+            got.append(readers.for_account(account))
+        except Exception as e:  # noqa: BLE001 (asserted below, by name)
+            errors.append(type(e).__name__)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(got) == 8 and len({id(c) for c in got}) == 1
+    first = got[0]
+    ec2 = first.client("ec2")
+    assert isinstance(ec2, lean_aws.LeanClient)
+
+    def signed_and_accepted(client):
+        with pytest.raises(lean_aws.AwsError) as answer:  # an answer about the instance: the signature held
+            client.describe_instances(InstanceIds=["i-0000000000000dead"])
+        return answer.value.response["Error"]["Code"]
+
+    assert signed_and_accepted(ec2) == "InvalidInstanceID.NotFound"
+    now[0] = first.expires_at - REFRESH_MARGIN + 1
+    second = readers.for_account(account)
+    assert second is not first and second.client("ec2") is not ec2
+    assert second.client("ec2")._credentials.get().access_key != ec2._credentials.get().access_key
+    assert signed_and_accepted(second.client("ec2")) == "InvalidInstanceID.NotFound"
