@@ -478,3 +478,14 @@ def test_hostile_headers_are_a_connection_error_not_an_exception_of_http_client(
             _raw_client(raw).get_item(TableName="t", Key={})
     finally:
         raw.close()
+
+
+def test_after_a_restore_the_dropped_pools_serve_again(server):
+    """SnapStart: Runtime.after_restore closes every client (the shared pools); the next
+    call opens a new connection and is answered."""
+    client, _ = _client(server)
+    _answer(server, 200, {"Item": {"n": {"N": "1"}}})
+    assert client.get_item(TableName="t", Key={})["Item"] == {"n": {"N": "1"}}
+    client.close()
+    _answer(server, 200, {"Item": {"n": {"N": "2"}}})
+    assert client.get_item(TableName="t", Key={})["Item"] == {"n": {"N": "2"}}
