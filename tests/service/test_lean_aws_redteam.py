@@ -1,11 +1,12 @@
 """Red team of the lean AWS clients against moto (SigV4 verified): the odd shapes of real
 answers (lists of one and of none, paged tags, non-ASCII and markup in tags, trust
-policies with characters URL-encoding must carry) read as botocore reads them."""
+policies with characters URL-encoding must carry) read as botocore reads them; a lost
+answer for real (a proxy drops it); a reader role's clients under threads and expiry."""
 
 import json
+import uuid
 
 import pytest
-import uuid
 
 from devstack import aws as stack_aws
 from tests.service.test_lean_clients_moto import _both, pair  # noqa: F401 (pair: the fixture)

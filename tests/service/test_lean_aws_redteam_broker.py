@@ -6,6 +6,7 @@ Apart from test_lean_aws_redteam.py: its module-scoped `pair` fixture swaps the 
 environment, and restoring it under the session's `broker` would unset the broker's."""
 
 import json
+import uuid
 
 import pytest
 
