@@ -124,7 +124,7 @@ class Floor:
         self.labels = [[c.label for c in wave] for wave in self.plan]
         env = bench.broker_env()
         settings = types.SimpleNamespace(aws_region=env["BROKER_AWS_REGION"],
-                                         aws_endpoint_url=env["BROKER_AWS_ENDPOINT_URL"])
+                                         aws_endpoint_url=env["BROKER_AWS_ENDPOINT_URL"], aws_clients="lean")
         self._make = aws_client_factory(settings)  # the broker's own client settings, the broker's keys (env)
         self._clients: dict = {}
         self.http = requests.Session()
@@ -173,8 +173,18 @@ class Floor:
             params = _query_params(client, operation, form)
             fresh = None
 
+        if hasattr(client, "_make_api_call"):  # botocore
+            send = client._make_api_call
+        else:  # a lean client (chalicelib/lean_aws/): the operation's method
+            from botocore import xform_name
+
+            method = getattr(client, xform_name(operation))
+
+            def send(_operation, call_params):
+                return method(**call_params)
+
         def aws(ctx):
-            client._make_api_call(operation, fresh(ctx["n"]) if fresh else params)
+            send(operation, fresh(ctx["n"]) if fresh else params)
         return aws
 
     def _freshen(self, service, operation, params):
@@ -224,6 +234,12 @@ class Floor:
                     f.result()
 
 
+def _service_model(service: str):
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model(service)
+
+
 def _suffix(item: dict, keys: list, n: str) -> dict:
     out = dict(item)
     for k in keys:
@@ -234,9 +250,11 @@ def _suffix(item: dict, keys: list, n: str) -> dict:
 
 
 def _query_params(client, operation: str, form: dict) -> dict:
-    """The parameters of a query-protocol request (EC2, IAM, STS), read back with the model."""
-    model = client.meta.service_model.operation_model(operation)
-    ec2 = client.meta.service_model.protocol == "ec2"
+    """The parameters of a query-protocol request (EC2, IAM, STS), read back with botocore's
+    model of the service (a lean client has none of its own)."""
+    service_model = client.meta.service_model if hasattr(client, "meta") else _service_model(client.service)
+    model = service_model.operation_model(operation)
+    ec2 = service_model.protocol == "ec2"
     shape = model.input_shape
     params: dict = {}
     used = {"Action", "Version"}
