@@ -129,6 +129,12 @@ class Floor:
         self._clients: dict = {}
         self.http = requests.Session()
         self.http.trust_env = False
+        try:  # the broker's own HTTP client for Vault and the STS forward: the same work on both sides
+            from chalicelib.http_pool import Pools
+
+            self._pools = Pools()
+        except ImportError:  # an older tree: requests, as its broker used
+            self._pools = None
         self._keys: dict = {}
         self.pool = ThreadPoolExecutor(max(len(w) for w in self.plan) if self.plan else 1)
         self.steps = [[self._prepare(c) for c in wave] for wave in self.plan]
@@ -144,23 +150,28 @@ class Floor:
 
     # ---- one request, made again --------------------------------------------------
 
+    def _send(self, method, url, body, headers) -> int:
+        if self._pools is not None:
+            return self._pools.request(method, url, body=body, headers=headers, connect_timeout=3, read_timeout=5).status
+        r = self.http.request(method, url, data=body, headers=headers, allow_redirects=False, timeout=(3, 5))
+        return r.status_code
+
     def _prepare(self, c: Call):
         if c.low.get("host", "").startswith("sts."):
             url = c.url
 
             def forwarded_proof(ctx):
-                r = self.http.post(url, data=c.body, headers=ctx["sts_headers"], allow_redirects=False,
-                                   timeout=(3, 5))
-                if r.status_code != 200:
-                    raise RuntimeError(f"floor: the forwarded proof got {r.status_code}")
+                status = self._send("POST", url, c.body, ctx["sts_headers"])
+                if status != 200:
+                    raise RuntimeError(f"floor: the forwarded proof got {status}")
             return forwarded_proof
         if c.service is None:  # Vault
             headers = {k: v for k, v in c.headers.items() if k.lower() not in ("content-length", "connection")}
 
             def vault(_ctx):
-                r = self.http.request(c.method, c.url, data=c.body or None, headers=headers, timeout=5)
-                if r.status_code >= 300 and r.status_code != 404:
-                    raise RuntimeError(f"floor: vault {c.method} {c.url} answered {r.status_code}")
+                status = self._send(c.method, c.url, c.body or None, headers)
+                if status >= 300 and status != 404:
+                    raise RuntimeError(f"floor: vault {c.method} {c.url} answered {status}")
             return vault
         client = self.client(c.service, c.region)
         if c.target:
