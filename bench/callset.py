@@ -124,11 +124,17 @@ class Floor:
         self.labels = [[c.label for c in wave] for wave in self.plan]
         env = bench.broker_env()
         settings = types.SimpleNamespace(aws_region=env["BROKER_AWS_REGION"],
-                                         aws_endpoint_url=env["BROKER_AWS_ENDPOINT_URL"])
+                                         aws_endpoint_url=env["BROKER_AWS_ENDPOINT_URL"], aws_clients="lean")
         self._make = aws_client_factory(settings)  # the broker's own client settings, the broker's keys (env)
         self._clients: dict = {}
         self.http = requests.Session()
         self.http.trust_env = False
+        try:  # the broker's own HTTP client for Vault and the STS forward: the same work on both sides
+            from chalicelib.http_pool import Pools
+
+            self._pools = Pools()
+        except ImportError:  # an older tree: requests, as its broker used
+            self._pools = None
         self._keys: dict = {}
         self.pool = ThreadPoolExecutor(max(len(w) for w in self.plan) if self.plan else 1)
         self.steps = [[self._prepare(c) for c in wave] for wave in self.plan]
@@ -144,23 +150,28 @@ class Floor:
 
     # ---- one request, made again --------------------------------------------------
 
+    def _send(self, method, url, body, headers) -> int:
+        if self._pools is not None:
+            return self._pools.request(method, url, body=body, headers=headers, connect_timeout=3, read_timeout=5).status
+        r = self.http.request(method, url, data=body, headers=headers, allow_redirects=False, timeout=(3, 5))
+        return r.status_code
+
     def _prepare(self, c: Call):
         if c.low.get("host", "").startswith("sts."):
             url = c.url
 
             def forwarded_proof(ctx):
-                r = self.http.post(url, data=c.body, headers=ctx["sts_headers"], allow_redirects=False,
-                                   timeout=(3, 5))
-                if r.status_code != 200:
-                    raise RuntimeError(f"floor: the forwarded proof got {r.status_code}")
+                status = self._send("POST", url, c.body, ctx["sts_headers"])
+                if status != 200:
+                    raise RuntimeError(f"floor: the forwarded proof got {status}")
             return forwarded_proof
         if c.service is None:  # Vault
             headers = {k: v for k, v in c.headers.items() if k.lower() not in ("content-length", "connection")}
 
             def vault(_ctx):
-                r = self.http.request(c.method, c.url, data=c.body or None, headers=headers, timeout=5)
-                if r.status_code >= 300 and r.status_code != 404:
-                    raise RuntimeError(f"floor: vault {c.method} {c.url} answered {r.status_code}")
+                status = self._send(c.method, c.url, c.body or None, headers)
+                if status >= 300 and status != 404:
+                    raise RuntimeError(f"floor: vault {c.method} {c.url} answered {status}")
             return vault
         client = self.client(c.service, c.region)
         if c.target:
@@ -173,8 +184,18 @@ class Floor:
             params = _query_params(client, operation, form)
             fresh = None
 
+        if hasattr(client, "_make_api_call"):  # botocore
+            send = client._make_api_call
+        else:  # a lean client (chalicelib/lean_aws/): the operation's method
+            from botocore import xform_name
+
+            method = getattr(client, xform_name(operation))
+
+            def send(_operation, call_params):
+                return method(**call_params)
+
         def aws(ctx):
-            client._make_api_call(operation, fresh(ctx["n"]) if fresh else params)
+            send(operation, fresh(ctx["n"]) if fresh else params)
         return aws
 
     def _freshen(self, service, operation, params):
@@ -224,6 +245,12 @@ class Floor:
                     f.result()
 
 
+def _service_model(service: str):
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model(service)
+
+
 def _suffix(item: dict, keys: list, n: str) -> dict:
     out = dict(item)
     for k in keys:
@@ -234,9 +261,11 @@ def _suffix(item: dict, keys: list, n: str) -> dict:
 
 
 def _query_params(client, operation: str, form: dict) -> dict:
-    """The parameters of a query-protocol request (EC2, IAM, STS), read back with the model."""
-    model = client.meta.service_model.operation_model(operation)
-    ec2 = client.meta.service_model.protocol == "ec2"
+    """The parameters of a query-protocol request (EC2, IAM, STS), read back with botocore's
+    model of the service (a lean client has none of its own)."""
+    service_model = client.meta.service_model if hasattr(client, "meta") else _service_model(client.service)
+    model = service_model.operation_model(operation)
+    ec2 = service_model.protocol == "ec2"
     shape = model.input_shape
     params: dict = {}
     used = {"Action", "Version"}

@@ -1,4 +1,5 @@
-"""One way to call AWS APIs: botocore errors become the broker's typed errors."""
+"""One way to call AWS APIs: AWS errors (botocore's or the lean clients', chalicelib/lean_aws/)
+become the broker's typed errors."""
 
 from .errors import Unavailable
 
@@ -7,7 +8,7 @@ _THROTTLING = frozenset({"ThrottlingException", "Throttling", "ProvisionedThroug
 
 
 def error_code(error):
-    """The AWS error code of a botocore ClientError, or None for other exceptions."""
+    """The AWS error code of a botocore ClientError or a lean client's AwsError, or None."""
     response = getattr(error, "response", None)
     if isinstance(response, dict):
         return response.get("Error", {}).get("Code")
@@ -32,7 +33,8 @@ def attempt(backend, expected_codes, fn, /, *args, **kwargs):
         raise Unavailable(
             f"{backend} is unavailable", backend=backend,
             retry_after=2 if code in _THROTTLING else 5,
-            detail=f"{backend} {getattr(fn, '__name__', 'call')} failed: {code or type(e).__name__}",
+            # a lean client's connection error names its failure (ReadTimeoutError, ...), as botocore's class would
+            detail=f"{backend} {getattr(fn, '__name__', 'call')} failed: {code or getattr(e, 'kind', None) or type(e).__name__}",
         ) from None
 
 

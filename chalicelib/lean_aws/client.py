@@ -9,8 +9,9 @@ protocols' XML (EC2, IAM, STS) is read by the parsers in query.py into botocore'
 shapes for the fields the broker reads.
 
 Behaviour kept from the botocore clients of aws_clients.py (issue 14's next step):
-- timeouts: connect 2 s / read 5 s, DynamoDB 1 s / 2 s; and (beyond botocore) the body
-  must be in by both timeouts after the headers, however slowly it drips (http_pool.py);
+- timeouts: connect 2 s / read 5 s, DynamoDB 1 s / 2 s; and (beyond botocore) the whole
+  answer must be in by connect + 2 x read from the request's start, however slowly it
+  drips (http_pool.py);
 - 2 attempts: a connection failure or timeout, HTTP 500/502/503/504, a throttling or
   transient error code is sent once more after a random wait of up to 1 s (botocore's
   standard mode: the same codes, the same jittered backoff);

@@ -184,10 +184,17 @@ def test_backend_down_at_init_is_retried_by_the_first_request(stack, proxies):
 
 
 def _open_pools(runtime):
-    """Connection pools holding sockets: botocore's (every client made) and the requests sessions'."""
-    botocore = sum(len(c._endpoint.http_session._manager.pools) for c in runtime._clients)
+    """Connection pools holding sockets: the AWS clients' (every client made) and the requests sessions'."""
+    botocore = sum(_client_pools(c) for c in runtime._clients)
     sessions = sum(len(a.poolmanager.pools) for s in runtime._http_sessions for a in s.adapters.values())
     return botocore, sessions
+
+
+def _client_pools(client):
+    if hasattr(client, "_endpoint"):  # a botocore client
+        return len(client._endpoint.http_session._manager.pools)
+    manager = client._pools._manager  # a lean client (chalicelib/lean_aws/): the broker's urllib3 pools
+    return len(manager.pools) if manager is not None else 0
 
 
 def test_after_restore_drops_connections_and_the_vault_session_and_the_next_issuance_works(stack, proxies):

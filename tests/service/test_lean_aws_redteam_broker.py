@@ -46,7 +46,7 @@ def test_a_captive_portal_answering_a_facts_read_is_a_503_never_a_refusal(broker
     try:
         doc = assert_error(broker.login_as("demo-node", instance, "web"), 503, "unavailable")
         record = broker.audit.get(doc["request_id"])
-        assert record["outcome"] == "error" and "AwsConnectionError" in record["reason"]
+        assert record["outcome"] == "error" and "unreadable" in record["reason"]
     finally:
         restore()
         portal.close()

@@ -66,7 +66,7 @@ def test_an_assume_role_answer_without_its_keys_is_unreadable_not_a_500(server):
                          b'</AssumeRoleResult></AssumeRoleResponse>')
     with pytest.raises(Unavailable) as unavailable:
         readers.for_account("210987654321")
-    assert unavailable.value.status == 503 and "AwsConnectionError" in unavailable.value.detail
+    assert unavailable.value.status == 503 and "unreadable" in unavailable.value.detail
 
 
 def test_a_malformed_field_in_a_200_is_unreadable_not_a_stray_exception(server):
@@ -248,7 +248,7 @@ def test_the_pool_deadline_applies_to_a_plain_request():
                     [(conn.sendall(body[i:i + 1]), time.sleep(0.05)) for i in range(100)])
     try:
         started = time.monotonic()
-        with pytest.raises(HttpError, match="deadline"):
+        with pytest.raises(HttpError, match="deadline|Timeout"):
             Pools().request("GET", raw.url, connect_timeout=0.2, read_timeout=0.3)
         assert time.monotonic() - started < 2
     finally:
@@ -436,9 +436,9 @@ def test_an_error_code_echoing_the_token_never_reaches_the_audit_detail(server):
 
 
 @pytest.mark.parametrize("encoding", ["chunked", "gzip"])
-def test_the_pool_reads_chunked_and_compressed_bodies_whole(encoding):
-    """Pools.request reads the body in pieces (for its deadline): OpenBao (Go) sends large
-    bodies chunked, and a server may compress: the body must still come whole and decoded."""
+def test_the_pool_reads_chunked_bodies_whole_through_its_deadline_and_refuses_compressed_ones(encoding):
+    """Pools.request reads through its deadline reader: OpenBao (Go) sends large bodies
+    chunked, they must come whole; a compressed answer (never asked for) is refused."""
     import gzip
 
     body = json.dumps({"data": ["x" * 1000 + str(i) for i in range(200)]}).encode()
@@ -455,7 +455,11 @@ def test_the_pool_reads_chunked_and_compressed_bodies_whole(encoding):
 
     raw = RawServer(answer)
     try:
-        assert Pools().request("GET", raw.url).data == body
+        if encoding == "gzip":
+            with pytest.raises(HttpError, match="compressed"):
+                Pools().request("GET", raw.url)
+        else:
+            assert Pools().request("GET", raw.url).data == body
     finally:
         raw.close()
 
