@@ -41,6 +41,8 @@ def aws_client_factory(settings):
 
 
 def http_session():
+    """A requests session, for what needs one: google-auth's transport (the GCP method).
+    The broker's own calls (STS, Vault) go through chalicelib/http_pool.py instead."""
     import requests
 
     session = requests.Session()
@@ -86,14 +88,15 @@ class Runtime:
       pooled connections and the Vault sessions the snapshot holds.
     """
 
-    def __init__(self, service, *, settings, minter, revoker, rules, clients, http_sessions):
+    def __init__(self, service, *, settings, minter, revoker, rules, clients, pools, http_sessions):
         self.service = service
         self._settings = settings
         self._minter = minter
         self._revoker = revoker
         self._rules = rules
         self._clients = clients  # weak: a reader role's clients go when its credentials are renewed
-        self._http_sessions = http_sessions
+        self._pools = pools  # the broker's own HTTP pools: STS, Vault
+        self._http_sessions = http_sessions  # requests sessions: the GCP method's, when it is enabled
 
     def warm_up(self, log_in=True):
         """Build what the first request would. Errors of the network parts (the Vault login)
@@ -119,6 +122,7 @@ class Runtime:
         """What no two restored copies of a snapshot may share, and what may have expired."""
         for client in list(self._clients):
             client.close()  # botocore: the endpoint's connection pools; the client stays usable
+        self._pools.close()  # STS and Vault: new connections on the next call
         for session in self._http_sessions:
             session.close()  # requests: the adapters' pools; new connections on the next call
         self._minter.forget_token()
@@ -138,6 +142,7 @@ def build_runtime(settings):
 
     from .admission import Admission
     from .audit import AuditStore
+    from .http_pool import Pools
     from .methods import package
     from .minter import VaultMinter
     from .pipeline.frame import AuditedRequests
@@ -146,6 +151,7 @@ def build_runtime(settings):
 
     make_client = aws_client_factory(settings)
     clients, sessions = weakref.WeakSet(), []
+    pools = Pools()  # the broker's own calls: the STS forward, Vault (minter and revoker)
 
     def make(service, region=None, **credentials):
         client = make_client(service, region, **credentials)
@@ -156,6 +162,11 @@ def build_runtime(settings):
         session = http_session()
         sessions.append(session)
         return session
+
+    def http_for(name):
+        """What the method's `build` takes: the pools, or (HTTP_CLIENT = "requests": google-auth
+        needs one) a requests session, made only when the method is built."""
+        return new_http_session() if getattr(package(name), "HTTP_CLIENT", "pools") == "requests" else pools
 
     dynamodb = make("dynamodb")
     secrets = make("secretsmanager")
@@ -173,7 +184,7 @@ def build_runtime(settings):
 
     names = enabled_methods(settings)
     live = {}
-    methods = {name: _once(lambda name=name: package(name).build(settings, make, new_http_session(),
+    methods = {name: _once(lambda name=name: package(name).build(settings, make, http_for(name),
                                                                  lambda: live["rules"]))
                for name in names}
     # The AWS method is built now: every version of the rules is checked against the
@@ -194,7 +205,7 @@ def build_runtime(settings):
     frame = AuditedRequests(audit_store, logger)
     admission = Admission(dynamodb, settings.replay_table, settings.quarantine_table,
                           shared_key_max_age=settings.shared_quarantine_read_seconds)
-    minter = VaultMinter(settings, new_http_session(), secret_fetcher(settings.vault_secret_id_secret, "broker's"))
+    minter = VaultMinter(settings, pools, secret_fetcher(settings.vault_secret_id_secret, "broker's"))
 
     def method(name):
         from .errors import InvalidRequest
@@ -210,14 +221,14 @@ def build_runtime(settings):
         revoker = VaultRevoker(addr=settings.vault_addr, mount=settings.vault_approle_mount,
                                role_id=settings.revoker_role_id,
                                fetch_secret_id=secret_fetcher(settings.revoker_secret_id_secret, "revoking identity's"),
-                               http_session=new_http_session(), timeout=settings.vault_timeout)
+                               pools=pools, timeout=settings.vault_timeout)
     security = build_security(settings, rules, frame=frame, audit=audit_store, method=method, admission=admission,
                               minter=minter, stores=stores, dynamodb=dynamodb, revoker=revoker)
     service = BrokerService(settings=settings, rules=rules, methods=methods, admission=admission, minter=minter,
                             frame=frame, logger=logger, rate_limits=stores.rate_limits,
                             quarantine=stores.quarantine, security=security)
     return Runtime(service, settings=settings, minter=minter, revoker=revoker, rules=rules,
-                   clients=clients, http_sessions=sessions)
+                   clients=clients, pools=pools, http_sessions=sessions)
 
 
 class Stores:

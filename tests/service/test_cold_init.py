@@ -184,10 +184,13 @@ def test_backend_down_at_init_is_retried_by_the_first_request(stack, proxies):
 
 
 def _open_pools(runtime):
-    """Connection pools holding sockets: botocore's (every client made) and the requests sessions'."""
+    """Connection pools holding sockets: botocore's (every client made), and the broker's own
+    (chalicelib/http_pool.py: STS, Vault) with the requests sessions' (GCP, when enabled)."""
     botocore = sum(len(c._endpoint.http_session._manager.pools) for c in runtime._clients)
-    sessions = sum(len(a.poolmanager.pools) for s in runtime._http_sessions for a in s.adapters.values())
-    return botocore, sessions
+    manager = runtime._pools._manager
+    own = (len(manager.pools) if manager is not None else 0) + sum(
+        len(a.poolmanager.pools) for s in runtime._http_sessions for a in s.adapters.values())
+    return botocore, own
 
 
 def test_after_restore_drops_connections_and_the_vault_session_and_the_next_issuance_works(stack, proxies):

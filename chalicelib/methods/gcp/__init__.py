@@ -13,6 +13,8 @@ PROOF_FIELDS = ("jwt",)
 # Does the proof itself vouch for the machine it claims? Yes: Google signs a GCE
 # instance token's google.compute_engine claims.
 CLAIMS_SIGNED = True
+# `build` takes a requests session (google-auth's transport needs one), not the broker's pools.
+HTTP_CLIENT = "requests"
 
 
 def build(settings, make_aws_client, http_session, rules):
