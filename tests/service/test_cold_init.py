@@ -222,3 +222,33 @@ def _serve_restore_and_serve_again(stack, proxies, runtime):
     assert _vault_logins(proxies.counts()) == 1  # the snapshot's token is not used again
     assert _secret_reads(proxies.counts()) == 0  # the secret ID itself is kept (it does not expire)
     assert all(n > 0 for n in _open_pools(runtime))
+
+
+# A fresh process with the Lambda runtime's variables and an AWS-only configuration: init
+# builds the runtime (warm-up, Vault login), one AWS issuance runs; then which HTTP
+# libraries it has imported.
+IMPORTS_CHILD = r"""
+import json, sys
+import app
+from chalice.test import Client
+r = Client(app.app, stage_name="local").http.post("/v1/credentials/aws", body=sys.stdin.read(),
+                                                  headers={"Content-Type": "application/json"})
+print("CHILD " + json.dumps({"built": app._service is not None, "status": r.status_code,
+                             "modules": sorted(m for m in ("hvac", "requests", "urllib3", "google.auth")
+                                               if m in sys.modules)}), flush=True)
+"""
+
+
+def test_an_aws_only_broker_never_imports_hvac_or_requests(stack):
+    """Issue 14: importing requests and hvac was ~100-240 ms of a cold start. The broker's
+    own calls (STS, Vault) go through urllib3 (chalicelib/http_pool.py); only the GCP method
+    uses requests (google-auth), and only when it is enabled."""
+    env = {k: v for k, v in stack.broker_env().items()
+           if not k.startswith("BROKER_GCP_") and k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    proc = subprocess.run([sys.executable, "-c", IMPORTS_CHILD], cwd=PROJECT, env=_env({**env, **LAMBDA_RUNTIME}),
+                          input=json.dumps(_fresh_login(stack)), capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("CHILD ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("CHILD "):])
+    assert result["built"] and result["status"] == 200, proc.stdout[-3000:]
+    assert result["modules"] == ["urllib3"]
