@@ -40,19 +40,6 @@ def aws_client_factory(settings):
     return make
 
 
-def http_session():
-    """A requests session, for what needs one: google-auth's transport (the GCP method).
-    The broker's own calls (STS, Vault) go through chalicelib/http_pool.py instead."""
-    import requests
-
-    session = requests.Session()
-    session.trust_env = False  # no proxies or .netrc from the environment on the proof path
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=20, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
-
-
 def enabled_methods(settings):
     """The registry's methods whose settings are given (GCP needs BROKER_GCP_AUDIENCE)."""
     from .methods import REGISTRY
@@ -88,15 +75,14 @@ class Runtime:
       pooled connections and the Vault sessions the snapshot holds.
     """
 
-    def __init__(self, service, *, settings, minter, revoker, rules, clients, pools, http_sessions):
+    def __init__(self, service, *, settings, minter, revoker, rules, clients, pools):
         self.service = service
         self._settings = settings
         self._minter = minter
         self._revoker = revoker
         self._rules = rules
         self._clients = clients  # weak: a reader role's clients go when its credentials are renewed
-        self._pools = pools  # the broker's own HTTP pools: STS, Vault
-        self._http_sessions = http_sessions  # requests sessions: the GCP method's, when it is enabled
+        self._pools = pools  # the broker's own HTTP pools: STS, Vault, Google's certificates
 
     def warm_up(self, log_in=True):
         """Build what the first request would. Errors of the network parts (the Vault login)
@@ -122,9 +108,7 @@ class Runtime:
         """What no two restored copies of a snapshot may share, and what may have expired."""
         for client in list(self._clients):
             client.close()  # botocore: the endpoint's connection pools; the client stays usable
-        self._pools.close()  # STS and Vault: new connections on the next call
-        for session in self._http_sessions:
-            session.close()  # requests: the adapters' pools; new connections on the next call
+        self._pools.close()  # STS, Vault, Google's certificates: new connections on the next call
         self._minter.forget_token()
         if self._revoker is not None:
             self._revoker.forget_token()
@@ -150,23 +134,16 @@ def build_runtime(settings):
     from .rules_source import LiveRules, RulesSource
 
     make_client = aws_client_factory(settings)
-    clients, sessions = weakref.WeakSet(), []
-    pools = Pools()  # the broker's own calls: the STS forward, Vault (minter and revoker)
+    clients = weakref.WeakSet()
+    # The broker's own HTTP calls: the STS forward, Vault (minter and revoker), Google's
+    # certificates. Not requests: an AWS-only broker never imports it (google-auth's
+    # Compute API session, chalicelib/methods/gcp/facts.py, still does, on first use).
+    pools = Pools()
 
     def make(service, region=None, **credentials):
         client = make_client(service, region, **credentials)
         clients.add(client)  # for Runtime.after_restore
         return client
-
-    def new_http_session():
-        session = http_session()
-        sessions.append(session)
-        return session
-
-    def http_for(name):
-        """What the method's `build` takes: the pools, or (HTTP_CLIENT = "requests": google-auth
-        needs one) a requests session, made only when the method is built."""
-        return new_http_session() if getattr(package(name), "HTTP_CLIENT", "pools") == "requests" else pools
 
     dynamodb = make("dynamodb")
     secrets = make("secretsmanager")
@@ -184,7 +161,7 @@ def build_runtime(settings):
 
     names = enabled_methods(settings)
     live = {}
-    methods = {name: _once(lambda name=name: package(name).build(settings, make, http_for(name),
+    methods = {name: _once(lambda name=name: package(name).build(settings, make, pools,
                                                                  lambda: live["rules"]))
                for name in names}
     # The AWS method is built now: every version of the rules is checked against the
@@ -228,7 +205,7 @@ def build_runtime(settings):
                             frame=frame, logger=logger, rate_limits=stores.rate_limits,
                             quarantine=stores.quarantine, security=security)
     return Runtime(service, settings=settings, minter=minter, revoker=revoker, rules=rules,
-                   clients=clients, pools=pools, http_sessions=sessions)
+                   clients=clients, pools=pools)
 
 
 class Stores:

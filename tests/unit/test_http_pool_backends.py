@@ -443,3 +443,34 @@ def test_sts_unreachable():
         sts_verifier(closed_port_url()).ask_sts(sts_proof())
     assert caught.value.message == "STS could not be reached"
     assert caught.value.detail.startswith("STS request failed: ")
+
+
+# ---- Google's certificates (the GCP method) ---------------------------------------------------
+
+
+def google_certs(url):
+    from chalicelib.methods.gcp.proof import GoogleCerts
+
+    return GoogleCerts(Pools(), url + "/oauth2/v1/certs")
+
+
+def test_google_certs_redirects_are_not_followed_and_answers_are_bounded():
+    with ScriptedServer() as elsewhere, ScriptedServer() as google:
+        elsewhere.on("GET", "/oauth2/v1/certs", (200, {}))
+        google.on("GET", "/oauth2/v1/certs", (302, b"", {"Location": elsewhere.url + "/oauth2/v1/certs"}))
+        with pytest.raises(Unavailable) as caught:
+            google_certs(google.url).key("k1")
+        assert caught.value.detail == "certs endpoint answered HTTP 302"
+        assert elsewhere.seen == []
+        google.on("GET", "/oauth2/v1/certs", (200, b'{"k1": "' + b"A" * (300 * 1024) + b'"}'))
+        with pytest.raises(Unavailable, match="could not be fetched"):
+            google_certs(google.url).key("k1")
+        google.on("GET", "/oauth2/v1/certs", (200, b"not json"))
+        with pytest.raises(Unavailable, match="unreadable"):
+            google_certs(google.url).key("k1")
+
+
+def test_google_certs_unreachable():
+    with pytest.raises(Unavailable) as caught:
+        google_certs(closed_port_url()).key("k1")
+    assert caught.value.detail.startswith("certs fetch failed: ")

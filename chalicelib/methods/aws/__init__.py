@@ -20,11 +20,9 @@ PROOF_FIELDS = ("iam_http_request_method", "iam_request_url", "iam_request_body"
 # Does the proof itself vouch for the machine it claims? No: whoever assumes a role names
 # the session, so an instance or task ID there is a claim until the facts step checks it.
 CLAIMS_SIGNED = False
-# `build` takes the broker's HTTP pools (chalicelib/http_pool.py) for the STS round trip.
-HTTP_CLIENT = "pools"
 
 
-def build(settings, make_aws_client, http, rules):
+def build(settings, make_aws_client, pools, rules):
     """The method, from the broker's Settings; its readers from BROKER_ACCOUNT_READERS.
     `rules()` is the rules in force (they may change without a redeploy)."""
     from ..base import ProofMethod
@@ -39,7 +37,7 @@ def build(settings, make_aws_client, http, rules):
                             task_clusters=lambda: conditions.literal_clusters(
                                 [r.conditions for r in rules().rules_of(NAME)]),
                             cache_seconds=own.fact_cache_seconds)
-    return ProofMethod(NAME, parse_aws_login, AwsProofVerifier(own, http), reader, readers=readers)
+    return ProofMethod(NAME, parse_aws_login, AwsProofVerifier(own, pools), reader, readers=readers)
 
 
 def check_rules(rules, readable_accounts):

@@ -13,18 +13,16 @@ PROOF_FIELDS = ("jwt",)
 # Does the proof itself vouch for the machine it claims? Yes: Google signs a GCE
 # instance token's google.compute_engine claims.
 CLAIMS_SIGNED = True
-# `build` takes a requests session (google-auth's transport needs one), not the broker's pools.
-HTTP_CLIENT = "requests"
 
 
-def build(settings, make_aws_client, http_session, rules):
+def build(settings, make_aws_client, pools, rules):
     # Built on the first GCP request: AWS-only traffic never imports the Google libraries.
     from ..base import ProofMethod
     from .facts import ComputeSession, GcpFactsReader
     from .proof import GcpProofVerifier, GoogleCerts, parse_gcp_login
 
     own = settings.gcp
-    verifier = GcpProofVerifier(own, GoogleCerts(http_session, own.certs_url))
+    verifier = GcpProofVerifier(own, GoogleCerts(pools, own.certs_url))
     return ProofMethod(NAME, parse_gcp_login, verifier, GcpFactsReader(ComputeSession(), own.compute_url))
 
 
