@@ -71,17 +71,6 @@ def botocore_client_factory(settings):
     return make
 
 
-def http_session():
-    import requests
-
-    session = requests.Session()
-    session.trust_env = False  # no proxies or .netrc from the environment on the proof path
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=20, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
-
-
 def enabled_methods(settings):
     """The registry's methods whose settings are given (GCP needs BROKER_GCP_AUDIENCE)."""
     from .methods import REGISTRY
@@ -117,14 +106,14 @@ class Runtime:
       pooled connections and the Vault sessions the snapshot holds.
     """
 
-    def __init__(self, service, *, settings, minter, revoker, rules, clients, http_sessions):
+    def __init__(self, service, *, settings, minter, revoker, rules, clients, pools):
         self.service = service
         self._settings = settings
         self._minter = minter
         self._revoker = revoker
         self._rules = rules
         self._clients = clients  # weak: a reader role's clients go when its credentials are renewed
-        self._http_sessions = http_sessions
+        self._pools = pools  # the broker's own HTTP pools: STS, Vault, Google's certificates
 
     def warm_up(self, log_in=True):
         """Build what the first request would. Errors of the network parts (the Vault login)
@@ -150,8 +139,7 @@ class Runtime:
         """What no two restored copies of a snapshot may share, and what may have expired."""
         for client in list(self._clients):
             client.close()  # botocore: the endpoint's connection pools; the client stays usable
-        for session in self._http_sessions:
-            session.close()  # requests: the adapters' pools; new connections on the next call
+        self._pools.close()  # STS, Vault, Google's certificates: new connections on the next call
         self._minter.forget_token()
         if self._revoker is not None:
             self._revoker.forget_token()
@@ -169,6 +157,7 @@ def build_runtime(settings):
 
     from .admission import Admission
     from .audit import AuditStore
+    from .http_pool import Pools
     from .methods import package
     from .minter import VaultMinter
     from .pipeline.frame import AuditedRequests
@@ -176,17 +165,16 @@ def build_runtime(settings):
     from .rules_source import LiveRules, RulesSource
 
     make_client = aws_client_factory(settings)
-    clients, sessions = weakref.WeakSet(), []
+    clients = weakref.WeakSet()
+    # The broker's own HTTP calls: the STS forward, Vault (minter and revoker), Google's
+    # certificates. Not requests: an AWS-only broker never imports it (google-auth's
+    # Compute API session, chalicelib/methods/gcp/facts.py, still does, on first use).
+    pools = Pools()
 
     def make(service, region=None, **credentials):
         client = make_client(service, region, **credentials)
         clients.add(client)  # for Runtime.after_restore
         return client
-
-    def new_http_session():
-        session = http_session()
-        sessions.append(session)
-        return session
 
     dynamodb = make("dynamodb")
     secrets = make("secretsmanager")
@@ -204,7 +192,7 @@ def build_runtime(settings):
 
     names = enabled_methods(settings)
     live = {}
-    methods = {name: _once(lambda name=name: package(name).build(settings, make, new_http_session(),
+    methods = {name: _once(lambda name=name: package(name).build(settings, make, pools,
                                                                  lambda: live["rules"]))
                for name in names}
     # The AWS method is built now: every version of the rules is checked against the
@@ -225,7 +213,7 @@ def build_runtime(settings):
     frame = AuditedRequests(audit_store, logger)
     admission = Admission(dynamodb, settings.replay_table, settings.quarantine_table,
                           shared_key_max_age=settings.shared_quarantine_read_seconds)
-    minter = VaultMinter(settings, new_http_session(), secret_fetcher(settings.vault_secret_id_secret, "broker's"))
+    minter = VaultMinter(settings, pools, secret_fetcher(settings.vault_secret_id_secret, "broker's"))
 
     def method(name):
         from .errors import InvalidRequest
@@ -241,14 +229,14 @@ def build_runtime(settings):
         revoker = VaultRevoker(addr=settings.vault_addr, mount=settings.vault_approle_mount,
                                role_id=settings.revoker_role_id,
                                fetch_secret_id=secret_fetcher(settings.revoker_secret_id_secret, "revoking identity's"),
-                               http_session=new_http_session(), timeout=settings.vault_timeout)
+                               pools=pools, timeout=settings.vault_timeout)
     security = build_security(settings, rules, frame=frame, audit=audit_store, method=method, admission=admission,
                               minter=minter, stores=stores, dynamodb=dynamodb, revoker=revoker)
     service = BrokerService(settings=settings, rules=rules, methods=methods, admission=admission, minter=minter,
                             frame=frame, logger=logger, rate_limits=stores.rate_limits,
                             quarantine=stores.quarantine, security=security)
     return Runtime(service, settings=settings, minter=minter, revoker=revoker, rules=rules,
-                   clients=clients, http_sessions=sessions)
+                   clients=clients, pools=pools)
 
 
 class Stores:

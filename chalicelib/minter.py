@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from .concurrency import settle
 from .errors import Unavailable
+from .http_pool import HttpError
+from .vault_http import VaultHttp, errors_of
 
 # Log in again when less than this share of the token's lifetime is left.
 TOKEN_REFRESH_FRACTION = 0.2
@@ -39,20 +41,27 @@ class Issued:
     secret_id_accessor: str | None
 
 
-class VaultMinter:
-    def __init__(self, settings, http_session, fetch_secret_id, clock=time.monotonic):
-        import hvac  # imported here so that importing the module stays cheap
+# The names hvac gave Vault's error statuses (its exception classes): the audit details
+# of "Vault failed" keep them, as they read before the broker called Vault directly.
+_STATUS_NAMES = {400: "InvalidRequest", 401: "Unauthorized", 403: "Forbidden", 404: "InvalidPath",
+                 429: "RateLimitExceeded", 500: "InternalServerError", 501: "VaultNotInitialized",
+                 502: "BadGateway", 503: "VaultDown"}
 
-        self._hvac = hvac
-        self._addr = settings.vault_addr
+
+class _LoginRefused(Exception):
+    """A 400 at login: the secret ID may have been rotated (never carries the secret ID)."""
+
+
+class VaultMinter:
+    def __init__(self, settings, pools, fetch_secret_id, clock=time.monotonic):
+        """`pools`: the broker's HTTP pools (chalicelib/http_pool.py)."""
+        self._vault = VaultHttp(pools, settings.vault_addr, settings.vault_timeout)
         self._mount = settings.vault_approle_mount
         self._role_id = settings.vault_role_id
-        self._timeout = settings.vault_timeout
-        self._http = http_session
         self._fetch_secret_id = fetch_secret_id
         self._clock = clock
         self._lock = threading.Lock()
-        self._client = hvac.Client(url=self._addr, timeout=self._timeout, session=http_session)
+        self._token = None
         self._token_good_until = 0.0
         self._secret_id = None
 
@@ -60,17 +69,21 @@ class VaultMinter:
 
     def _ensure_token(self, force=False):
         with self._lock:
-            if not force and self._client.token and self._clock() < self._token_good_until:
+            if not force and self._token and self._clock() < self._token_good_until:
                 return
             if self._secret_id is None:
                 self._secret_id = self._fetch_secret_id()
             try:
                 auth = self._login()
-            except self._hvac.exceptions.InvalidRequest:
+            except _LoginRefused:
                 # The secret ID may have been rotated: fetch it again, once.
                 self._secret_id = self._fetch_secret_id()
-                auth = self._login()
-            self._client.token = auth["client_token"]
+                try:
+                    auth = self._login()
+                except _LoginRefused as e:
+                    raise Unavailable("Vault refused the request", backend="vault",
+                                      detail=f"Vault refused to log in: {e}") from None
+            self._token = auth["client_token"]
             lease = int(auth.get("lease_duration") or 0)
             self._token_good_until = self._clock() + max(lease * (1 - TOKEN_REFRESH_FRACTION), 1) if lease else float("inf")
 
@@ -86,39 +99,48 @@ class VaultMinter:
             self._token_good_until = 0.0
 
     def _login(self):
-        # use_token=False: other threads keep using the old token until the new one is set.
-        response = self._vault_call(
-            "log in", self._client.auth.approle.login,
-            role_id=self._role_id, secret_id=self._secret_id, mount_point=self._mount, use_token=False,
-            retry_on_forbidden=False, invalid_request_passes=True,
-        )
-        return response["auth"]
+        # Without our token: other threads keep using the old one until the new one is set.
+        doc = self._vault_call("log in", "POST", f"auth/{self._mount}/login",
+                               body={"role_id": self._role_id, "secret_id": self._secret_id},
+                               authenticated=False, retry_on_forbidden=False, invalid_request_passes=True)
+        auth = (doc or {}).get("auth")
+        if not isinstance(auth, dict) or not isinstance(auth.get("client_token"), str) or not auth["client_token"]:
+            raise Unavailable("Vault failed", backend="vault",
+                              detail="Vault failed to log in: its answer holds no client token")
+        return auth
 
-    def _vault_call(self, what, fn, *args, retry_on_forbidden=True, invalid_request_passes=False, **kwargs):
-        """Run one Vault call; Vault being sealed, down or refusing becomes Unavailable."""
-        exc = self._hvac.exceptions
+    def _vault_call(self, what, method, path, *, body=None, wrap_ttl=None, authenticated=True,
+                    retry_on_forbidden=True, invalid_request_passes=False, missing_is_none=False):
+        """One Vault call: the JSON document of a 200 (None for any other success); Vault
+        being sealed, down or refusing becomes Unavailable. With `missing_is_none`, a 404 is
+        None too (as hvac's `read` had it)."""
         for attempt in (1, 2):
-            try:
-                return fn(*args, **kwargs)
-            except exc.Forbidden:
+            status, doc = self._vault.call(method, path, what=what, body=body, wrap_ttl=wrap_ttl,
+                                           token=self._token if authenticated else None)
+            if status < 300:
+                return doc if status == 200 else None
+            if status == 403:
                 if retry_on_forbidden and attempt == 1:
                     self._ensure_token(force=True)  # our token may have been revoked or expired
                     continue
                 raise Unavailable("Vault refused the broker", backend="vault",
-                                  detail=f"Vault refused to {what}: permission denied (check the broker's Vault policy)") from None
-            except exc.InvalidRequest as e:
+                                  detail=f"Vault refused to {what}: permission denied (check the broker's Vault policy)")
+            if status == 400:
                 if invalid_request_passes:
-                    raise
+                    raise _LoginRefused(_first_error(doc))
                 raise Unavailable("Vault refused the request", backend="vault",
-                                  detail=f"Vault refused to {what}: {_first_error(e)}") from None
-            except exc.VaultDown:
-                raise Unavailable("Vault is sealed", backend="vault", detail=f"Vault is sealed ({what})") from None
-            except exc.VaultError as e:
-                raise Unavailable("Vault failed", backend="vault",
-                                  detail=f"Vault failed to {what}: {type(e).__name__} {_first_error(e)}") from None
-            except Exception as e:  # requests' connection errors and timeouts
-                raise Unavailable("Vault could not be reached", backend="vault",
-                                  detail=f"Vault unreachable ({what}): {type(e).__name__}") from None
+                                  detail=f"Vault refused to {what}: {_first_error(doc)}")
+            if status == 503:
+                raise Unavailable("Vault is sealed", backend="vault", detail=f"Vault is sealed ({what})")
+            if status == 404 and missing_is_none:
+                return None
+            if status < 400:  # no redirect is followed (chalicelib/vault_http.py)
+                raise Unavailable("Vault redirected the request", backend="vault",
+                                  detail=f"Vault answered {what} with HTTP {status} (a redirect, not followed)")
+            raise Unavailable("Vault failed", backend="vault",
+                              detail=f"Vault failed to {what}: {_STATUS_NAMES.get(status, 'UnexpectedError')} "
+                                     f"{_first_error(doc)}")
+        raise AssertionError("unreachable")
 
     # ---- issuance ----------------------------------------------------------
 
@@ -140,13 +162,14 @@ class VaultMinter:
             payload["cidr_list"] = [f"{source_ip}/32" if ":" not in source_ip else f"{source_ip}/128"]
 
         def secret_id():
-            response = self._vault_call("create a secret ID", self._client.write_data,
-                                        f"{role_path}/secret-id", data=payload, wrap_ttl=wrap_ttl)
+            response = self._vault_call("create a secret ID", "POST", f"{role_path}/secret-id",
+                                        body=payload, wrap_ttl=wrap_ttl)
             wrap = _wrap(response, f"{role_path}/secret-id")
             return wrap, (response.get("wrap_info") or {}).get("wrapped_accessor") or None
 
         def role_id():
-            response = self._vault_call("read the role ID", self._client.read, f"{role_path}/role-id", wrap_ttl=wrap_ttl)
+            response = self._vault_call("read the role ID", "GET", f"{role_path}/role-id", wrap_ttl=wrap_ttl,
+                                        missing_is_none=True)
             return _wrap(response, f"{role_path}/role-id")
 
         # Both at once; if one fails, the other's result is taken back before the error goes up.
@@ -184,18 +207,17 @@ class VaultMinter:
     def consume_wrapping_token(self, token):
         """Unwrap a wrapping token and drop what it held; True if it is spent now."""
         try:
-            r = self._http.post(f"{self._addr}/v1/sys/wrapping/unwrap", headers={"X-Vault-Token": token},
-                                timeout=self._timeout)
-            return r.status_code in (200, 204, 400)  # 400: already used or expired
-        except Exception:
+            status, _, _ = self._vault.answer("POST", "sys/wrapping/unwrap", token=token)
+            return status in (200, 204, 400)  # 400: already used or expired
+        except Exception:  # HttpError: no answer; the token may still be live
             return False
 
     def destroy_secret_id(self, role, accessor):
         try:
             self._ensure_token()
-            self._vault_call("destroy a secret ID", self._client.write_data,
+            self._vault_call("destroy a secret ID", "POST",
                              f"auth/{self._mount}/role/{role}/secret-id-accessor/destroy",
-                             data={"secret_id_accessor": accessor})
+                             body={"secret_id_accessor": accessor})
             return True
         except Unavailable:
             return False
@@ -205,9 +227,9 @@ class VaultMinter:
         no longer knows it: used up, expired or destroyed before) or "failed: why"."""
         try:
             self._ensure_token()
-            self._vault_call("destroy a secret ID", self._client.write_data,
+            self._vault_call("destroy a secret ID", "POST",
                              f"auth/{self._mount}/role/{role}/secret-id-accessor/destroy",
-                             data={"secret_id_accessor": accessor})
+                             body={"secret_id_accessor": accessor})
             return "destroyed"
         except Unavailable as e:
             if "failed to find accessor entry" in (e.detail or ""):
@@ -219,8 +241,8 @@ class VaultMinter:
         (sys/audit-hash), for finding an issuance in Vault's audit log. Best effort:
         what fails is left out, nothing is raised."""
         def one(value):
-            return self._vault_call("hash for the audit log", self._client.write_data,
-                                    f"sys/audit-hash/{audit_path}", data={"input": value})["data"]["hash"]
+            return self._vault_call("hash for the audit log", "POST", f"sys/audit-hash/{audit_path}",
+                                    body={"input": value})["data"]["hash"]
 
         named = [(name, value) for name, value in values.items() if value]
         if not named:
@@ -236,13 +258,12 @@ class VaultMinter:
     def health(self):
         """None when Vault is reachable, initialised and unsealed; else what is wrong."""
         try:
-            r = self._http.get(f"{self._addr}/v1/sys/health", params={"standbyok": "true", "perfstandbyok": "true"},
-                               timeout=self._timeout)
-        except Exception as e:
-            return f"unreachable ({type(e).__name__})"
-        if r.status_code in (200, 429, 473):
+            status, _, _ = self._vault.answer("GET", "sys/health?standbyok=true&perfstandbyok=true")
+        except HttpError as e:
+            return f"unreachable ({e.kind})"
+        if status in (200, 429, 473):
             return None
-        return {503: "sealed", 501: "not initialised"}.get(r.status_code, f"HTTP {r.status_code}")
+        return {503: "sealed", 501: "not initialised"}.get(status, f"HTTP {status}")
 
 
 def _wrap(response, expected_path):
@@ -257,6 +278,7 @@ def _wrap(response, expected_path):
                 info.get("creation_time", ""), info["creation_path"])
 
 
-def _first_error(e):
-    errors = getattr(e, "errors", None) or []
-    return str(errors[0])[:200] if errors else ""
+def _first_error(doc):
+    """Vault's first error message (truncated): what it refused, never a token or secret ID."""
+    errors = errors_of(doc)
+    return errors[0][:200] if errors else ""

@@ -21,10 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .errors import Unavailable
+from .vault_http import MAX_ANSWER_BYTES, VaultHttp
 
 TOKEN_REFRESH_FRACTION = 0.2
 SCAN_WORKERS = 16
 SCAN_CHUNK = 256  # lookups between two looks at the deadline
+# The token accessor list grows with the live tokens (~30 bytes each: 2 MB at 75,000).
+MAX_LIST_BYTES = 64 << 20
 
 
 @dataclass
@@ -36,13 +39,12 @@ class Scan:
 
 
 class VaultRevoker:
-    def __init__(self, *, addr, mount, role_id, fetch_secret_id, http_session, timeout, clock=time.monotonic):
-        self._addr = addr
+    def __init__(self, *, addr, mount, role_id, fetch_secret_id, pools, timeout, clock=time.monotonic):
+        """`pools`: the broker's HTTP pools (chalicelib/http_pool.py)."""
+        self._vault = VaultHttp(pools, addr, timeout)
         self._mount = mount
         self._role_id = role_id
         self._fetch_secret_id = fetch_secret_id
-        self._http = http_session
-        self._timeout = timeout
         self._clock = clock
         self._lock = threading.Lock()
         self._token = None
@@ -69,27 +71,19 @@ class VaultRevoker:
                 self._secret_id = self._fetch_secret_id()
                 status, doc = self._post(f"auth/{self._mount}/login",
                                          {"role_id": self._role_id, "secret_id": self._secret_id}, token=None)
-            if status != 200 or not (doc or {}).get("auth"):
+            auth = (doc or {}).get("auth")
+            if status != 200 or not isinstance(auth, dict) or not isinstance(auth.get("client_token"), str):
                 raise Unavailable("Vault refused the revoking identity", backend="vault",
                                   detail=f"revoker login: HTTP {status} {_errors(doc)}")
-            auth = doc["auth"]
             self._token = auth["client_token"]
             lease = int(auth.get("lease_duration") or 0)
             self._good_until = self._clock() + max(lease * (1 - TOKEN_REFRESH_FRACTION), 1) if lease else float("inf")
             return self._token
 
     def _request(self, method, path, body=None, token=None):
-        try:
-            r = self._http.request(method, f"{self._addr}/v1/{path}", json=body, timeout=self._timeout,
-                                   headers={"X-Vault-Token": token} if token else {})
-        except Exception as e:  # connection errors, timeouts
-            raise Unavailable("Vault could not be reached", backend="vault",
-                              detail=f"Vault unreachable ({path}): {type(e).__name__}") from None
-        try:
-            doc = r.json() if r.content else None
-        except ValueError:
-            doc = None
-        return r.status_code, doc
+        """(status, JSON document or None); no answer (or an oversized one) is Unavailable."""
+        max_bytes = MAX_LIST_BYTES if path.startswith("auth/token/accessors") else MAX_ANSWER_BYTES
+        return self._vault.call(method, path, what=path, body=body, token=token, max_bytes=max_bytes)
 
     def _post(self, path, body, token=None):
         return self._request("POST", path, body, token)

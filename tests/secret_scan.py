@@ -13,8 +13,8 @@ Secrets come from:
   the SigV4 signature, the session token and the base64 header map of AWS proofs,
   GCP ID tokens and their signatures;
 - every answer the test process reads over HTTP (hvac, requests, schemathesis, the
-  in-process broker's own Vault calls): wrapping tokens, secret IDs, role IDs,
-  Vault tokens (the broker's included), Google access tokens;
+  in-process broker's own Vault calls through chalicelib/http_pool.py): wrapping tokens,
+  secret IDs, role IDs, Vault tokens (the broker's included), Google access tokens;
 - ``register_secret(value, label)`` for anything else.
 
 What is searched:
@@ -291,6 +291,7 @@ def _install():
         return response
 
     requests.Session.send = send
+    _install_pools()
 
     original_request = chalice_test.TestHTTPClient.request
 
@@ -314,6 +315,34 @@ def _install():
     jsonlog.JsonFormatter.format = format
 
     _install_devstack()
+
+
+def _install_pools():
+    """The in-process broker's own calls (chalicelib/http_pool.py: Vault, the STS forward):
+    the tokens it sends, the secret IDs in what it sends and in Vault's JSON answers."""
+    from chalicelib import http_pool
+
+    original_request = http_pool.Pools.request
+
+    def request(self, method, url, *, body=None, headers=None, **kwargs):
+        path = "/" + url.split("://", 1)[-1].split("/", 1)[-1].split("?", 1)[0]
+        try:
+            token = (headers or {}).get("X-Vault-Token")
+            if token:
+                SCANNER.register(token, "a Vault token the in-process broker sent")
+            if body and b"secret_id" in body:
+                SCANNER.register_json(json.loads(body), f"sent to {path} by the in-process broker")
+        except Exception:  # the scanner never breaks a request
+            pass
+        answer = original_request(self, method, url, body=body, headers=headers, **kwargs)
+        try:
+            if (answer.headers.get("Content-Type") or "").startswith("application/json") and answer.data:
+                SCANNER.register_json(json.loads(answer.data), f"answered by {path} (in-process broker)")
+        except Exception:
+            pass
+        return answer
+
+    http_pool.Pools.request = request
 
 
 def _install_devstack():

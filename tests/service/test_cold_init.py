@@ -184,17 +184,13 @@ def test_backend_down_at_init_is_retried_by_the_first_request(stack, proxies):
 
 
 def _open_pools(runtime):
-    """Connection pools holding sockets: the AWS clients' (every client made) and the requests sessions'."""
-    botocore = sum(_client_pools(c) for c in runtime._clients)
-    sessions = sum(len(a.poolmanager.pools) for s in runtime._http_sessions for a in s.adapters.values())
-    return botocore, sessions
-
-
-def _client_pools(client):
-    if hasattr(client, "_endpoint"):  # a botocore client
-        return len(client._endpoint.http_session._manager.pools)
-    manager = client._pools._manager  # a lean client (chalicelib/lean_aws/): the broker's urllib3 pools
-    return len(manager.pools) if manager is not None else 0
+    """Connections kept alive, by kind: the broker's own (chalicelib/http_pool.py: the lean AWS
+    clients, STS, Vault, Google's certificates) and botocore's (its clients, if any is made)."""
+    counts = {"own": sum(len(idle) for idle in runtime._pools._idle.values())}
+    botocore = [c for c in runtime._clients if hasattr(c, "_endpoint")]
+    if botocore:
+        counts["botocore"] = sum(len(c._endpoint.http_session._manager.pools) for c in botocore)
+    return counts
 
 
 def test_after_restore_drops_connections_and_the_vault_session_and_the_next_issuance_works(stack, proxies):
@@ -216,13 +212,47 @@ def _serve_restore_and_serve_again(stack, proxies, runtime):
     assert runtime.warm_up() == {}
     context = {"source_ip": "10.0.0.1", "api_request_id": "restore-test"}
     assert runtime.service.issue("aws", json.dumps(_fresh_login(stack)).encode(), **context)["role"] == "web"
-    botocore_pools, session_pools = _open_pools(runtime)
-    assert botocore_pools > 0 and session_pools > 0
+    assert all(n > 0 for n in _open_pools(runtime).values())
 
     runtime.after_restore()
-    assert _open_pools(runtime) == (0, 0)
+    assert set(_open_pools(runtime).values()) == {0}
     proxies.reset()
     assert runtime.service.issue("aws", json.dumps(_fresh_login(stack)).encode(), **context)["role"] == "web"
     assert _vault_logins(proxies.counts()) == 1  # the snapshot's token is not used again
     assert _secret_reads(proxies.counts()) == 0  # the secret ID itself is kept (it does not expire)
-    assert all(n > 0 for n in _open_pools(runtime))
+    assert all(n > 0 for n in _open_pools(runtime).values())
+
+
+# A fresh process with the Lambda runtime's variables: init builds the runtime (warm-up,
+# every enabled method, the Vault login), one AWS issuance runs; then which HTTP libraries
+# it has imported.
+IMPORTS_CHILD = r"""
+import json, sys
+import app
+from chalice.test import Client
+r = Client(app.app, stage_name="local").http.post("/v1/credentials/aws", body=sys.stdin.read(),
+                                                  headers={"Content-Type": "application/json"})
+print("CHILD " + json.dumps({"built": app._service is not None, "status": r.status_code,
+                             "methods": app._service.method_names if app._service else None,
+                             "modules": sorted(m for m in ("hvac", "requests", "urllib3", "botocore", "google.auth")
+                                               if m in sys.modules)}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("gcp", [False, True], ids=["aws-only", "gcp-enabled"])
+def test_an_aws_issuance_never_imports_an_http_library(stack, gcp):
+    """Issue 14: importing botocore, requests and hvac was most of a cold start. The broker's
+    own calls (AWS through chalicelib/lean_aws/, STS, Vault, Google's certificates) go through
+    chalicelib/http_pool.py on the standard library's sockets; requests comes only with
+    google-auth's Compute API session, on the first GCP facts read, and botocore only for a
+    remote rules source or BROKER_AWS_CLIENTS=botocore."""
+    env = {k: v for k, v in stack.broker_env().items()
+           if gcp or not (k.startswith("BROKER_GCP_") or k == "GOOGLE_APPLICATION_CREDENTIALS")}
+    proc = subprocess.run([sys.executable, "-c", IMPORTS_CHILD], cwd=PROJECT, env=_env({**env, **LAMBDA_RUNTIME}),
+                          input=json.dumps(_fresh_login(stack)), capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("CHILD ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("CHILD "):])
+    assert result["built"] and result["status"] == 200, proc.stdout[-3000:]
+    assert ("gcp" in result["methods"]) is gcp
+    assert result["modules"] == []

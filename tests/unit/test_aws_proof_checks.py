@@ -20,7 +20,7 @@ CREDS = {"access_key_id": "ASIAEXAMPLEEXAMPLE12", "secret_access_key": "not-a-re
 class NoNetwork:
     """The offline checks must not touch the network; any call here fails the test."""
 
-    def post(self, *a, **k):
+    def request(self, *a, **k):
         raise AssertionError("the verifier sent a request during offline checks")
 
 

@@ -44,7 +44,7 @@ def b64(data: bytes | str) -> str:
 
 
 class NoNetwork:
-    def post(self, *a, **k):
+    def request(self, *a, **k):
         raise AssertionError("the offline checks sent a request")
 
 
@@ -410,35 +410,24 @@ def test_a_huge_document_is_read_at_most_to_the_cap():
     assert session.read_sizes == [MAX_RESPONSE_BYTES + 1]
 
 
-class FakeRaw:
-    def __init__(self, body, sizes):
-        self.body, self.sizes = body, sizes
-
-    def read(self, n, decode_content=True):
-        self.sizes.append(n)
-        return self.body[:n]
-
-
-class FakeResponse:
-    def __init__(self, status, body, sizes):
-        self.status_code = status
-        self.raw = FakeRaw(body, sizes)
-
-    def close(self):
-        pass
-
-
 class FakeSts:
+    """chalicelib.http_pool.Pools' contract (its real behaviour against a real server:
+    tests/unit/test_http_pool_backends.py): an Answer with at most max_bytes + 1 bytes of
+    the body, or HttpError when no answer came; never a redirect followed."""
+
     def __init__(self, status, body, error=None):
         self.status, self.body, self.error = status, body, error
         self.read_sizes = []
         self.sent = []
 
-    def post(self, url, **kwargs):
-        self.sent.append((url, kwargs))
+    def request(self, method, url, **kwargs):
+        from chalicelib.http_pool import Answer, HttpError
+
+        self.sent.append((method, url, kwargs))
         if self.error:
-            raise self.error
-        return FakeResponse(self.status, self.body, self.read_sizes)
+            raise HttpError(type(self.error).__name__)
+        self.read_sizes.append(kwargs["max_bytes"] + 1)
+        return Answer(self.status, {}, self.body[:kwargs["max_bytes"] + 1])
 
 
 error_codes = st.sampled_from(sorted(aws_proof._PROOF_ERRORS) + ["Throttling", "InternalFailure", "", "<>"])
@@ -460,6 +449,7 @@ def test_any_sts_answer_is_an_identity_a_refusal_or_unavailable(status, body, er
     except Unavailable:
         return
     assert status == 200 and error is None and isinstance(got, CallerIdentity)
-    # the request went to the configured STS, never anywhere else, and redirects are not followed
-    url, kwargs = session.sent[0]
-    assert url == "https://sts.amazonaws.com/" and kwargs["allow_redirects"] is False
+    # the request went to the configured STS, never anywhere else, with a bounded read
+    # (the pools follow no redirect: tests/unit/test_http_pool_backends.py)
+    method, url, kwargs = session.sent[0]
+    assert (method, url, kwargs["max_bytes"]) == ("POST", "https://sts.amazonaws.com/", MAX_RESPONSE_BYTES)

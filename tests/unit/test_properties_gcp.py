@@ -178,31 +178,20 @@ def test_signed_tokens_with_random_bytes_as_header_or_claims_are_refused(raw_hea
 # ---- Google's certificates ----------------------------------------------------------------------
 
 
-class FakeRaw:
-    def __init__(self, body):
-        self.body = body
-
-    def read(self, n, decode_content=True):
-        return self.body[:n]
-
-
-class FakeResponse:
-    def __init__(self, status, body, cache_control):
-        self.status_code = status
-        self.raw = FakeRaw(body)
-        self.headers = {"Cache-Control": cache_control} if cache_control is not None else {}
-
-    def close(self):
-        pass
-
-
 class FakeGoogle:
+    """chalicelib.http_pool.Pools' contract: an Answer with at most max_bytes + 1 bytes of the
+    body (the pools follow no redirect; the real certs endpoint: tests/unit/test_gcp_proof.py)."""
+
     def __init__(self, status, body, cache_control):
         self.answer = (status, body, cache_control)
 
-    def get(self, url, **kwargs):
-        assert kwargs.get("allow_redirects") is False
-        return FakeResponse(*self.answer)
+    def request(self, method, url, **kwargs):
+        from chalicelib.http_pool import Answer
+
+        assert method == "GET"
+        status, body, cache_control = self.answer
+        headers = {"Cache-Control": cache_control} if cache_control is not None else {}
+        return Answer(status, headers, body[:kwargs["max_bytes"] + 1])
 
 
 cert_docs = st.one_of(

@@ -22,7 +22,7 @@ PROOF_FIELDS = ("iam_http_request_method", "iam_request_url", "iam_request_body"
 CLAIMS_SIGNED = False
 
 
-def build(settings, make_aws_client, http_session, rules):
+def build(settings, make_aws_client, pools, rules):
     """The method, from the broker's Settings; its readers from BROKER_ACCOUNT_READERS.
     `rules()` is the rules in force (they may change without a redeploy)."""
     from ..base import ProofMethod
@@ -37,7 +37,7 @@ def build(settings, make_aws_client, http_session, rules):
                             task_clusters=lambda: conditions.literal_clusters(
                                 [r.conditions for r in rules().rules_of(NAME)]),
                             cache_seconds=own.fact_cache_seconds)
-    return ProofMethod(NAME, parse_aws_login, AwsProofVerifier(own, http_session), reader, readers=readers)
+    return ProofMethod(NAME, parse_aws_login, AwsProofVerifier(own, pools), reader, readers=readers)
 
 
 def check_rules(rules, readable_accounts):

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from ...errors import InvalidProof, Unavailable
+from ...http_pool import HttpError
 from ..base import Entity, VerifiedCaller
 from .arn import parse_principal_arn
 
@@ -59,13 +60,14 @@ class SignedProof:
 
 
 class AwsProofVerifier:
-    def __init__(self, settings, http_session, clock=time.time):
-        """`settings`: the method's AwsSettings (chalicelib/methods/aws/settings.py)."""
+    def __init__(self, settings, pools, clock=time.time):
+        """`settings`: the method's AwsSettings (chalicelib/methods/aws/settings.py);
+        `pools`: the broker's HTTP pools (chalicelib/http_pool.py: no redirects, bounded reads)."""
         self._endpoints = {urlsplit(u).hostname: u for u in settings.sts_endpoints}
         self._forward_url = settings.sts_forward_url
         self._server_id = settings.server_id
         self._max_skew = settings.max_clock_skew
-        self._http = http_session
+        self._pools = pools
         self._clock = clock
 
     def proof_hash(self, login):
@@ -172,26 +174,21 @@ class AwsProofVerifier:
         target = self._forward_url + "/" if self._forward_url else proof.endpoint
         headers = {name: value for name, value in proof.headers}
         try:
-            response = self._http.post(
-                target, data=GET_CALLER_IDENTITY_BODY, headers=headers,
-                allow_redirects=False, stream=True, timeout=(3, 5),
-            )
-            try:
-                body = response.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
-            finally:
-                response.close()
-        except Exception as e:  # requests/urllib3 connection, timeout and protocol errors
-            raise Unavailable("STS could not be reached", backend="sts", detail=f"STS request failed: {type(e).__name__}") from None
+            response = self._pools.request("POST", target, body=GET_CALLER_IDENTITY_BODY, headers=headers,
+                                           connect_timeout=3, read_timeout=5, max_bytes=MAX_RESPONSE_BYTES)
+        except HttpError as e:  # connection, TLS, timeout and protocol errors
+            raise Unavailable("STS could not be reached", backend="sts", detail=f"STS request failed: {e.kind}") from None
+        body = response.data
         if len(body) > MAX_RESPONSE_BYTES:
             raise Unavailable("STS answered with an oversized response", backend="sts")
-        if response.status_code == 200:
+        if response.status == 200:
             return self._identity(body, proof)
         code = _error_code(body)
-        if response.status_code in (400, 403) and code in _PROOF_ERRORS:
+        if response.status in (400, 403) and code in _PROOF_ERRORS:
             raise InvalidProof(f"STS rejected the signed request ({code})")
         raise Unavailable(
             "STS could not verify the proof right now", backend="sts",
-            detail=f"STS answered HTTP {response.status_code} {code or ''}".strip(),
+            detail=f"STS answered HTTP {response.status} {code or ''}".strip(),
         )
 
     def _identity(self, body, proof):

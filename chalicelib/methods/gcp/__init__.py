@@ -15,14 +15,14 @@ PROOF_FIELDS = ("jwt",)
 CLAIMS_SIGNED = True
 
 
-def build(settings, make_aws_client, http_session, rules):
+def build(settings, make_aws_client, pools, rules):
     # Built on the first GCP request: AWS-only traffic never imports the Google libraries.
     from ..base import ProofMethod
     from .facts import ComputeSession, GcpFactsReader
     from .proof import GcpProofVerifier, GoogleCerts, parse_gcp_login
 
     own = settings.gcp
-    verifier = GcpProofVerifier(own, GoogleCerts(http_session, own.certs_url))
+    verifier = GcpProofVerifier(own, GoogleCerts(pools, own.certs_url))
     return ProofMethod(NAME, parse_gcp_login, verifier, GcpFactsReader(ComputeSession(), own.compute_url))
 
 

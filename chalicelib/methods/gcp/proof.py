@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ...bodies import parse_json_object, parse_role
 from ...errors import InvalidProof, InvalidRequest, Unavailable
+from ...http_pool import HttpError
 from ..base import Entity, VerifiedCaller
 
 GOOGLE_ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
@@ -52,8 +53,9 @@ def parse_gcp_login(raw):
 class GoogleCerts:
     """Google's signing certificates by kid, cached as long as Cache-Control allows."""
 
-    def __init__(self, http_session, url, clock=time.time):
-        self._http = http_session
+    def __init__(self, pools, url, clock=time.time):
+        """`pools`: the broker's HTTP pools (chalicelib/http_pool.py: no redirects, bounded reads)."""
+        self._pools = pools
         self._url = url
         self._clock = clock
         self._lock = threading.Lock()
@@ -74,17 +76,15 @@ class GoogleCerts:
         from cryptography import x509
 
         try:
-            response = self._http.get(self._url, timeout=(2, 5), allow_redirects=False, stream=True)
-            try:
-                body = response.raw.read(MAX_CERTS_BYTES + 1, decode_content=True)
-            finally:
-                response.close()
-        except Exception as e:
+            response = self._pools.request("GET", self._url, connect_timeout=2, read_timeout=5,
+                                           max_bytes=MAX_CERTS_BYTES)
+        except HttpError as e:
             raise Unavailable("Google's certificates could not be fetched", backend="google certs",
-                              detail=f"certs fetch failed: {type(e).__name__}") from None
-        if response.status_code != 200 or len(body) > MAX_CERTS_BYTES:
+                              detail=f"certs fetch failed: {e.kind}") from None
+        body = response.data
+        if response.status != 200 or len(body) > MAX_CERTS_BYTES:
             raise Unavailable("Google's certificates could not be fetched", backend="google certs",
-                              detail=f"certs endpoint answered HTTP {response.status_code}")
+                              detail=f"certs endpoint answered HTTP {response.status}")
         try:
             certs = json.loads(body)
             keys = {kid: x509.load_pem_x509_certificate(pem.encode()).public_key() for kid, pem in certs.items()}
