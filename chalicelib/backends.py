@@ -17,7 +17,7 @@ def aws_client_factory(settings, pools=None):
     """make(service, region=None, **credentials) -> a client of `service`.
 
     The calls of an issuance (DynamoDB, Secrets Manager, EC2, IAM, STS, ECS) go through
-    the lean clients of chalicelib/lean_aws/ (SigV4 on the broker's urllib3 pools, no
+    the lean clients of chalicelib/lean_aws/ (SigV4 on the broker's own HTTP pools, no
     botocore client machinery: issue 14); any other service (S3, SSM for a remote rules
     source), an endpoint the lean clients don't know, and BROKER_AWS_CLIENTS=botocore get
     a botocore client with the leaner settings of chalicelib/aws_clients.py (benchmark 8)
@@ -164,12 +164,12 @@ def build_runtime(settings):
     from .pipeline.issuance import BrokerService
     from .rules_source import LiveRules, RulesSource
 
-    make_client = aws_client_factory(settings)
-    clients = weakref.WeakSet()
-    # The broker's own HTTP calls: the STS forward, Vault (minter and revoker), Google's
-    # certificates. Not requests: an AWS-only broker never imports it (google-auth's
-    # Compute API session, chalicelib/methods/gcp/facts.py, still does, on first use).
+    # The broker's own HTTP calls: the lean AWS clients, the STS forward, Vault (minter and
+    # revoker), Google's certificates. Not requests: an AWS-only broker never imports it
+    # (google-auth's Compute API session, chalicelib/methods/gcp/facts.py, still does, on first use).
     pools = Pools()
+    make_client = aws_client_factory(settings, pools)
+    clients = weakref.WeakSet()
 
     def make(service, region=None, **credentials):
         client = make_client(service, region, **credentials)

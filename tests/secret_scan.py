@@ -318,8 +318,9 @@ def _install():
 
 
 def _install_pools():
-    """The in-process broker's own calls (chalicelib/http_pool.py: Vault, the STS forward):
-    the tokens it sends, the secret IDs in what it sends and in Vault's JSON answers."""
+    """The in-process broker's own calls (chalicelib/http_pool.py: Vault, the STS forward, the
+    lean AWS clients): the tokens and SigV4 signatures it sends, the secret IDs in what it
+    sends, and the secrets in the answers (Vault's JSON, Secrets Manager's, STS's XML)."""
     from chalicelib import http_pool
 
     original_request = http_pool.Pools.request
@@ -330,14 +331,24 @@ def _install_pools():
             token = (headers or {}).get("X-Vault-Token")
             if token:
                 SCANNER.register(token, "a Vault token the in-process broker sent")
+            authorization = (headers or {}).get("authorization") or ""
+            if "Signature=" in authorization:  # a lean AWS client's request
+                SCANNER.register(authorization.rsplit("Signature=", 1)[1], "a SigV4 signature the in-process broker sent")
+            if (headers or {}).get("x-amz-security-token"):
+                SCANNER.register(headers["x-amz-security-token"], "a session token the in-process broker sent")
             if body and b"secret_id" in body:
                 SCANNER.register_json(json.loads(body), f"sent to {path} by the in-process broker")
         except Exception:  # the scanner never breaks a request
             pass
         answer = original_request(self, method, url, body=body, headers=headers, **kwargs)
         try:
-            if (answer.headers.get("Content-Type") or "").startswith("application/json") and answer.data:
+            content_type = answer.headers.get("Content-Type") or ""
+            if content_type.startswith(("application/json", "application/x-amz-json")) and answer.data:
                 SCANNER.register_json(json.loads(answer.data), f"answered by {path} (in-process broker)")
+            elif b"<SecretAccessKey>" in answer.data:  # STS AssumeRole (a reader role's credentials)
+                for name in (b"SecretAccessKey", b"SessionToken"):
+                    for value in re.findall(b"<" + name + b">([^<]+)</" + name + b">", answer.data):
+                        SCANNER.register(value.decode(), f"{name.decode()} answered to the in-process broker")
         except Exception:
             pass
         return answer

@@ -1,5 +1,5 @@
 """Lean AWS clients for the broker's hot path (issue 14): SigV4 with the standard
-library, urllib3 pools, no botocore client machinery. See client.py for what each
+library, the broker's HTTP pools (chalicelib/http_pool.py), no botocore client machinery. See client.py for what each
 keeps of botocore's behaviour, and docs/performance.md for what it saves.
 
 `make_client(service, region, ...)` returns a lean client, or None when this package does

@@ -1,4 +1,4 @@
-"""A lean client of one AWS service: sign, send through the broker's urllib3 pools,
+"""A lean client of one AWS service: sign, send through the broker's own HTTP pools,
 retry what botocore's standard mode retries, and raise what botocore would.
 
 Same face as a botocore client for the operations the broker calls

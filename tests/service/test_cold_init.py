@@ -229,10 +229,22 @@ def _serve_restore_and_serve_again(stack, proxies, runtime):
 IMPORTS_CHILD = r"""
 import json, sys
 import app
-from chalice.test import Client
-r = Client(app.app, stage_name="local").http.post("/v1/credentials/aws", body=sys.stdin.read(),
-                                                  headers={"Content-Type": "application/json"})
-print("CHILD " + json.dumps({"built": app._service is not None, "status": r.status_code,
+
+class Context:  # what chalice reads of Lambda's context object
+    function_name = "imports-test"; function_version = "$LATEST"; memory_limit_in_mb = "512"
+    aws_request_id = "imports-test"; log_group_name = "/aws/lambda/imports-test"; log_stream_name = "test"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:imports-test"
+    def get_remaining_time_in_millis(self): return 30000
+
+path = "/v1/credentials/aws"  # the event API Gateway sends (not chalice.test: its CLI imports botocore)
+event = {"resource": path, "path": path, "httpMethod": "POST", "headers": {"Content-Type": "application/json"},
+         "multiValueHeaders": {"Content-Type": ["application/json"]}, "queryStringParameters": None,
+         "multiValueQueryStringParameters": None, "pathParameters": None, "stageVariables": None,
+         "requestContext": {"resourcePath": path, "httpMethod": "POST", "path": "/api" + path, "stage": "api",
+                            "requestId": "imports-test", "identity": {"sourceIp": "10.0.0.1"}},
+         "body": sys.stdin.read(), "isBase64Encoded": False}
+out = app.app(event, Context())
+print("CHILD " + json.dumps({"built": app._service is not None, "status": out.get("statusCode"),
                              "methods": app._service.method_names if app._service else None,
                              "modules": sorted(m for m in ("hvac", "requests", "urllib3", "botocore", "google.auth")
                                                if m in sys.modules)}), flush=True)
