@@ -367,8 +367,9 @@ _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 
 @contextlib.contextmanager
 def trace_http(ports: dict[int, str]):
-    """Record every urllib3 request (botocore and requests both use urllib3) made
-    while active: (start, end, label). ``ports`` names the servers by port."""
+    """Record every request made while active: (start, end, label): the broker's own HTTP
+    client's (chalicelib/http_pool.py) and urllib3's (botocore's and requests', for older
+    trees and the botocore clients). ``ports`` names the servers by port."""
     from urllib3.connectionpool import HTTPConnectionPool
 
     original = HTTPConnectionPool.urlopen
@@ -394,11 +395,45 @@ def trace_http(ports: dict[int, str]):
     calls = _Calls()
     HTTPConnectionPool.urlopen = urlopen
     HTTPConnection.connect = connect
+    pools = _pools_class()  # the broker's own HTTP client (chalicelib/http_pool.py), where it has one
+    if pools is not None:
+        original_request, original_pool_connect = pools.request, getattr(pools, "_connect", None)
+
+        def request(self, method, url, *args, **kwargs):
+            rest = url.split("://", 1)[-1]
+            port = int(rest.split("/", 1)[0].rsplit(":", 1)[-1]) if ":" in rest.split("/", 1)[0] else 80
+            t0 = time.perf_counter()
+            try:
+                return original_request(self, method, url, *args, **kwargs)
+            finally:
+                calls.append((t0, time.perf_counter(), _label(ports.get(port, f":{port}"), method,
+                                                              "/" + rest.split("/", 1)[-1], kwargs.get("body"),
+                                                              kwargs.get("headers") or {})))
+
+        def pool_connect(self, key, *args, **kwargs):
+            calls.connects.append(ports.get(key[2], f":{key[2]}"))
+            return original_pool_connect(self, key, *args, **kwargs)
+
+        pools.request = request
+        if original_pool_connect is not None:
+            pools._connect = pool_connect
     try:
         yield calls
     finally:
         HTTPConnectionPool.urlopen = original
         HTTPConnection.connect = original_connect
+        if pools is not None:
+            pools.request = original_request
+            if original_pool_connect is not None:
+                pools._connect = original_pool_connect
+
+
+def _pools_class():
+    try:
+        from chalicelib.http_pool import Pools
+    except ImportError:  # an older tree
+        return None
+    return Pools
 
 
 class _Calls(list):
@@ -416,11 +451,11 @@ def _label(server: str, method: str, url: str, body: Any, headers) -> str:
         return f"vault {method} {path.removeprefix('/v1/')}"
     if h.get("host", "").startswith("sts."):
         return "sts GetCallerIdentity (forwarded)"
-    target = h.get("x-amz-target")
-    if target:
-        return f"dynamodb {target.rsplit('.', 1)[-1]}"
     m = _SCOPE.search(h.get("authorization", ""))
     service = m.group(1) if m else server
+    target = h.get("x-amz-target")
+    if target:
+        return f"{service if m else 'dynamodb'} {target.rsplit('.', 1)[-1]}"
     text = body.decode(errors="replace") if isinstance(body, bytes) else body if isinstance(body, str) else ""
     action = re.search(r"(?:^|&)Action=([A-Za-z]+)", text or "")
     return f"{service} {action.group(1) if action else method + ' ' + path}"

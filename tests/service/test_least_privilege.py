@@ -283,8 +283,8 @@ def run_as(stack, broker, monkeypatch):
     made: list[str] = []
     real_factory = backends.aws_client_factory
 
-    def recording_factory(settings):
-        make = real_factory(settings)
+    def recording_factory(settings, pools=None):
+        make = real_factory(settings, pools)
 
         def recording_make(service, region=None, **credentials):
             client = make(service, region, **credentials)
