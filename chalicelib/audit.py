@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 
 from .audit_schema import INTERNAL_ATTRIBUTES, TTL_ATTRIBUTE, index_attributes
 from .aws_calls import call, try_call
+from .errors import Unavailable
 
 OUTCOMES = ("issued", "denied", "error", "incident", "admin", "registration")
 # Fields held as JSON text in DynamoDB (and decoded when read).
@@ -83,13 +84,32 @@ class AuditStore:
         for key, value in index_attributes(record.request_id, epoch, record.principal, record.role).items():
             item[key] = {"S": value}
         item[TTL_ATTRIBUTE] = {"N": str(int(record.epoch) + self._retention)}
-        _, exists = try_call("audit store", ("ConditionalCheckFailedException",), self._db.put_item,
-                             TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(request_id)")
+        try:
+            _, exists = try_call("audit store", ("ConditionalCheckFailedException",), self._db.put_item,
+                                 TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(request_id)")
+        except Unavailable:
+            # No answer to any attempt (read timeouts under load): the put's outcome is unknown,
+            # and it may have landed. Taking back an issuance whose record landed would leave a
+            # record that calls it issued, and the client's retry a second one (the boot storm
+            # of benchmark 4 found 4 such). One consistent read tells.
+            if self._landed(record.request_id, epoch):
+                return
+            raise
         if exists is not None:
             # Request IDs are ours (uuid4) and written once: the record is there because our own
             # first attempt landed and its answer was lost (botocore sent it again). Written.
             # Treating it as a failure would take back an issuance its record calls issued.
             return
+
+    def _landed(self, request_id, epoch):
+        """True when our record (its request ID, its epoch) is in the table; False when it is
+        not, or when the table can't tell either."""
+        try:
+            item = self._db.get_item(TableName=self._table, Key={"request_id": {"S": request_id}},
+                                     ConsistentRead=True).get("Item")
+        except Exception:  # unavailable too: the caller takes the issuance back
+            return False
+        return bool(item) and item.get("epoch", {}).get("N") == epoch
 
     def get(self, request_id):
         """One record as plain data, or None (used by the tests and the security CLI)."""

@@ -47,3 +47,34 @@ def test_an_audit_record_sent_again_is_written_once_and_the_write_succeeds(stack
     store.write(record)
     store.write(record)  # the retry of a PutItem that had landed: no error, so nothing is taken back
     assert store.get(record.request_id)["secret_id_accessor"] == "acc-1"
+
+
+class _AnswersLost:
+    """The stack's DynamoDB client, but every PutItem's answer is lost after it landed, on
+    each attempt (no answer at all, as when both of a client's attempts time out under load)."""
+
+    def __init__(self, client, land=True):
+        self._client = client
+        self._land = land
+
+    def put_item(self, **kwargs):
+        if self._land:
+            self._client.put_item(**kwargs)
+        raise TimeoutError("read timeout")  # what aws_calls turns into Unavailable
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_an_audit_write_whose_answers_were_all_lost_counts_as_written_when_the_record_landed(stack):
+    from chalicelib.errors import Unavailable
+
+    client = stack.client("dynamodb")
+    landed = AuditRecord(request_id=str(uuid.uuid4()), method="aws", outcome="issued", code="issued",
+                         secret_id_accessor="acc-2")
+    AuditStore(_AnswersLost(client), stack_aws.AUDIT_TABLE, retention_days=1).write(landed)  # no error: not taken back
+    assert AuditStore(client, stack_aws.AUDIT_TABLE, retention_days=1).get(landed.request_id)["outcome"] == "issued"
+    lost = AuditRecord(request_id=str(uuid.uuid4()), method="aws", outcome="issued", code="issued")
+    with pytest.raises(Unavailable):  # never landed: the caller must take the issuance back
+        AuditStore(_AnswersLost(client, land=False), stack_aws.AUDIT_TABLE, retention_days=1).write(lost)
+    assert AuditStore(client, stack_aws.AUDIT_TABLE, retention_days=1).get(lost.request_id) is None
