@@ -70,7 +70,8 @@ class Call:
 
 @contextmanager
 def recording():
-    """Record every urllib3 request made while active (any thread)."""
+    """Record every request made while active (any thread): the broker's own HTTP client's
+    and urllib3's (older trees, botocore clients)."""
     from urllib3.connectionpool import HTTPConnectionPool
 
     original = HTTPConnectionPool.urlopen
@@ -89,10 +90,29 @@ def recording():
                 calls.append(Call(t0, time.perf_counter(), method, full, headers, body, pool.port))
 
     HTTPConnectionPool.urlopen = urlopen
+    try:  # the broker's own HTTP client (chalicelib/http_pool.py: the lean AWS clients, Vault, STS)
+        from chalicelib.http_pool import Pools
+    except ImportError:  # an older tree: urllib3 only
+        Pools = None
+    if Pools is not None:
+        original_request = Pools.request
+
+        def request(self, method, url, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return original_request(self, method, url, *args, **kwargs)
+            finally:
+                with lock:
+                    calls.append(Call(t0, time.perf_counter(), method, url, kwargs.get("headers") or {},
+                                      kwargs.get("body"), urlsplit(url).port))
+
+        Pools.request = request
     try:
         yield calls
     finally:
         HTTPConnectionPool.urlopen = original
+        if Pools is not None:
+            Pools.request = original_request
 
 
 def waves(calls: list[Call]) -> list[list[Call]]:

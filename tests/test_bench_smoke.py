@@ -42,6 +42,7 @@ def test_requests_are_counted_at_the_proxies_and_the_floor_makes_the_same_calls(
     # the same kinds of work on both sides (how many of each can differ by a cache:
     # the broker reads IAM only when its seconds-long cache has expired)
     assert {label for wave in o["callset"] for label in wave} <= set(q["per_operation"])
+    assert sum(len(wave) for wave in o["callset"]) >= 7  # recorded at all (an empty set passed the line above)
 
     # the floor makes exactly the requests it recorded from the broker, counted at the proxies
     recorded = overhead.record_callset(bench, 1)
