@@ -86,3 +86,14 @@ def closed_port_url():
     port = s.getsockname()[1]
     s.close()
     return f"http://127.0.0.1:{port}"
+
+
+class Fetches:
+    """The secret ID from "Secrets Manager": each fetch returns the next one (the last one again)."""
+
+    def __init__(self, *values):
+        self.values, self.count = list(values), 0
+
+    def __call__(self):
+        self.count += 1
+        return self.values.pop(0) if len(self.values) > 1 else self.values[0]

@@ -17,6 +17,11 @@ def _form(action, service, params):
     return "&".join(f"{quote(str(k), safe='-_.~')}={quote(str(v), safe='-_.~')}" for k, v in pairs)
 
 
+def _given(params, **optional):
+    """`params` and the optional ones that are set, in order (botocore leaves out a None)."""
+    return params + [(name, value) for name, value in optional.items() if value is not None]
+
+
 # ---- reading the XML -----------------------------------------------------------
 
 def _parse(data):
@@ -179,12 +184,7 @@ def _get_instance_profile(root):
 
 
 def _list_role_tags_request(RoleName, Marker=None, MaxItems=None):
-    params = [("RoleName", RoleName)]
-    if Marker is not None:
-        params.append(("Marker", Marker))
-    if MaxItems is not None:
-        params.append(("MaxItems", MaxItems))
-    return _form("ListRoleTags", "iam", params)
+    return _form("ListRoleTags", "iam", _given([("RoleName", RoleName)], Marker=Marker, MaxItems=MaxItems))
 
 
 def _list_role_tags(root):
@@ -200,12 +200,8 @@ def _list_role_tags(root):
 # ---- STS -----------------------------------------------------------------------
 
 def _assume_role_request(RoleArn, RoleSessionName, DurationSeconds=None, ExternalId=None):
-    params = [("RoleArn", RoleArn), ("RoleSessionName", RoleSessionName)]
-    if DurationSeconds is not None:
-        params.append(("DurationSeconds", DurationSeconds))
-    if ExternalId is not None:
-        params.append(("ExternalId", ExternalId))
-    return _form("AssumeRole", "sts", params)
+    return _form("AssumeRole", "sts", _given([("RoleArn", RoleArn), ("RoleSessionName", RoleSessionName)],
+                                             DurationSeconds=DurationSeconds, ExternalId=ExternalId))
 
 
 def _assume_role(root):

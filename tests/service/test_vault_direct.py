@@ -14,17 +14,11 @@ import pytest
 from chalicelib.errors import Unavailable
 from chalicelib.http_pool import Pools
 from chalicelib.minter import VaultMinter
+from tests.scripted_http import Fetches
 
 ISSUANCE = SimpleNamespace(wrap_ttl=60, secret_id_ttl=120, secret_id_num_uses=1, bind_source_cidr=False)
 
 
-class Fetches:
-    def __init__(self, *values):
-        self.values, self.count = list(values), 0
-
-    def __call__(self):
-        self.count += 1
-        return self.values.pop(0) if len(self.values) > 1 else self.values[0]
 
 
 def minter_for(stack, fetch=None):

@@ -18,7 +18,7 @@ from chalicelib.errors import InvalidProof, Unavailable
 from chalicelib.http_pool import Pools
 from chalicelib.minter import VaultMinter
 from chalicelib.revoker import VaultRevoker
-from tests.scripted_http import ScriptedServer, closed_port_url
+from tests.scripted_http import Fetches, ScriptedServer, closed_port_url
 
 BROKER_TOKEN = "hvs.BrokerTokenOfTheScriptedVault0123456789"
 NEW_TOKEN = "hvs.SecondBrokerTokenOfTheScriptedVault98765"
@@ -63,15 +63,6 @@ def vault():
         yield server
 
 
-class Fetches:
-    """The secret ID from "Secrets Manager": each fetch returns the next one."""
-
-    def __init__(self, *values):
-        self.values, self.count = list(values), 0
-
-    def __call__(self):
-        self.count += 1
-        return self.values.pop(0) if len(self.values) > 1 else self.values[0]
 
 
 def minter_for(url, fetch=None, timeout=2.0):
