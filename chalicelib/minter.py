@@ -185,7 +185,10 @@ class VaultMinter:
                           + ("was revoked" if spent else "could NOT be revoked"))
         if secret is not None:
             wrap, accessor = secret
-            spent = self.consume_wrapping_token(wrap.token) and (accessor is None or self.destroy_secret_id(role, accessor))
+            # Both, whatever the unwrap gives: an unwrap that failed must not leave the secret ID
+            # live. Destroyed, the secret ID is spent whatever its wrapping token still holds.
+            consumed = self.consume_wrapping_token(wrap.token)
+            spent = self.destroy_secret_id(role, accessor) if accessor else consumed
             undone.append(f"the secret ID (accessor {accessor}) " + ("was destroyed" if spent else "could NOT be destroyed"))
         if isinstance(error, Unavailable) and undone:
             error.detail += "; " + "; ".join(undone)

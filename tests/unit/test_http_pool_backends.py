@@ -171,6 +171,19 @@ def test_a_failed_role_id_read_takes_the_secret_id_back(vault):
     assert_no_secret(caught.value)
 
 
+def test_a_secret_id_whose_unwrap_fails_is_still_destroyed(vault):
+    """Taking the secret ID back: the destroy is tried even when the unwrap got no good answer
+    (before, `unwrap and destroy` skipped the destroy and left the secret ID live in Vault)."""
+    vault.on("GET", ROLE_ID, (500, vault_errors("boom")))
+    vault.on("POST", UNWRAP, (500, vault_errors("unwrap failed")))
+    with pytest.raises(Unavailable, match="Vault failed") as caught:
+        issue(minter_for(vault.url))
+    (_, _, _, body), = vault.requests_to("POST", DESTROY)
+    assert json.loads(body) == {"secret_id_accessor": "acc-secret-id"}
+    assert "the secret ID (accessor acc-secret-id) was destroyed" in caught.value.detail
+    assert_no_secret(caught.value)
+
+
 def test_a_role_id_that_vault_does_not_find_is_not_wrapped(vault):
     vault.on("GET", ROLE_ID, (404, vault_errors()))  # hvac's read() turned a 404 into None
     with pytest.raises(Unavailable, match="Vault did not wrap the response"):
