@@ -78,8 +78,10 @@ FAULTS = [
 _WORKER = r"""
 import json, os, sys, time
 proto_out = os.fdopen(os.dup(1), "w", buffering=1)
-devnull = os.open(os.devnull, os.O_WRONLY)
-os.dup2(devnull, 1)  # the broker's JSON log lines: formatted as in Lambda, then dropped
+log_dir = os.environ.get("BENCH_STORM_LOG_DIR")  # the broker's JSON log lines, formatted as in Lambda
+log_fd = (os.open(os.path.join(log_dir, f"worker-{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+          if log_dir else os.open(os.devnull, os.O_WRONLY))
+os.dup2(log_fd, 1)
 import app
 exec(PRELUDE)
 
@@ -230,6 +232,10 @@ def storm(bench: Bench, n: int, workers: int, say=print, faults: list | None = N
     lat.set_faults(faults)
     lat.reset()
     env = clean_env({**bench.broker_env(), **LAMBDA_ENV})
+    import tempfile
+
+    # the workers' broker logs, kept for what the reconciliation finds (a duplicate's story)
+    log_dir = env["BENCH_STORM_LOG_DIR"] = tempfile.mkdtemp(prefix="bench-storm-logs-")
     lock = threading.Lock()
     pending = [n]  # identities neither answered 200 nor out of attempts
     statuses: Counter = Counter()
@@ -334,6 +340,7 @@ def storm(bench: Bench, n: int, workers: int, say=print, faults: list | None = N
         "faults_injected": dict(faulted),
         "cpu_ms_per_issuance": cpu_per_issuance,
         "worker_errors": worker_errors,
+        "worker_logs": log_dir,
         "lost": check["lost"],
         "duplicates": check["duplicates"],
         "orphans": check["orphans"],
