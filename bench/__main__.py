@@ -313,7 +313,7 @@ def report(doc: dict) -> str:
                   + (f"; worker errors: {s['worker_errors']}" if s["worker_errors"] else "")]
         for records in ck.get("duplicate_detail") or []:
             lines += ["  duplicate: " + json.dumps(records, sort_keys=True)]
-        if (ck.get("duplicate_detail") or s["lost"]) and s.get("worker_logs"):
+        if (ck.get("duplicate_detail") or s["lost"] or s["orphans"]) and s.get("worker_logs"):
             lines += [f"  the workers' broker logs (grep a request_id): {s['worker_logs']}"]
         lines += [""]
     c = r.get("client")

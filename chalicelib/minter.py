@@ -16,6 +16,8 @@ from .errors import Unavailable
 from .http_pool import HttpError
 from .vault_http import VaultHttp, errors_of
 
+# A take-back's destroy that failed is tried again after this long.
+DESTROY_RETRY_SECONDS = 0.2
 # Log in again when less than this share of the token's lifetime is left.
 TOKEN_REFRESH_FRACTION = 0.2
 
@@ -216,14 +218,17 @@ class VaultMinter:
             return False
 
     def destroy_secret_id(self, role, accessor):
-        try:
-            self._ensure_token()
-            self._vault_call("destroy a secret ID", "POST",
-                             f"auth/{self._mount}/role/{role}/secret-id-accessor/destroy",
-                             body={"secret_id_accessor": accessor})
-            return True
-        except Unavailable:
-            return False
+        """True once the secret ID is destroyed. A take-back must not leave a secret ID live
+        and unrecorded (an orphan): a failure (Vault sealed for a moment, no answer) is
+        tried once more; Vault destroys an accessor once, so the second try is safe."""
+        for attempt in (1, 2):
+            status = self.destroy_secret_id_status(role, accessor)
+            if status == "destroyed":
+                return True
+            if status == "gone" or attempt == 2:
+                return False
+            time.sleep(DESTROY_RETRY_SECONDS)
+        return False
 
     def destroy_secret_id_status(self, role, accessor):
         """Destroy a secret ID by accessor (revocation, incident): "destroyed", "gone" (Vault

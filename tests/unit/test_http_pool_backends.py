@@ -287,6 +287,18 @@ def test_destroy_secret_id_status(vault):
         "failed: Vault failed to destroy a secret ID: InternalServerError storage failure"
 
 
+def test_a_destroy_that_failed_is_tried_once_more(vault):
+    """A take-back must not leave a secret ID live and unrecorded because Vault failed once
+    (the boot storm's injected 503 on the destroy left an orphan)."""
+    minter = minter_for(vault.url)
+    vault.on("POST", DESTROY, (503, vault_errors("Vault is sealed")), (204, b""))
+    assert minter.destroy_secret_id("web", "acc-1") is True
+    assert len(vault.requests_to("POST", DESTROY)) == 2
+    vault.on("POST", DESTROY, (503, vault_errors("Vault is sealed")))
+    assert minter.destroy_secret_id("web", "acc-2") is False
+    assert len(vault.requests_to("POST", DESTROY)) == 4  # two more, then it gives up
+
+
 def test_consume_wrapping_token(vault):
     minter = minter_for(vault.url)
     for status, spent in ((200, True), (204, True), (400, True), (500, False), (403, False)):
