@@ -29,20 +29,19 @@ def aws_client_factory(settings, pools=None):
     from .http_pool import Pools
 
     pools = pools or Pools()
-    own_credentials = None
+    lean = None
+    if settings.aws_clients == "lean":
+        from . import lean_aws
+
+        lean, own_credentials = lean_aws, lean_aws.OwnCredentials()
     botocore_make = []
 
     def make(service, region=None, **credentials):
         """A client of the broker's own credentials, or of the given ones (a reader role's)."""
-        nonlocal own_credentials
         region = region or settings.aws_region
-        if settings.aws_clients == "lean":
-            from . import lean_aws
-
-            if own_credentials is None:
-                own_credentials = lean_aws.OwnCredentials()
-            client = lean_aws.make_client(service, region, endpoint_url=settings.aws_endpoint_url, pools=pools,
-                                     own_credentials=own_credentials, **credentials)
+        if lean is not None:
+            client = lean.make_client(service, region, endpoint_url=settings.aws_endpoint_url, pools=pools,
+                                      own_credentials=own_credentials, **credentials)
             if client is not None:
                 return client
         if not botocore_make:
@@ -54,21 +53,15 @@ def aws_client_factory(settings, pools=None):
 
 def botocore_client_factory(settings):
     """make(service, region=None, **credentials) -> a botocore client (a fresh botocore
-    session per service build: credentials are resolved again, as a rebuilt service needs)."""
+    session per service build: credentials are resolved again, as a rebuilt service needs),
+    with chalicelib/aws_clients.py's settings and the trimmed models."""
     import botocore.session
 
-    from .aws_clients import _keep_timestamp, client_configs, use_trimmed_models
+    from .aws_clients import _keep_timestamp, tuned_factory, use_trimmed_models
 
     session = use_trimmed_models(botocore.session.get_session())
     session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_keep_timestamp)
-    config, fast = client_configs()
-
-    def make(service, region=None, **credentials):
-        return session.create_client(service, region_name=region or settings.aws_region,
-                                     endpoint_url=settings.aws_endpoint_url,
-                                     config=fast if service == "dynamodb" else config, **credentials)
-
-    return make
+    return tuned_factory(settings, session=session)
 
 
 def enabled_methods(settings):
