@@ -11,6 +11,7 @@ pay the same hop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -219,6 +220,33 @@ def _trivial_dispatch_cpu(bench: Bench, n: int, measure) -> float:
     return percentile([c * 1000 for c in cpu], 50)
 
 
+@contextlib.contextmanager
+def _inline_pool(wanted):
+    """With BENCH_PROFILE_INLINE set, the broker's thread pool runs each call in the
+    calling thread (one after the other), so the profile sees the work done in threads."""
+    if not wanted:
+        yield
+        return
+    from concurrent.futures import Future
+
+    from chalicelib import concurrency
+
+    class Inline:
+        def submit(self, fn):
+            future = Future()
+            try:
+                future.set_result(fn())
+            except Exception as e:  # noqa: BLE001 - handed back as the pool would
+                future.set_exception(e)
+            return future
+
+    saved, concurrency._pool = concurrency._pool, Inline()
+    try:
+        yield
+    finally:
+        concurrency._pool = saved
+
+
 def profile_handler(bench: Bench, iterations: int = 30, top: int = 25) -> str:
     """cProfile of ``iterations`` Lambda-entry issuances with a CPU clock (the calling
     thread's CPU time, so waiting on a backend costs nothing): the top functions by
@@ -231,10 +259,11 @@ def profile_handler(bench: Bench, iterations: int = 30, top: int = 25) -> str:
 
     events = [bench.lambda_event(bench.proofs.login()) for _ in range(iterations)]
     prof = cProfile.Profile(time.thread_time)
-    prof.enable()
-    for event, context in events:
-        bench.invoke(event, context)
-    prof.disable()
+    with _inline_pool(os.environ.get("BENCH_PROFILE_INLINE")):
+        prof.enable()
+        for event, context in events:
+            bench.invoke(event, context)
+        prof.disable()
     out = io.StringIO()
     stats = pstats.Stats(prof, stream=out)
     stats.sort_stats("tottime").print_stats(top)

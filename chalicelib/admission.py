@@ -15,6 +15,7 @@ import random
 import time
 
 from .aws_calls import attempt, call, try_call
+from .concurrency import Ready
 from .audit_schema import TTL_ATTRIBUTE
 from .errors import ProofReplayed, Quarantined, Unavailable
 from .stores.rate_limits import counter_key, limited, window_start
@@ -67,6 +68,14 @@ class Admission:
         if self._shared is None or not keys:
             return self._monotonic()
         return self._shared.check(keys)
+
+    def shared_check(self, keys):
+        """`check_shared(keys)` as a call for `settle`: Ready when this process's recent reads
+        answer it, so a boot storm's logins don't hand a cache hit to a thread."""
+        if self._shared is None or not keys:
+            return Ready(self._monotonic())
+        sent = self._shared.recent(keys)
+        return Ready(sent) if sent is not None else (lambda: self.check_shared(keys))
 
     def admit(self, proof_hash, *, request_id, method, valid_until, identity_key=None, limit=None,
               quarantine_keys=()):

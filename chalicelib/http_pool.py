@@ -24,7 +24,7 @@ known body, so this module does just that, and refuses what it does not expect:
   anything is sent (no header injection).
 """
 
-import io
+import functools
 import select
 import socket
 import threading
@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 DEFAULT_MAX_BYTES = 1 << 20
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
+_RECV_BYTES = 65536
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -67,46 +68,77 @@ class Answer:
         return json.loads(self.data) if self.data else None
 
 
-class _DeadlineSocketReader(io.RawIOBase):
-    """The socket's bytes for a BufferedReader: each wait bounded by the read timeout, and
-    all of an answer's waits together by its deadline (set per request)."""
+class _SocketReader:
+    """An answer's bytes from the socket, through one buffer: each wait bounded by the read
+    timeout, and all of an answer's waits together by its deadline (set per request).
+    A small answer comes in one recv; lines and bodies are cut from the buffer (a
+    BufferedReader over a Python RawIOBase cost a Python call per readline)."""
+
+    __slots__ = ("sock", "buffer", "read_timeout", "deadline")
 
     def __init__(self, sock):
-        super().__init__()
         self.sock = sock
+        self.buffer = bytearray()
         self.read_timeout = None
         self.deadline = None
 
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
+    def _fill(self):
+        """Append what the socket has (waiting for at least a byte); False at its end."""
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise HttpError("ReadTimeoutError (deadline: the answer came too slowly)")
             self.sock.settimeout(min(self.read_timeout, left))
-        return self.sock.recv_into(buffer)
+        data = self.sock.recv(_RECV_BYTES)
+        if not data:
+            return False
+        self.buffer += data
+        return True
+
+    def line(self):
+        """One line with its "\n"; at the stream's end what is left (b"" if nothing)."""
+        while True:
+            end = self.buffer.find(b"\n")
+            if end >= 0:
+                if end >= _MAX_LINE:
+                    raise HttpError("ProtocolError (line too long)")
+                line = bytes(self.buffer[:end + 1])
+                del self.buffer[:end + 1]
+                return line
+            if len(self.buffer) > _MAX_LINE:
+                raise HttpError("ProtocolError (line too long)")
+            if not self._fill():
+                line = bytes(self.buffer)
+                self.buffer.clear()
+                return line
+
+    def read(self, size):
+        """`size` bytes, or fewer when the stream ends first."""
+        while len(self.buffer) < size and self._fill():
+            pass
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
 
 
 class _Connection:
-    __slots__ = ("sock", "raw", "reader", "generation")
+    __slots__ = ("sock", "reader", "generation")
 
     def __init__(self, sock, generation):
         self.sock = sock
-        self.raw = _DeadlineSocketReader(sock)
-        self.reader = io.BufferedReader(self.raw)
+        self.reader = _SocketReader(sock)
         self.generation = generation
 
     def close(self):
-        for closable in (self.reader, self.sock):
-            try:
-                closable.close()
-            except OSError:
-                pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
     def dropped(self):
         """True when the server closed the idle connection (or sent something unasked)."""
+        if self.reader.buffer:
+            return True  # bytes past the last answer: not ours to read as the next one
         try:
             poller = select.poll()  # not select.select: no limit on the descriptor's number
             poller.register(self.sock, select.POLLIN)
@@ -198,19 +230,15 @@ class Pools:
         """One request, one answer (status, headers, at most `max_bytes` + 1 bytes of body).
         A "host" header given is sent as it is (a signed request's), else the URL's.
         Raises HttpError."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise HttpError("InvalidURL")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        payload = _request_bytes(method, target, parts.netloc, headers or {}, body)
-        key = (parts.scheme, parts.hostname, port, connect_timeout)
+        scheme, hostname, port, netloc, target = _split(url)
+        payload = _request_bytes(method, target, netloc, headers or {}, body)
+        key = (scheme, hostname, port, connect_timeout)
         connection = self._take(key)
         reusable = False
         try:
             connection.sock.settimeout(read_timeout)
-            connection.raw.read_timeout = read_timeout
-            connection.raw.deadline = time.monotonic() + connect_timeout + 2 * read_timeout
+            connection.reader.read_timeout = read_timeout
+            connection.reader.deadline = time.monotonic() + connect_timeout + 2 * read_timeout
             connection.sock.sendall(payload)
             status, answer_headers, data, reusable = _read_answer(connection.reader, method, max_bytes)
             return Answer(status, answer_headers, data)
@@ -227,6 +255,20 @@ class Pools:
                 connection.close()
 
 
+@functools.lru_cache(maxsize=256)  # a handful of backends, asked again and again
+def _split(url):
+    """(scheme, hostname, port, netloc, target) of an http(s) URL; HttpError if it is not one."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise HttpError("InvalidURL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise HttpError("InvalidURL")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), parts.netloc, target
+
+
 def _request_bytes(method, target, netloc, headers, body):
     lines = [f"{method} {target} HTTP/1.1"]
     names = {name.lower() for name in headers}
@@ -237,7 +279,7 @@ def _request_bytes(method, target, netloc, headers, body):
         if lowered in ("content-length", "transfer-encoding", "connection"):
             continue  # framing is this module's
         value = str(value)
-        if any(c in name for c in "\r\n:") or "\r" in value or "\n" in value:
+        if "\r" in name or "\n" in name or ":" in name or "\r" in value or "\n" in value:
             raise HttpError("InvalidHeader")
         lines.append(f"{name}: {value}")
     if body is not None or method in ("POST", "PUT"):
@@ -249,17 +291,10 @@ def _request_bytes(method, target, netloc, headers, body):
     return head + (body or b"")
 
 
-def _line(reader):
-    line = reader.readline(_MAX_LINE + 1)
-    if len(line) > _MAX_LINE:
-        raise HttpError("ProtocolError (line too long)")
-    return line
-
-
 def _read_answer(reader, method, max_bytes):
     """(status, headers, body, whether the connection may serve another request)."""
     while True:
-        status_line = _line(reader)
+        status_line = reader.line()
         if not status_line:
             raise HttpError("ProtocolError (RemoteDisconnected)")
         version, _, rest = status_line.decode("latin-1").rstrip("\r\n").partition(" ")
@@ -293,15 +328,16 @@ def _read_answer(reader, method, max_bytes):
 def _read_headers(reader):
     headers = Headers()
     for _ in range(_MAX_HEADERS + 1):
-        line = _line(reader)
-        if line in (b"\r\n", b"\n"):
+        line = reader.line()
+        if line == b"\r\n" or line == b"\n":
             return headers
         if not line:
             raise HttpError("ProtocolError (RemoteDisconnected)")
         name, sep, value = line.decode("latin-1").partition(":")
-        if not sep or not name.strip():
+        name = name.strip().lower()
+        if not sep or not name:
             raise HttpError("ProtocolError (bad header line)")
-        name, value = name.strip().lower(), value.strip()
+        value = value.strip()
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     raise HttpError("ProtocolError (too many headers)")
 
@@ -310,7 +346,7 @@ def _read_chunked(reader, max_bytes):
     """(body, read to its end). Stops after max_bytes + 1 bytes."""
     chunks, size = [], 0
     while True:
-        size_line = _line(reader).split(b";", 1)[0].strip()
+        size_line = reader.line().split(b";", 1)[0].strip()
         try:
             chunk = int(size_line, 16)
         except ValueError:

@@ -3,11 +3,13 @@
 One serializer and one parser per operation the broker calls, giving botocore's
 shapes for the fields the broker reads (tests/unit/test_lean_aws.py compares them
 with botocore's own parse of the same answers from moto). XML goes through
-defusedxml: no DTDs, entities or external references.
+chalicelib/safe_xml.py: no DTDs, entities or external references; tags by local name.
 """
 
 import json
 from urllib.parse import quote, unquote
+
+from .. import safe_xml
 
 VERSIONS = {"ec2": "2016-11-15", "iam": "2010-05-08", "sts": "2011-06-15"}
 
@@ -25,26 +27,13 @@ def _given(params, **optional):
 # ---- reading the XML -----------------------------------------------------------
 
 def _parse(data):
-    from defusedxml import ElementTree
-    from defusedxml.common import DefusedXmlException
-
-    try:
-        return ElementTree.fromstring(data, forbid_dtd=True)
-    except (ElementTree.ParseError, DefusedXmlException, ValueError, LookupError):
-        return None
-
-
-def _local(tag):
-    return tag.rsplit("}", 1)[-1]
+    """The answer's root, every tag by its local name (AWS's namespaces differ per API
+    version); None if unreadable or refused (a DTD: chalicelib/safe_xml.py)."""
+    return safe_xml.parse(data, namespaces=False)
 
 
 def _child(element, name):
-    if element is None:
-        return None
-    for child in element:
-        if _local(child.tag) == name:
-            return child
-    return None
+    return None if element is None else element.find(name)
 
 
 def _path(element, *names):
@@ -61,7 +50,7 @@ def _text(element, *names):
 def _items(element, *names):
     """The <item>/<member> children of the list at `names` (EC2 says item, IAM/STS member)."""
     node = _path(element, *names)
-    return [] if node is None else [child for child in node if _local(child.tag) in ("item", "member")]
+    return [] if node is None else [child for child in node if child.tag in ("item", "member")]
 
 
 def _fields(element, mapping):
@@ -87,7 +76,7 @@ def answer(http_answer, operation, parse):
         # SECURITY: only the operation's own answer (<DescribeInstancesResponse>...) is read.
         # Any other XML (a captive portal's XHTML, another API's answer) would parse as
         # empty lists and missing fields: "no such instance", "the role has no tags".
-        if root is None or _local(root.tag) != f"{operation}Response":
+        if root is None or root.tag != f"{operation}Response":
             return _Unreadable(f"HTTP {http_answer.status} with an unreadable body")
         try:
             parsed = parse(root)
@@ -99,7 +88,7 @@ def answer(http_answer, operation, parse):
         return _Retry(f"HTTP {http_answer.status}")
     error = None
     if root is not None:
-        error = next((e for e in root.iter() if _local(e.tag) == "Error"), None)
+        error = next(root.iter("Error"), None)
     code = _text(error, "Code") if error is not None else None
     code = code.strip() if code else None
     return {"Error": {"Code": code or str(http_answer.status), "Message": _text(error, "Message") or ""},

@@ -6,6 +6,7 @@ importing botocore. tests/unit/test_lean_aws.py checks it byte for byte against
 botocore's SigV4Auth, and every service test sends it to moto, which verifies it.
 """
 
+import functools
 import hashlib
 import hmac
 import time
@@ -17,6 +18,7 @@ def _hmac(key, text):
     return hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()
 
 
+@functools.lru_cache(maxsize=32)  # one per day, region and service (and key, when credentials rotate)
 def signing_key(secret_key, date, region, service):
     key = _hmac(("AWS4" + secret_key).encode("utf-8"), date)
     key = _hmac(key, region)

@@ -89,7 +89,7 @@ class BrokerService:
             (facts, facts_error), (admitted_at, admit_error), (shared_at, shared_error) = settle(
                 lambda: method.read_facts(caller, login),
                 lambda: self._admit(caller, record, own),
-                lambda: self._admission.check_shared(shared))
+                self._admission.shared_check(shared))
             if shared_error is not None and admit_error is None:
                 self._refund(caller)  # refused by its role's key: the budget slot is given back
             if admit_error or shared_error or facts_error:

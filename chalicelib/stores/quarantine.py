@@ -254,6 +254,16 @@ class RecentReads:
         raise_if_quarantined((entry for _, entry in known.values()), self._clock())
         return min((sent for sent, _ in known.values()), default=now)
 
+    def recent(self, keys):
+        """What `check` would return when every key was found clear by a read younger than
+        `max_age` (no read needed, nothing raised); else None."""
+        now, wall = self._monotonic(), self._clock()
+        with self._lock:
+            reads = [self._reads.get(k) for k in keys]
+        if any(read is None or not self._young(read, now, wall) for read in reads):
+            return None
+        return min((read[0] for read in reads), default=now)
+
     def _young(self, read, now, wall):
         """Read less than `max_age` ago by both clocks. The monotonic clock may not count the
         time a Lambda environment spent frozen between invocations (a paused microVM's

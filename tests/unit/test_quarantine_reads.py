@@ -83,3 +83,28 @@ def test_a_quarantined_key_is_read_every_time_so_lifting_it_takes_effect_at_once
     listing.lift(key, "r")
     assert reads.check([key]) == 500.0
     assert len(listing.reads) == 2
+
+
+def test_recent_answers_without_a_read_exactly_when_check_would_not_read(world):
+    clocks, listing, reads = world
+    key, other = quarantine_key("principal", ROLE), quarantine_key("principal", ROLE + "-2")
+    assert reads.recent([key]) is None  # never read: check must read
+    reads.check([key])
+    clocks.mono += 0.6
+    assert reads.recent([key]) == 500.0 == reads.check([key])
+    assert reads.recent([key, other]) is None  # one key unread: the read is needed
+    clocks.mono += 0.5
+    assert reads.recent([key]) is None  # older than max_age
+    clocks.mono -= 0.5
+    clocks.wall += 2.0  # a frozen monotonic clock: the wall clock says the read is stale
+    assert reads.recent([key]) is None
+    assert len(listing.reads) == 1  # recent() itself never reads
+
+
+def test_a_quarantined_key_is_never_recent(world):
+    clocks, listing, reads = world
+    key = quarantine_key("principal", ROLE)
+    listing.place(key, revocation_id="r", until=int(clocks.wall) + 600, reason="x", by="sec")
+    with pytest.raises(Quarantined):
+        reads.check([key])
+    assert reads.recent([key]) is None  # only clear reads are kept: the next check reads again

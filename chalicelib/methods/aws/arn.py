@@ -1,5 +1,6 @@
 """Parse the principal ARNs that STS GetCallerIdentity returns."""
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -54,6 +55,11 @@ def parse_principal_arn(arn):
     """Parse an IAM user, IAM role or STS assumed-role ARN; anything else is refused."""
     if not isinstance(arn, str):
         raise InvalidProof("STS returned no principal ARN")
+    return _parse_principal_arn(arn)
+
+
+@functools.lru_cache(maxsize=1024)  # one issuance parses its caller's ARN a dozen times; PrincipalArn is frozen
+def _parse_principal_arn(arn):
     match = _ARN.match(arn)
     if not match:
         raise InvalidProof("principal ARN is not an IAM or STS principal")

@@ -11,7 +11,7 @@ import threading
 import time
 
 from ...aws_calls import try_call
-from ...concurrency import raise_first, settle
+from ...concurrency import Ready, raise_first, settle
 from .arn import parse_principal_arn
 from .ecs import TaskClaims
 from .model import AwsFacts, InstanceFacts
@@ -32,19 +32,24 @@ class ShortCache:
         self._lock = threading.Lock()
 
     def get(self, key, load):
-        if self._seconds <= 0:
-            return load()
+        ready = self.ready(key)
+        if ready is not None:
+            return ready.value
         now = self._clock()
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None and hit[0] > now:
-                return hit[1]
         value = load()
         with self._lock:
             if len(self._items) >= self._size:
                 self._items.clear()
             self._items[key] = (now + self._seconds, value)
         return value
+
+    def ready(self, key):
+        """Ready(value) while `key` is kept, else None."""
+        if self._seconds <= 0:
+            return None
+        with self._lock:
+            hit = self._items.get(key)
+        return Ready(hit[1]) if hit is not None and hit[0] > self._clock() else None
 
 
 class AwsFactsReader:
@@ -69,9 +74,10 @@ class AwsFactsReader:
             return AwsFacts(**base, unreadable_account=True)
 
         claim_kind = "ec2" if arn.session_instance_id else ("ecs" if arn.session_task_id or task_arn else None)
+        # What the cache holds is at hand (Ready); only real reads overlap in threads.
         calls = [
-            (lambda: self._role_tags(clients, arn.role_name)) if arn.role_name else dict,
-            (lambda: self._trust(clients, arn.role_name, claim_kind)) if claim_kind else (lambda: None),
+            self._role_tags_call(clients, arn.role_name) if arn.role_name else Ready({}),
+            self._trust_call(clients, arn.role_name, claim_kind) if claim_kind else Ready(None),
         ]
         if claim_kind == "ec2":
             calls.append(lambda: self._verify_instance(clients, arn))
@@ -89,8 +95,9 @@ class AwsFactsReader:
 
     # ---- IAM ------------------------------------------------------------------------------
 
-    def _role_tags(self, clients, role_name):
-        return self._cache.get(("tags", clients.account, role_name), lambda: self._read_role_tags(clients, role_name))
+    def _role_tags_call(self, clients, role_name):
+        key = ("tags", clients.account, role_name)
+        return self._cache.ready(key) or (lambda: self._cache.get(key, lambda: self._read_role_tags(clients, role_name)))
 
     @staticmethod
     def _read_role_tags(clients, role_name):
@@ -106,11 +113,18 @@ class AwsFactsReader:
                 return tags
             marker = page["Marker"]
 
-    def _trust(self, clients, role_name, claim_kind):
+    def _trust_call(self, clients, role_name, claim_kind):
+        key = ("trust", clients.account, role_name)
+        kept = self._cache.ready(key)
+        if kept is not None:
+            return Ready(self._trust(kept.value, role_name, claim_kind))
+        return lambda: self._trust(self._cache.get(key, lambda: self._read_trust(clients, role_name)), role_name,
+                                   claim_kind)
+
+    @staticmethod
+    def _trust(document, role_name, claim_kind):
         """None when only EC2 (or ECS) may assume the role, else why the claim can't be trusted."""
         service = EC2_SERVICE if claim_kind == "ec2" else ECS_TASKS_SERVICE
-        document = self._cache.get(("trust", clients.account, role_name),
-                                   lambda: self._read_trust(clients, role_name))
         if document is None:
             return f"role {role_name} no longer exists"
         problem = only_service_may_assume(document, service)
