@@ -34,7 +34,8 @@ class AuditedRequests:
         """`work()` -> the answer's body; `record` is filled by the work as it goes.
 
         `on_unrecorded()` undoes what the work made when its record can't be written
-        (or when the work fails unexpectedly after making something)."""
+        (or when the work fails unexpectedly after making something); it returns True
+        when everything was undone."""
         try:
             body = work()
         except BrokerError as error:
@@ -52,8 +53,9 @@ class AuditedRequests:
         try:
             self._write(record, event, metrics, unrecorded_message)
         except Unavailable as error:
-            if on_unrecorded is not None:
-                on_unrecorded()
+            if on_unrecorded is not None and on_unrecorded() is True:
+                # Taken back in full: a record that landed unseen must not say "issued".
+                self._audit.correct_taken_back(record)
             error.request_id = record.request_id
             raise
         body["request_id"] = record.request_id

@@ -126,8 +126,7 @@ class BrokerService:
             }
 
         def take_back():
-            for minted in issued:
-                self._take_back(record, minted)
+            return bool(issued) and all([self._take_back(record, minted) for minted in issued])
 
         body = self._frame.run(record, work, on_unrecorded=take_back)
         if issued and evidence:
@@ -212,10 +211,12 @@ class BrokerService:
                                    message=f"too many credentials issued for role {role!r} recently; try again later")
 
     def _take_back(self, record, issued):
+        """True when nothing of `issued` is usable any more."""
         failures = self._minter.take_back(issued)
         if failures:
             log(self._log, logging.ERROR, "could not take back an unrecorded issuance",
                 request_id=record.request_id, role=issued.role, left=failures)
+        return not failures
 
     # ---- GET /v1/health --------------------------------------------------------------------
 

@@ -78,3 +78,55 @@ def test_an_audit_write_whose_answers_were_all_lost_counts_as_written_when_the_r
     with pytest.raises(Unavailable):  # never landed: the caller must take the issuance back
         AuditStore(_AnswersLost(client, land=False), stack_aws.AUDIT_TABLE, retention_days=1).write(lost)
     assert AuditStore(client, stack_aws.AUDIT_TABLE, retention_days=1).get(lost.request_id) is None
+
+
+class _AnswersAndReadsLost(_AnswersLost):
+    """As _AnswersLost, and the read-back gets no answer either (the store overloaded)."""
+
+    def get_item(self, **kwargs):
+        raise TimeoutError("read timeout")
+
+
+def test_a_record_that_landed_unseen_is_corrected_once_its_issuance_was_taken_back(stack):
+    import logging
+
+    from chalicelib.errors import Unavailable
+    from chalicelib.pipeline.frame import AuditedRequests
+
+    client = stack.client("dynamodb")
+    store = AuditStore(_AnswersAndReadsLost(client), stack_aws.AUDIT_TABLE, retention_days=1)
+    frame = AuditedRequests(store, logging.getLogger("test"))
+
+    def run(undone):
+        record = frame.new_record("aws", {})
+
+        def work():
+            record.outcome, record.code, record.secret_id_accessor = "issued", "issued", "acc-3"
+            return {}
+
+        with pytest.raises(Unavailable):  # no answer, no read-back: the caller is told 503
+            frame.run(record, work, on_unrecorded=lambda: undone)
+        return AuditStore(client, stack_aws.AUDIT_TABLE, retention_days=1).get(record.request_id)
+
+    taken_back = run(undone=True)
+    assert taken_back["outcome"] == "error" and taken_back["code"] == "unavailable"
+    assert "taken back" in taken_back["reason"] and taken_back["secret_id_accessor"] == "acc-3"
+    # Not fully taken back (a destroy failed): the record keeps saying issued, so a
+    # revocation's sweep still finds the issuance and destroys what is left.
+    assert run(undone=False)["outcome"] == "issued"
+
+
+def test_the_correction_never_touches_another_record(stack):
+    client = stack.client("dynamodb")
+    store = AuditStore(client, stack_aws.AUDIT_TABLE, retention_days=1)
+    denied = AuditRecord(request_id=str(uuid.uuid4()), method="aws", outcome="denied", code="not_authorized")
+    store.write(denied)
+    store.correct_taken_back(denied)  # not an issued record: left as it is
+    assert store.get(denied.request_id)["outcome"] == "denied"
+    issued = AuditRecord(request_id=str(uuid.uuid4()), method="aws", outcome="issued", code="issued")
+    store.write(issued)
+    other_write = AuditRecord(request_id=issued.request_id, method="aws", outcome="issued", code="issued",
+                              epoch=issued.epoch + 1)
+    store.correct_taken_back(other_write)  # same request ID, another write (epoch): left as it is
+    assert store.get(issued.request_id)["outcome"] == "issued"
+    store.correct_taken_back(AuditRecord(request_id=str(uuid.uuid4()), method="aws"))  # absent: no error, no record
