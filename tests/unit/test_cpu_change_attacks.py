@@ -23,7 +23,7 @@ from chalicelib.errors import InvalidProof, Quarantined, Unavailable
 from chalicelib.http_pool import HttpError, Pools
 from chalicelib.stores.memory import MemoryQuarantineList
 from chalicelib.stores.quarantine import RecentReads, quarantine_key
-from tests.unit.test_http_pool import RawServer
+from tests.unit.test_http_pool import RawServer, tls_server  # noqa: F401 (tls_server: the fixture)
 from tests.unit.test_lean_aws import Script, _answer, _client
 
 IAM_NS = "https://iam.amazonaws.com/doc/2010-05-08/"
@@ -481,3 +481,36 @@ def test_a_rotated_secret_key_signs_with_its_own_key_not_a_cached_one():
     assert signing_key("secret-two", "20261127", "us-east-1", "iam") != one
     assert signing_key("secret-one", "20261128", "us-east-1", "iam") != one
     assert signing_key("secret-one", "20261127", "us-east-1", "iam") == one
+
+
+def test_over_tls_bytes_past_an_answer_are_never_the_next_answer(tls_server):  # noqa: F811
+    """The unasked bytes in the same TLS write (one record) or the next one (TLS's own
+    buffer or the socket): the connection is not reused."""
+    import ssl
+
+    pools = Pools()
+    pools._tls = ssl.create_default_context(cafile=str(tls_server.cert_path))
+    forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED"
+    tls_server.answers += [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + forged,
+                           b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine"]
+    assert pools.request("GET", tls_server.url, connect_timeout=1, read_timeout=1).data == b"ok"
+    time.sleep(0.1)
+    assert pools.request("GET", tls_server.url, connect_timeout=1, read_timeout=1).data == b"mine"
+    assert tls_server.connections == 2
+
+
+def test_an_endless_run_of_informational_answers_ends_at_the_deadline():
+    def flood(conn):
+        conn.recv(65536)
+        for _ in range(2000):
+            conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            time.sleep(0.005)
+
+    listener, port, _ = _listen(flood)
+    try:
+        started = time.monotonic()
+        with pytest.raises(HttpError, match="deadline|Timeout"):
+            Pools().request("GET", f"http://127.0.0.1:{port}/", connect_timeout=0.1, read_timeout=0.2)
+        assert time.monotonic() - started < 2
+    finally:
+        listener.close()
