@@ -13,7 +13,6 @@ import dataclasses
 import socket
 import threading
 import time
-import zlib
 
 import pytest
 
