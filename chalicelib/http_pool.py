@@ -137,8 +137,8 @@ class _Connection:
 
     def dropped(self):
         """True when the server closed the idle connection (or sent something unasked)."""
-        if self.reader.buffer:
-            return True  # bytes past the last answer: not ours to read as the next one
+        if self.reader.buffer or (hasattr(self.sock, "pending") and self.sock.pending()):
+            return True  # bytes past the last answer (here or in TLS's buffer): not ours to read as the next one
         try:
             poller = select.poll()  # not select.select: no limit on the descriptor's number
             poller.register(self.sock, select.POLLIN)
@@ -299,7 +299,8 @@ def _read_answer(reader, method, max_bytes):
             raise HttpError("ProtocolError (RemoteDisconnected)")
         version, _, rest = status_line.decode("latin-1").rstrip("\r\n").partition(" ")
         code = rest[:3]
-        if not version.startswith("HTTP/1.") or not code.isdigit():
+        # three ASCII digits, then a space or the line's end ("2000" is no 200)
+        if not version.startswith("HTTP/1.") or len(code) != 3 or not _digits(code) or rest[3:4] not in ("", " "):
             raise HttpError("ProtocolError (not HTTP/1.x)")
         status = int(code)
         headers = _read_headers(reader)
@@ -310,12 +311,16 @@ def _read_answer(reader, method, max_bytes):
         raise HttpError("ProtocolError (compressed answer)")
     if method == "HEAD" or status in _NO_BODY_STATUS:
         return status, headers, b"", keep_alive
-    if "chunked" in headers.get("transfer-encoding", "").lower():
+    coding = headers.get("transfer-encoding")
+    if coding is not None and coding.strip().lower() != "chunked":
+        raise HttpError("ProtocolError (transfer coding)")  # "gzip, chunked": a coded body read as plain
+    if coding is not None:
         data, complete = _read_chunked(reader, max_bytes)
-        return status, headers, data, keep_alive and complete
+        # both framings: which one the server meant is unknown, the connection is not reused
+        return status, headers, data, keep_alive and complete and "content-length" not in headers
     length = headers.get("content-length")
     if length is not None:
-        if not length.strip().isdigit():
+        if not _digits(length.strip()):
             raise HttpError("ProtocolError (bad Content-Length)")
         length = int(length)
         data = reader.read(min(length, max_bytes + 1))
@@ -323,6 +328,12 @@ def _read_answer(reader, method, max_bytes):
             raise HttpError("ProtocolError (IncompleteRead)")
         return status, headers, data, keep_alive and length <= max_bytes
     return status, headers, reader.read(max_bytes + 1), False  # framed by the close
+
+
+def _digits(text):
+    """1 to 18 ASCII digits. str.isdigit() alone takes "²", and int() of more than 4,300
+    digits raises: a ValueError out of the pool (a 500), not a named HttpError."""
+    return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
 
 
 def _read_headers(reader):
@@ -347,10 +358,10 @@ def _read_chunked(reader, max_bytes):
     chunks, size = [], 0
     while True:
         size_line = reader.line().split(b";", 1)[0].strip()
-        try:
-            chunk = int(size_line, 16)
-        except ValueError:
-            raise HttpError("ProtocolError (bad chunk size)") from None
+        # hex digits only: int(x, 16) also takes "-2" (a negative read), "0x2", "+2" and "1_0"
+        if not 0 < len(size_line) <= 16 or size_line.strip(b"0123456789abcdefABCDEF"):
+            raise HttpError("ProtocolError (bad chunk size)")
+        chunk = int(size_line, 16)
         if chunk == 0:
             _read_headers(reader)  # trailers, up to the blank line
             return b"".join(chunks), True

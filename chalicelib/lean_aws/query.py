@@ -42,6 +42,16 @@ def _path(element, *names):
     return element
 
 
+def _required(element, *names):
+    """The element at `names`; ValueError (an unreadable answer) if it is missing. AWS always
+    sends these (an empty list is an empty element): without them a root that matches
+    but holds nothing would read as "no such instance", "the role has no tags"."""
+    node = _path(element, *names)
+    if node is None:
+        raise ValueError(f"the answer has no {'/'.join(names)}")
+    return node
+
+
 def _text(element, *names):
     node = _path(element, *names)
     return None if node is None or node.text is None else node.text
@@ -131,7 +141,7 @@ def _instance(item):
 
 def _describe_instances(root):
     reservations = []
-    for r in _items(root, "reservationSet"):
+    for r in _items(_required(root, "reservationSet")):
         reservation = _fields(r, {"reservationId": "ReservationId", "ownerId": "OwnerId"})
         reservation["Instances"] = [_instance(i) for i in _items(r, "instancesSet")]
         reservations.append(reservation)
@@ -157,7 +167,7 @@ def _get_role_request(RoleName):
 
 
 def _get_role(root):
-    return {"Role": _role(_path(root, "GetRoleResult", "Role"))}
+    return {"Role": _role(_required(root, "GetRoleResult", "Role"))}
 
 
 def _get_instance_profile_request(InstanceProfileName):
@@ -165,7 +175,8 @@ def _get_instance_profile_request(InstanceProfileName):
 
 
 def _get_instance_profile(root):
-    profile = _path(root, "GetInstanceProfileResult", "InstanceProfile")
+    profile = _required(root, "GetInstanceProfileResult", "InstanceProfile")
+    _required(profile, "Roles")
     out = _fields(profile, {"InstanceProfileName": "InstanceProfileName", "InstanceProfileId": "InstanceProfileId",
                             "Arn": "Arn", "Path": "Path"})
     out["Roles"] = [_fields(m, _ROLE_FIELDS) for m in _items(profile, "Roles")]
@@ -177,7 +188,8 @@ def _list_role_tags_request(RoleName, Marker=None, MaxItems=None):
 
 
 def _list_role_tags(root):
-    result = _child(root, "ListRoleTagsResult")
+    result = _required(root, "ListRoleTagsResult")
+    _required(result, "Tags")
     out = {"Tags": _tags(result, "Tags", "Key", "Value"), "IsTruncated": _text(result, "IsTruncated") == "true"}
     if _text(result, "Marker") is not None:
         out["Marker"] = _text(result, "Marker")

@@ -1,0 +1,515 @@
+"""Red team of the handler CPU change (commit 58562b9): the C XML parser behind a "<!" and
+UTF-8 check (chalicelib/safe_xml.py), http_pool's one-buffer reader and cached URL splits,
+cache hits handed to `settle` as Ready (role tags, trust policies, shared quarantine
+reads), the cached ARN parse and SigV4 signing keys.
+
+Every attack is tried for real: documents fed to the parser and to the lean clients over
+a local HTTP server, answers scripted byte for byte on a socket. The rule: a 2xx is read
+only when it is the operation's own answer; anything else is a named error (the broker's
+503), never "empty" and never a stray exception (a 500).
+"""
+
+import dataclasses
+import socket
+import threading
+import time
+
+import pytest
+
+from chalicelib import lean_aws, safe_xml
+from chalicelib.concurrency import Ready, raise_first, settle
+from chalicelib.errors import InvalidProof, Quarantined, Unavailable
+from chalicelib.http_pool import HttpError, Pools
+from chalicelib.stores.memory import MemoryQuarantineList
+from chalicelib.stores.quarantine import RecentReads, quarantine_key
+from tests.unit.test_http_pool import RawServer, tls_server  # noqa: F401 (tls_server: the fixture)
+from tests.unit.test_lean_aws import Script, _answer, _client
+
+IAM_NS = "https://iam.amazonaws.com/doc/2010-05-08/"
+XXE = b'<!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><a>&x;</a>'
+LAUGHS = (b'<!DOCTYPE a [<!ENTITY l "lol"><!ENTITY l2 "&l;&l;&l;&l;&l;&l;&l;&l;&l;&l;">'
+          b'<!ENTITY l3 "&l2;&l2;&l2;&l2;&l2;&l2;&l2;&l2;&l2;&l2;">]><a>&l3;</a>')
+
+
+@pytest.fixture
+def server():
+    s = Script()
+    yield s
+    s.shutdown()
+
+
+# ---- safe_xml: a DTD by any road ----------------------------------------------------------
+
+def _declared(encoding, body):
+    return f'<?xml version="1.0" encoding="{encoding}"?>'.encode("ascii") + body
+
+
+@pytest.mark.parametrize("document", [XXE, LAUGHS, b'<!DOCTYPE a SYSTEM "http://127.0.0.1:9/x.dtd"><a/>',
+                                      b'<!DOCTYPE a [<!ENTITY % p SYSTEM "file:///etc/passwd"> %p;]><a/>'])
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32",
+                                      "utf-32-le", "utf-32-be", "latin-1", "cp037", "cp500", "utf-7"])
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_dtd_is_refused_in_every_encoding_with_or_without_its_declaration(document, encoding, declared):
+    name = encoding.replace("-sig", "")
+    text = (f'<?xml version="1.0" encoding="{name}"?>' if declared else "") + document.decode("ascii")
+    data = text.encode(encoding)
+    for namespaces in (True, False):
+        assert safe_xml.parse(data, namespaces=namespaces) is None
+        if encoding == "utf-8":
+            assert safe_xml.parse(text, namespaces=namespaces) is None  # the text itself, not only bytes
+
+
+@pytest.mark.parametrize("encoding", ["UTF-7", "ISO-8859-1", "cp037", "UTF-16", "x-no-such-codec"])
+def test_an_encoding_declaration_never_changes_how_the_bytes_read(encoding):
+    """The bytes are read as UTF-8 whatever the declaration says: UTF-7's "+ADw-!" is only
+    text, never a "<!" (expat ignores the declaration when told the encoding)."""
+    root = safe_xml.parse(_declared(encoding, b"<a>+ADw-!DOCTYPE a +AFs- +AF0-+AD4-</a>"))
+    assert root is not None and root.tag == "a" and root.text == "+ADw-!DOCTYPE a +AFs- +AF0-+AD4-"
+    latin = _declared(encoding, "<a>é</a>".encode("latin-1"))  # latin-1 bytes: not UTF-8, refused
+    assert safe_xml.parse(latin) is None
+
+
+@pytest.mark.parametrize("document", [
+    b'<?xml-stylesheet href="<!DOCTYPE"?><a/>',  # "<!" in a processing instruction
+    b'<a><!-- a comment --></a>', b'<a><![CDATA[x]]></a>',
+    b'<a>&undeclared;</a>', b'<a>&#0;</a>', b'<a>\x00</a>', b'<a>x</a>\x00',
+    b'<a/><b/>', b'<a/>trailing', b'', b'   ', b'<a>', b'\xff\xfe<\x00a\x00/\x00>\x00',
+    b'<p:a><b/></p:a>',  # an unbound prefix
+    b'<html><body><p>Sign in<br></p></body></html>',  # a captive portal's HTML, not XML
+])
+def test_what_aws_never_sends_is_refused_not_read_as_empty(document):
+    assert safe_xml.parse(document) is None and safe_xml.parse(document, namespaces=False) is None
+
+
+def test_processing_instructions_and_character_references_do_not_change_the_fields():
+    root = safe_xml.parse(b'<?xml version="1.0"?><?pi x?><A xmlns="urn:x"><?pi <Arn>?><Arn>r&#60;!x&#x3E;</Arn></A>',
+                          namespaces=False)
+    assert [(e.tag, e.text) for e in root] == [("Arn", "r<!x>")]
+
+
+def test_huge_documents_within_the_cap_parse_or_refuse_without_a_crash():
+    cap = 1 << 20
+    deep = b"<a>" * 140000 + b"</a>" * 140000
+    wide = b"<a>" + b"<member/>" * 110000 + b"</a>"
+    attrs = b"<a " + b" ".join(b'a%d="1"' % i for i in range(90000)) + b"/>"
+    prefixes = b"<a " + b" ".join(b'xmlns:p%d="urn:%d"' % (i, i) for i in range(40000)) + b"><p7:b/></a>"
+    for document in (deep, wide, attrs, prefixes):
+        assert len(document) <= cap
+        root = safe_xml.parse(document, namespaces=False)
+        assert root is not None and root.tag == "a"
+    assert safe_xml.parse(b'<a x="1" x="2"/>') is None  # a repeated attribute
+
+
+# ---- the lean clients: a root that matches, a body that is no answer -------------------------
+
+ODD_BODIES = [
+    ("iam", "list_role_tags", {"RoleName": "r"}, f'<ListRoleTagsResponse xmlns="{IAM_NS}"/>'),
+    ("iam", "list_role_tags", {"RoleName": "r"},
+     '<ListRoleTagsResponse><ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></ListRoleTagsResponse>'),
+    ("iam", "list_role_tags", {"RoleName": "r"},
+     '<ListRoleTagsResponse><ListRoleTagsResult><IsTruncated>false</IsTruncated></ListRoleTagsResult>'
+     '</ListRoleTagsResponse>'),
+    ("iam", "get_role", {"RoleName": "r"}, f'<GetRoleResponse xmlns="{IAM_NS}"/>'),
+    ("iam", "get_role", {"RoleName": "r"}, '<GetRoleResponse><GetRoleResult/></GetRoleResponse>'),
+    ("iam", "get_instance_profile", {"InstanceProfileName": "p"}, '<GetInstanceProfileResponse/>'),
+    ("iam", "get_instance_profile", {"InstanceProfileName": "p"},
+     '<GetInstanceProfileResponse><GetInstanceProfileResult><InstanceProfile><Arn>a</Arn></InstanceProfile>'
+     '</GetInstanceProfileResult></GetInstanceProfileResponse>'),
+    ("ec2", "describe_instances", {"InstanceIds": ["i-0123456789abcdef0"]}, '<DescribeInstancesResponse/>'),
+    ("ec2", "describe_instances", {"InstanceIds": ["i-0123456789abcdef0"]},
+     '<DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>x</requestId>'
+     '</DescribeInstancesResponse>'),
+]
+
+
+@pytest.mark.parametrize("service,operation,params,body", ODD_BODIES)
+def test_an_answer_whose_root_matches_but_holds_nothing_is_unreadable_not_empty(server, service, operation,
+                                                                                  params, body):
+    """Read as "the role has no tags", "no longer exists", "holds no role", "no such instance"
+    before: a definite refusal (and a tags read kept 5 s) from a body AWS never sends."""
+    client, _ = _client(server, service)
+    _answer(server, 200, body.encode())
+    with pytest.raises(lean_aws.AwsConnectionError, match="unreadable"):
+        getattr(client, operation)(**params)
+
+
+def test_prefixed_and_reset_namespaces_are_read_by_local_name_not_as_absent(server):
+    client, _ = _client(server, "iam")
+    _answer(server, 200, (f'<i:ListRoleTagsResponse xmlns:i="{IAM_NS}"><i:ListRoleTagsResult><i:Tags>'
+                          '<i:member><i:Key>team</i:Key><i:Value>web</i:Value></i:member>'
+                          '<member xmlns=""><Key>env</Key><Value>prod</Value></member>'
+                          '</i:Tags><i:IsTruncated>false</i:IsTruncated></i:ListRoleTagsResult>'
+                          '</i:ListRoleTagsResponse>').encode())
+    page = client.list_role_tags(RoleName="r")
+    assert page["Tags"] == [{"Key": "team", "Value": "web"}, {"Key": "env", "Value": "prod"}]
+    _answer(server, 200, b'<x:ListRoleTagsResponse><x:ListRoleTagsResult/></x:ListRoleTagsResponse>')  # unbound
+    with pytest.raises(lean_aws.AwsConnectionError, match="unreadable"):
+        client.list_role_tags(RoleName="r")
+
+
+def test_a_dtd_in_an_operations_answer_is_unreadable_and_no_file_is_read(server, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET")
+    client, _ = _client(server, "iam")
+    for encoding in ("utf-8", "utf-16", "utf-32"):
+        body = (f'<?xml version="1.0" encoding="{encoding}"?><!DOCTYPE r [<!ENTITY x SYSTEM "file://{secret}">]>'
+                f'<ListRoleTagsResponse><ListRoleTagsResult><Tags><member><Key>k</Key><Value>&x;</Value></member>'
+                f'</Tags></ListRoleTagsResult></ListRoleTagsResponse>').encode(encoding)
+        _answer(server, 200, body)
+        with pytest.raises(lean_aws.AwsConnectionError, match="unreadable") as unreadable:
+            client.list_role_tags(RoleName="r")
+        assert "TOPSECRET" not in str(unreadable.value)
+
+
+def test_an_sts_answer_with_a_dtd_or_a_foreign_root_is_unavailable_not_an_identity():
+    from chalicelib.methods.aws import proof
+
+    arn = "arn:aws:sts::123456789012:assumed-role/demo-node/i-0123456789abcdef0"
+    good = (f'<GetCallerIdentityResponse xmlns="{proof.STS_NS[1:-1]}"><GetCallerIdentityResult><Arn>{arn}</Arn>'
+            f'<UserId>AROAX:i-0123456789abcdef0</UserId><Account>123456789012</Account></GetCallerIdentityResult>'
+            f'</GetCallerIdentityResponse>')
+    assert proof._parse_xml(good.encode()).find(proof.STS_NS + "GetCallerIdentityResult") is not None
+    for hostile in (good.replace("<GetCallerIdentityResponse", '<!DOCTYPE x [<!ENTITY a "b">]><GetCallerIdentityResponse', 1),
+                    good.replace(proof.STS_NS[1:-1], "urn:not-sts")):
+        root = proof._parse_xml(hostile.encode())
+        assert root is None or root.tag != proof.STS_NS + "GetCallerIdentityResponse"
+
+
+# ---- http_pool: the one-buffer reader -------------------------------------------------------
+
+@pytest.fixture
+def raw():
+    s = RawServer()
+    yield s
+    s.close()
+
+
+def _get(s, **kw):
+    return Pools().request("GET", s.url, connect_timeout=kw.pop("connect_timeout", 1.0),
+                           read_timeout=kw.pop("read_timeout", 1.0), **kw)
+
+
+@pytest.mark.parametrize("answer,kind", [
+    # str.isdigit() takes "²" and int() raised a ValueError: a 500
+    ("HTTP/1.1 200 OK\r\nContent-Length: \u00b2\r\n\r\nab".encode("latin-1"), "bad Content-Length"),
+    ("HTTP/1.1 \u00b200 OK\r\nContent-Length: 0\r\n\r\n".encode("latin-1"), "not HTTP"),
+    # int() of more than 4,300 digits raises too
+    (b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\nab", "bad Content-Length"),
+    (b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n", "not HTTP"),  # read as 200 before
+    (b"HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n", "not HTTP"),
+    # int(x, 16) takes a sign, "0x" and "_": "-2" was a negative read
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-2\r\nabcd\r\n0\r\n\r\n", "bad chunk size"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\nab\r\n0\r\n\r\n", "bad chunk size"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+2\r\nab\r\n0\r\n\r\n", "bad chunk size"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0_2\r\nab\r\n0\r\n\r\n", "bad chunk size"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 5000 + b"\r\nab", "bad chunk size"),
+    # a transfer coding other than chunked: a coded body read as plain before
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n", "transfer coding"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunkedx\r\nContent-Length: 2\r\n\r\nab", "transfer coding"),
+    (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", "line too long"),
+    (b"HTTP/1.1 200 OK" + b"a" * 70000, "line too long"),  # no line end at all
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Len", "RemoteDisconnected|bad header"),  # closed mid-headers
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 10\r\n\r\nabc", "IncompleteRead"),
+])
+def test_hostile_framing_is_a_named_error_never_a_stray_exception(raw, answer, kind):
+    raw.answers.append(answer)
+    with pytest.raises(HttpError, match=kind):
+        _get(raw, read_timeout=0.5)
+
+
+def test_informational_answers_are_skipped_and_the_real_one_read(raw):
+    raw.answers.append(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\nX: y\r\n\r\n"
+                       b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    answer = _get(raw)
+    assert (answer.status, answer.data) == (200, b"ok")
+
+
+@pytest.mark.parametrize("first", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",  # extra bytes pipelined after a whole answer
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nok",  # a Content-Length shorter than the body
+    b"HTTP/1.1 204 No Content\r\n\r\nok",  # a body where none may be
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+])
+def test_bytes_past_an_answer_are_never_read_as_the_next_requests_answer(raw, first):
+    forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED"
+    raw.answers += [first + forged, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine"]
+    pools = Pools()
+    pools.request("GET", raw.url, connect_timeout=1, read_timeout=1)
+    assert pools.request("GET", raw.url, connect_timeout=1, read_timeout=1).data == b"mine"
+    assert raw.connections == 2  # the first connection, holding unasked bytes, was not reused
+
+
+def test_bytes_arriving_after_an_answer_are_never_read_as_the_next_answer():
+    """The unasked bytes come later than the answer (another TCP segment): seen by the
+    check before reuse, not read as the second request's answer."""
+    def serve(conn):
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        time.sleep(0.2)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED")
+        time.sleep(2)
+
+    listener, port, connections = _listen(serve)
+    try:
+        pools = Pools()
+        url = f"http://127.0.0.1:{port}/"
+        assert pools.request("GET", url, connect_timeout=1, read_timeout=1).data == b"ok"
+        time.sleep(0.4)
+        # a new connection's own answer, never the unasked FORGED one the first left behind
+        assert pools.request("GET", url, connect_timeout=1, read_timeout=1).data == b"ok"
+        assert len(connections) == 2
+    finally:
+        listener.close()
+
+
+def _listen(serve):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    connections = []
+
+    def accept():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(conn)
+            threading.Thread(target=_quietly, args=(serve, conn), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, listener.getsockname()[1], connections
+
+
+def _quietly(serve, conn):
+    try:
+        serve(conn)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def test_both_framings_answer_once_and_the_connection_is_not_reused(raw):
+    raw.answers += [b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine"]
+    pools = Pools()
+    assert pools.request("GET", raw.url, connect_timeout=1, read_timeout=1).data == b"ok"
+    assert pools.request("GET", raw.url, connect_timeout=1, read_timeout=1).data == b"mine"
+    assert raw.connections == 2
+
+
+def test_a_header_dripped_a_byte_at_a_time_ends_at_the_deadline():
+    def drip(conn):
+        conn.recv(65536)
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 400:
+            conn.sendall(bytes([byte]))
+            time.sleep(0.02)
+
+    listener, port, _ = _listen(drip)
+    try:
+        started = time.monotonic()
+        with pytest.raises(HttpError, match="deadline|Timeout"):
+            Pools().request("GET", f"http://127.0.0.1:{port}/", connect_timeout=0.1, read_timeout=0.2)
+        assert time.monotonic() - started < 2  # connect + 2 x read = 0.5 s, not 400 x 20 ms
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/", "http://127.0.0.1:x/", "http://127.0.0.1: 80/",
+                                 "http://127.0.0.1:+80/", "http://127.0.0.1:\uff18\uff10/", "ftp://127.0.0.1/",
+                                 "http:///path", "127.0.0.1:80", "http://[::1/"])
+def test_bad_urls_are_invalid_every_time_the_cache_is_asked(url):
+    for _ in range(2):  # an exception is not cached as an answer, nor an answer for it
+        with pytest.raises(HttpError, match="InvalidURL"):
+            Pools().request("GET", url, connect_timeout=0.2, read_timeout=0.2)
+
+
+def test_a_dynamodb_crc_that_is_no_number_is_a_mismatch_not_a_500(server):
+    client, _ = _client(server)
+    for crc in ("\u00b2", "9" * 5000):
+        for _ in range(2):  # one answer per attempt: a mismatch is tried again, as botocore does
+            _answer(server, 200, {"Item": {"pk": {"S": "q"}}}, {"x-amz-crc32": crc})
+        with pytest.raises(lean_aws.AwsConnectionError, match="CRC32"):
+            client.get_item(TableName="t", Key={"pk": {"S": "q"}})
+
+
+# ---- Ready cache hits: the security bounds kept -----------------------------------------------
+
+class _Clocks:
+    wall, mono = 1_800_000_000.0, 500.0
+
+
+@pytest.fixture
+def admission():
+    from chalicelib.admission import Admission
+
+    clocks = _Clocks()
+    listing = MemoryQuarantineList(lambda: clocks.wall)
+    gate = Admission(None, "replay", "quarantine", shared_key_max_age=1.0, clock=lambda: clocks.wall,
+                     monotonic=lambda: clocks.mono)
+    gate._shared = RecentReads(listing, 1.0, clock=lambda: clocks.wall, monotonic=lambda: clocks.mono)
+    return clocks, listing, gate
+
+
+def _settled(gate, keys):
+    """The issuance's call list: (facts, admitted_at, shared_at) as settle gives them."""
+    return settle(lambda: "facts", lambda: 499.0, gate.shared_check(keys))
+
+
+def test_a_quarantine_on_a_role_is_honoured_within_max_age_by_either_clock(admission):
+    clocks, listing, gate = admission
+    key = quarantine_key("principal", "arn:aws:iam::123456789012:role/demo-node")
+    assert not isinstance(gate.shared_check([key]), Ready)  # never read: a read is needed
+    assert raise_first(_settled(gate, [key]))[2] == 500.0
+    listing.place(key, revocation_id="r", until=int(clocks.wall) + 600, reason="x", by="sec")
+    clocks.mono += 0.9
+    hit = gate.shared_check([key])
+    # within max_age the clear read is relied on, and the window starts at that read (500),
+    # not now: the issuance takes itself back if its record lands past the window
+    assert isinstance(hit, Ready) and hit.value == 500.0
+    assert min(499.0, raise_first(_settled(gate, [key]))[2]) == 499.0
+    clocks.mono += 0.1  # max_age reached: read again, refused
+    with pytest.raises(Quarantined):
+        raise_first(_settled(gate, [key]))
+    clocks.mono -= 0.1
+    clocks.wall += 1.0  # a frozen monotonic clock (a paused microVM): the wall clock bounds it
+    with pytest.raises(Quarantined):
+        raise_first(_settled(gate, [key]))
+    assert not isinstance(gate.shared_check([key]), Ready)  # a quarantined key is never kept
+
+
+def test_the_window_starts_at_the_oldest_read_relied_on(admission):
+    clocks, _, gate = admission
+    old, new = (quarantine_key("principal", f"arn:aws:iam::123456789012:role/r{i}") for i in (1, 2))
+    raise_first(_settled(gate, [old]))
+    clocks.mono += 0.5
+    raise_first(_settled(gate, [new]))
+    hit = gate.shared_check([old, new])
+    assert isinstance(hit, Ready) and hit.value == 500.0  # the older read, not the newer
+
+
+def test_a_ready_first_call_moves_a_real_call_here_and_errors_still_come_back_in_place():
+    def boom():
+        raise Quarantined("q")
+
+    outcomes = settle(Ready({"team": "web"}), boom, lambda: threading.current_thread().name)
+    assert outcomes[0] == ({"team": "web"}, None)
+    assert isinstance(outcomes[1][1], Quarantined)
+    with pytest.raises(Quarantined):
+        raise_first(outcomes)
+
+
+class _Caller:
+    def __init__(self, principal):
+        self.principal = principal
+
+
+class _Clients:
+    """One account's reader clients: the lean IAM client over HTTP to that account's server."""
+
+    def __init__(self, account, server):
+        self.account = account
+        self._iam, _ = _client(server, "iam")
+
+    def client(self, service, region=None):
+        assert service == "iam"
+        return self._iam
+
+
+class _Readers:
+    def __init__(self, clients):
+        self._clients = clients
+
+    def for_account(self, account):
+        return self._clients.get(account)
+
+
+def _tags_answer(**tags):
+    members = "".join(f"<member><Key>{k}</Key><Value>{v}</Value></member>" for k, v in tags.items())
+    return (f'<ListRoleTagsResponse xmlns="{IAM_NS}"><ListRoleTagsResult><Tags>{members}</Tags>'
+            f'<IsTruncated>false</IsTruncated></ListRoleTagsResult></ListRoleTagsResponse>').encode()
+
+
+def test_kept_role_tags_are_per_account_and_a_failed_read_is_not_kept():
+    from chalicelib.methods.aws.facts import AwsFactsReader
+
+    first, second = Script(), Script()
+    try:
+        reader = AwsFactsReader(_Readers({"111111111111": _Clients("111111111111", first),
+                                          "222222222222": _Clients("222222222222", second)}),
+                                regions=["us-east-1"], cache_seconds=60)
+        session = "arn:aws:sts::{}:assumed-role/shared-name/builder"
+        _answer(first, 200, _tags_answer(team="web"))
+        assert reader.read(_Caller(session.format("111111111111")), None).role_tags == {"team": "web"}
+        assert reader.read(_Caller(session.format("111111111111")), None).role_tags == {"team": "web"}
+        assert len(first.requests) == 1  # kept: the second login read no tags
+        # the same role name in another account is another role: its own read, its own tags
+        _answer(second, 200, b"<html>portal</html>")
+        with pytest.raises(Unavailable) as failed:
+            reader.read(_Caller(session.format("222222222222")), None)
+        assert failed.value.status == 503 and "unreadable" in failed.value.detail
+        _answer(second, 200, _tags_answer(team="db"))  # the failure was not kept as "no tags"
+        assert reader.read(_Caller(session.format("222222222222")), None).role_tags == {"team": "db"}
+        assert reader.read(_Caller(session.format("111111111111")), None).role_tags == {"team": "web"}
+    finally:
+        first.shutdown()
+        second.shutdown()
+
+
+# ---- cached parses and keys ------------------------------------------------------------------
+
+def test_a_cached_principal_arn_is_frozen_and_a_refused_one_is_refused_every_time():
+    from chalicelib.methods.aws.arn import parse_principal_arn
+
+    arn = parse_principal_arn("arn:aws:sts::123456789012:assumed-role/demo-node/i-0123456789abcdef0")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        arn.name = "admin"  # a caller can't poison what the next one reads
+    assert parse_principal_arn("arn:aws:sts::123456789012:assumed-role/demo-node/i-0123456789abcdef0") == arn
+    for _ in range(2):
+        with pytest.raises(InvalidProof):
+            parse_principal_arn("arn:aws:sts::123456789012:federated-user/x")
+    with pytest.raises(InvalidProof):
+        parse_principal_arn(None)
+
+
+def test_a_rotated_secret_key_signs_with_its_own_key_not_a_cached_one():
+    from chalicelib.lean_aws.sigv4 import signing_key
+
+    one = signing_key("secret-one", "20261127", "us-east-1", "iam")
+    assert signing_key("secret-two", "20261127", "us-east-1", "iam") != one
+    assert signing_key("secret-one", "20261128", "us-east-1", "iam") != one
+    assert signing_key("secret-one", "20261127", "us-east-1", "iam") == one
+
+
+def test_over_tls_bytes_past_an_answer_are_never_the_next_answer(tls_server):  # noqa: F811
+    """The unasked bytes in the same TLS write (one record) or the next one (TLS's own
+    buffer or the socket): the connection is not reused."""
+    import ssl
+
+    pools = Pools()
+    pools._tls = ssl.create_default_context(cafile=str(tls_server.cert_path))
+    forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED"
+    tls_server.answers += [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + forged,
+                           b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine"]
+    assert pools.request("GET", tls_server.url, connect_timeout=1, read_timeout=1).data == b"ok"
+    time.sleep(0.1)
+    assert pools.request("GET", tls_server.url, connect_timeout=1, read_timeout=1).data == b"mine"
+    assert tls_server.connections == 2
+
+
+def test_an_endless_run_of_informational_answers_ends_at_the_deadline():
+    def flood(conn):
+        conn.recv(65536)
+        for _ in range(2000):
+            conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            time.sleep(0.005)
+
+    listener, port, _ = _listen(flood)
+    try:
+        started = time.monotonic()
+        with pytest.raises(HttpError, match="deadline|Timeout"):
+            Pools().request("GET", f"http://127.0.0.1:{port}/", connect_timeout=0.1, read_timeout=0.2)
+        assert time.monotonic() - started < 2
+    finally:
+        listener.close()
