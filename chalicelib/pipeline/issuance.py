@@ -33,12 +33,15 @@ from ..stores.quarantine import split_caller_keys
 
 class BrokerService:
     def __init__(self, *, settings, rules, methods, admission, minter, frame, logger, rate_limits=None,
-                 quarantine=None, security=None, monotonic=time.monotonic):
+                 quarantine=None, security=None, security_factory=None, monotonic=time.monotonic):
         self.settings = settings
         self.rules = rules
         self._rate_limits = rate_limits  # chalicelib.stores rate-limit store, or None (no per-role caps)
         self._quarantine = quarantine  # chalicelib.stores quarantine list, or None (no quarantine)
-        self.security = security  # chalicelib.security.SecurityRoutes (app.py's security routes)
+        # chalicelib.security.SecurityRoutes (app.py's security routes), or the function that
+        # builds it on first use (an issuance never needs its modules: chalicelib/backends.py)
+        self._security = security
+        self._security_factory = security_factory
         self._method_factories = methods  # {"aws": () -> Method, ...}, built on first use
         self._methods = {}
         self._methods_lock = threading.Lock()
@@ -47,6 +50,12 @@ class BrokerService:
         self._frame = frame
         self._log = logger
         self._monotonic = monotonic
+
+    @property
+    def security(self):
+        if self._security is None and self._security_factory is not None:
+            self._security = self._security_factory()  # backends._once: one object, whichever thread asks first
+        return self._security
 
     @property
     def method_names(self):
