@@ -119,7 +119,10 @@ class Runtime:
         are returned, not raised: the first request tries again and answers 503 if it must.
         Returns {step: problem} of the steps that failed."""
         problems = {}
-        for name in self.service.method_names:
+        snapshot = snapshot_taken_after_init()
+        # Without a snapshot, only what an AWS issuance needs (most of the traffic); the other
+        # methods are built on their first request. A snapshot holds them all.
+        for name in self.service.method_names if snapshot else ("aws",):
             method = self.service.method(name)
             if name == "aws":
                 own = method.readers.for_account(method.readers.own_account)
@@ -127,7 +130,7 @@ class Runtime:
                     own.client("ec2", region)
                     own.client("ecs", region)
                 own.client("iam")
-        if snapshot_taken_after_init():
+        if snapshot:
             self.service.security  # noqa: B018 - built now, so that the snapshot holds it
         if log_in:
             try:

@@ -248,8 +248,9 @@ print("CHILD " + json.dumps({"built": app._service is not None, "status": out.ge
                              "methods": app._service.method_names if app._service else None,
                              "modules": sorted(m for m in ("hvac", "requests", "urllib3", "botocore", "google.auth")
                                                if m in sys.modules),
-                             "security_routes": sorted(m for m in ("chalicelib.security", "chalicelib.audit_query",
-                                                                   "chalicelib.admin_auth") if m in sys.modules),
+                             "deferred": sorted(m for m in ("chalicelib.security", "chalicelib.audit_query",
+                                                            "chalicelib.admin_auth", "chalicelib.methods.gcp.proof",
+                                                            "chalicelib.methods.gcp.facts") if m in sys.modules),
                              "security_built": app._service is not None and app._service._security is not None}),
       flush=True)
 """
@@ -275,17 +276,19 @@ def test_an_aws_issuance_never_imports_an_http_library(stack, gcp):
 
 
 @pytest.mark.parametrize("init_type", ["on-demand", "snap-start"])
-def test_the_security_routes_are_built_at_init_only_for_a_snapshot(stack, init_type):
-    """An issuance never needs the security routes' modules: an on-demand cold start leaves
-    them for the first security request; a SnapStart init builds them, so the snapshot holds
-    them and no restored copy pays for them."""
+def test_what_an_aws_issuance_never_needs_is_built_at_init_only_for_a_snapshot(stack, init_type):
+    """An AWS issuance never needs the security routes' modules nor the GCP method: an
+    on-demand cold start leaves them for their first request; a SnapStart init builds them,
+    so the snapshot holds them and no restored copy pays for them. (GCP is enabled here.)"""
     env = {**stack.broker_env(), **LAMBDA_RUNTIME, "AWS_LAMBDA_INITIALIZATION_TYPE": init_type}
     proc = subprocess.run([sys.executable, "-c", IMPORTS_CHILD], cwd=PROJECT, env=_env(env),
                           input=json.dumps(_fresh_login(stack)), capture_output=True, text=True, timeout=120)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("CHILD ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     result = json.loads(lines[-1][len("CHILD "):])
-    assert result["status"] == 200, proc.stdout[-3000:]
+    assert result["status"] == 200 and "gcp" in result["methods"], proc.stdout[-3000:]
     snapshot = init_type == "snap-start"
     assert result["security_built"] is snapshot
-    assert bool(result["security_routes"]) is snapshot, result["security_routes"]
+    expected = ["chalicelib.admin_auth", "chalicelib.audit_query", "chalicelib.methods.gcp.facts",
+                "chalicelib.methods.gcp.proof", "chalicelib.security"]
+    assert result["deferred"] == (expected if snapshot else []), result["deferred"]
