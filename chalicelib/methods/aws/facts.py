@@ -140,7 +140,15 @@ class AwsFactsReader:
     def _verify_instance(self, clients, arn):
         """(InstanceFacts, None) when the session's instance claim holds, else (None, reason)."""
         instance_id = arn.session_instance_id
-        found = self._find_instance(clients, instance_id)
+        # An instance profile is named like its role more often than not (the console's
+        # convention, and many templates'): with a cold cache, that one is read beside
+        # DescribeInstances, so the membership check below costs no step of its own. Only a
+        # guess: the check reads the profile the instance really has (a wrong guess costs
+        # one read more, and its errors are nobody's).
+        (found, find_error), _ = settle(lambda: self._find_instance(clients, instance_id),
+                                        self._profile_guess_call(clients, arn.role_name))
+        if find_error is not None:
+            raise find_error
         if found is None:
             return None, (f"session names instance {instance_id}, which does not exist in account "
                           f"{arn.account} in the regions the broker reads")
@@ -175,6 +183,12 @@ class AwsFactsReader:
 
         found = raise_first(settle(*[(lambda r=r: lookup(r)) for r in self._regions]))
         return next((f for f in found if f is not None), None)
+
+    def _profile_guess_call(self, clients, role_name):
+        key = ("profile", clients.account, role_name)
+        if not role_name or self._cache.ready(key) is not None:
+            return Ready(None)
+        return lambda: self._cache.get(key, lambda: self._profile_roles(clients, role_name))
 
     def _profile_holds_role(self, clients, profile_arn, arn):
         # arn:aws:iam::ACCOUNT:instance-profile/PATH/NAME
