@@ -101,27 +101,6 @@ class AuditStore:
             # Treating it as a failure would take back an issuance its record calls issued.
             return
 
-    def correct_taken_back(self, record):
-        """After a write that got no usable answer and whose issuance was then taken back in
-        full: if the record landed anyway (its read-back timed out too), it must not call
-        the issuance issued. Best effort, one conditional update: the store was failing a
-        moment ago. Only an issued record of this very write (its epoch) is changed."""
-        try:
-            self._db.update_item(
-                TableName=self._table, Key={"request_id": {"S": record.request_id}},
-                UpdateExpression="SET #outcome = :error, #code = :code, #reason = :reason",
-                ConditionExpression="attribute_exists(request_id) AND #outcome = :issued AND #epoch = :epoch",
-                ExpressionAttributeNames={"#outcome": "outcome", "#code": "code", "#reason": "reason",
-                                          "#epoch": "epoch"},
-                ExpressionAttributeValues={
-                    ":error": {"S": "error"}, ":code": {"S": "unavailable"}, ":issued": {"S": "issued"},
-                    ":epoch": {"N": f"{record.epoch:.3f}"},
-                    ":reason": {"S": "taken back: the write of this record got no answer, so the issuance "
-                                     "was taken back (wrapping tokens spent, secret ID destroyed) and the "
-                                     "caller was answered 503"}})
-        except Exception:  # not there (the usual case), or the store still failing
-            return
-
     def _landed(self, request_id, epoch):
         """True when our record (its request ID, its epoch) is in the table; False when it is
         not, or when the table can't tell either."""

@@ -54,12 +54,29 @@ class AuditedRequests:
             self._write(record, event, metrics, unrecorded_message)
         except Unavailable as error:
             if on_unrecorded is not None and on_unrecorded() is True:
-                # Taken back in full: a record that landed unseen must not say "issued".
-                self._audit.correct_taken_back(record)
+                self._record_take_back(record)
             error.request_id = record.request_id
             raise
         body["request_id"] = record.request_id
         return body
+
+    def _record_take_back(self, record):
+        """After a record whose write got no usable answer (no read-back either) and whose
+        issuance was then taken back in full: a take_back record naming it, in case it landed
+        unseen and calls a destroyed credential issued. Append-only, as every record (the
+        broker never rewrites one); best effort, the store was failing a moment ago."""
+        follow = self.new_record(record.method, {"source_ip": record.source_ip,
+                                                 "api_request_id": record.api_request_id},
+                                 role=record.role, principal=record.principal, account=record.account,
+                                 instance=record.instance, related_request_id=record.request_id,
+                                 action="take_back", outcome="error", code="unavailable",
+                                 reason=f"issuance {record.request_id} taken back (wrapping tokens spent, secret ID "
+                                        f"destroyed): the write of its record got no answer, so the caller was "
+                                        f"answered 503; if that record landed, it is not in force")
+        try:
+            self._audit.write(follow)
+        except Unavailable:
+            log(self._log, logging.ERROR, "take-back record not written", request_id=record.request_id)
 
     def _record_failure(self, record, error, event, metrics, unrecorded_message):
         record.outcome = "denied" if error.status < 500 else "error"

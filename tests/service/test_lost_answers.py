@@ -87,18 +87,19 @@ class _AnswersAndReadsLost(_AnswersLost):
         raise TimeoutError("read timeout")
 
 
-def test_a_record_that_landed_unseen_is_corrected_once_its_issuance_was_taken_back(stack):
+def test_a_record_that_landed_unseen_is_named_by_a_take_back_record_once_its_issuance_was_taken_back(stack):
     import logging
 
     from chalicelib.errors import Unavailable
     from chalicelib.pipeline.frame import AuditedRequests
 
     client = stack.client("dynamodb")
-    store = AuditStore(_AnswersAndReadsLost(client), stack_aws.AUDIT_TABLE, retention_days=1)
-    frame = AuditedRequests(store, logging.getLogger("test"))
+    reader = AuditStore(client, stack_aws.AUDIT_TABLE, retention_days=1)
 
     def run(undone):
-        record = frame.new_record("aws", {})
+        frame = AuditedRequests(AuditStore(_LostThenFine(client), stack_aws.AUDIT_TABLE, retention_days=1),
+                                logging.getLogger("test"))
+        record = frame.new_record("aws", {}, role="web", principal="arn:aws:iam::123456789012:role/demo-node")
 
         def work():
             record.outcome, record.code, record.secret_id_accessor = "issued", "issued", "acc-3"
@@ -106,27 +107,30 @@ def test_a_record_that_landed_unseen_is_corrected_once_its_issuance_was_taken_ba
 
         with pytest.raises(Unavailable):  # no answer, no read-back: the caller is told 503
             frame.run(record, work, on_unrecorded=lambda: undone)
-        return AuditStore(client, stack_aws.AUDIT_TABLE, retention_days=1).get(record.request_id)
+        found = client.scan(TableName=stack_aws.AUDIT_TABLE, FilterExpression="related_request_id = :id",
+                            ExpressionAttributeValues={":id": {"S": record.request_id}})["Items"]
+        return reader.get(record.request_id), [reader.get(item["request_id"]["S"]) for item in found]
 
-    taken_back = run(undone=True)
-    assert taken_back["outcome"] == "error" and taken_back["code"] == "unavailable"
-    assert "taken back" in taken_back["reason"] and taken_back["secret_id_accessor"] == "acc-3"
-    # Not fully taken back (a destroy failed): the record keeps saying issued, so a
-    # revocation's sweep still finds the issuance and destroys what is left.
-    assert run(undone=False)["outcome"] == "issued"
+    landed, follows = run(undone=True)
+    assert landed["outcome"] == "issued"  # the broker never rewrites a record (append-only)
+    assert [(f["action"], f["outcome"], f["code"], f["role"]) for f in follows] == [
+        ("take_back", "error", "unavailable", "web")]
+    assert "taken back" in follows[0]["reason"] and landed["request_id"] in follows[0]["reason"]
+    # Not fully taken back (a destroy failed): no take_back record, so the record still in
+    # force says issued and a revocation's sweep finds the issuance and destroys what is left.
+    landed, follows = run(undone=False)
+    assert landed["outcome"] == "issued" and follows == []
 
 
-def test_the_correction_never_touches_another_record(stack):
-    client = stack.client("dynamodb")
-    store = AuditStore(client, stack_aws.AUDIT_TABLE, retention_days=1)
-    denied = AuditRecord(request_id=str(uuid.uuid4()), method="aws", outcome="denied", code="not_authorized")
-    store.write(denied)
-    store.correct_taken_back(denied)  # not an issued record: left as it is
-    assert store.get(denied.request_id)["outcome"] == "denied"
-    issued = AuditRecord(request_id=str(uuid.uuid4()), method="aws", outcome="issued", code="issued")
-    store.write(issued)
-    other_write = AuditRecord(request_id=issued.request_id, method="aws", outcome="issued", code="issued",
-                              epoch=issued.epoch + 1)
-    store.correct_taken_back(other_write)  # same request ID, another write (epoch): left as it is
-    assert store.get(issued.request_id)["outcome"] == "issued"
-    store.correct_taken_back(AuditRecord(request_id=str(uuid.uuid4()), method="aws"))  # absent: no error, no record
+class _LostThenFine(_AnswersAndReadsLost):
+    """The first PutItem lands and its answer is lost (reads too); later ones go through."""
+
+    def __init__(self, client):
+        super().__init__(client)
+        self._puts = 0
+
+    def put_item(self, **kwargs):
+        self._puts += 1
+        if self._puts == 1:  # the issuance's record: landed, no answer
+            return super().put_item(**kwargs)
+        return self._client.put_item(**kwargs)
