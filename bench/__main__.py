@@ -46,7 +46,7 @@ def counts(quick: bool) -> dict:
         "import_reps": 3 if quick else 9,
         "first_request_reps": 1 if quick else 3,
         "cold_reps": 3 if quick else 5,
-        "count_issuances": 3 if quick else 10,
+        "count_issuances": 3 if quick else 30,  # ~2 s: the role's shared quarantine read (1 s) is in the sample
         "latency_iterations": 6 if quick else 40,
         "botocore_calls": 30 if quick else 200,
         "storm_requests": 40 if quick else 500,
