@@ -300,7 +300,7 @@ def _read_answer(reader, method, max_bytes):
         version, _, rest = status_line.decode("latin-1").rstrip("\r\n").partition(" ")
         code = rest[:3]
         # three ASCII digits, then a space or the line's end ("2000" is no 200)
-        if not version.startswith("HTTP/1.") or len(code) != 3 or not _digits(code) or rest[3:4] not in ("", " "):
+        if not version.startswith("HTTP/1.") or len(code) != 3 or not ascii_digits(code) or rest[3:4] not in ("", " "):
             raise HttpError("ProtocolError (not HTTP/1.x)")
         status = int(code)
         headers = _read_headers(reader)
@@ -320,7 +320,7 @@ def _read_answer(reader, method, max_bytes):
         return status, headers, data, keep_alive and complete and "content-length" not in headers
     length = headers.get("content-length")
     if length is not None:
-        if not _digits(length.strip()):
+        if not ascii_digits(length.strip()):
             raise HttpError("ProtocolError (bad Content-Length)")
         length = int(length)
         data = reader.read(min(length, max_bytes + 1))
@@ -330,10 +330,10 @@ def _read_answer(reader, method, max_bytes):
     return status, headers, reader.read(max_bytes + 1), False  # framed by the close
 
 
-def _digits(text):
-    """1 to 18 ASCII digits. str.isdigit() alone takes "²", and int() of more than 4,300
-    digits raises: a ValueError out of the pool (a 500), not a named HttpError."""
-    return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
+def ascii_digits(text, longest=18):
+    """1 to `longest` ASCII digits. str.isdigit() alone takes "²", and int() of more than
+    4,300 digits raises: a ValueError out of a parser (a 500), not a named error."""
+    return 0 < len(text) <= longest and text.isascii() and text.isdigit()
 
 
 def _read_headers(reader):

@@ -228,7 +228,6 @@ class VaultMinter:
             if status == "gone" or attempt == 2:
                 return False
             time.sleep(DESTROY_RETRY_SECONDS)
-        return False
 
     def destroy_secret_id_status(self, role, accessor):
         """Destroy a secret ID by accessor (revocation, incident): "destroyed", "gone" (Vault

@@ -35,7 +35,7 @@ import time
 import uuid
 import zlib
 
-from ..http_pool import HttpError
+from ..http_pool import HttpError, ascii_digits
 from . import query
 from .sigv4 import sign_post
 
@@ -185,7 +185,7 @@ class LeanClient:
             return False
         # a CRC that is no 32-bit decimal ("²" passes str.isdigit() and int() raises; 5,000
         # digits raise too): not DynamoDB's answer, so a mismatch (retried), never a 500
-        if not (0 < len(expected) <= 10 and expected.isascii() and expected.isdigit()):
+        if not ascii_digits(expected, longest=10):
             return True
         return int(expected) != zlib.crc32(answer.data) & 0xFFFFFFFF
 

@@ -135,6 +135,7 @@ class BrokerService:
             }
 
         def take_back():
+            # a list, not a generator: every issuance is taken back, even after one failed
             return bool(issued) and all([self._take_back(record, minted) for minted in issued])
 
         body = self._frame.run(record, work, on_unrecorded=take_back)

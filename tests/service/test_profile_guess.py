@@ -72,7 +72,10 @@ def test_a_profile_named_like_its_role_is_read_beside_describe_instances(world, 
     profile_asked, in_time = threading.Event(), []
     find = reader._find_instance
 
+    threads = []
+
     def find_after_the_guess_began(clients, wanted):
+        threads.append(threading.current_thread().name)
         in_time.append(profile_asked.wait(5))
         return find(clients, wanted)
 
@@ -86,6 +89,9 @@ def test_a_profile_named_like_its_role_is_read_beside_describe_instances(world, 
     monkeypatch.setattr(reader, "_profile_roles", profile_roles)
     facts = reader.read(_Caller(name, instance_id), None)
     assert in_time == [True]  # GetInstanceProfile began while DescribeInstances was still to come
+    # The claim, which waits on calls of its own, ran outside the pool (the role's tags, not
+    # kept yet, went there): no pool thread waits on the pool (chalicelib/concurrency.py).
+    assert threads == [threading.current_thread().name]
     assert facts.claim_error is None and facts.instance.instance_id == instance_id
     assert calls.count("GetInstanceProfile") == 1  # the guess served the membership check
 

@@ -7,6 +7,7 @@ checked offline first, then read in parallel through the account's reader
 instance (every configured region at once) or the task.
 """
 
+import functools
 import threading
 import time
 
@@ -32,6 +33,8 @@ class ShortCache:
         self._lock = threading.Lock()
 
     def get(self, key, load):
+        if self._seconds <= 0:
+            return load()
         ready = self.ready(key)
         if ready is not None:
             return ready.value
@@ -50,6 +53,10 @@ class ShortCache:
         with self._lock:
             hit = self._items.get(key)
         return Ready(hit[1]) if hit is not None and hit[0] > self._clock() else None
+
+    def call(self, key, load):
+        """`get(key, load)` as a call for `settle`: Ready while `key` is kept (no thread)."""
+        return self.ready(key) or (lambda: self.get(key, load))
 
 
 class AwsFactsReader:
@@ -74,18 +81,21 @@ class AwsFactsReader:
             return AwsFacts(**base, unreadable_account=True)
 
         claim_kind = "ec2" if arn.session_instance_id else ("ecs" if arn.session_task_id or task_arn else None)
-        # What the cache holds is at hand (Ready); only real reads overlap in threads.
-        calls = [
-            self._role_tags_call(clients, arn.role_name) if arn.role_name else Ready({}),
-            self._trust_call(clients, arn.role_name, claim_kind) if claim_kind else Ready(None),
-        ]
         if claim_kind == "ec2":
-            calls.append(lambda: self._verify_instance(clients, arn))
+            claim = functools.partial(self._verify_instance, clients, arn)
         elif claim_kind == "ecs":
-            calls.append(lambda: self._tasks.verify(clients, arn, task_arn))
+            claim = functools.partial(self._tasks.verify, clients, arn, task_arn)
         else:
-            calls.append(lambda: (None, None))
-        role_tags, trust_error, (machine, claim_error) = raise_first(settle(*calls))
+            claim = Ready((None, None))
+        # The claim first: settle runs it in this thread, and it overlaps calls of its own
+        # (regions, the profile guess), which only a thread outside the pool may wait on.
+        # What the cache holds is at hand (Ready); only real reads go to the pool.
+        claimed, tags, trust = settle(
+            claim,
+            self._cache.call(("tags", clients.account, arn.role_name),
+                             lambda: self._read_role_tags(clients, arn.role_name)) if arn.role_name else Ready({}),
+            self._trust_call(clients, arn.role_name, claim_kind) if claim_kind else Ready(None))
+        role_tags, trust_error, (machine, claim_error) = raise_first([tags, trust, claimed])  # IAM's error first
         if claim_error:
             return AwsFacts(**base, role_tags=role_tags, claim_error=claim_error)
         return AwsFacts(**base, role_tags=role_tags,
@@ -94,10 +104,6 @@ class AwsFactsReader:
                         claim_trust_error=trust_error if machine is not None else None)
 
     # ---- IAM ------------------------------------------------------------------------------
-
-    def _role_tags_call(self, clients, role_name):
-        key = ("tags", clients.account, role_name)
-        return self._cache.ready(key) or (lambda: self._cache.get(key, lambda: self._read_role_tags(clients, role_name)))
 
     @staticmethod
     def _read_role_tags(clients, role_name):
@@ -185,10 +191,9 @@ class AwsFactsReader:
         return next((f for f in found if f is not None), None)
 
     def _profile_guess_call(self, clients, role_name):
-        key = ("profile", clients.account, role_name)
-        if not role_name or self._cache.ready(key) is not None:
+        if not role_name:
             return Ready(None)
-        return lambda: self._cache.get(key, lambda: self._profile_roles(clients, role_name))
+        return self._cache.call(("profile", clients.account, role_name), lambda: self._profile_roles(clients, role_name))
 
     def _profile_holds_role(self, clients, profile_arn, arn):
         # arn:aws:iam::ACCOUNT:instance-profile/PATH/NAME
