@@ -24,7 +24,6 @@ import hashlib
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 
@@ -34,6 +33,7 @@ from .audit_schema import (AUDIT_INDEXES, INDEX_INSTANCE, INDEX_PRINCIPAL, INDEX
 from .aws_calls import call
 from .errors import InvalidRequest
 from .methods import REGISTRY
+from .records import Record, field
 
 METHODS = tuple(REGISTRY)  # every proof method the registry knows
 DEFAULT_LIMIT = 50
@@ -53,8 +53,7 @@ _EPOCH = re.compile(r"^\d{1,12}(\.\d{1,6})?$")
 PARAMS = ("since", "until", "principal", "instance", "role", "outcome", "method", "account", "limit", "next")
 
 
-@dataclass(frozen=True, order=True)
-class Position:
+class Position(Record, frozen=True, order=True):
     """Where a record sits in newest-first order: (epoch, request_id)."""
 
     epoch: Decimal
@@ -65,8 +64,7 @@ TOP = Position(Decimal("Infinity"), "")
 MAX_REQUEST_ID = "ffffffff-ffff-ffff-ffff-ffffffffffff"
 
 
-@dataclass(frozen=True)
-class AuditQuery:
+class AuditQuery(Record, frozen=True):
     since: Decimal
     until: Decimal
     principal: str | None = None
@@ -213,8 +211,7 @@ def decode_cursor(text, given):
 # ---- running a query ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(Record, frozen=True):
     index: str
     key_attribute: str
     segments: list  # [[partition key values]], newest segment first (by-time: one per day)
@@ -281,16 +278,14 @@ def _days(since, until):
     return out
 
 
-@dataclass
-class _Shard:
+class _Shard(Record):
     key: str
     start_key: dict | None = None
     frontier: Position = TOP  # the last position read (matching or not); TOP before the first read
     exhausted: bool = False
 
 
-@dataclass
-class SearchResult:
+class SearchResult(Record):
     events: list
     next_cursor: str | None
     queries: int  # DynamoDB Query calls made

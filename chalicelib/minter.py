@@ -9,11 +9,11 @@ new secret ID at creation, so their `creation_path` is the AppRole path itself.
 import json
 import threading
 import time
-from dataclasses import dataclass
 
 from .concurrency import settle
 from .errors import Unavailable
 from .http_pool import HttpError
+from .records import Record, field
 from .vault_http import VaultHttp, errors_of
 
 # A take-back's destroy that failed is tried again after this long.
@@ -22,9 +22,8 @@ DESTROY_RETRY_SECONDS = 0.2
 TOKEN_REFRESH_FRACTION = 0.2
 
 
-@dataclass(frozen=True)
-class Wrap:
-    token: str
+class Wrap(Record, frozen=True):
+    token: str = field(repr=False)  # the wrapping token: never in a repr
     accessor: str
     ttl: int
     creation_time: str
@@ -35,8 +34,7 @@ class Wrap:
                 "creation_time": self.creation_time, "creation_path": self.creation_path}
 
 
-@dataclass(frozen=True)
-class Issued:
+class Issued(Record, frozen=True):
     role: str
     role_id_wrap: Wrap
     secret_id_wrap: Wrap

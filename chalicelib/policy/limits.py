@@ -1,14 +1,13 @@
 """[rate_limits]: how many issuances the broker allows in a window."""
 
 import re
-from dataclasses import dataclass, field
 
+from ..records import Record, field
 from .durations import parse_duration
 from .fields import RulesError, only_keys
 
 
-@dataclass(frozen=True)
-class Limit:
+class Limit(Record, frozen=True):
     count: int
     window: int  # seconds
 
@@ -22,8 +21,7 @@ DEFAULT_PER_IDENTITY = Limit(20, 3600)
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
 
 
-@dataclass(frozen=True)
-class RateLimits:
+class RateLimits(Record, frozen=True):
     """Counted in DynamoDB, shared by every Lambda instance."""
 
     per_identity: Limit = None  # None: DEFAULT_PER_IDENTITY

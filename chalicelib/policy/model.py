@@ -5,8 +5,8 @@ The engine knows no cloud. Each rule names one proof method (`[rule.aws]`,
 `match` module (chalicelib/methods/<name>/match.py) says whether they hold.
 """
 
-from dataclasses import dataclass, field
 
+from ..records import Record, field
 from .fields import any_glob
 from .limits import RateLimits
 
@@ -18,8 +18,7 @@ DEFAULT_WRAP_TTL = 60
 DEFAULT_SECRET_ID_TTL = 300
 
 
-@dataclass(frozen=True)
-class Issuance:
+class Issuance(Record, frozen=True):
     """How the granted credentials are issued."""
 
     wrap_ttl: int = DEFAULT_WRAP_TTL
@@ -28,8 +27,7 @@ class Issuance:
     bind_source_cidr: bool = False
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(Record, frozen=True):
     name: str
     role: str
     issuance: Issuance
@@ -47,8 +45,7 @@ class Rule:
         return self.matcher.mismatches(self.conditions, facts)
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(Record, frozen=True):
     granted: bool
     role: str
     rule: str | None = None
@@ -56,8 +53,7 @@ class Decision:
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(Record, frozen=True):
     """One rule's answer for `explain`."""
 
     rule: str
@@ -66,8 +62,7 @@ class Verdict:
     reasons: list = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class RuleSet:
+class RuleSet(Record, frozen=True):
     rules: tuple
     source: str = "<rules>"
     # [security] principal_arns: globs on the canonical IAM ARN of who may use the

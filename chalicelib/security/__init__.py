@@ -12,8 +12,8 @@
 named dependencies.
 """
 
-from dataclasses import dataclass
 
+from ..records import Record
 from .incidents import INCIDENT_LIMIT, INCIDENT_WINDOW, Incidents
 from .inputs import MAX_QUARANTINE, MAX_REASON, parse_duration, parse_reason
 from .audit_reads import AuditReads
@@ -21,8 +21,7 @@ from .revocations import Revocations
 from .token_registrations import TokenRegistrations
 
 
-@dataclass(frozen=True)
-class SecurityRoutes:
+class SecurityRoutes(Record, frozen=True):
     audit: AuditReads
     revocations: Revocations
     incidents: Incidents

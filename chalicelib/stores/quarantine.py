@@ -20,12 +20,12 @@ every read checks `until` itself.
 
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ..audit_schema import TTL_ATTRIBUTE
 from ..aws_calls import call, try_call
 from ..errors import Quarantined, Unavailable
+from ..records import Record
 
 KINDS = ("instance", "principal", "instanceless")
 
@@ -115,8 +115,7 @@ def role_key_of(principal):
     return quarantine_key("principal", role) if role else None
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(Record, frozen=True):
     key: str
     revocation_id: str
     until: int

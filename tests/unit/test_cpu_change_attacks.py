@@ -9,7 +9,6 @@ only when it is the operation's own answer; anything else is a named error (the 
 503), never "empty" and never a stray exception (a 500).
 """
 
-import dataclasses
 import socket
 import threading
 import time
@@ -22,6 +21,7 @@ from chalicelib.errors import InvalidProof, Quarantined, Unavailable
 from chalicelib.http_pool import HttpError, Pools
 from chalicelib.stores.memory import MemoryQuarantineList
 from chalicelib.stores.quarantine import RecentReads, quarantine_key
+from chalicelib.records import FrozenInstanceError
 from tests.unit.test_http_pool import RawServer, tls_server  # noqa: F401 (tls_server: the fixture)
 from tests.unit.test_lean_aws import Script, _answer, _client
 
@@ -446,7 +446,7 @@ def test_a_cached_principal_arn_is_frozen_and_a_refused_one_is_refused_every_tim
     from chalicelib.methods.aws.arn import parse_principal_arn
 
     arn = parse_principal_arn("arn:aws:sts::123456789012:assumed-role/demo-node/i-0123456789abcdef0")
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(FrozenInstanceError):
         arn.name = "admin"  # a caller can't poison what the next one reads
     assert parse_principal_arn("arn:aws:sts::123456789012:assumed-role/demo-node/i-0123456789abcdef0") == arn
     for _ in range(2):

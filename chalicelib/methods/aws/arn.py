@@ -2,9 +2,9 @@
 
 import functools
 import re
-from dataclasses import dataclass
 
 from ...errors import InvalidProof
+from ...records import Record
 
 # arn:PARTITION:SERVICE::ACCOUNT:RESOURCE (IAM and STS ARNs have no region)
 _ARN = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):(iam|sts)::(\d{12}):(.+)$")
@@ -13,8 +13,7 @@ _PATH_SEGMENT = re.compile(r"^[\x21-\x7e]{1,512}$")
 INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 
 
-@dataclass(frozen=True)
-class PrincipalArn:
+class PrincipalArn(Record, frozen=True):
     partition: str
     account: str
     kind: str  # "user", "role" or "assumed-role"
@@ -90,8 +89,7 @@ _TASK_ARN = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):ecs:([a-z]{2}(?:-[a-z]+)+-
                        r"([A-Za-z0-9_-]{1,255})/([0-9a-f-]{32,36})$")
 
 
-@dataclass(frozen=True)
-class TaskArn:
+class TaskArn(Record, frozen=True):
     arn: str
     partition: str
     region: str

@@ -5,14 +5,13 @@ account, never taken from the caller's request. Shared with the client
 (`broker policy explain`), so it imports nothing but the ARN parser.
 """
 
-from dataclasses import dataclass, field
 
+from ...records import Record, field, field_names
 from ..base import Entity, plain
 from .arn import parse_principal_arn
 
 
-@dataclass(frozen=True)
-class InstanceFacts:
+class InstanceFacts(Record, frozen=True):
     instance_id: str
     region: str
     state: str
@@ -23,8 +22,7 @@ class InstanceFacts:
     imdsv2_required: bool | None = None
 
 
-@dataclass(frozen=True)
-class TaskFacts:
+class TaskFacts(Record, frozen=True):
     task_id: str
     task_arn: str
     region: str
@@ -37,8 +35,7 @@ class TaskFacts:
     tags: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class AwsFacts:
+class AwsFacts(Record, frozen=True):
     account: str
     principal_arn: str  # as STS returned it
     canonical_arn: str  # IAM ARN of the user or role (no path)
@@ -88,7 +85,7 @@ class AwsFacts:
         if "instance_claim_error" in data:  # audit records written before tasks existed
             data.setdefault("claim_error", data.pop("instance_claim_error"))
         instance, task = data.pop("instance", None), data.pop("task", None)
-        unknown = set(data) - set(cls.__dataclass_fields__)
+        unknown = set(data) - set(field_names(cls))
         if unknown:
             raise ValueError(f"unknown fact fields: {', '.join(sorted(unknown))}")
         if data.get("method", "aws") != "aws":

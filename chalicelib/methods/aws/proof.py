@@ -10,13 +10,13 @@ import hashlib
 import hmac
 import re
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from ... import safe_xml
 from ...errors import InvalidProof, Unavailable
 from ...http_pool import HttpError
+from ...records import Record, field
 from ..base import Entity, VerifiedCaller
 from .arn import parse_principal_arn
 
@@ -49,14 +49,14 @@ _PROOF_ERRORS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class SignedProof:
+class SignedProof(Record, frozen=True):
     """A proof that passed the offline checks: what the broker will send to STS."""
 
     endpoint: str  # https://host/ from the allow-list
     host: str
-    headers: tuple  # ((name, value), ...): the signed headers and Authorization
-    signature: str
+    # secrets (the session token, the signature): never in a repr
+    headers: tuple = field(repr=False)  # ((name, value), ...): the signed headers and Authorization
+    signature: str = field(repr=False)
     signed_at: datetime
 
 

@@ -10,11 +10,11 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
 
 from ...bodies import decode_json_object, parse_role
 from ...errors import InvalidProof, InvalidRequest
 from . import PROOF_FIELDS
+from ...records import Record, field
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 AWS_FIELDS = ("role",) + PROOF_FIELDS
@@ -22,13 +22,12 @@ OPTIONAL_FIELDS = ("ecs_task_arn",)
 MAX_TASK_ARN = 512
 
 
-@dataclass(frozen=True)
-class AwsLoginRequest:
+class AwsLoginRequest(Record, frozen=True):
     role: str
     method: str
     url: str
     body: bytes
-    headers: tuple  # ((name as sent, value), ...), one value per name
+    headers: tuple = field(repr=False)  # ((name as sent, value), ...), one value per name; holds the session token
     ecs_task_arn: str | None = None  # a claim, checked against DescribeTasks
 
     def header(self, name):

@@ -1,12 +1,11 @@
 """What the broker knows about a verified GCP caller: plain data, no I/O (shared with the client)."""
 
-from dataclasses import dataclass, field
 
+from ...records import Record, field, field_names
 from ..base import Entity, plain
 
 
-@dataclass(frozen=True)
-class GceInstanceFacts:
+class GceInstanceFacts(Record, frozen=True):
     instance_id: str
     name: str
     project_id: str
@@ -18,8 +17,7 @@ class GceInstanceFacts:
     labels: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class GcpFacts:
+class GcpFacts(Record, frozen=True):
     """A caller proven by a Google-signed ID token: a GCE instance or a service account."""
 
     email: str  # the service account the token was minted for
@@ -57,7 +55,7 @@ class GcpFacts:
         if "instance_claim_error" in data:  # audit records written before the rename
             data.setdefault("claim_error", data.pop("instance_claim_error"))
         instance = data.pop("instance", None)
-        unknown = set(data) - set(cls.__dataclass_fields__)
+        unknown = set(data) - set(field_names(cls))
         if unknown:
             raise ValueError(f"unknown fact fields: {', '.join(sorted(unknown))}")
         if data.get("method", "gcp") != "gcp":

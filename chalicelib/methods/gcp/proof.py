@@ -13,11 +13,11 @@ import json
 import re
 import threading
 import time
-from dataclasses import dataclass
 
 from ...bodies import parse_json_object, parse_role
 from ...errors import InvalidProof, InvalidRequest, Unavailable
 from ...http_pool import HttpError
+from ...records import Record, field
 from ..base import Entity, VerifiedCaller
 
 GOOGLE_ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
@@ -33,10 +33,9 @@ _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*([0-9]+)", re.IGNORECASE)
 _NO_CACHE = re.compile(r"(?:^|,)\s*(no-store|no-cache)\b", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class GcpLoginRequest:
+class GcpLoginRequest(Record, frozen=True):
     role: str
-    jwt: str
+    jwt: str = field(repr=False)  # a bearer token: never in a repr
 
 
 def parse_gcp_login(raw):

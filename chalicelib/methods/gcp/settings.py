@@ -1,12 +1,11 @@
 """The GCP method's settings. Without BROKER_GCP_AUDIENCE the method is off (None)."""
 
-from dataclasses import dataclass
 
 from ...config import env_number, env_url, env_value
+from ...records import Record
 
 
-@dataclass(frozen=True)
-class GcpSettings:
+class GcpSettings(Record, frozen=True):
     audience: str
     certs_url: str
     compute_url: str
