@@ -230,8 +230,44 @@ print("BENCH_RESULT " + json.dumps({"t_main": t_main, "t_import": t_import, "t_d
 """
 
 
+class TaskRoot:
+    """What Lambda runs, on this machine: the tree's deployment.zip (`chalice package`
+    plus deploy/bytecode.py, for this Python) unpacked into a directory, and a bare
+    virtualenv of this Python to run it (no site-packages: none of the development
+    virtualenv's .pth files, such as the project's editable install, which costs every
+    process here ~25 ms at start that Lambda never pays). Bytecode is never written
+    (PYTHONDONTWRITEBYTECODE: /var/task is read-only), so a module without bytecode in
+    the zip is compiled by every cold start, as in Lambda."""
+
+    def __init__(self, tree: Path, workdir: Path):
+        import zipfile
+
+        from .package import chalice_package
+
+        self.root = workdir / "task"
+        out = workdir / "package"
+        chalice_package(tree, out)
+        with zipfile.ZipFile(out / "deployment.zip") as z:
+            z.extractall(self.root)
+        venv = workdir / "runtime"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
+        self.python = str(venv / "bin" / "python")
+        self.env = {"PYTHONDONTWRITEBYTECODE": "1"}
+
+    def without_bytecode(self) -> "TaskRoot":
+        """The same task root with no bytecode at all (as `chalice package` alone ships it
+        from a clean clone): what deploy/bytecode.py saves each cold start."""
+        import copy
+        import shutil
+
+        bare = copy.copy(self)
+        bare.root = self.root.with_name("task-no-bytecode")
+        shutil.copytree(self.root, bare.root, ignore=shutil.ignore_patterns("__pycache__"))
+        return bare
+
+
 def cold_first_issuance(tree: Path, broker_env: dict, make_event, reps: int, python: str = sys.executable,
-                        say=print) -> dict:
+                        say=print, task_root: TaskRoot | None = None) -> dict:
     """``cold_first_issuance_ms``: a fresh process with the Lambda's environment (the
     broker's BROKER_* and AWS_* variables, the runtime's AWS_LAMBDA_* ones): from just
     before the spawn to the first AWS issuance answered through the Lambda entry point
@@ -245,6 +281,10 @@ def cold_first_issuance(tree: Path, broker_env: dict, make_event, reps: int, pyt
     (docs/performance.md). BENCH_AWS_CLIENTS=tuned no longer reaches the cold process's
     clients: they are built before its prelude runs."""
     env = clean_env({**broker_env, **LAMBDA_ENV})
+    cwd = tree
+    if task_root is not None:  # the unpacked zip, run by a bare interpreter
+        env.update(task_root.env)
+        python, cwd = task_root.python, task_root.root
     runs = []
     for i in range(reps):
         payload = json.dumps({"event": make_event(), "request_id": f"cold-{i}"}).encode()
@@ -252,7 +292,7 @@ def cold_first_issuance(tree: Path, broker_env: dict, make_event, reps: int, pyt
         from .env import TUNED_CLIENTS_PRELUDE
 
         code = f"PRELUDE = {TUNED_CLIENTS_PRELUDE!r}\n" + _COLD_CHILD
-        proc = subprocess.run([python, "-c", code], cwd=tree, env=env, input=payload,
+        proc = subprocess.run([python, "-c", code], cwd=cwd, env=env, input=payload,
                               capture_output=True, timeout=120)
         line = next((ln for ln in proc.stdout.decode(errors="replace").splitlines()
                      if ln.startswith("BENCH_RESULT ")), None)
@@ -267,8 +307,28 @@ def cold_first_issuance(tree: Path, broker_env: dict, make_event, reps: int, pyt
                      "first_issuance_ms": (doc["t_done"] - doc["t_import"]) * 1000,
                      # the process's own CPU from its start to the answer: less sensitive to load
                      "process_cpu_ms": doc["cpu"] * 1000})
-    result = {k: median(r[k] for r in runs) for k in runs[0]}
-    result["runs_total_ms"] = [r["total_ms"] for r in runs]
-    result["reps"] = reps
+    result = _medians(runs)
     say(f"benchmark 3: cold first issuance in {reps} fresh processes, median {result['total_ms']:.0f} ms")
     return result
+
+
+def _medians(runs: list[dict]) -> dict:
+    result = {k: median(r[k] for r in runs) for k in runs[0]}
+    result["runs_total_ms"] = [r["total_ms"] for r in runs]
+    result["reps"] = len(runs)
+    return result
+
+
+def cold_variants(tree: Path, broker_env: dict, make_event, reps: int, variants: dict, say=print) -> dict:
+    """cold_first_issuance for each variant ({name: TaskRoot, or None for the tree in this
+    virtualenv}), one run of each in turn, `reps` rounds: the machine's load and moto's
+    growing session list fall on every variant alike."""
+    runs: dict = {name: [] for name in variants}
+    for _ in range(reps):
+        for name, task_root in variants.items():
+            one = cold_first_issuance(tree, broker_env, make_event, 1, say=lambda _m: None, task_root=task_root)
+            runs[name].append({k: v for k, v in one.items() if k not in ("runs_total_ms", "reps")})
+    out = {name: _medians(r) for name, r in runs.items()}
+    say("benchmark 3: cold first issuance, median of " + str(reps) + ": "
+        + ", ".join(f"{name} {v['total_ms']:.0f} ms" for name, v in out.items()))
+    return out

@@ -31,20 +31,31 @@ from .env import PROJECT_DIR
 MB = 1_000_000
 
 
-def lambda_zip(tree: Path, say=print) -> dict:
+def chalice_package(tree: Path, out: Path | str) -> subprocess.CompletedProcess:
+    """`chalice package --stage dev OUT` in the tree, for this interpreter's Python
+    version, then deploy/bytecode.py's step (as `make package` does for the runtime):
+    OUT/deployment.zip is what Lambda would unpack."""
+    from deploy import bytecode
+
     chalice = Path(sys.executable).with_name("chalice")
     cache = tree / ".chalice" / "deployments"
     if not cache.exists() and (PROJECT_DIR / ".chalice" / "deployments").exists() and tree != PROJECT_DIR:
         shutil.copytree(PROJECT_DIR / ".chalice" / "deployments", cache)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "AWS_"))}
     env["AWS_DEFAULT_REGION"] = "us-east-1"
+    proc = subprocess.run([str(chalice), "package", "--stage", "dev", str(out)], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"chalice package failed: {proc.stderr[-2000:]}{proc.stdout[-1000:]}")
+    bytecode.add_bytecode(Path(out) / "deployment.zip", sys.executable)
+    return proc
+
+
+def lambda_zip(tree: Path, say=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-package-") as out:
         t0 = time.perf_counter()
-        proc = subprocess.run([str(chalice), "package", "--stage", "dev", out], cwd=tree, env=env,
-                              capture_output=True, text=True, timeout=600)
+        proc = chalice_package(tree, out)
         seconds = time.perf_counter() - t0
-        if proc.returncode != 0:
-            raise RuntimeError(f"chalice package failed: {proc.stderr[-2000:]}{proc.stdout[-1000:]}")
         zpath = Path(out) / "deployment.zip"
         size = zpath.stat().st_size
         top_c, top_u = Counter(), Counter()

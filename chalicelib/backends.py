@@ -10,6 +10,7 @@ import functools
 import os
 
 from .aws_calls import call
+from .concurrency import Ready, settle
 from .errors import Unavailable
 from .jsonlog import get_logger
 
@@ -120,23 +121,28 @@ class Runtime:
         Returns {step: problem} of the steps that failed."""
         problems = {}
         snapshot = snapshot_taken_after_init()
-        # Without a snapshot, only what an AWS issuance needs (most of the traffic); the other
-        # methods are built on their first request. A snapshot holds them all.
-        for name in self.service.method_names if snapshot else ("aws",):
-            method = self.service.method(name)
-            if name == "aws":
-                own = method.readers.for_account(method.readers.own_account)
-                for region in self._settings.aws.regions:
-                    own.client("ec2", region)
-                    own.client("ecs", region)
-                own.client("iam")
-        if snapshot:
-            self.service.security  # noqa: B018 - built now, so that the snapshot holds it
-        if log_in:
-            try:
-                self._minter.log_in()
-            except Exception as e:  # Unavailable (named backend) or a network error
-                problems["vault login"] = getattr(e, "detail", None) or type(e).__name__
+
+        def build():
+            # Without a snapshot, only what an AWS issuance needs (most of the traffic); the
+            # other methods are built on their first request. A snapshot holds them all.
+            for name in self.service.method_names if snapshot else ("aws",):
+                method = self.service.method(name)
+                if name == "aws":
+                    own = method.readers.for_account(method.readers.own_account)  # STS, unless configured
+                    for region in self._settings.aws.regions:
+                        own.client("ec2", region)
+                        own.client("ecs", region)
+                    own.client("iam")
+            if snapshot:
+                self.service.security  # noqa: B018 - built now, so that the snapshot holds it
+
+        # The Vault login (Secrets Manager, then Vault) waits on nothing the build makes: it
+        # runs beside the build's STS call, not after it (a leaf call: it never uses the pool).
+        (_, build_error), (_, login_error) = settle(build, self._minter.log_in if log_in else Ready(None))
+        if build_error is not None:
+            raise build_error
+        if login_error is not None:  # Unavailable (named backend) or a network error
+            problems["vault login"] = getattr(login_error, "detail", None) or type(login_error).__name__
         return problems
 
     def after_restore(self):

@@ -42,7 +42,8 @@ import yaml
 if __package__ in (None, ""):  # run as a script: python deploy/package.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy import monitoring, values as values_mod  # noqa: E402
+from deploy import bytecode, monitoring, values as values_mod  # noqa: E402
+from deploy.chalice_runtime import RUNTIME  # noqa: E402
 from deploy.cfn_yaml import load_cfn  # noqa: E402
 from deploy.values import Values, ValuesError  # noqa: E402
 
@@ -481,6 +482,12 @@ def build(stage: str = "prod", out: Path | str = PROJECT / "dist", *, values_pat
     chalice = [sys.executable, str(PROJECT / "deploy" / "chalice_runtime.py")]
     _run([*chalice, "package", "--stage", stage, "--template-format", "yaml", "--merge-template", str(merge),
           str(pkg.sam_dir)], cwd=project)
+    python = bytecode.interpreter_for(RUNTIME)
+    if python:
+        added = bytecode.add_bytecode(pkg.zip_path, python)
+        print(f"deployment.zip: bytecode of {added} modules from {python} ({RUNTIME})")
+    else:  # still correct: each cold start compiles what it imports
+        print(f"deployment.zip: no bytecode ({RUNTIME} is not on this machine's PATH)", file=sys.stderr)
     invoke_alias(pkg.sam_template)
     pkg.resources_template.write_text(resources_template(values))
     pkg.reader_template.write_text(yaml.safe_dump(reader_role_template(), sort_keys=False))

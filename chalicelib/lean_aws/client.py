@@ -32,11 +32,11 @@ the token, the secret key or the signature.
 import json
 import random
 import time
-import uuid
 import zlib
 
 from ..http_pool import HttpError, ascii_digits
 from . import query
+from ..ids import uuid4
 from .sigv4 import sign_post
 
 _THROTTLED = frozenset({
@@ -121,7 +121,7 @@ class LeanClient:
         if self.service in JSON_SERVICES:
             def call(**params):
                 if operation == "TransactWriteItems" and "ClientRequestToken" not in params:
-                    params["ClientRequestToken"] = str(uuid.uuid4())  # idempotent when sent again
+                    params["ClientRequestToken"] = uuid4()  # idempotent when sent again
                 body = json.dumps(params, separators=(",", ":")).encode("utf-8")
                 headers = {"content-type": self._content_type,
                            "x-amz-target": f"{self._target_prefix}.{operation}"}

@@ -8,10 +8,10 @@ nothing leaves the broker without its audit record.
 """
 
 import logging
-import uuid
 
 from ..audit import AuditRecord
 from ..errors import BrokerError, Unavailable
+from ..ids import uuid4
 from ..jsonlog import decision_metrics, log
 
 
@@ -26,7 +26,7 @@ class AuditedRequests:
         self._log = logger
 
     def new_record(self, method, context, **fields):
-        return AuditRecord(request_id=str(uuid.uuid4()), method=method, source_ip=context.get("source_ip"),
+        return AuditRecord(request_id=uuid4(), method=method, source_ip=context.get("source_ip"),
                            api_request_id=context.get("api_request_id"), **fields)
 
     def run(self, record, work, *, event="decision", metrics=True, on_unrecorded=None,

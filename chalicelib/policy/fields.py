@@ -47,8 +47,20 @@ def tag_table(raw, key, where):
     return tuple(sorted(value.items()))
 
 
+_GLOB_CHARS = frozenset("*?[")
+
+
+def glob_match(value, pattern):
+    """fnmatchcase, without compiling a pattern that has no wildcard (an exact tag value,
+    ARN or action): fnmatch compiles a regular expression for each pattern it meets
+    (~0.5 ms, paid by the first request that meets it) to answer what == answers."""
+    if _GLOB_CHARS.isdisjoint(pattern):
+        return value == pattern
+    return fnmatch.fnmatchcase(value, pattern)
+
+
 def any_glob(value, patterns):
-    return value is not None and any(fnmatch.fnmatchcase(value, p) for p in patterns)
+    return value is not None and any(glob_match(value, p) for p in patterns)
 
 
 def tag_mismatches(kind, tags, wanted):
@@ -57,7 +69,7 @@ def tag_mismatches(kind, tags, wanted):
     for key, pattern in wanted:
         if key not in tags:
             reasons.append(f"{kind} {key} is missing (needs {pattern!r})")
-        elif not fnmatch.fnmatchcase(tags[key], pattern):
+        elif not glob_match(tags[key], pattern):
             reasons.append(f"{kind} {key} is {tags[key]!r}, needs {pattern!r}")
     return reasons
 

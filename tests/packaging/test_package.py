@@ -132,6 +132,27 @@ def test_zip_holds_only_compiled_files_for_the_runtime(package):
         assert any(fits(tag) for tag in re.findall(r"^Tag: (\S+)$", text, re.M)), (dist, text)
 
 
+def test_zip_holds_the_runtimes_bytecode_of_a_cold_aws_start_and_no_other(package):
+    """Lambda's /var/task is read-only: bytecode the zip lacks is compiled at every cold
+    start. The zip holds checked-hash bytecode of deploy/bytecode.py's ROOTS, made by the
+    runtime's Python when this machine has one, and no __pycache__ from any other Python."""
+    from deploy import bytecode
+
+    with zipfile.ZipFile(package.zip_path) as z:
+        names = set(z.namelist())
+        pycs = {n: z.read(n) for n in names if n.endswith(".pyc")}
+    assert all(".cpython-312.pyc" in n for n in pycs), sorted(pycs)[:5]
+    if bytecode.interpreter_for("python3.12") is None:
+        assert not pycs
+        pytest.skip("python3.12 is not on this machine: the zip ships no bytecode (checked)")
+    wanted = {f"{n.rsplit('/', 1)[0] + '/' if '/' in n else ''}__pycache__/{n.rsplit('/', 1)[-1][:-3]}.cpython-312.pyc"
+              for n in names if n.endswith(".py") and bytecode._under(n, bytecode.ROOTS)}
+    assert "chalicelib/__pycache__/minter.cpython-312.pyc" in wanted and "__pycache__/app.cpython-312.pyc" in wanted
+    assert set(pycs) == wanted
+    for name, data in pycs.items():
+        assert int.from_bytes(data[4:8], "little") == 0b11, name  # hash-based, checked (PEP 552)
+
+
 def test_zip_holds_the_trimmed_botocore_models(package):
     from deploy import botocore_models
 

@@ -183,3 +183,25 @@ def test_header_with_two_values_is_refused():
 def test_unparseable_bodies_are_invalid_requests(raw, message):
     with pytest.raises(InvalidRequest, match=message):
         parse_aws_login(raw)
+
+
+@pytest.mark.parametrize("amz_date", [
+    "20240230T000000Z", "20241301T000000Z", "20240101T240000Z", "20240101T006000Z", "20240101T000060Z",
+    "20240101T000000Z\n", " 20240101T000000Z", "2024O101T000000Z", "\u0662\u0660\u0662\u0664" + "0101T000000Z",
+    "20240101T000000z", "20240101000000Z", "",
+])
+def test_dates_strptime_refused_or_that_are_not_ascii_are_refused(amz_date):
+    """X-Amz-Date is parsed by position, not strptime (whose first call costs ~3 ms): whatever
+    strptime refused is still refused, and so are non-ASCII digits and a trailing newline."""
+    checker = verifier()
+    checker._clock = lambda: datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp()
+    with pytest.raises(InvalidProof, match="X-Amz-Date"):
+        checker._check_date(amz_date, amz_date[:8])
+
+
+def test_a_date_parses_as_strptime_parsed_it():
+    checker = verifier()
+    for text in ("20240101T000000Z", "20241231T235959Z", "20240229T120102Z"):
+        checker._clock = lambda t=text: datetime.strptime(t, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+        assert checker._check_date(text, text[:8]) == datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(
+            tzinfo=timezone.utc)

@@ -37,7 +37,7 @@ _AUTH = re.compile(
     r" ?SignedHeaders=(?P<signed>[a-z0-9-]+(?:;[a-z0-9-]+)*),"
     r" ?Signature=(?P<signature>[0-9a-f]{64})$"
 )
-_AMZ_DATE = re.compile(r"^\d{8}T\d{6}Z$")
+_AMZ_DATE = re.compile(r"[0-9]{8}T[0-9]{6}Z")  # fullmatch: ASCII digits, no trailing newline
 _CONTENT_TYPE = re.compile(r"^application/x-www-form-urlencoded(; ?charset=utf-8)?$", re.IGNORECASE)
 # STS error codes that mean "this proof is not valid" rather than "STS is unwell".
 _PROOF_ERRORS = frozenset(
@@ -156,10 +156,12 @@ class AwsProofVerifier:
         return self._endpoints[host], host, region
 
     def _check_date(self, amz_date, scope_date):
-        if not _AMZ_DATE.match(amz_date):
+        if not _AMZ_DATE.fullmatch(amz_date):
             raise InvalidProof("X-Amz-Date is not a date like 20240101T000000Z")
-        try:
-            signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        try:  # the fields by position (_AMZ_DATE checked the shape): strptime's first call
+            # compiles its own regular expressions and imports locale and calendar (~3 ms)
+            signed_at = datetime(int(amz_date[0:4]), int(amz_date[4:6]), int(amz_date[6:8]), int(amz_date[9:11]),
+                                 int(amz_date[11:13]), int(amz_date[13:15]), tzinfo=timezone.utc)
         except ValueError:
             raise InvalidProof("X-Amz-Date is not a valid date") from None
         if amz_date[:8] != scope_date:

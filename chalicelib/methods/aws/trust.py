@@ -7,9 +7,10 @@ borrow that instance's tags. So a claim is honoured only when every statement th
 allows an assume action names the one service principal and nothing else.
 """
 
-import fnmatch
 import json
 from urllib.parse import unquote
+
+from ...policy.fields import glob_match
 
 EC2_SERVICE = "ec2.amazonaws.com"
 ECS_TASKS_SERVICE = "ecs-tasks.amazonaws.com"
@@ -66,7 +67,7 @@ def _grants_assume(actions):
         actions = [actions]
     if not isinstance(actions, list):
         return True  # unreadable: assume the worst
-    return any(isinstance(a, str) and any(fnmatch.fnmatchcase(wanted, a.lower()) for wanted in _ASSUME_ACTIONS)
+    return any(isinstance(a, str) and any(glob_match(wanted, a.lower()) for wanted in _ASSUME_ACTIONS)
                for a in actions)
 
 
