@@ -1,7 +1,7 @@
 """Benchmark 8: botocore's CPU per call, client setting by client setting (issue 14, item 3).
 
 The broker's kinds of calls (EC2 DescribeInstances, IAM GetInstanceProfile and
-ListRoleTags, DynamoDB PutItem and GetItem), made with the broker's keys against
+GetRole, DynamoDB PutItem and GetItem), made with the broker's keys against
 the stack (through the latency proxies, no delay), by clients built with:
 
 1. botocore with its default settings (one shared session, the trimmed models);
@@ -28,7 +28,7 @@ import uuid
 from .env import PROJECT_DIR, Bench, activate_tree
 from .stats import percentile
 
-OPERATIONS = ("ec2 DescribeInstances", "iam GetInstanceProfile", "iam ListRoleTags", "dynamodb PutItem",
+OPERATIONS = ("ec2 DescribeInstances", "iam GetInstanceProfile", "iam GetRole", "dynamodb PutItem",
               "dynamodb GetItem")
 
 
@@ -72,7 +72,7 @@ def per_call_cpu(bench: Bench, rounds: int, say=print) -> dict:
         def one_round():
             ec2.describe_instances(InstanceIds=[instance])
             iam.get_instance_profile(InstanceProfileName="demo-node")
-            iam.list_role_tags(RoleName="demo-node")
+            iam.get_role(RoleName="demo-node")
             now = int(time.time())
             ddb.put_item(TableName=replay_table, Item={
                 "proof_hash": {"S": "bench-botocore-" + uuid.uuid4().hex}, "request_id": {"S": "bench"},

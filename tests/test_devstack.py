@@ -467,8 +467,8 @@ def test_second_account_is_separate(stack):
     assert reader["Arn"] == f"arn:aws:iam::{SECOND}:role/secret-zero-reader"
     assert _client_error(lambda: iam1.get_role(RoleName="secret-zero-reader"))["Error"]["Code"] == "NoSuchEntity"
     # same role names, different roles: each account's own tags
-    assert iam1.list_role_tags(RoleName="demo-batch")["Tags"] == [{"Key": "vault-role", "Value": "batch"}]
-    assert "vault-role" not in {t["Key"] for t in iam2.list_role_tags(RoleName="demo-batch")["Tags"]}
+    assert iam1.get_role(RoleName="demo-batch")["Role"]["Tags"] == [{"Key": "vault-role", "Value": "batch"}]
+    assert "vault-role" not in {t["Key"] for t in iam2.get_role(RoleName="demo-batch")["Role"].get("Tags", [])}
     assert iam2.get_instance_profile(InstanceProfileName="demo-node")["InstanceProfile"]["Roles"][0]["Arn"] == \
         f"arn:aws:iam::{SECOND}:role/demo-node"
 
@@ -510,7 +510,7 @@ def test_reader_role_assumable_by_the_broker_with_the_external_id(stack):
             for i in r["Instances"]]
     assert iid in seen
     assert stack.client("iam", reader).get_role(RoleName="demo-node")["Role"]["Arn"].startswith(f"arn:aws:iam::{SECOND}:")
-    assert stack.client("iam", reader).list_role_tags(RoleName="demo-node")["Tags"] == [
+    assert stack.client("iam", reader).get_role(RoleName="demo-node")["Role"]["Tags"] == [
         {"Key": "team", "Value": "platform"}]
     stack.client("iam", reader).get_instance_profile(InstanceProfileName="demo-node")
     task = stack.run_task({"vault-role": "web"}, account=SECOND)

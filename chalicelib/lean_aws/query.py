@@ -167,7 +167,11 @@ def _get_role_request(RoleName):
 
 
 def _get_role(root):
-    return {"Role": _role(_required(root, "GetRoleResult", "Role"))}
+    element = _required(root, "GetRoleResult", "Role")
+    _required(element, "Arn")  # a Role element AWS never sends empty: not "a role without tags"
+    role = _role(element)
+    role["Tags"] = _tags(element, "Tags", "Key", "Value")  # GetRole carries the role's tags (at most 50)
+    return {"Role": role}
 
 
 def _get_instance_profile_request(InstanceProfileName):
@@ -181,21 +185,6 @@ def _get_instance_profile(root):
                             "Arn": "Arn", "Path": "Path"})
     out["Roles"] = [_fields(m, _ROLE_FIELDS) for m in _items(profile, "Roles")]
     return {"InstanceProfile": out}
-
-
-def _list_role_tags_request(RoleName, Marker=None, MaxItems=None):
-    return _form("ListRoleTags", "iam", _given([("RoleName", RoleName)], Marker=Marker, MaxItems=MaxItems))
-
-
-def _list_role_tags(root):
-    result = _required(root, "ListRoleTagsResult")
-    _required(result, "Tags")
-    out = {"Tags": _tags(result, "Tags", "Key", "Value"), "IsTruncated": _text(result, "IsTruncated") == "true"}
-    if _text(result, "Marker") is not None:
-        out["Marker"] = _text(result, "Marker")
-    elif out["IsTruncated"]:
-        raise ValueError("ListRoleTags truncated without a Marker")  # the next page can't be asked for
-    return out
 
 
 # ---- STS -----------------------------------------------------------------------
@@ -233,8 +222,7 @@ def _get_caller_identity(root):
 SERVICES = {
     "ec2": {"describe_instances": (_describe_instances_request, _describe_instances)},
     "iam": {"get_role": (_get_role_request, _get_role),
-            "get_instance_profile": (_get_instance_profile_request, _get_instance_profile),
-            "list_role_tags": (_list_role_tags_request, _list_role_tags)},
+            "get_instance_profile": (_get_instance_profile_request, _get_instance_profile)},
     "sts": {"assume_role": (_assume_role_request, _assume_role),
             "get_caller_identity": (_get_caller_identity_request, _get_caller_identity)},
 }

@@ -31,11 +31,12 @@ class CaptivePortal(AnswerDropper):
         return self.PAGE if f"Action={self.action}&".encode() in body else None
 
 
-@pytest.mark.parametrize("action", ["DescribeInstances", "GetRole", "ListRoleTags", "GetInstanceProfile"])
+@pytest.mark.parametrize("action", ["DescribeInstances", "GetRole", "GetInstanceProfile"])
 def test_a_captive_portal_answering_a_facts_read_is_a_503_never_a_refusal(broker, fresh_service, action):
     """Before the fix the page read as an empty answer: "no such instance", "the role no longer
-    exists", "the profile holds no role" (403s), and for ListRoleTags a role without tags:
-    the credentials were issued (200) on a read that never happened. A page is no answer:
+    exists", "the profile holds no role" (403s), and for the role's tags (then ListRoleTags,
+    now GetRole's) a role without tags: the credentials were issued (200) on a read that
+    never happened. A page is no answer:
     the broker says it can't tell (503) and issues nothing."""
     from tests.service.conftest import use_environment
     from tests.service.test_aws_issuance import assert_error

@@ -223,8 +223,9 @@ def test_resources_admit_the_prod_stage_and_nothing_else():
         assert not allowed(policy, action, arn), (action, arn)
     # the IAM reads: instance profiles and roles (with paths), not users or policies
     assert allowed(policy, "iam:GetInstanceProfile", "arn:aws:iam::111122223333:instance-profile/web")
-    assert allowed(policy, "iam:ListRoleTags", "arn:aws:iam::111122223333:role/team/web-node")
-    assert not allowed(policy, "iam:ListRoleTags", "arn:aws:iam::111122223333:user/alice")
+    assert allowed(policy, "iam:GetRole", "arn:aws:iam::111122223333:role/team/web-node")
+    assert not allowed(policy, "iam:GetRole", "arn:aws:iam::111122223333:user/alice")
+    assert not allowed(policy, "iam:ListRoleTags", "arn:aws:iam::111122223333:role/team/web-node")  # GetRole has them
     # only the action that cannot be scoped has Resource "*"
     unscoped = {a for st in statements(policy) if st["Resource"] in ("*", ["*"]) for a in as_list(st["Action"])}
     assert unscoped == {"ec2:DescribeInstances", "ecs:DescribeTaskDefinition"}
@@ -371,7 +372,7 @@ def test_the_broker_runs_under_the_prod_policy_and_needs_each_action_it_uses(bro
     # the core path always uses these (a run that made nothing would prove nothing)
     assert used >= {"dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:TransactWriteItems", "dynamodb:DescribeTable",
                     "secretsmanager:GetSecretValue", "ec2:DescribeInstances", "iam:GetInstanceProfile",
-                    "iam:ListRoleTags", "iam:GetRole"}
+                    "iam:GetRole"}
     # Without any one of them, some flow fails (503), so a missing permission fails here.
     for action in sorted(used):
         run_as(without(full, action))

@@ -40,7 +40,8 @@ def test_ec2_and_iam(make, stack):
     profile = iam.get_instance_profile(InstanceProfileName="demo-node")["InstanceProfile"]
     [role] = profile["Roles"]
     assert iam.get_role(RoleName=role["RoleName"])["Role"]["AssumeRolePolicyDocument"]
-    assert "Tags" in iam.list_role_tags(RoleName=role["RoleName"])
+    # GetRole's answer carries the role's tags: the broker reads them there (no ListRoleTags)
+    assert iam.get_role(RoleName="demo-batch")["Role"]["Tags"] == [{"Key": "vault-role", "Value": "batch"}]
     with pytest.raises(Exception) as missing:
         iam.get_role(RoleName="no-such-role-anywhere")
     assert missing.value.response["Error"]["Code"] == "NoSuchEntity"  # the error shapes are kept

@@ -103,12 +103,9 @@ def test_huge_documents_within_the_cap_parse_or_refuse_without_a_crash():
 # ---- the lean clients: a root that matches, a body that is no answer -------------------------
 
 ODD_BODIES = [
-    ("iam", "list_role_tags", {"RoleName": "r"}, f'<ListRoleTagsResponse xmlns="{IAM_NS}"/>'),
-    ("iam", "list_role_tags", {"RoleName": "r"},
-     '<ListRoleTagsResponse><ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></ListRoleTagsResponse>'),
-    ("iam", "list_role_tags", {"RoleName": "r"},
-     '<ListRoleTagsResponse><ListRoleTagsResult><IsTruncated>false</IsTruncated></ListRoleTagsResult>'
-     '</ListRoleTagsResponse>'),
+    ("iam", "get_role", {"RoleName": "r"},
+     '<GetRoleResponse><ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></GetRoleResponse>'),
+    ("iam", "get_role", {"RoleName": "r"}, '<GetRoleResponse><GetRoleResult><Role/></GetRoleResult></GetRoleResponse>'),
     ("iam", "get_role", {"RoleName": "r"}, f'<GetRoleResponse xmlns="{IAM_NS}"/>'),
     ("iam", "get_role", {"RoleName": "r"}, '<GetRoleResponse><GetRoleResult/></GetRoleResponse>'),
     ("iam", "get_instance_profile", {"InstanceProfileName": "p"}, '<GetInstanceProfileResponse/>'),
@@ -135,16 +132,16 @@ def test_an_answer_whose_root_matches_but_holds_nothing_is_unreadable_not_empty(
 
 def test_prefixed_and_reset_namespaces_are_read_by_local_name_not_as_absent(server):
     client, _ = _client(server, "iam")
-    _answer(server, 200, (f'<i:ListRoleTagsResponse xmlns:i="{IAM_NS}"><i:ListRoleTagsResult><i:Tags>'
+    _answer(server, 200, (f'<i:GetRoleResponse xmlns:i="{IAM_NS}"><i:GetRoleResult><i:Role>'
+                          '<i:Arn>arn:aws:iam::123456789012:role/r</i:Arn><i:Tags>'
                           '<i:member><i:Key>team</i:Key><i:Value>web</i:Value></i:member>'
                           '<member xmlns=""><Key>env</Key><Value>prod</Value></member>'
-                          '</i:Tags><i:IsTruncated>false</i:IsTruncated></i:ListRoleTagsResult>'
-                          '</i:ListRoleTagsResponse>').encode())
-    page = client.list_role_tags(RoleName="r")
-    assert page["Tags"] == [{"Key": "team", "Value": "web"}, {"Key": "env", "Value": "prod"}]
-    _answer(server, 200, b'<x:ListRoleTagsResponse><x:ListRoleTagsResult/></x:ListRoleTagsResponse>')  # unbound
+                          '</i:Tags></i:Role></i:GetRoleResult></i:GetRoleResponse>').encode())
+    page = client.get_role(RoleName="r")
+    assert page["Role"]["Tags"] == [{"Key": "team", "Value": "web"}, {"Key": "env", "Value": "prod"}]
+    _answer(server, 200, b'<x:GetRoleResponse><x:GetRoleResult/></x:GetRoleResponse>')  # unbound
     with pytest.raises(lean_aws.AwsConnectionError, match="unreadable"):
-        client.list_role_tags(RoleName="r")
+        client.get_role(RoleName="r")
 
 
 def test_a_dtd_in_an_operations_answer_is_unreadable_and_no_file_is_read(server, tmp_path):
@@ -153,11 +150,11 @@ def test_a_dtd_in_an_operations_answer_is_unreadable_and_no_file_is_read(server,
     client, _ = _client(server, "iam")
     for encoding in ("utf-8", "utf-16", "utf-32"):
         body = (f'<?xml version="1.0" encoding="{encoding}"?><!DOCTYPE r [<!ENTITY x SYSTEM "file://{secret}">]>'
-                f'<ListRoleTagsResponse><ListRoleTagsResult><Tags><member><Key>k</Key><Value>&x;</Value></member>'
-                f'</Tags></ListRoleTagsResult></ListRoleTagsResponse>').encode(encoding)
+                f'<GetRoleResponse><GetRoleResult><Role><Arn>a</Arn><Tags><member><Key>k</Key><Value>&x;</Value>'
+                f'</member></Tags></Role></GetRoleResult></GetRoleResponse>').encode(encoding)
         _answer(server, 200, body)
         with pytest.raises(lean_aws.AwsConnectionError, match="unreadable") as unreadable:
-            client.list_role_tags(RoleName="r")
+            client.get_role(RoleName="r")
         assert "TOPSECRET" not in str(unreadable.value)
 
 
@@ -409,9 +406,11 @@ class _Readers:
 
 
 def _tags_answer(**tags):
+    """GetRole's answer (it carries the role's tags and trust policy)."""
     members = "".join(f"<member><Key>{k}</Key><Value>{v}</Value></member>" for k, v in tags.items())
-    return (f'<ListRoleTagsResponse xmlns="{IAM_NS}"><ListRoleTagsResult><Tags>{members}</Tags>'
-            f'<IsTruncated>false</IsTruncated></ListRoleTagsResult></ListRoleTagsResponse>').encode()
+    return (f'<GetRoleResponse xmlns="{IAM_NS}"><GetRoleResult><Role><RoleName>shared-name</RoleName>'
+            f'<Arn>arn:aws:iam::111111111111:role/shared-name</Arn><Tags>{members}</Tags></Role>'
+            f'</GetRoleResult></GetRoleResponse>').encode()
 
 
 def test_kept_role_tags_are_per_account_and_a_failed_read_is_not_kept():

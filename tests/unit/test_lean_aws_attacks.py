@@ -37,8 +37,7 @@ CAPTIVE_PORTAL = b"""<?xml version="1.0"?>
 
 @pytest.mark.parametrize("service,operation,params", [
     ("ec2", "describe_instances", {"InstanceIds": ["i-0123456789abcdef0"]}),  # read as "no such instance"
-    ("iam", "get_role", {"RoleName": "demo-node"}),  # read as "the role no longer exists"
-    ("iam", "list_role_tags", {"RoleName": "demo-node"}),  # read as "the role has no tags"
+    ("iam", "get_role", {"RoleName": "demo-node"}),  # read as "the role no longer exists" or "has no tags"
     ("iam", "get_instance_profile", {"InstanceProfileName": "demo-node"}),  # read as "holds no role"
     ("sts", "assume_role", {"RoleArn": "arn:aws:iam::210987654321:role/r", "RoleSessionName": "s"}),
     ("sts", "get_caller_identity", {}),
@@ -399,16 +398,6 @@ def test_the_legacy_security_token_variable_is_read_as_botocore_reads_it(monkeyp
 
     assert botocore.session.Session().get_credentials().token == "legacy-token"
     assert lean_aws.OwnCredentials().get().token == "legacy-token"
-
-
-def test_role_tags_truncated_without_a_marker_are_unreadable_not_a_500(server):
-    """facts.py pages with page["Marker"] outside aws_calls: IsTruncated without one was a KeyError."""
-    client, _ = _client(server, "iam")
-    _answer(server, 200, b'<ListRoleTagsResponse><ListRoleTagsResult><IsTruncated>true</IsTruncated>'
-                         b'<Tags><member><Key>k</Key><Value>v</Value></member></Tags>'
-                         b'</ListRoleTagsResult></ListRoleTagsResponse>')
-    with pytest.raises(lean_aws.AwsConnectionError, match="unreadable"):
-        client.list_role_tags(RoleName="r")
 
 
 def test_an_error_code_echoing_the_token_never_reaches_the_audit_detail(server):

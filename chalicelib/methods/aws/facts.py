@@ -90,12 +90,14 @@ class AwsFactsReader:
         # The claim first: settle runs it in this thread, and it overlaps calls of its own
         # (regions, the profile guess), which only a thread outside the pool may wait on.
         # What the cache holds is at hand (Ready); only real reads go to the pool.
-        claimed, tags, trust = settle(
+        # One GetRole gives the role's tags and its trust policy (IAM's rate limits are per
+        # account and low: one read per role and cache window, not two).
+        claimed, role = settle(
             claim,
-            self._cache.call(("tags", clients.account, arn.role_name),
-                             lambda: self._read_role_tags(clients, arn.role_name)) if arn.role_name else Ready({}),
-            self._trust_call(clients, arn.role_name, claim_kind) if claim_kind else Ready(None))
-        role_tags, trust_error, (machine, claim_error) = raise_first([tags, trust, claimed])  # IAM's error first
+            self._cache.call(("role", clients.account, arn.role_name),
+                             lambda: self._read_role(clients, arn.role_name)) if arn.role_name else Ready(({}, None)))
+        (role_tags, trust_document), (machine, claim_error) = raise_first([role, claimed])  # IAM's error first
+        trust_error = self._trust(trust_document, arn.role_name, claim_kind) if claim_kind else None
         if claim_error:
             return AwsFacts(**base, role_tags=role_tags, claim_error=claim_error)
         return AwsFacts(**base, role_tags=role_tags,
@@ -106,26 +108,14 @@ class AwsFactsReader:
     # ---- IAM ------------------------------------------------------------------------------
 
     @staticmethod
-    def _read_role_tags(clients, role_name):
-        iam = clients.client("iam")
-        tags, marker = {}, None
-        while True:
-            kwargs = {"RoleName": role_name, **({"Marker": marker} if marker else {})}
-            page, missing = try_call("iam", ("NoSuchEntity",), iam.list_role_tags, **kwargs)
-            if missing:  # the role was deleted after the session began: it has no tags
-                return {}
-            tags.update({t["Key"]: t["Value"] for t in page.get("Tags", [])})
-            if not page.get("IsTruncated"):
-                return tags
-            marker = page["Marker"]
-
-    def _trust_call(self, clients, role_name, claim_kind):
-        key = ("trust", clients.account, role_name)
-        kept = self._cache.ready(key)
-        if kept is not None:
-            return Ready(self._trust(kept.value, role_name, claim_kind))
-        return lambda: self._trust(self._cache.get(key, lambda: self._read_trust(clients, role_name)), role_name,
-                                   claim_kind)
+    def _read_role(clients, role_name):
+        """(tags, trust policy document) of the caller's role, from one GetRole; ({}, None)
+        when the role was deleted after the session began (no tags, no trust)."""
+        page, missing = try_call("iam", ("NoSuchEntity",), clients.client("iam").get_role, RoleName=role_name)
+        if missing:
+            return {}, None
+        role = page.get("Role", {})
+        return {t["Key"]: t["Value"] for t in role.get("Tags", [])}, role.get("AssumeRolePolicyDocument")
 
     @staticmethod
     def _trust(document, role_name, claim_kind):
@@ -135,11 +125,6 @@ class AwsFactsReader:
             return f"role {role_name} no longer exists"
         problem = only_service_may_assume(document, service)
         return f"role {role_name} can't vouch for its session name: {problem}" if problem else None
-
-    @staticmethod
-    def _read_trust(clients, role_name):
-        page, missing = try_call("iam", ("NoSuchEntity",), clients.client("iam").get_role, RoleName=role_name)
-        return None if missing else page.get("Role", {}).get("AssumeRolePolicyDocument")
 
     # ---- EC2 ------------------------------------------------------------------------------
 
