@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,38 @@ def test_after_restore_drops_connections_and_the_vault_session_and_the_next_issu
     try:
         runtime = build_runtime(Settings.from_env())
         _serve_restore_and_serve_again(stack, proxies, runtime)
+    finally:
+        restore_env()
+
+
+def test_the_init_logs_in_to_vault_beside_building_the_method_not_after_it(stack, proxies):
+    """Runtime.warm_up: the Vault login (Secrets Manager, then Vault) waits on nothing the
+    method build makes (its STS call for the broker's own account): each here waits for the
+    other to have started, which only calls in flight together can do."""
+    from chalicelib.backends import build_runtime
+    from chalicelib.config import Settings
+
+    restore_env = use_environment({**stack.broker_env(), **proxies.env()})
+    try:
+        runtime = build_runtime(Settings.from_env())
+        both_started = threading.Barrier(2, timeout=10)
+        log_in, method = runtime._minter.log_in, runtime.service.method
+        seen = []
+
+        def log_in_when_the_build_runs():
+            both_started.wait()
+            seen.append("login")
+            return log_in()
+
+        def method_when_the_login_runs(name):
+            both_started.wait()
+            seen.append(name)
+            return method(name)
+
+        runtime._minter.log_in = log_in_when_the_build_runs
+        runtime.service.method = method_when_the_login_runs
+        assert runtime.warm_up() == {}  # sequential, the first would wait in vain: BrokenBarrierError
+        assert sorted(seen) == ["aws", "login"] and runtime._minter._token
     finally:
         restore_env()
 
