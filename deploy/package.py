@@ -487,7 +487,7 @@ def build(stage: str = "prod", out: Path | str = PROJECT / "dist", *, values_pat
         added = bytecode.add_bytecode(pkg.zip_path, python)
         print(f"deployment.zip: bytecode of {added} modules from {python} ({RUNTIME})")
     else:  # still correct: each cold start compiles what it imports
-        print(f"deployment.zip: no bytecode ({RUNTIME} is not on this machine's PATH)", file=sys.stderr)
+        print(f"deployment.zip: no bytecode (no {RUNTIME} that runs on this machine: PATH, pyenv)", file=sys.stderr)
     invoke_alias(pkg.sam_template)
     pkg.resources_template.write_text(resources_template(values))
     pkg.reader_template.write_text(yaml.safe_dump(reader_role_template(), sort_keys=False))

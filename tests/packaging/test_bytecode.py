@@ -5,6 +5,7 @@ byte for byte, and the bytecode used by an interpreter that can't write any."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import marshal
 import subprocess
 import sys
@@ -73,3 +74,18 @@ def test_a_read_only_task_root_imports_from_the_shipped_bytecode(tmp_path):
     assert value() == "from the pyc"
     (root / "chalicelib" / "mod.py").write_text("VALUE = 7\n")
     assert value() == "7"
+
+
+def test_the_runtimes_interpreter_is_one_that_runs(tmp_path, monkeypatch):
+    """A pyenv shim for a version pyenv has not selected is on the PATH but only says
+    "command not found": it is no interpreter for the bytecode."""
+    version = "%d.%d" % sys.version_info[:2]
+    found = bytecode.interpreter_for(f"python{version}")
+    assert found and subprocess.run([found, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                                    text=True).stdout.strip() == str(tuple(sys.version_info[:2]))
+    shim = tmp_path / "python3.98"
+    shim.write_text("#!/bin/sh\necho 'pyenv: python3.98: command not found' >&2\nexit 127\n")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "no-pyenv"))
+    assert bytecode.interpreter_for("python3.98") is None
