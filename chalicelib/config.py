@@ -18,7 +18,7 @@ DEFAULT_RULES_FILE = os.path.join(_HERE, "policies", "rules.toml")
 class Settings(Record, frozen=True):
     vault_addr: str
     vault_public_addr: str
-    vault_role_id: str
+    vault_role_id: str = field(repr=False)  # half of the broker's Vault login: never in a repr
     vault_secret_id_secret: str
     vault_approle_mount: str
     vault_timeout: float
@@ -37,7 +37,7 @@ class Settings(Record, frozen=True):
     vault_audit_hash_path: str | None = None  # an audit device's path, e.g. "file": `audit show` asks sys/audit-hash/<path>
     # The revoking identity (chalicelib/revoker.py): its own AppRole, used only by the revocation route.
     # Unset: revocations destroy secret IDs with the issuing identity and reach no Vault token.
-    revoker_role_id: str | None = None
+    revoker_role_id: str | None = field(default=None, repr=False)  # the revoker's, likewise
     revoker_secret_id_secret: str | None = None
     token_max_ttl: int = 86400  # the served roles' longest token lifetime: how far back a revocation looks
     revocation_settle_seconds: float = 3.0  # the second sweep runs this long after the quarantine

@@ -44,7 +44,7 @@ def interpreter_for(runtime: str) -> str | None:
         try:
             out = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                                  capture_output=True, text=True, timeout=30)
-        except OSError:
+        except (OSError, subprocess.TimeoutExpired):  # not runnable, or wedged: not an interpreter
             continue
         if out.returncode == 0 and out.stdout.strip() == version:
             return candidate

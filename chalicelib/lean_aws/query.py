@@ -168,7 +168,8 @@ def _get_role_request(RoleName):
 
 def _get_role(root):
     element = _required(root, "GetRoleResult", "Role")
-    _required(element, "Arn")  # a Role element AWS never sends empty: not "a role without tags"
+    if not (_text(element, "Arn") or "").strip():  # a Role AWS never sends: not "a role without tags"
+        raise ValueError("the answer's Role has no Arn")
     role = _role(element)
     role["Tags"] = _tags(element, "Tags", "Key", "Value")  # GetRole carries the role's tags (at most 50)
     return {"Role": role}
