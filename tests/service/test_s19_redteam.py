@@ -226,3 +226,85 @@ def test_a_get_role_answer_that_is_no_role_is_a_503_never_a_refusal_or_an_issuan
     finally:
         restore()
         proxy.close()
+
+
+# ---- the init: the Vault login beside the method build --------------------------------------
+
+def _runtime(stack, **env):
+    from chalicelib.backends import build_runtime
+    from chalicelib.config import Settings
+
+    restore = use_environment({**stack.broker_env(), **env})
+    try:
+        return build_runtime(Settings.from_env()), restore
+    except BaseException:
+        restore()
+        raise
+
+
+def _submits_from_pool_threads(monkeypatch):
+    """The names of pool threads that handed work to the pool (a pool thread waiting on the
+    pool can deadlock it): recorded at each submit."""
+    import threading
+
+    from chalicelib import concurrency
+
+    offenders, submit = [], concurrency._pool.submit
+
+    def recording_submit(fn, *args, **kwargs):
+        name = threading.current_thread().name
+        if name.startswith("broker-io"):
+            offenders.append(name)
+        return submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(concurrency._pool, "submit", recording_submit)
+    return offenders
+
+
+@pytest.mark.parametrize("snapshot", [False, True])
+def test_the_init_login_never_waits_on_the_pool_and_a_sealed_vault_is_a_named_problem(stack, sealed_vault,
+                                                                                       monkeypatch, snapshot):
+    """A real sealed OpenBao at init: warm_up returns the login's problem by name (the build
+    done), no pool thread hands work to the pool, in a SnapStart init too (every method and
+    the security routes built there)."""
+    offenders = _submits_from_pool_threads(monkeypatch)
+    runtime, restore = _runtime(stack, **({"AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"} if snapshot else {}))
+    try:
+        problems = runtime.warm_up()
+        assert set(problems) == {"vault login"} and "seal" in problems["vault login"].lower(), problems
+        assert runtime._minter._token is None
+        assert not offenders
+    finally:
+        restore()
+
+
+def test_a_failing_build_at_init_raises_after_the_login_settled_and_both_failing_raise_the_builds(stack, monkeypatch):
+    """The build fails (its error raised, as before: app.py logs it and the first request
+    builds again); the login beside it has finished by then, ok or not, so init leaves no
+    call in flight behind it."""
+    from chalicelib.errors import Unavailable
+
+    runtime, restore = _runtime(stack)
+    try:
+        def broken(name):
+            raise Unavailable("STS could not be reached", backend="sts", detail="test: build fails")
+
+        monkeypatch.setattr(runtime.service, "method", broken)
+        with pytest.raises(Unavailable, match="STS could not be reached"):
+            runtime.warm_up()
+        assert runtime._minter._token  # the login beside it completed before warm_up raised
+
+        runtime2, restore2 = _runtime(stack)
+        try:
+            monkeypatch.setattr(runtime2.service, "method", broken)
+
+            def login_fails():
+                raise Unavailable("Vault failed", backend="vault", detail="test: login fails")
+
+            monkeypatch.setattr(runtime2._minter, "log_in", login_fails)
+            with pytest.raises(Unavailable, match="STS could not be reached"):
+                runtime2.warm_up()
+        finally:
+            restore2()
+    finally:
+        restore()
