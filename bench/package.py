@@ -35,8 +35,7 @@ def chalice_package(tree: Path, out: Path | str) -> subprocess.CompletedProcess:
     """`chalice package --stage dev OUT` in the tree, for this interpreter's Python
     version, then deploy/bytecode.py's step (as `make package` does for the runtime):
     OUT/deployment.zip is what Lambda would unpack."""
-    from deploy import bytecode
-
+    bytecode = _checkout_module("deploy/bytecode.py")  # this checkout's, whatever the tree (--rev)
     chalice = Path(sys.executable).with_name("chalice")
     cache = tree / ".chalice" / "deployments"
     if not cache.exists() and (PROJECT_DIR / ".chalice" / "deployments").exists() and tree != PROJECT_DIR:
@@ -49,6 +48,15 @@ def chalice_package(tree: Path, out: Path | str) -> subprocess.CompletedProcess:
         raise RuntimeError(f"chalice package failed: {proc.stderr[-2000:]}{proc.stdout[-1000:]}")
     bytecode.add_bytecode(Path(out) / "deployment.zip", sys.executable)
     return proc
+
+
+def _checkout_module(relative: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_" + Path(relative).stem, PROJECT_DIR / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def lambda_zip(tree: Path, say=print) -> dict:
