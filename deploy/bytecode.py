@@ -2,7 +2,7 @@
 
 Lambda unpacks the zip into /var/task, which is read-only: Python can't write the
 `__pycache__` it compiles, so without bytecode in the zip every cold start compiles
-app.py, Chalice's runtime and chalicelib from source (about 100 ms of CPU here;
+app.py, Chalice's runtime and chalicelib from source (80 to 140 ms here;
 docs/performance.md, "Cold start"). `chalice package` ships none of its own, only
 whatever `__pycache__` the working tree happens to hold, from whichever Python made it.
 
