@@ -50,6 +50,9 @@ MAX_TEXT_BYTES = 200 * 1024 * 1024
 SECRET_KEYS = frozenset({"token", "client_token", "secret_id", "role_id", "access_token", "refresh_token",
                          "id_token", "client_secret", "SecretString", "secret_access_key", "session_token",
                          "SecretAccessKey", "SessionToken", "jwt"})
+# Maps whose keys name a secret but whose values are statuses: a revocation's
+# `wrapping_tokens` ({"role_id": "revoked", "secret_id": "failed: ..."}), never a secret.
+STATUS_MAPS = frozenset({"wrapping_tokens"})
 BROKER_PATHS = ("/v1/credentials/", "/v1/health", "/v1/openapi.json", "/v1/audit/", "/v1/revocations",
                 "/v1/incidents")
 SHAPES = {
@@ -98,6 +101,8 @@ class SecretScanner:
             node = stack.pop()
             if isinstance(node, dict):
                 for key, value in node.items():
+                    if key in STATUS_MAPS:
+                        continue
                     if key in SECRET_KEYS and isinstance(value, str):
                         self.register(value, f"{key} ({label})", issued_by)
                         if key in ("jwt", "id_token"):

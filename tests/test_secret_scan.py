@@ -37,6 +37,22 @@ def test_the_answer_that_issued_a_token_may_carry_it_and_no_other():
     assert "GET /v1/audit/events" in hit.where
 
 
+def test_a_revocations_wrapping_token_statuses_are_not_secrets_but_its_tokens_are():
+    """`wrapping_tokens` maps role_id / secret_id to a status ("failed: ..."): a status in the
+    broker's log is no leak (it made a full run fail once); a token elsewhere still is."""
+    scanner = SecretScanner()
+    status = "failed: the wrapping token lookup timed out"
+    token = secrets.token_urlsafe(24)
+    scanner.broker_answer("POST /v1/revocations", 200, (
+        f'{{"destroyed": [{{"wrapping_tokens": {{"role_id": "{status}", "secret_id": "revoked"}}}}],'
+        f' "role_id": "{token}"}}').encode())
+    scanner.add_text("broker.log", f'{{"event": "revocation", "wrapping_tokens": {{"role_id": "{status}"}}}}\n')
+    assert scanner.scan() == []
+    scanner.add_text("other.log", f"role {token}\n")
+    [hit] = scanner.scan()
+    assert hit.where == "other.log"
+
+
 def test_proof_material_sent_to_the_broker_must_never_come_back():
     import base64
     import json
