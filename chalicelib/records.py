@@ -18,7 +18,7 @@ repr=, compare=)`; `__post_init__` runs after `__init__`; records are equal when
 are of the same class and their compared fields are equal; frozen records refuse
 assignment (FrozenInstanceError, an AttributeError) and hash by their compared fields,
 mutable ones don't hash; `order=True` adds <, <=, >, >= by the compared fields.
-Records don't inherit from records (none needs to).
+A record can't extend another record (refused at class creation; none needs to).
 """
 
 _MISSING = object()
@@ -66,6 +66,9 @@ class Record:
 
     def __init_subclass__(cls, frozen=False, order=False, **kwargs):
         super().__init_subclass__(**kwargs)
+        if any(base is not Record and issubclass(base, Record) for base in cls.__bases__):
+            # its fields would be its own annotations only: refused, not silently wrong
+            raise TypeError(f"{cls.__qualname__}: a record can't extend another record")
         cls.__record_fields__ = _fields_of(cls)
         cls.__record_compared__ = tuple(f.name for f in cls.__record_fields__ if f.compare)
         cls.__record_frozen__ = frozen

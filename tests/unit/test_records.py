@@ -188,3 +188,9 @@ def test_no_secret_in_the_repr_of_what_carries_one():
         for secret in (token, session, signature, "SECRET"):
             assert secret not in text, text
     assert "acc-1" in shown[0] and "role='web'" in shown[2]  # what is not secret is still shown
+
+
+def test_a_record_extending_another_is_refused_not_silently_missing_fields():
+    with pytest.raises(TypeError, match="extend"):
+        class _Child(FrozenRecord):
+            extra: int = 0
