@@ -58,11 +58,9 @@ def add_bytecode(zip_path: Path | str, python: str, roots=ROOTS) -> int:
     with tempfile.TemporaryDirectory(prefix="bytecode-") as tmp:
         unpacked = Path(tmp) / "task"
         with zipfile.ZipFile(zip_path) as z:
-            kept = [info for info in z.infolist() if "__pycache__/" not in info.filename]
-            z.extractall(unpacked, members=[info.filename for info in kept
+            kept = [(info, z.read(info)) for info in z.infolist() if "__pycache__/" not in info.filename]
+            z.extractall(unpacked, members=[info.filename for info, _ in kept
                                             if _under(info.filename, roots) and info.filename.endswith(".py")])
-            sources = {info.filename: z.read(info) for info in kept}
-            infos = {info.filename: info for info in kept}
         targets = [str(unpacked / root) for root in roots if (unpacked / root).exists()]
         if targets:
             subprocess.run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "checked-hash",
@@ -70,8 +68,8 @@ def add_bytecode(zip_path: Path | str, python: str, roots=ROOTS) -> int:
         compiled = sorted(p for p in unpacked.rglob("*.pyc"))
         rewritten = zip_path.with_suffix(".tmp")
         with zipfile.ZipFile(rewritten, "w", zipfile.ZIP_DEFLATED) as out:
-            for name, data in sources.items():
-                out.writestr(infos[name], data)
+            for info, data in kept:
+                out.writestr(info, data)
             for pyc in compiled:
                 info = zipfile.ZipInfo(pyc.relative_to(unpacked).as_posix(), FIXED_TIME)
                 info.external_attr = 0o644 << 16
