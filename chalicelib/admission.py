@@ -4,28 +4,67 @@ One DynamoDB transaction (TransactWriteItems) does all three, so a refused reque
 changes nothing: a replayed proof or a quarantined caller never uses up the caller's
 per-identity rate budget (a replay attacker can't lock the real machine out), and a
 request over budget leaves no half-written state. The cancellation reasons say which
-condition failed. Proofs are looked up (`seen`) before the cloud is asked, so a
-replayed proof costs no STS call and no certificate fetch.
+condition failed.
+
+Before that, the replay lookup (`look_up`) runs beside the proof's verification: a
+replayed proof is refused before any fact of its caller is read or any budget counted,
+and costs at most the one STS call (or certificate fetch) a forged proof costs anyway.
+The same request (BatchGetItem) reads the quarantine epoch (chalicelib/stores/
+quarantine.py), which says whether this process's reads of a role's quarantine key still
+hold. Proofs this process saw spent are refused with no call at all (SpentProofs). The
+security routes look up first and verify after (`seen`): they are not on a boot's path.
 
 Stores know no method: callers hand in the proof hash, the identity key and the
 quarantine keys (from the VerifiedCaller).
 """
 
-import random
+import threading
 import time
 
-from .aws_calls import attempt, call, try_call
+from .aws_calls import call, cancellation_codes, failed_items, transact, try_call
 from .concurrency import Ready
 from .audit_schema import TTL_ATTRIBUTE
 from .errors import ProofReplayed, Quarantined, Unavailable
+from .records import Record
 from .stores.rate_limits import counter_key, limited, window_start
 
 # STS accepts a signature for 15 minutes; keep the record at least that long past our own window.
 STS_SIGNATURE_LIFETIME = 15 * 60
-# Transactions cancelled only by conflicts with concurrent ones are tried again (jittered).
-CONFLICT_ATTEMPTS = 4
-CONFLICT_BACKOFF = 0.02  # seconds, doubled per attempt
 IDENTITY_SCOPE = "issue-identity"  # the per-identity budget's counters (stores.rate_limits items)
+LOOKUP_ATTEMPTS = 3  # BatchGetItem answers keys it did not read (throttling) as UnprocessedKeys
+
+
+def replayed():
+    return ProofReplayed("this proof was already used; sign a new one")
+
+
+class Lookup(Record, frozen=True):
+    """What an issuance's replay lookup found besides "not spent": when it was sent (both
+    clocks), and the quarantine epoch it read (None: none, or no quarantine table)."""
+    sent: float
+    sent_wall: float
+    epoch: object = None
+
+
+class SpentProofs:
+    """Proof hashes this process saw spent (its own issuances', and replays the store
+    refused): a replay sent to the same Lambda environment again is refused with no
+    call at all. Bounded; a forgotten hash only costs the lookup again. Only ever says
+    "spent" for a proof the replay store said was spent, so it can't refuse a new one."""
+
+    def __init__(self, limit=8192):
+        self._hashes = {}
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def __contains__(self, proof_hash):
+        return proof_hash in self._hashes
+
+    def add(self, proof_hash):
+        with self._lock:
+            self._hashes[proof_hash] = None
+            if len(self._hashes) > self._limit:  # forget the oldest half
+                self._hashes = dict.fromkeys(list(self._hashes)[self._limit // 2:])
 
 
 class Admission:
@@ -44,11 +83,59 @@ class Admission:
         self._clock = clock
         self._sleep = sleep
         self._monotonic = monotonic
+        self._spent = SpentProofs()
+        self._seeded = False  # a first quarantine epoch written (or tried) by this process
 
     def seen(self, proof_hash):
-        """ProofReplayed when this proof was spent before (a cheap read before verification)."""
-        if self._replay_record(proof_hash) is not None:
-            raise ProofReplayed("this proof was already used; sign a new one")
+        """ProofReplayed when this proof was spent before: the security routes' lookup,
+        before they verify."""
+        if proof_hash in self._spent or self._replay_record(proof_hash) is not None:
+            self._spent.add(proof_hash)
+            raise replayed()
+
+    def lookup_call(self, proof_hash):
+        """The replay lookup of an issuance, as a call for `settle` beside the proof's
+        verification. Raises ProofReplayed at once, before any call is made, for a proof
+        this process saw spent."""
+        if proof_hash in self._spent:
+            raise replayed()
+        return lambda: self.look_up(proof_hash)
+
+    def look_up(self, proof_hash):
+        """ProofReplayed when the replay store has this proof; else a Lookup with the
+        quarantine epoch, read in the same request (consistent reads, one BatchGetItem)."""
+        sent, sent_wall = self._monotonic(), self._clock()
+        if self._quarantine is None:
+            if self._replay_record(proof_hash) is not None:
+                self._spent.add(proof_hash)
+                raise replayed()
+            return Lookup(sent, sent_wall)
+        from .stores.quarantine import EPOCH_KEY, epoch_of
+
+        found = self._batch_get({
+            self._replay: {"Keys": [{"proof_hash": {"S": proof_hash}}], "ConsistentRead": True,
+                           "ProjectionExpression": "proof_hash, request_id"},
+            self._quarantine: {"Keys": [{"pk": {"S": EPOCH_KEY}}], "ConsistentRead": True,
+                               "ProjectionExpression": "pk, epoch"}})
+        if found.get(self._replay):
+            self._spent.add(proof_hash)
+            raise replayed()
+        epoch_items = found.get(self._quarantine) or [None]
+        return Lookup(sent, sent_wall, epoch_of(epoch_items[0]))
+
+    def _batch_get(self, requests):
+        """{table: [items]} for a BatchGetItem of `requests`, every key read."""
+        found, pending = {}, requests
+        for attempt_number in range(LOOKUP_ATTEMPTS):
+            page = call("replay store", self._db.batch_get_item, RequestItems=pending)
+            for table, items in (page.get("Responses") or {}).items():
+                found.setdefault(table, []).extend(items)
+            pending = page.get("UnprocessedKeys") or {}
+            if not pending:
+                return found
+            self._sleep(0.01 * (attempt_number + 1))
+        raise Unavailable("the replay store is unavailable", backend="replay store", retry_after=2,
+                          detail=f"batch_get_item left keys unread {LOOKUP_ATTEMPTS} times (throttled)")
 
     def _spent_by(self, proof_hash):
         """The request ID that spent this proof (None if unknown)."""
@@ -59,23 +146,36 @@ class Admission:
                     ConsistentRead=True, ProjectionExpression="proof_hash, request_id")
         return page.get("Item")
 
-    def check_shared(self, keys):
+    def check_shared(self, keys, lookup=None):
         """Quarantined (403) if a key many callers share (a role's ARN, a service account
         every instance runs as) is in force; else the monotonic time the oldest read relied
         on was sent. Not in the transaction: every machine of a role would check the same
         item, and concurrent transactions on one item cancel each other
-        (TransactionConflict) in a boot storm. Read through recent reads (see RecentReads)."""
+        (TransactionConflict) in a boot storm. Read through recent reads (see RecentReads),
+        which the quarantine epoch of `lookup` (answered before this call) vouches for."""
         if self._shared is None or not keys:
             return self._monotonic()
-        return self._shared.check(keys)
+        if lookup is not None and lookup.epoch is None and not self._seeded:
+            lookup = self._seed_epoch(lookup)
+        return self._shared.check(keys, lookup)
 
-    def shared_check(self, keys):
-        """`check_shared(keys)` as a call for `settle`: Ready when this process's recent reads
-        answer it, so a boot storm's logins don't hand a cache hit to a thread."""
+    def shared_check(self, keys, lookup=None):
+        """`check_shared(keys, lookup)` as a call for `settle`: Ready when this process's
+        recent reads answer it, so a boot storm's logins don't hand a cache hit to a thread."""
         if self._shared is None or not keys:
             return Ready(self._monotonic())
-        sent = self._shared.recent(keys)
-        return Ready(sent) if sent is not None else (lambda: self.check_shared(keys))
+        sent = self._shared.recent(keys, lookup)
+        return Ready(sent) if sent is not None else (lambda: self.check_shared(keys, lookup))
+
+    def _seed_epoch(self, lookup):
+        """A table with no quarantine epoch yet (no quarantine ever placed): write one, once
+        per process, so that later logins' reads of shared keys are vouched for. Reads
+        after this write are vouched for by it; if another writer got there first, this
+        login reads as if there were no epoch."""
+        self._seeded = True
+        sent, sent_wall = self._monotonic(), self._clock()
+        epoch = self._list.seed_epoch()
+        return Lookup(sent, sent_wall, epoch) if epoch is not None else lookup
 
     def admit(self, proof_hash, *, request_id, method, valid_until, identity_key=None, limit=None,
               quarantine_keys=()):
@@ -102,21 +202,26 @@ class Admission:
                 "ExpressionAttributeValues": {":now": {"N": str(now)}}}})
         if len(items) == 1:
             self._spend(items[0]["Put"])
+            self._spent.add(proof_hash)
             return sent
         cancelled = self._transact(items)
         if cancelled is None:
+            self._spent.add(proof_hash)
             return sent
-        failed = _failed_items(cancelled)
+        failed = failed_items(cancelled)
         if failed is None:  # cancelled for another reason (a conflicting write, throttling)
             raise Unavailable("the replay store is unavailable", backend="replay store",
-                              detail="transact_write_items was cancelled: " + _reasons(cancelled))
+                              detail="transact_write_items was cancelled: " + ",".join(cancellation_codes(cancelled)))
         if 0 in failed:
             if self._spent_by(proof_hash) == request_id:
                 # Our own earlier attempt committed (its answer was lost, botocore sent the
                 # transaction again): admitted, counted and checked once, by that attempt.
+                self._spent.add(proof_hash)
                 return sent
-            raise ProofReplayed("this proof was already used; sign a new one")
+            self._spent.add(proof_hash)
+            raise replayed()
         self._spend(items[0]["Put"])  # refused below: the proof is still used up
+        self._spent.add(proof_hash)
         first_check = 2 if counted else 1
         quarantined = [checks[i - first_check] for i in sorted(failed) if i >= first_check]
         if quarantined:
@@ -137,20 +242,12 @@ class Admission:
                  ExpressionAttributeValues={":minus_one": {"N": "-1"}, ":zero": {"N": "0"}})
 
     def _transact(self, items):
-        """The transaction; None when it went through, else its cancellation.
-
-        The items are the caller's own (its replay record, its counter, its machine's
-        quarantine key: the keys a role shares are read beside the transaction), so a
-        conflict comes from the same caller's concurrent requests, or a revocation writing
-        its quarantine key. DynamoDB cancels them with TransactionConflict (nothing
-        written): contention, not an outage. Try again a few times, with jitter, first."""
-        for attempt_number in range(CONFLICT_ATTEMPTS):
-            _, cancelled = attempt("replay store", ("TransactionCanceledException",), self._db.transact_write_items,
-                                   TransactItems=items)
-            if cancelled is None or not _only_conflicts(cancelled) or attempt_number == CONFLICT_ATTEMPTS - 1:
-                return cancelled
-            self._sleep(random.uniform(0, CONFLICT_BACKOFF * 2 ** attempt_number))
-        return cancelled
+        """The transaction; None when it went through, else its cancellation. The items
+        are the caller's own (its replay record, its counter, its machine's quarantine key:
+        the keys a role shares are read beside the transaction), so a conflict comes from
+        the same caller's concurrent requests, or a revocation writing its quarantine key:
+        tried again (aws_calls.transact)."""
+        return transact("replay store", self._db.transact_write_items, items, sleep=self._sleep)
 
     # ---- items ---------------------------------------------------------------------------
 
@@ -185,7 +282,8 @@ class Admission:
         # Refused by our own earlier attempt (its answer was lost, the client sent the put
         # again): spent by this request, not a replay, as for the transaction above.
         if refused and self._spent_by(put["Item"]["proof_hash"]["S"]) != put["Item"]["request_id"]["S"]:
-            raise ProofReplayed("this proof was already used; sign a new one")
+            self._spent.add(put["Item"]["proof_hash"]["S"])
+            raise replayed()
 
     def _quarantined(self, key):
         """The refusal for a quarantine key whose ConditionCheck failed, with its entry's details."""
@@ -196,23 +294,3 @@ class Admission:
         return error or Quarantined("this caller is quarantined by the security team", detail=f"quarantined: {key}")
 
 
-
-def _reasons(error):
-    return ",".join(str((r or {}).get("Code")) for r in getattr(error, "response", {}).get("CancellationReasons", []))
-
-
-def _only_conflicts(error):
-    """Was the transaction cancelled by concurrent transactions only (nothing else failed)?"""
-    codes = {(r or {}).get("Code") for r in getattr(error, "response", {}).get("CancellationReasons") or []}
-    return "TransactionConflict" in codes and codes <= {"TransactionConflict", "None", None}
-
-
-def _failed_items(error):
-    """The indexes of the transaction items whose condition failed, or None when the
-    transaction was cancelled for another reason (a conflict, throttling)."""
-    reasons = getattr(error, "response", {}).get("CancellationReasons")
-    if not reasons:
-        return None
-    failed = {i for i, r in enumerate(reasons) if (r or {}).get("Code") == "ConditionalCheckFailed"}
-    others = [r.get("Code") for r in reasons if (r or {}).get("Code") not in (None, "None", "ConditionalCheckFailed")]
-    return None if others or not failed else failed

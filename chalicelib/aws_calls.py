@@ -43,3 +43,44 @@ def try_call(backend, expected_codes, fn, /, *args, **kwargs):
     AWS answered with one of the expected error codes. Anything else is Unavailable."""
     result, error = attempt(backend, expected_codes, fn, *args, **kwargs)
     return result, (error_code(error) if error is not None else None)
+
+
+# Transactions cancelled only by conflicts with concurrent ones are tried again (jittered).
+CONFLICT_ATTEMPTS = 4
+CONFLICT_BACKOFF = 0.02  # seconds, doubled per attempt
+
+
+def transact(backend, fn, items, *, sleep):
+    """A DynamoDB transaction (fn: the client's transact_write_items): None when it went
+    through, else its cancellation (TransactionCanceledException; anything else is
+    Unavailable). DynamoDB cancels concurrent transactions on one item with
+    TransactionConflict, nothing written: contention, not an outage. Those are tried
+    again a few times, with jitter, first."""
+    import random
+
+    for attempt_number in range(CONFLICT_ATTEMPTS):
+        _, cancelled = attempt(backend, ("TransactionCanceledException",), fn, TransactItems=items)
+        if cancelled is None or not only_conflicts(cancelled) or attempt_number == CONFLICT_ATTEMPTS - 1:
+            return cancelled
+        sleep(random.uniform(0, CONFLICT_BACKOFF * 2 ** attempt_number))
+    return cancelled
+
+
+def cancellation_codes(error):
+    """The code of each item of a cancelled transaction, in item order ("None": no problem)."""
+    return [str((r or {}).get("Code")) for r in getattr(error, "response", {}).get("CancellationReasons") or []]
+
+
+def only_conflicts(error):
+    """Was the transaction cancelled by concurrent transactions only (nothing else failed)?"""
+    codes = set(cancellation_codes(error))
+    return "TransactionConflict" in codes and codes <= {"TransactionConflict", "None"}
+
+
+def failed_items(error):
+    """The indexes of the transaction items whose condition failed, or None when the
+    transaction was cancelled for another reason (a conflict, throttling)."""
+    codes = cancellation_codes(error)
+    failed = {i for i, code in enumerate(codes) if code == "ConditionalCheckFailed"}
+    others = [code for code in codes if code not in ("None", "ConditionalCheckFailed")]
+    return None if others or not failed else failed

@@ -55,7 +55,7 @@ MAX_ANSWER_BYTES = 4 << 20
 # service -> (JSON target prefix, JSON protocol version, operations)
 JSON_SERVICES = {
     "dynamodb": ("DynamoDB_20120810", "1.0", (
-        "get_item", "put_item", "update_item", "delete_item", "query", "transact_write_items",
+        "get_item", "batch_get_item", "put_item", "update_item", "delete_item", "query", "transact_write_items",
         "transact_get_items", "describe_table")),
     "secretsmanager": ("secretsmanager", "1.1", ("get_secret_value",)),
     "ecs": ("AmazonEC2ContainerServiceV20141113", "1.1", ("describe_tasks", "describe_task_definition")),

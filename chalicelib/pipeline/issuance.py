@@ -2,14 +2,16 @@
 
 Cheap refusals first, budgets spent last:
 1. parse the body and check the proof offline (400 / 401);
-2. look the proof up in the replay store: a replay costs no STS call (401 proof_replayed);
-3. verify it with the cloud -> VerifiedCaller (401 invalid_proof);
-4. at once: read the caller's facts, and admit the proof in one DynamoDB transaction
-   (spent, its own quarantine keys clear, within the per-identity budget) beside a read
-   of the keys its role shares (chalicelib/admission.py);
-5. the rules decide (403 not_authorized); the per-role cap counts granted requests only;
-6. mint the wrapped role ID and secret ID; 7. the audit record, before the answer;
-8. the window: an issuance whose record was written later than `issuance_window_seconds`
+2. at once: look the proof up in the replay store (with the quarantine epoch, one
+   request) and verify it with the cloud -> VerifiedCaller. A replay is refused (401
+   proof_replayed) before any fact is read or budget counted; it costs at most the one
+   STS call a forged proof costs, none when this process saw the proof spent;
+3. at once: read the caller's facts, and admit the proof in one DynamoDB transaction
+   (spent, its own quarantine keys clear, within the per-identity budget) beside the
+   keys its role shares (read again only when the epoch changed: chalicelib/admission.py);
+4. the rules decide (403 not_authorized); the per-role cap counts granted requests only;
+5. mint the wrapped role ID and secret ID; 6. the audit record, before the answer;
+7. the window: an issuance whose record was written later than `issuance_window_seconds`
    after the quarantine reads it relied on reads its quarantine keys again, and takes
    itself back if its caller was quarantined meanwhile (403) or the list can't be read
    (503). A revocation's second sweep, `settle` seconds after its quarantine, finds every
@@ -85,10 +87,14 @@ class BrokerService:
             method = self.method(method_name)
             login = method.parse(raw_body)
             record.role = login.role
-            # Parse, validate, execute, check: offline checks and the replay lookup before
-            # the cloud is asked (a replayed proof costs no STS call, no certificate fetch).
-            self._admission.seen(method.proof_hash(login))
-            caller = method.verify(login)
+            # Parse, validate, execute, check. Security-critical: the replay lookup and the
+            # verification run at once, and both must pass before anything else is asked
+            # (facts, budgets, Vault). A proof this process saw spent is refused here, with
+            # no call at all.
+            lookup_call = self._admission.lookup_call(method.proof_hash(login))
+            (lookup, lookup_error), (caller, proof_error) = settle(lookup_call, lambda: method.verify(login))
+            if lookup_error or proof_error:
+                raise lookup_error or proof_error  # a replay is a replay, whatever STS said of it
             record.principal, record.account = caller.principal, caller.account
             record.instance = caller.claimed.id if caller.claimed else None
             own, shared = self._quarantine_keys(caller)
@@ -98,7 +104,7 @@ class BrokerService:
             (facts, facts_error), (admitted_at, admit_error), (shared_at, shared_error) = settle(
                 lambda: method.read_facts(caller, login),
                 lambda: self._admit(caller, record, own),
-                self._admission.shared_check(shared))
+                self._admission.shared_check(shared, lookup))
             if shared_error is not None and admit_error is None:
                 self._refund(caller)  # refused by its role's key: the budget slot is given back
             if admit_error or shared_error or facts_error:

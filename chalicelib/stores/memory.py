@@ -5,7 +5,7 @@ in milliseconds and without a stack. Thread-safe; time comes from an injectable 
 import threading
 import time
 
-from .quarantine import Entry, raise_if_quarantined
+from .quarantine import Entry, new_epoch, raise_if_quarantined
 from .rate_limits import limited, window_start
 
 
@@ -14,6 +14,7 @@ class MemoryQuarantineList:
         self._items = {}
         self._lock = threading.Lock()
         self._clock = clock
+        self.epoch = None  # the quarantine epoch (stores/quarantine.py): changed by every entry placed
 
     def check(self, keys):
         raise_if_quarantined(self.entries(keys).values(), self._clock())
@@ -29,7 +30,15 @@ class MemoryQuarantineList:
             if current is not None and current.until > until and current.until >= now:
                 return current
             self._items[key] = Entry(key, revocation_id, until)
+            self.epoch = new_epoch()
             return self._items[key]
+
+    def seed_epoch(self):
+        with self._lock:
+            if self.epoch is not None:
+                return None
+            self.epoch = new_epoch()
+            return self.epoch
 
     def get(self, key):
         with self._lock:

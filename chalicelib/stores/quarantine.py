@@ -23,11 +23,34 @@ import time
 from datetime import datetime, timezone
 
 from ..audit_schema import TTL_ATTRIBUTE
-from ..aws_calls import call, try_call
+from ..aws_calls import call, cancellation_codes, failed_items, transact, try_call
 from ..errors import Quarantined, Unavailable
 from ..records import Record
 
 KINDS = ("instance", "principal", "instanceless")
+
+# The quarantine epoch: one item of the quarantine table (not a `quarantine#` entry, not a
+# rate-limit counter) whose value changes in the same transaction as every quarantine
+# placed. An issuance reads it with its replay lookup, beside STS (chalicelib/admission.py):
+# while it is unchanged, no quarantine was placed since this process read a role's key, and
+# that read still holds (RecentReads). So the keys a whole role shares cost no read per
+# login, and a new quarantine is seen by the next login of every Lambda environment.
+EPOCH_KEY = "epoch#quarantine"
+# How long an epoch vouches for a read: a writer that does not change the epoch (an entry
+# put by hand, an older broker's revocation during an upgrade) is seen this late at worst.
+EPOCH_TRUST_SECONDS = 60.0
+
+
+def new_epoch():
+    from ..ids import uuid4
+
+    return uuid4()
+
+
+def epoch_of(item):
+    """The epoch value of the epoch item as read (None: no epoch item, or no value)."""
+    value = (item or {}).get("epoch", {}).get("S")
+    return value or None
 
 
 def iso(epoch):
@@ -138,10 +161,11 @@ def quarantined_error(entry, now):
 class QuarantineList:
     """The DynamoDB quarantine list (items `quarantine#...` of the quarantine table)."""
 
-    def __init__(self, dynamodb, table, clock=time.time):
+    def __init__(self, dynamodb, table, clock=time.time, sleep=time.sleep):
         self._db = dynamodb
         self._table = table
         self._clock = clock
+        self._sleep = sleep
 
     def check(self, keys):
         """Quarantined (403) if any of these entries is in force now."""
@@ -158,24 +182,46 @@ class QuarantineList:
         return {key: _entry(item) if item else None for key, item in zip(keys, items)}
 
     def place(self, key, *, revocation_id, until, reason, by):
-        """Quarantine `key` until `until`. A longer quarantine already in place stays;
-        returns the Entry in force afterwards."""
+        """Quarantine `key` until `until`, and change the epoch in the same transaction (an
+        issuance that reads the new epoch reads its shared keys again, so it sees this
+        entry). A longer quarantine already in place stays; returns the Entry in force
+        afterwards."""
         now = int(self._clock())
-        _, refused = try_call(
-            "quarantine store", ("ConditionalCheckFailedException",), self._db.put_item,
-            TableName=self._table,
-            Item={"pk": {"S": key}, "revocation_id": {"S": revocation_id}, "until": {"N": str(until)},
-                  "reason": {"S": reason}, "created_by": {"S": by}, "created_at": {"N": str(now)},
-                  TTL_ATTRIBUTE: {"N": str(until)}},
-            ConditionExpression="attribute_not_exists(pk) OR #until <= :until OR #until < :now",
-            ExpressionAttributeNames={"#until": "until"},
-            ExpressionAttributeValues={":until": {"N": str(until)}, ":now": {"N": str(now)}},
-        )
-        if refused:
-            current = self.get(key)
+        put = {
+            "TableName": self._table,
+            "Item": {"pk": {"S": key}, "revocation_id": {"S": revocation_id}, "until": {"N": str(until)},
+                     "reason": {"S": reason}, "created_by": {"S": by}, "created_at": {"N": str(now)},
+                     TTL_ATTRIBUTE: {"N": str(until)}},
+            "ConditionExpression": "attribute_not_exists(pk) OR #until <= :until OR #until < :now",
+            "ExpressionAttributeNames": {"#until": "until"},
+            "ExpressionAttributeValues": {":until": {"N": str(until)}, ":now": {"N": str(now)}},
+        }
+        cancelled = transact("quarantine store", self._db.transact_write_items,
+                             [{"Put": put}, {"Update": self._epoch_change(now)}], sleep=self._sleep)
+        if cancelled is not None:
+            if failed_items(cancelled) != {0}:  # a conflict that outlasted the retries, throttling
+                raise Unavailable("the quarantine store is unavailable", backend="quarantine store",
+                                  detail="transact_write_items was cancelled: " + ",".join(cancellation_codes(cancelled)))
+            current = self.get(key)  # a longer quarantine is in place: nothing changed
             if current is not None:
                 return current
         return Entry(key, revocation_id, until)
+
+    def _epoch_change(self, now):
+        return {"TableName": self._table, "Key": {"pk": {"S": EPOCH_KEY}},
+                "UpdateExpression": "SET epoch = :epoch, changed_at = :now",
+                "ExpressionAttributeValues": {":epoch": {"S": new_epoch()}, ":now": {"N": str(now)}}}
+
+    def seed_epoch(self):
+        """Write a first epoch when there is none (a table no quarantine was ever placed
+        in); returns it, or None when another writer got there first (its value unknown)."""
+        epoch = new_epoch()
+        _, refused = try_call("quarantine store", ("ConditionalCheckFailedException",), self._db.put_item,
+                              TableName=self._table,
+                              Item={"pk": {"S": EPOCH_KEY}, "epoch": {"S": epoch},
+                                    "changed_at": {"N": str(int(self._clock()))}},
+                              ConditionExpression="attribute_not_exists(pk)")
+        return None if refused else epoch
 
     def _read(self, key):
         page = call("quarantine store", self._db.get_item, TableName=self._table, Key={"pk": {"S": key}},
@@ -213,16 +259,20 @@ def raise_if_quarantined(entries, now):
 
 
 class RecentReads:
-    """The quarantine entries of shared keys, read at most `max_age` seconds ago (only
-    keys found clear are kept; a quarantined caller's keys are read every time).
+    """The quarantine entries of shared keys, read before and still holding (only keys
+    found clear are kept; a quarantined caller's keys are read every time).
 
-    Every session of a role checks the role's key: in a boot storm one read per role per
-    `max_age` in each Lambda environment instead of one per login. Safe because the
-    revocation closes the gap: its second sweep runs `settle` seconds after its
-    quarantine, and an issuance relying on a read older than its window when its record
-    is written takes itself back (chalicelib/pipeline/issuance.py; the windows are set
-    together in chalicelib/config.py). `check` returns when the oldest read it relied on
-    was sent (monotonic), which starts that window.
+    Every session of a role checks the role's key. A read holds while the quarantine
+    epoch the login read with its replay lookup (`lookup`) is the one read before it,
+    for up to EPOCH_TRUST_SECONDS: no quarantine was placed since, so in a boot storm a
+    role's key is read once per Lambda environment, and a new quarantine is seen by the
+    next login. Without an epoch, a read holds `max_age` seconds. Either way a
+    quarantine can land after the read a login relied on: the revocation closes that
+    gap (its second sweep runs `settle` seconds after its quarantine, and an issuance
+    relying on a read older than its window when its record is written takes itself
+    back: chalicelib/pipeline/issuance.py; the windows are set together in
+    chalicelib/config.py). `check` returns when the newest evidence it relied on was
+    sent (monotonic): the oldest key's read, or the epoch read that vouched for it.
     """
 
     def __init__(self, quarantine_list, max_age, clock=time.time, monotonic=time.monotonic):
@@ -230,47 +280,69 @@ class RecentReads:
         self._max_age = max_age
         self._clock = clock
         self._monotonic = monotonic
-        self._reads = {}  # key -> (monotonic time the read was sent, None: clear, wall-clock time it was sent)
+        # key -> (monotonic time the read was sent, wall-clock time it was sent, the epoch read before it)
+        self._reads = {}
         self._lock = threading.Lock()
 
-    def check(self, keys):
+    def check(self, keys, lookup=None):
         """Quarantined (403) if an entry of `keys` is in force; else the monotonic time the
-        oldest read relied on was sent (now, when nothing was relied on)."""
+        evidence relied on was sent (now, when nothing was relied on). `lookup` (a Lookup,
+        chalicelib/admission.py) must have been answered before this call: reads made here
+        are kept under its epoch."""
         now, wall = self._monotonic(), self._clock()
         with self._lock:
-            known = {k: self._reads[k][:2] for k in keys if k in self._reads and self._young(self._reads[k], now, wall)}
+            known = {k: (self._holds(self._reads.get(k), lookup, now, wall), None) for k in keys}
+        known = {k: v for k, v in known.items() if v[0] is not None}
         missing = [k for k in keys if k not in known]
         if missing:
+            epoch = lookup.epoch if lookup is not None else None
             sent, sent_wall = self._monotonic(), self._clock()
             fresh = self._list.entries(missing)
             with self._lock:
                 for key in missing:
                     known[key] = (sent, fresh.get(key))
                     if fresh.get(key) is None:  # only "clear" is kept: a lifted quarantine is seen at once
-                        self._reads[key] = (sent, None, sent_wall)
-                if len(self._reads) > 4096:  # many roles: forget the stale reads
-                    self._reads = {k: v for k, v in self._reads.items() if self._young(v, now, wall)}
+                        self._reads[key] = (sent, sent_wall, epoch)
+                if len(self._reads) > 4096:  # many roles: forget the reads that hold no more
+                    self._reads = {k: v for k, v in self._reads.items() if self._holds(v, lookup, now, wall)}
         raise_if_quarantined((entry for _, entry in known.values()), self._clock())
         return min((sent for sent, _ in known.values()), default=now)
 
-    def recent(self, keys):
-        """What `check` would return when every key was found clear by a read younger than
-        `max_age` (no read needed, nothing raised); else None."""
+    def recent(self, keys, lookup=None):
+        """What `check` would return when every key was found clear by a read that still
+        holds (no read needed, nothing raised); else None."""
         now, wall = self._monotonic(), self._clock()
         with self._lock:
-            reads = [self._reads.get(k) for k in keys]
-        if any(read is None or not self._young(read, now, wall) for read in reads):
+            held = [self._holds(self._reads.get(k), lookup, now, wall) for k in keys]
+        if any(sent is None for sent in held):
             return None
-        return min((read[0] for read in reads), default=now)
+        return min(held, default=now)
 
-    def _young(self, read, now, wall):
-        """Read less than `max_age` ago by both clocks. The monotonic clock may not count the
-        time a Lambda environment spent frozen between invocations (a paused microVM's
-        CLOCK_MONOTONIC can stand still): a read kept from before a long freeze would pass
-        for fresh, after the revocation that quarantined the key had swept. The wall clock
-        bounds it too (a clock stepped backwards makes the read stale, never younger)."""
-        sent, _, sent_wall = read
-        return now - sent < self._max_age and 0 <= wall - sent_wall < self._max_age
+    def _holds(self, read, lookup, now, wall):
+        """When the evidence that `read` still holds was sent (monotonic), or None.
+
+        Vouched for by the epoch: the login's lookup read the same epoch as the one read
+        before this key was (security-critical: the epoch changes in the transaction that
+        places any quarantine, so an unchanged epoch means none was placed between the two
+        reads); the evidence is then the lookup, and the key's read is at most
+        EPOCH_TRUST_SECONDS old. Any other epoch: read again, however young the read.
+        Without an epoch (none read, or no lookup): young, read less than `max_age` ago
+        by both clocks.
+        The monotonic clock may not count the time a Lambda environment spent frozen
+        between invocations (a paused microVM's CLOCK_MONOTONIC can stand still): a read
+        kept from before a long freeze would pass for fresh, after the revocation that
+        quarantined the key had swept. The wall clock bounds it too (a clock stepped
+        backwards makes the read stale, never younger)."""
+        if read is None:
+            return None
+        sent, sent_wall, epoch = read
+        if lookup is not None and lookup.epoch is not None:  # an epoch was read: it alone decides
+            if epoch == lookup.epoch and 0 <= lookup.sent_wall - sent_wall < EPOCH_TRUST_SECONDS:
+                return max(sent, lookup.sent)
+            return None
+        if now - sent < self._max_age and 0 <= wall - sent_wall < self._max_age:
+            return sent
+        return None
 
 
 def _entry(item):

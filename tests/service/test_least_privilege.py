@@ -32,7 +32,7 @@ POLICY_MD = REPO / ".chalice" / "POLICY.md"
 PROD_POLICY = REPO / ".chalice" / "policy-prod.json"
 CONFIG = REPO / ".chalice" / "config.json"
 # chalicelib.aws_calls helpers and the position of the botocore method among their arguments
-AWS_CALL_HELPERS = {"call": 1, "try_call": 2, "attempt": 2}
+AWS_CALL_HELPERS = {"call": 1, "try_call": 2, "attempt": 2, "transact": 1}
 # A transaction has no IAM action of its own: AWS authorizes each of its items.
 TRANSACTION_ITEM_ACTIONS = {("dynamodb", "transact_write_items"): {"dynamodb:PutItem", "dynamodb:UpdateItem",
                                                                    "dynamodb:ConditionCheckItem"},

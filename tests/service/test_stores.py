@@ -8,7 +8,7 @@ import pytest
 
 from chalicelib.errors import InvalidRequest, Quarantined, RateLimited
 from chalicelib.stores import memory
-from chalicelib.stores.quarantine import QuarantineList, caller_keys, quarantine_key
+from chalicelib.stores.quarantine import EPOCH_KEY, QuarantineList, caller_keys, epoch_of, quarantine_key
 from chalicelib.stores.rate_limits import RateLimitStore
 from chalicelib.stores.revocations import RevocationStore
 from chalicelib.stores.tokens import MAX_PER_ISSUANCE, TokenRegistry
@@ -40,6 +40,14 @@ def stores(request, clock):
             "rate_limits": RateLimitStore(db, table, clock), "tokens": TokenRegistry(db, table, clock)}
 
 
+def current_epoch(quarantine):
+    """The quarantine epoch as a login's lookup reads it."""
+    if isinstance(quarantine, memory.MemoryQuarantineList):
+        return quarantine.epoch
+    item = quarantine._db.get_item(TableName=quarantine._table, Key={"pk": {"S": EPOCH_KEY}}, ConsistentRead=True)
+    return epoch_of(item.get("Item"))
+
+
 def unique(prefix):
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -66,6 +74,18 @@ class TestQuarantineList:
         assert kept.revocation_id == "long"
         assert q.lift(key, "short") is False and q.get(key).revocation_id == "long"
         assert q.lift(key, "long") is True and q.get(key) is None
+
+    def test_a_placed_entry_changes_the_epoch_and_a_longer_one_in_place_does_not(self, stores, clock):
+        q = stores["quarantine"]
+        key = quarantine_key("principal", f"arn:aws:iam::123456789012:role/{unique('r')}")
+        before = current_epoch(q)
+        q.place(key, revocation_id="long", until=int(clock.now) + 3600, reason="x", by="sec")
+        placed = current_epoch(q)
+        assert placed not in (None, before)
+        q.place(key, revocation_id="short", until=int(clock.now) + 60, reason="x", by="sec")  # nothing changed
+        assert current_epoch(q) == placed
+        assert q.seed_epoch() is None  # a table with an epoch keeps it
+        assert q.lift(key, "long") is True
 
     def test_a_role_entry_refuses_every_session_in_any_case(self, stores, clock):
         q = stores["quarantine"]

@@ -108,3 +108,73 @@ def test_a_quarantined_key_is_never_recent(world):
     with pytest.raises(Quarantined):
         reads.check([key])
     assert reads.recent([key]) is None  # only clear reads are kept: the next check reads again
+
+
+# ---- the quarantine epoch (read with the replay lookup) vouches for a kept read ------------
+
+
+def _lookup(clocks, epoch):
+    from chalicelib.admission import Lookup
+
+    return Lookup(clocks.mono, clocks.wall, epoch)
+
+
+def test_an_unchanged_epoch_keeps_a_clear_read_past_max_age_and_the_window_starts_at_the_lookup(world):
+    clocks, listing, reads = world
+    key = quarantine_key("principal", ROLE)
+    assert reads.check([key], _lookup(clocks, "e1")) == 500.0
+    clocks.mono += 30.0
+    clocks.wall += 30.0
+    assert reads.recent([key], _lookup(clocks, "e1")) == 530.0  # the lookup is the evidence, not the old read
+    assert reads.check([key], _lookup(clocks, "e1")) == 530.0
+    assert listing.reads == [(key,)]
+
+
+def test_a_changed_epoch_reads_again_however_young_the_read(world):
+    clocks, listing, reads = world
+    key = quarantine_key("principal", ROLE)
+    reads.check([key], _lookup(clocks, "e1"))
+    listing.place(key, revocation_id="r", until=int(clocks.wall) + 600, reason="x", by="sec")  # a new epoch
+    clocks.mono += 0.1
+    assert reads.recent([key], _lookup(clocks, "e2")) is None
+    with pytest.raises(Quarantined):
+        reads.check([key], _lookup(clocks, "e2"))
+    assert listing.reads == [(key,), (key,)]
+
+
+def test_an_epoch_vouches_for_a_read_for_a_minute_at_most(world):
+    from chalicelib.stores.quarantine import EPOCH_TRUST_SECONDS
+
+    clocks, listing, reads = world
+    key = quarantine_key("principal", ROLE)
+    reads.check([key], _lookup(clocks, "e1"))
+    clocks.mono += EPOCH_TRUST_SECONDS
+    clocks.wall += EPOCH_TRUST_SECONDS  # an entry put by hand changes no epoch: seen this late at worst
+    assert reads.recent([key], _lookup(clocks, "e1")) is None
+    reads.check([key], _lookup(clocks, "e1"))
+    assert len(listing.reads) == 2
+
+
+def test_a_read_kept_without_an_epoch_is_read_again_once_an_epoch_is_known(world):
+    clocks, listing, reads = world
+    key = quarantine_key("principal", ROLE)
+    reads.check([key], _lookup(clocks, None))
+    clocks.mono += 0.1
+    assert reads.recent([key], _lookup(clocks, None)) == 500.0  # no epoch: the read's age decides
+    assert reads.recent([key], _lookup(clocks, "e1")) is None   # an epoch, but not the one read before it
+    reads.check([key], _lookup(clocks, "e1"))
+    clocks.mono += 5.0
+    clocks.wall += 5.0
+    assert reads.recent([key], _lookup(clocks, "e1")) == 505.1
+
+
+def test_a_placed_entry_changes_the_memory_lists_epoch_and_a_longer_one_in_place_does_not(world):
+    clocks, listing, reads = world
+    key = quarantine_key("principal", ROLE)
+    assert listing.seed_epoch() is not None and listing.seed_epoch() is None  # only a table without one
+    first = listing.epoch
+    listing.place(key, revocation_id="r1", until=int(clocks.wall) + 600, reason="x", by="sec")
+    second = listing.epoch
+    assert second != first
+    listing.place(key, revocation_id="r2", until=int(clocks.wall) + 60, reason="x", by="sec")  # shorter: stays
+    assert listing.epoch == second
