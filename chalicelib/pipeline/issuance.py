@@ -92,7 +92,8 @@ class BrokerService:
             # (facts, budgets, Vault). A proof this process saw spent is refused here, with
             # no call at all.
             lookup_call = self._admission.lookup_call(method.proof_hash(login))
-            (lookup, lookup_error), (caller, proof_error) = settle(lookup_call, lambda: method.verify(login))
+            # STS first, in this thread: the slower call goes out before the lookup is signed
+            (caller, proof_error), (lookup, lookup_error) = settle(lambda: method.verify(login), lookup_call)
             if lookup_error or proof_error:
                 raise lookup_error or proof_error  # a replay is a replay, whatever STS said of it
             record.principal, record.account = caller.principal, caller.account
