@@ -121,3 +121,114 @@ def test_a_seed_that_fails_does_not_fail_the_login_that_tried_it(proxied, answer
         assert refused.status_code == 403 and body_of(refused)["error"]["code"] == "quarantined"
     finally:
         assert quarantine_list(stack).lift(ROLE_KEY, revocation_id)
+
+
+def forged(login):
+    """The login with its SigV4 signature altered (STS refuses it: 401 invalid_proof)."""
+    import base64
+
+    headers = json.loads(base64.b64decode(login["iam_request_headers"]))
+    auth = headers["Authorization"][0]
+    headers["Authorization"] = [auth[:-1] + ("0" if auth[-1] != "0" else "1")]
+    return dict(login, iam_request_headers=base64.b64encode(json.dumps(headers).encode()).decode())
+
+
+def batch_get(req):
+    return _op(req) == "BatchGetItem"
+
+
+# ---- the lookup failing: 503, named, audited; never a 500 -----------------------------------------
+
+
+def test_a_lookup_left_unread_every_time_is_a_named_503_audited_and_nothing_else_asked(proxied):
+    """BatchGetItem answers keys it could not read (throttling) as UnprocessedKeys, with
+    HTTP 200. Every time: 503 naming the replay store, recorded, no fact read, no
+    admission transaction, nothing minted."""
+    unprocessed = json.dumps({"Responses": {}, "UnprocessedKeys": {
+        stack_aws.QUARANTINE_TABLE: {"Keys": [{"pk": {"S": EPOCH_KEY}}], "ConsistentRead": True}}})
+    seen = []
+
+    def after_lookup(req):  # what the broker asks DynamoDB/EC2 besides the lookup
+        if not batch_get(req):
+            seen.append(_op(req) or req.path)
+        return False
+
+    proxied.proxy.set(Fault("status", match=batch_get, status=200, body=unprocessed,
+                            headers={"Content-Type": "application/x-amz-json-1.0"}),
+                      Fault("status", match=after_lookup))
+    response = proxied.post(proxied.web_login())
+    doc = body_of(response)
+    assert response.status_code == 503, doc
+    assert doc["error"]["code"] == "unavailable" and "replay store" in doc["error"]["message"], doc
+    assert response.headers.get("Retry-After"), response.headers
+    assert "TransactWriteItems" not in seen and "DescribeInstances" not in seen, seen
+    record = proxied.stack.broker_env() and _audit(proxied.stack).get(doc["request_id"])
+    assert record["outcome"] == "error" and record["code"] == "unavailable", record
+    assert "batch_get_item left keys unread" in record["reason"], record
+
+
+@pytest.mark.parametrize("proof", ["valid", "forged"])
+def test_a_throttled_lookup_beside_any_proof_is_a_503_never_a_500(proxied, proof):
+    proxied.proxy.set(Fault("status", match=batch_get, status=400, body=THROTTLED,
+                            headers={"Content-Type": "application/x-amz-json-1.0"}))
+    login = proxied.web_login()
+    response = proxied.post(forged(login) if proof == "forged" else login)
+    doc = body_of(response)
+    assert response.status_code == 503 and doc["error"]["code"] == "unavailable", doc
+    record = _audit(proxied.stack).get(doc["request_id"])
+    assert record["code"] == "unavailable", record
+    proxied.proxy.clear()
+    # the same proof once the store answers: the forged one is refused by STS, the valid one
+    # (never spent: its lookup failed before anything was admitted) is served
+    again = proxied.post(forged(login) if proof == "forged" else login)
+    expected = (401, "invalid_proof") if proof == "forged" else (200, None)
+    assert (again.status_code, body_of(again).get("error", {}).get("code")) == expected, body_of(again).get("error")
+
+
+def _audit(stack):
+    from chalicelib.audit import AuditStore
+
+    return AuditStore(stack.client("dynamodb"), stack_aws.AUDIT_TABLE, 400)
+
+
+# ---- a replay raced against its original ----------------------------------------------------------
+
+
+def test_one_proof_sent_at_once_to_two_environments_is_issued_once(stack):
+    """The same proof to two fresh Lambda environments at the same moment, STS slowed
+    down so that both replay lookups answer "not spent" before either is admitted: the
+    admission transaction lets one through; the other is a replay (401), counted against
+    no budget, minted nothing. Repeated a few times."""
+    from devstack.latency import LatencyStack
+    from tests.service.test_cold_init import LAMBDA_RUNTIME, Child, _env
+
+    with LatencyStack(stack) as proxies:
+        children = [Child(_env({**stack.broker_env(), **proxies.env(), **LAMBDA_RUNTIME})) for _ in range(2)]
+        try:
+            proxies.set_delays({"sts": 300}, mode="add")
+            server_id = stack.broker_env()["BROKER_SERVER_ID"]
+            for _ in range(3):
+                instance = stack.launch_instance({"vault-role": "web"}, profile="demo-node")
+                body = json.dumps(signed_login(stack.assume("demo-node", instance), "web", server_id))
+                proxies.reset()
+                for child in children:  # both requests out before either answer is read
+                    child.proc.stdin.write(json.dumps({"method": "POST", "path": "/v1/credentials/aws",
+                                                       "body": body}) + "\n")
+                    child.proc.stdin.flush()
+                answers = [child._read() for child in children]
+                docs = [json.loads(a["body"]) for a in answers]
+                outcomes = sorted((a["status"], d.get("error", {}).get("code")) for a, d in zip(answers, docs))
+                assert outcomes == [(200, None), (401, "proof_replayed")], outcomes
+                counts = proxies.counts()
+                # both lookups went out (neither saw the other's record), one was minted
+                assert counts["dynamodb BatchGetItem"] == 2, counts
+                # and both reached the admission transaction: the race was run, not lost early
+                assert counts["dynamodb TransactWriteItems"] == 2, counts
+                assert counts["vault GET auth/approle/role/web/role-id"] == 1, counts
+                assert counts["vault POST auth/approle/role/web/secret-id"] == 1, counts
+                loser = next(d for d in docs if "error" in d)
+                record = _audit(stack).get(loser["request_id"])
+                assert record["code"] == "proof_replayed" and not record.get("secret_id_accessor"), record
+        finally:
+            for child in children:
+                child.close()
