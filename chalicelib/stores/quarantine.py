@@ -39,6 +39,10 @@ EPOCH_KEY = "epoch#quarantine"
 # How long an epoch vouches for a read: a writer that does not change the epoch (an entry
 # put by hand, an older broker's revocation during an upgrade) is seen this late at worst.
 EPOCH_TRUST_SECONDS = 60.0
+# Every placement changes the one epoch item, so revocations run at once (a script, an
+# incident) cancel each other's transactions (TransactionConflict): a placement is tried
+# this many times (about 2 s of backoff at most) before its revocation answers 503.
+PLACE_CONFLICT_ATTEMPTS = 10
 
 
 def new_epoch():
@@ -197,7 +201,8 @@ class QuarantineList:
             "ExpressionAttributeValues": {":until": {"N": str(until)}, ":now": {"N": str(now)}},
         }
         cancelled = transact("quarantine store", self._db.transact_write_items,
-                             [{"Put": put}, {"Update": self._epoch_change(now)}], sleep=self._sleep)
+                             [{"Put": put}, {"Update": self._epoch_change(now)}], sleep=self._sleep,
+                             attempts=PLACE_CONFLICT_ATTEMPTS)
         if cancelled is not None:
             if failed_items(cancelled) != {0}:  # a conflict that outlasted the retries, throttling
                 raise Unavailable("the quarantine store is unavailable", backend="quarantine store",

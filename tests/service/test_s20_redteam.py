@@ -84,7 +84,8 @@ def proxied(broker):
 
     stack = broker.stack
     proxy = FaultProxy(stack.aws_endpoint_url).start()
-    restore = use_environment({**stack.broker_env(), "BROKER_AWS_ENDPOINT_URL": proxy.url})
+    restore = use_environment({**stack.broker_env(), "BROKER_AWS_ENDPOINT_URL": proxy.url,
+                               "BROKER_REVOCATION_SETTLE_SECONDS": "1"})
     try:
         with Client(broker_app.app, stage_name="local") as client:
             yield Proxied(stack, client, proxy)
@@ -232,3 +233,84 @@ def test_one_proof_sent_at_once_to_two_environments_is_issued_once(stack):
         finally:
             for child in children:
                 child.close()
+
+
+# ---- concurrent revocations: every placement now writes the one epoch item -------------------------
+
+
+def epoch_transaction(req):
+    return _op(req) == "TransactWriteItems" and EPOCH_KEY.encode() in req.body
+
+
+def conflicts(times):
+    """A match for the first `times` placements' transactions: DynamoDB cancels a
+    transaction on an item another transaction holds (a concurrent revocation's
+    placement changing the same epoch) with TransactionConflict, nothing written."""
+    left = {"n": times}
+    lock = threading.Lock()
+
+    def match(req):
+        if not epoch_transaction(req):
+            return False
+        with lock:
+            left["n"] -= 1
+            return left["n"] >= 0
+
+    return match
+
+
+CANCELLED_BY_CONFLICT = json.dumps({
+    "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+    "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons [None, TransactionConflict]",
+    "CancellationReasons": [{"Code": "None"},
+                            {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}]})
+
+
+@pytest.fixture
+def security(proxied):
+    from tests.service.security_helpers import SecurityClient
+
+    return SecurityClient(proxied, proxied.stack.assume("security-team", f"s20-{uuid.uuid4().hex[:6]}"))
+
+
+def revoke_role(security, role_name):
+    arn = f"arn:aws:iam::{ACCOUNT}:role/{role_name}"
+    return security.post("/v1/revocations", {"principal": arn, "reason": "s20 parallel revocations",
+                                             "quarantine": "10m", "force": True})
+
+
+def test_a_revocation_whose_placement_meets_a_run_of_conflicts_still_places_its_quarantine(proxied, security):
+    """A security team revoking many targets at once (a script, an incident): before the
+    epoch, their placements wrote different items and never met; now each one's
+    transaction also changes the one epoch item, and DynamoDB cancels all but one of
+    those in flight together. A run of conflicts is contention, not an outage: the
+    revocation must still place its quarantine (and change the epoch)."""
+    role_name = f"s20-gone-{uuid.uuid4().hex[:6]}"
+    before = epoch(proxied.stack)
+    proxied.proxy.set(Fault("status", match=conflicts(5), status=400, body=CANCELLED_BY_CONFLICT,
+                            headers={"Content-Type": "application/x-amz-json-1.0"}))
+    response = revoke_role(security, role_name)
+    doc = body_of(response)
+    assert response.status_code == 200, doc.get("error")
+    try:
+        key = quarantine_key("principal", f"arn:aws:iam::{ACCOUNT}:role/{role_name}")
+        assert quarantine_list(proxied.stack).get(key) is not None
+        assert epoch(proxied.stack) not in (None, before)
+    finally:
+        security.delete(f"/v1/revocations/{doc['revocation_id']}")
+
+
+def test_a_placement_that_never_gets_through_is_a_named_503_with_nothing_placed(proxied, security):
+    role_name = f"s20-gone-{uuid.uuid4().hex[:6]}"
+    before = epoch(proxied.stack)
+    proxied.proxy.set(Fault("status", match=epoch_transaction, status=400, body=CANCELLED_BY_CONFLICT,
+                            headers={"Content-Type": "application/x-amz-json-1.0"}))
+    response = revoke_role(security, role_name)
+    doc = body_of(response)
+    assert response.status_code == 503, doc
+    assert doc["error"]["code"] == "unavailable" and "quarantine store" in doc["error"]["message"], doc
+    key = quarantine_key("principal", f"arn:aws:iam::{ACCOUNT}:role/{role_name}")
+    assert quarantine_list(proxied.stack).get(key) is None  # all or nothing: no entry without its epoch
+    assert epoch(proxied.stack) == before
+    record = _audit(proxied.stack).get(doc["request_id"])
+    assert record["code"] == "unavailable" and "TransactionConflict" in record["reason"], record
