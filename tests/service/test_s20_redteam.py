@@ -314,3 +314,144 @@ def test_a_placement_that_never_gets_through_is_a_named_503_with_nothing_placed(
     assert epoch(proxied.stack) == before
     record = _audit(proxied.stack).get(doc["request_id"])
     assert record["code"] == "unavailable" and "TransactionConflict" in record["reason"], record
+
+
+# ---- a warm environment (the in-process broker keeps its reads between requests) ------------------
+
+BATCH_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/demo-batch"
+BATCH_KEY = quarantine_key("principal", BATCH_ROLE_ARN)
+BATCH_SA = "batch-runner@demo-project.iam.gserviceaccount.com"
+
+
+def batch_login(broker):
+    from tests.service.security_helpers import fresh_when
+
+    creds = broker.stack.assume("demo-batch", f"s20-{uuid.uuid4().hex[:8]}")
+    return broker.post(signed_login(creds, "batch", broker.server_id, when=fresh_when()))
+
+
+def code_of(response):
+    return response.status_code, body_of(response).get("error", {}).get("code")
+
+
+def place(stack, key, until_in=600, revocation_id=None):
+    revocation_id = revocation_id or f"s20-{uuid.uuid4().hex[:8]}"
+    quarantine_list(stack).place(key, revocation_id=revocation_id, until=int(time.time()) + until_in,
+                                 reason="s20", by="s20")
+    return revocation_id
+
+
+@pytest.fixture
+def warm(broker):
+    """The in-process broker, warm: the batch role's key read once and kept."""
+    assert code_of(batch_login(broker)) == (200, None)
+    yield broker
+    item = quarantine_list(broker.stack).get(BATCH_KEY)
+    if item is not None:  # never leave the shared role quarantined for the next test
+        quarantine_list(broker.stack).lift(BATCH_KEY, item.revocation_id)
+
+
+def test_a_lift_then_a_new_quarantine_of_the_role_is_seen_at_once_each_time(warm):
+    stack = warm.stack
+    first = place(stack, BATCH_KEY)
+    assert code_of(batch_login(warm)) == (403, "quarantined")
+    assert quarantine_list(stack).lift(BATCH_KEY, first)  # lifting changes no epoch ...
+    assert code_of(batch_login(warm)) == (200, None)  # ... a quarantined key is never kept
+    assert code_of(batch_login(warm)) == (200, None)  # kept now, under the epoch of `first`
+    place(stack, BATCH_KEY)
+    assert code_of(batch_login(warm)) == (403, "quarantined")
+
+
+def test_a_shorter_quarantine_placed_over_a_longer_one_changes_nothing_and_the_longer_holds(warm):
+    stack = warm.stack
+    place(stack, BATCH_KEY, until_in=600)
+    before = epoch(stack)
+    entry = quarantine_list(stack).place(BATCH_KEY, revocation_id="s20-shorter", until=int(time.time()) + 30,
+                                         reason="s20", by="s20")
+    assert entry.revocation_id != "s20-shorter" and epoch(stack) == before  # refused: nothing written
+    assert code_of(batch_login(warm)) == (403, "quarantined")
+
+
+def test_a_quarantine_that_expires_frees_the_role_and_a_new_one_is_seen_again(warm):
+    stack = warm.stack
+    place(stack, BATCH_KEY, until_in=1)
+    assert code_of(batch_login(warm)) == (403, "quarantined")
+    time.sleep(1.6)  # expired (DynamoDB's TTL may keep the item for days: every read checks `until`)
+    assert code_of(batch_login(warm)) == (200, None)
+    assert code_of(batch_login(warm)) == (200, None)
+    place(stack, BATCH_KEY, until_in=600)  # over the expired entry: placed, a new epoch
+    assert code_of(batch_login(warm)) == (403, "quarantined")
+
+
+def test_the_epoch_item_deleted_under_a_warm_environment_then_a_quarantine(warm):
+    """Someone deletes the epoch item: the warm environment's kept read, vouched for by an
+    epoch nobody reads any more, falls back to its age (a second); the next placement
+    writes a new epoch, which no kept read carries."""
+    stack = warm.stack
+    stack.client("dynamodb").delete_item(TableName=stack_aws.QUARANTINE_TABLE, Key={"pk": {"S": EPOCH_KEY}})
+    assert code_of(batch_login(warm)) == (200, None)
+    place(stack, BATCH_KEY)
+    assert epoch(stack) is not None
+    assert code_of(batch_login(warm)) == (403, "quarantined")
+
+
+def test_an_old_epoch_written_back_does_not_hide_a_quarantine_placed_since(warm):
+    """The epoch item overwritten with the value it had when the warm environment read
+    the role's key (a restore from backup, a hand edit), after a quarantine of the role
+    was placed: the quarantine's entry is there; does the old epoch make the kept read
+    pass? It does, for at most EPOCH_TRUST_SECONDS: this shows the bound is the only
+    guard, and that the broker itself never writes an old epoch."""
+    stack = warm.stack
+    old = epoch(stack)
+    assert code_of(batch_login(warm)) == (200, None)  # kept under `old`
+    place(stack, BATCH_KEY)
+    assert epoch(stack) != old
+    stack.client("dynamodb").put_item(TableName=stack_aws.QUARANTINE_TABLE,
+                                      Item={"pk": {"S": EPOCH_KEY}, "epoch": {"S": old}})
+    served = batch_login(warm)
+    # The documented limit: a hand-written old epoch is trusted within its minute (outside
+    # the threat model: whoever writes the table can delete the entry as well).
+    assert code_of(served) == (200, None)
+    place(stack, BATCH_KEY, until_in=900)  # any placement by the broker writes a fresh epoch
+    assert epoch(stack) != old
+    assert code_of(batch_login(warm)) == (403, "quarantined")
+
+
+def test_a_seed_racing_the_first_placement_misses_nothing(broker, fresh_service, monkeypatch):
+    """A table with no epoch: a process's first login finds none and seeds one; the first
+    quarantine ever placed (creating the epoch) lands between its lookup and its seed.
+    The seed's conditional put is refused; the login reads the role's key: refused."""
+    stack = broker.stack
+    stack.client("dynamodb").delete_item(TableName=stack_aws.QUARANTINE_TABLE, Key={"pk": {"S": EPOCH_KEY}})
+    real_seed = QuarantineList.seed_epoch
+    placed = []
+
+    def seed_after_a_placement(self):
+        placed.append(place(stack, BATCH_KEY))
+        return real_seed(self)
+
+    monkeypatch.setattr(QuarantineList, "seed_epoch", seed_after_a_placement)
+    try:
+        assert code_of(batch_login(broker)) == (403, "quarantined")
+        assert placed, "the seed was not tried"
+        monkeypatch.undo()
+        assert code_of(batch_login(broker)) == (403, "quarantined")
+    finally:
+        for revocation_id in placed:
+            quarantine_list(stack).lift(BATCH_KEY, revocation_id)
+
+
+def test_a_seed_landing_before_the_first_placement_is_changed_by_it(broker, fresh_service, monkeypatch):
+    """The other order: the seed writes its epoch, then the first quarantine lands before
+    the login's key read is kept; the next login reads the placement's epoch."""
+    stack = broker.stack
+    stack.client("dynamodb").delete_item(TableName=stack_aws.QUARANTINE_TABLE, Key={"pk": {"S": EPOCH_KEY}})
+    assert code_of(batch_login(broker)) == (200, None)  # seeded, the role's key kept under the seed
+    seeded = epoch(stack)
+    assert seeded is not None
+    revocation_id = place(stack, BATCH_KEY)
+    try:
+        assert epoch(stack) != seeded
+        assert code_of(batch_login(broker)) == (403, "quarantined")
+    finally:
+        quarantine_list(stack).lift(BATCH_KEY, revocation_id)
