@@ -455,3 +455,82 @@ def test_a_seed_landing_before_the_first_placement_is_changed_by_it(broker, fres
         assert code_of(batch_login(broker)) == (403, "quarantined")
     finally:
         quarantine_list(stack).lift(BATCH_KEY, revocation_id)
+
+
+# ---- a revocation landing between a warm login's epoch read and its use --------------------------
+
+
+def test_a_role_revocation_landing_just_after_a_warm_logins_epoch_read_leaves_nothing_alive(warm, monkeypatch):
+    """The gap the epoch leaves: a warm login reads the old epoch (its lookup), then the
+    role is revoked (the quarantine and a new epoch), then the login relies on its kept
+    read of the role's key and is admitted. Its evidence is its lookup, older than the
+    quarantine: recorded within its window, the revocation's second sweep must reach
+    it. After `complete: true`, nothing it was handed may work."""
+    from chalicelib.admission import Admission
+    from tests.service.security_helpers import SecurityClient
+    from tests.service.test_redteam_quarantine import secret_id_alive, unwrap
+
+    stack = warm.stack
+    security = SecurityClient(warm, stack.assume("security-team", f"s20-{uuid.uuid4().hex[:6]}"))
+    real_look_up = Admission.look_up
+    revocation = {}
+
+    def look_up_then_revoke(self, proof_hash):
+        found = real_look_up(self, proof_hash)  # the old epoch, read
+        if not revocation:
+            revocation["thread"] = threading.Thread(target=lambda: revocation.update(body_of(security.post(
+                "/v1/revocations", {"principal": BATCH_ROLE_ARN, "reason": "s20 gap", "quarantine": "10m"}))))
+            revocation["thread"].start()
+            deadline = time.monotonic() + 15
+            while quarantine_list(stack).get(BATCH_KEY) is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert quarantine_list(stack).get(BATCH_KEY) is not None, "the revocation placed nothing"
+        return found
+
+    monkeypatch.setattr(Admission, "look_up", look_up_then_revoke)
+    response = batch_login(warm)
+    monkeypatch.undo()
+    revocation.pop("thread").join(timeout=60)
+    try:
+        assert revocation.get("complete") is True, revocation
+        # served: the kept read, vouched for by the old epoch (the gap is real, not lost early)
+        assert response.status_code == 200, code_of(response)
+        doc = body_of(response)
+        record = warm.audit.get(doc["request_id"])
+        assert unwrap(stack, doc)[0] == 400, "the wrapped secret ID of the gap's login still unwraps"
+        assert not secret_id_alive(stack, "batch", record["secret_id_accessor"])
+        assert doc["request_id"] in {d["request_id"] for d in revocation["destroyed"]}
+        assert code_of(batch_login(warm)) == (403, "quarantined")
+    finally:
+        security.delete(f"/v1/revocations/{revocation['revocation_id']}")
+
+
+def test_a_request_id_revocation_of_a_service_account_token_is_seen_by_the_next_warm_login(broker):
+    """Another path that places a quarantine: a revocation naming one request ID. For a
+    GCP service-account token that names no instance, it quarantines the service
+    account, a key every caller of it shares (kept by warm environments)."""
+    import os
+
+    from tests.service.security_helpers import SecurityClient
+
+    stack = broker.stack
+    audience = os.environ["BROKER_GCP_AUDIENCE"]
+
+    def sa_login():
+        jwt = stack.gcp_sa_token(BATCH_SA, audience=audience, claims={"s20": uuid.uuid4().hex})
+        return broker.client.http.post("/v1/credentials/gcp", body=json.dumps({"role": "batch", "jwt": jwt}),
+                                       headers={"Content-Type": "application/json"})
+
+    first = sa_login()
+    assert code_of(first) == (200, None)
+    assert code_of(sa_login()) == (200, None)  # the account's keys kept
+    security = SecurityClient(broker, stack.assume("security-team", f"s20-{uuid.uuid4().hex[:6]}"))
+    revoked = body_of(security.post("/v1/revocations", {"request_id": body_of(first)["request_id"],
+                                                        "reason": "s20 leaked token", "quarantine": "10m"}))
+    try:
+        assert revoked.get("complete") is True, revoked
+        assert revoked["quarantine"][0]["target"] == {"principal": BATCH_SA}, revoked["quarantine"]
+        assert code_of(sa_login()) == (403, "quarantined")
+    finally:
+        security.delete(f"/v1/revocations/{revoked['revocation_id']}")
+    assert code_of(sa_login()) == (200, None)
