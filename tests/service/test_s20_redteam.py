@@ -534,3 +534,35 @@ def test_a_request_id_revocation_of_a_service_account_token_is_seen_by_the_next_
     finally:
         security.delete(f"/v1/revocations/{revoked['revocation_id']}")
     assert code_of(sa_login()) == (200, None)
+
+
+# ---- the memo of spent proofs, across methods -----------------------------------------------------
+
+
+def test_a_forged_gcp_token_carrying_an_aws_proofs_replay_key_poisons_nothing(broker):
+    """The replay key is SHA-256 of the signature, for both methods (of the AWS
+    signature's hex text, of the JWT's signature bytes): a forged JWT whose signature is
+    an AWS proof's hex signature has that proof's key. Sent first, it is refused by its
+    verification and neither the memo nor the replay store learns the key, so the AWS
+    proof is still served. Sent after, it is refused as a replay (of the AWS proof's key:
+    the message says "this proof was already used")."""
+    import base64
+    import re
+
+    def b64url(raw):
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    login = signed_login(broker.stack.assume("demo-node", broker.web_instance()), "web", broker.server_id)
+    headers = json.loads(base64.b64decode(login["iam_request_headers"]))
+    signature = re.search(r"Signature=([0-9a-f]{64})", headers["Authorization"][0]).group(1)
+    jwt = ".".join([b64url(json.dumps({"alg": "RS256", "kid": "s20-forged", "typ": "JWT"}).encode()),
+                    b64url(json.dumps({"iss": "https://accounts.google.com"}).encode()),
+                    b64url(signature.encode())])
+
+    def gcp():
+        return broker.client.http.post("/v1/credentials/gcp", body=json.dumps({"role": "web", "jwt": jwt}),
+                                       headers={"Content-Type": "application/json"})
+
+    assert code_of(gcp()) == (401, "invalid_proof")
+    assert code_of(broker.post(login)) == (200, None)
+    assert code_of(gcp()) == (401, "proof_replayed")
