@@ -199,16 +199,16 @@ def test_one_proof_sent_at_once_to_two_environments_is_issued_once(stack):
     """The same proof to two fresh Lambda environments at the same moment, STS slowed
     down so that both replay lookups answer "not spent" before either is admitted: the
     admission transaction lets one through; the other is a replay (401), counted against
-    no budget, minted nothing. Repeated a few times."""
+    no budget, minted nothing. Twice."""
     from devstack.latency import LatencyStack
     from tests.service.test_cold_init import LAMBDA_RUNTIME, Child, _env
 
     with LatencyStack(stack) as proxies:
         children = [Child(_env({**stack.broker_env(), **proxies.env(), **LAMBDA_RUNTIME})) for _ in range(2)]
         try:
-            proxies.set_delays({"sts": 300}, mode="add")
+            proxies.set_delays({"sts": 1000}, mode="add")  # both lookups answer within it
             server_id = stack.broker_env()["BROKER_SERVER_ID"]
-            for _ in range(3):
+            for _ in range(2):
                 instance = stack.launch_instance({"vault-role": "web"}, profile="demo-node")
                 body = json.dumps(signed_login(stack.assume("demo-node", instance), "web", server_id))
                 proxies.reset()
@@ -227,6 +227,12 @@ def test_one_proof_sent_at_once_to_two_environments_is_issued_once(stack):
                 assert counts["dynamodb TransactWriteItems"] == 2, counts
                 assert counts["vault GET auth/approle/role/web/role-id"] == 1, counts
                 assert counts["vault POST auth/approle/role/web/secret-id"] == 1, counts
+                hits = [int(item["hits"]["N"]) for item in stack.client("dynamodb").scan(
+                    TableName=stack_aws.QUARANTINE_TABLE, ConsistentRead=True,
+                    FilterExpression="begins_with(pk, :p) AND contains(pk, :i)",
+                    ExpressionAttributeValues={":p": {"S": "ratelimit#issue-identity#"},
+                                               ":i": {"S": instance}})["Items"]]
+                assert hits == [1], hits  # the caller's budget counted once: by the winner
                 loser = next(d for d in docs if "error" in d)
                 record = _audit(stack).get(loser["request_id"])
                 assert record["code"] == "proof_replayed" and not record.get("secret_id_accessor"), record
