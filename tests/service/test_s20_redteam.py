@@ -573,3 +573,36 @@ def test_a_forged_gcp_token_carrying_an_aws_proofs_replay_key_poisons_nothing(br
     assert code_of(gcp()) == (401, "invalid_proof")
     assert code_of(broker.post(login)) == (200, None)
     assert code_of(gcp()) == (401, "proof_replayed")
+
+
+# ---- a shorter quarantine placed while the longer one is lifted -----------------------------------
+
+
+def test_a_shorter_quarantine_placed_while_the_longer_one_is_lifted_is_in_force_afterwards(stack, monkeypatch):
+    """Revocation A quarantines a role for a day; revocation B (ten minutes) finds A's
+    longer entry in place (its transaction refused), and reads the entry in force to
+    answer with it. Revocation A is lifted between the two: B must not answer a
+    quarantine that nobody holds; B's own entry must be in force."""
+    listing = quarantine_list(stack)
+    key = quarantine_key("principal", f"arn:aws:iam::{ACCOUNT}:role/s20-lifted-{uuid.uuid4().hex[:6]}")
+    listing.place(key, revocation_id="s20-long", until=int(time.time()) + 86400, reason="s20", by="s20")
+    real_get = QuarantineList.get
+
+    def lifted_first(self, k):
+        if k == key and not getattr(lifted_first, "done", False):
+            lifted_first.done = True
+            assert listing.lift(key, "s20-long")  # revocation A lifted, right then
+        return real_get(self, k)
+
+    monkeypatch.setattr(QuarantineList, "get", lifted_first)
+    before = epoch(stack)
+    entry = listing.place(key, revocation_id="s20-short", until=int(time.time()) + 600, reason="s20", by="s20")
+    monkeypatch.undo()
+    in_force = listing.get(key)
+    try:
+        assert in_force is not None, f"the revocation answered {entry} but no entry is in force"
+        assert in_force.revocation_id == entry.revocation_id == "s20-short"
+        assert epoch(stack) != before  # placed for real: a new epoch with it
+    finally:
+        if in_force is not None:
+            listing.lift(key, in_force.revocation_id)
