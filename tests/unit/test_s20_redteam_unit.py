@@ -73,3 +73,47 @@ def test_a_condition_failure_is_not_retried():
 
     assert transact("quarantine store", write, ["item"], sleep=lambda s: None, attempts=10) is not None
     assert calls == [1]
+
+
+# ---- every writer of the quarantine table, and which items it writes --------------------------------
+
+# Writers of the quarantine table (the rows of .chalice/POLICY.md, which the least-privilege
+# tests tie to every AWS call in the code) -> the items each one writes. Only
+# QuarantineList.place writes `quarantine#` entries, and it changes the epoch with them:
+# a new writer of entries that did not would be trusted by warm environments for up to
+# EPOCH_TRUST_SECONDS. Adding a writer here means checking that.
+QUARANTINE_TABLE_WRITERS = {
+    "`chalicelib/admission.py` `Admission.admit`": "ratelimit#",
+    "`chalicelib/admission.py` `Admission.refund`": "ratelimit#",
+    "`chalicelib/stores/quarantine.py` `QuarantineList.place`": "quarantine# entries, with the epoch",
+    "`chalicelib/stores/quarantine.py` `QuarantineList.seed_epoch`": "epoch#quarantine",
+    "`chalicelib/stores/quarantine.py` `QuarantineList.lift`": "quarantine# entries (deleted: seen at once)",
+    "`chalicelib/stores/revocations.py` `RevocationStore.put`": "revocation#",
+    "`chalicelib/stores/revocations.py` `RevocationStore.mark_lifted`": "revocation#",
+    "`chalicelib/stores/rate_limits.py` `RateLimitStore.take_slot`": "ratelimit#",
+    "`chalicelib/stores/tokens.py` `TokenRegistry.add`": "token#",
+}
+
+
+def test_only_the_placement_writes_quarantine_entries_and_it_changes_the_epoch():
+    import inspect
+    import re
+    from pathlib import Path
+
+    from chalicelib.stores.quarantine import EPOCH_KEY, QuarantineList
+
+    policy = (Path(__file__).resolve().parents[2] / ".chalice" / "POLICY.md").read_text()
+    writers = set()
+    for row in policy.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[4] == "the quarantine table" and re.search(
+                r"dynamodb:(PutItem|UpdateItem|DeleteItem|BatchWriteItem)", cells[3]):
+            writers.add(re.match(r"(`[^`]+` `[^`]+`)", cells[0]).group(1))
+    assert writers == set(QUARANTINE_TABLE_WRITERS), sorted(writers ^ set(QUARANTINE_TABLE_WRITERS))
+    # the placement's transaction carries the epoch's change; the seed writes the epoch only
+    place = inspect.getsource(QuarantineList.place)
+    assert "_epoch_change(" in place and '"Put": put' in place
+    change = QuarantineList(None, "quarantine")._epoch_change(0)
+    assert change["Key"] == {"pk": {"S": EPOCH_KEY}} and "SET epoch = :epoch" in change["UpdateExpression"]
+    assert change["ExpressionAttributeValues"][":epoch"]["S"] != QuarantineList(None, "q")._epoch_change(0)[
+        "ExpressionAttributeValues"][":epoch"]["S"]  # a new value every time: an epoch never comes back
