@@ -606,3 +606,24 @@ def test_a_shorter_quarantine_placed_while_the_longer_one_is_lifted_is_in_force_
     finally:
         if in_force is not None:
             listing.lift(key, in_force.revocation_id)
+
+
+@pytest.mark.xfail(strict=True, reason="pre-existing (not issue 14's): a shorter quarantine placed over a longer "
+                                       "one is not written; lifting the longer one frees the target although the "
+                                       "shorter revocation was never lifted. Recorded for the lead.")
+def test_lifting_a_longer_revocation_keeps_the_shorter_one_still_in_force(proxied, security):
+    arn = f"arn:aws:iam::{ACCOUNT}:role/s20-twice-{uuid.uuid4().hex[:6]}"
+    key = quarantine_key("principal", arn)
+    revoke = lambda length: body_of(security.post("/v1/revocations", {  # noqa: E731
+        "principal": arn, "reason": f"s20 {length}", "quarantine": length, "force": True}))
+    longer, shorter = revoke("1h"), revoke("10m")
+    assert shorter["quarantine"][0]["revocation_id"] == longer["revocation_id"]  # B answered with A's entry
+    lifted = body_of(security.delete(f"/v1/revocations/{longer['revocation_id']}"))
+    try:
+        assert lifted["lifted"], lifted
+        assert quarantine_list(proxied.stack).get(key) is not None, "B (10m, never lifted) no longer holds"
+    finally:
+        security.delete(f"/v1/revocations/{shorter['revocation_id']}")
+        entry = quarantine_list(proxied.stack).get(key)
+        if entry is not None:
+            quarantine_list(proxied.stack).lift(key, entry.revocation_id)
