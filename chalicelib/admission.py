@@ -174,7 +174,10 @@ class Admission:
         login reads as if there were no epoch."""
         self._seeded = True
         sent, sent_wall = self._monotonic(), self._clock()
-        epoch = self._list.seed_epoch()
+        try:
+            epoch = self._list.seed_epoch()
+        except Unavailable:  # a saving, not a check: this login reads as if there were no epoch
+            return lookup
         return Lookup(sent, sent_wall, epoch) if epoch is not None else lookup
 
     def admit(self, proof_hash, *, request_id, method, valid_until, identity_key=None, limit=None,
