@@ -171,14 +171,12 @@ class Admission:
         """A table with no quarantine epoch yet (no quarantine ever placed): write one, once
         per process, so that later logins' reads of shared keys are vouched for. Reads
         after this write are vouched for by it; if another writer got there first, this
-        login reads as if there were no epoch. So does a login whose seed failed: the seed
-        is an optimisation, and DynamoDB refuses that put while a revocation's transaction
-        creating the epoch is on the item (TransactionConflict), or throttles it."""
+        login reads as if there were no epoch."""
         self._seeded = True
         sent, sent_wall = self._monotonic(), self._clock()
         try:
             epoch = self._list.seed_epoch()
-        except Unavailable:
+        except Unavailable:  # a saving, not a check: this login reads as if there were no epoch
             return lookup
         return Lookup(sent, sent_wall, epoch) if epoch is not None else lookup
 

@@ -51,7 +51,9 @@ class Settings(Record, frozen=True):
     # A revocation's second sweep (settle seconds after its quarantine) must see every
     # issuance that got past the quarantine before it landed. One third of the settle time
     # for the audit indexes to show a record, and two thirds for the issuance: the reads it
-    # relied on (a shared key's read may be up to a third old) until its record is written.
+    # relied on until its record is written (a shared key's kept read counts from the
+    # login's own read of the quarantine epoch that vouched for it; where the table has no
+    # epoch yet, the read itself, up to a third old).
     # An issuance outside its window reads its quarantine keys again and takes itself back
     # if they refuse it (chalicelib/pipeline/issuance.py).
     @property

@@ -178,3 +178,24 @@ def test_a_placed_entry_changes_the_memory_lists_epoch_and_a_longer_one_in_place
     assert second != first
     listing.place(key, revocation_id="r2", until=int(clocks.wall) + 60, reason="x", by="sec")  # shorter: stays
     assert listing.epoch == second
+
+
+def test_a_failed_epoch_seed_does_not_fail_the_login():
+    """Writing a first epoch is a saving, not a check: if the table refuses it, the login
+    goes on as if there were no epoch (the shared key is read, as before the epoch)."""
+    from chalicelib.admission import Admission, Lookup
+    from chalicelib.errors import Unavailable
+
+    class Refusing:
+        def seed_epoch(self):
+            raise Unavailable("quarantine store is unavailable", backend="quarantine store")
+
+    clocks = Clocks()
+    listing = CountingList(lambda: clocks.wall)
+    gate = Admission(None, "replay", "quarantine", shared_key_max_age=1.0, clock=lambda: clocks.wall,
+                     monotonic=lambda: clocks.mono)
+    gate._list = Refusing()
+    gate._shared = RecentReads(listing, max_age=1.0, clock=lambda: clocks.wall, monotonic=lambda: clocks.mono)
+    key = quarantine_key("principal", ROLE)
+    assert gate.check_shared([key], Lookup(clocks.mono, clocks.wall, None)) == 500.0
+    assert listing.reads == [(key,)]
