@@ -641,3 +641,30 @@ def test_lifting_a_longer_revocation_keeps_the_shorter_one_still_in_force(proxie
         entry = quarantine_list(proxied.stack).get(key)
         if entry is not None:
             quarantine_list(proxied.stack).lift(key, entry.revocation_id)
+
+
+# ---- a second account ------------------------------------------------------------------------------
+
+
+def test_a_role_quarantined_in_one_account_is_seen_there_at_once_and_not_in_the_other(broker):
+    """The role `demo-batch` exists in both accounts; both of their keys are kept warm.
+    Quarantining the second account's role refuses its sessions at the next login, and
+    only them."""
+    from devstack.stack import SECOND_ACCOUNT_ID
+    from tests.service.security_helpers import fresh_when
+
+    def login(account):
+        creds = broker.stack.assume("demo-batch", f"s20-{uuid.uuid4().hex[:8]}", account)
+        return code_of(broker.post(signed_login(creds, "batch", broker.server_id, when=fresh_when())))
+
+    # both roles' keys read and kept (the second account's role is not tagged for batch:
+    # refused by the rules, after its quarantine keys were found clear)
+    assert login(None) == (200, None) and login(SECOND_ACCOUNT_ID) == (403, "not_authorized")
+    other = quarantine_key("principal", f"arn:aws:iam::{SECOND_ACCOUNT_ID}:role/demo-batch")
+    revocation_id = place(broker.stack, other)
+    try:
+        assert login(SECOND_ACCOUNT_ID) == (403, "quarantined")
+        assert login(None) == (200, None)
+    finally:
+        quarantine_list(broker.stack).lift(other, revocation_id)
+    assert login(SECOND_ACCOUNT_ID) == (403, "not_authorized")
