@@ -668,3 +668,30 @@ def test_a_role_quarantined_in_one_account_is_seen_there_at_once_and_not_in_the_
     finally:
         quarantine_list(broker.stack).lift(other, revocation_id)
     assert login(SECOND_ACCOUNT_ID) == (403, "not_authorized")
+
+
+# ---- a second route: one proof, a login and an incident report ------------------------------------
+
+
+def test_a_proof_spent_on_one_route_is_a_replay_on_the_other_both_ways(broker):
+    """The memo and the replay store are shared by logins and the security routes that
+    take a login proof (incident reports): a proof spent on one is refused on the other,
+    in this process with no call, and a report's proof can't be replayed as a login."""
+    instance = broker.web_instance()
+    creds = broker.stack.assume("demo-node", instance)
+    from tests.service.security_helpers import fresh_when
+
+    spent_login = signed_login(creds, "web", broker.server_id, when=fresh_when())  # a second no other proof uses
+    issued = broker.post(spent_login)
+    assert code_of(issued) == (200, None)
+    request_id = body_of(issued)["request_id"]
+
+    def report(proof):
+        return broker.client.http.post("/v1/incidents", headers={"Content-Type": "application/json"},
+                                       body=json.dumps(dict(proof, request_id=request_id, reason="s20")))
+
+    login_proof = {k: v for k, v in spent_login.items() if k != "role"}
+    assert code_of(report(login_proof)) == (401, "proof_replayed")
+    fresh = {k: v for k, v in signed_login(creds, "web", broker.server_id, when=fresh_when()).items() if k != "role"}
+    assert code_of(report(fresh)) == (200, None)
+    assert code_of(broker.post(dict(fresh, role="web"))) == (401, "proof_replayed")
