@@ -50,19 +50,22 @@ CONFLICT_ATTEMPTS = 4
 CONFLICT_BACKOFF = 0.02  # seconds, doubled per attempt
 
 
-def transact(backend, fn, items, *, sleep):
+CONFLICT_BACKOFF_MAX = 0.32  # seconds: the longest wait between two attempts
+
+
+def transact(backend, fn, items, *, sleep, attempts=CONFLICT_ATTEMPTS):
     """A DynamoDB transaction (fn: the client's transact_write_items): None when it went
     through, else its cancellation (TransactionCanceledException; anything else is
     Unavailable). DynamoDB cancels concurrent transactions on one item with
     TransactionConflict, nothing written: contention, not an outage. Those are tried
-    again a few times, with jitter, first."""
+    again `attempts` times in all, with jitter, first."""
     import random
 
-    for attempt_number in range(CONFLICT_ATTEMPTS):
+    for attempt_number in range(attempts):
         _, cancelled = attempt(backend, ("TransactionCanceledException",), fn, TransactItems=items)
-        if cancelled is None or not only_conflicts(cancelled) or attempt_number == CONFLICT_ATTEMPTS - 1:
+        if cancelled is None or not only_conflicts(cancelled) or attempt_number == attempts - 1:
             return cancelled
-        sleep(random.uniform(0, CONFLICT_BACKOFF * 2 ** attempt_number))
+        sleep(random.uniform(0, min(CONFLICT_BACKOFF * 2 ** attempt_number, CONFLICT_BACKOFF_MAX)))
     return cancelled
 
 

@@ -3,9 +3,12 @@
 Cheap refusals first, budgets spent last:
 1. parse the body and check the proof offline (400 / 401);
 2. at once: look the proof up in the replay store (with the quarantine epoch, one
-   request) and verify it with the cloud -> VerifiedCaller. A replay is refused (401
-   proof_replayed) before any fact is read or budget counted; it costs at most the one
-   STS call a forged proof costs, none when this process saw the proof spent;
+   request) and verify it with the cloud -> VerifiedCaller. A replay of a proof spent
+   before its lookup is refused (401 proof_replayed) before any fact is read or budget
+   counted; it costs at most the one STS call a forged proof costs, none when this
+   process saw the proof spent. A proof raced against itself (both lookups answered
+   before either was admitted) is refused by the admission transaction of step 3,
+   its facts read but no budget counted, nothing minted;
 3. at once: read the caller's facts, and admit the proof in one DynamoDB transaction
    (spent, its own quarantine keys clear, within the per-identity budget) beside the
    keys its role shares (read again only when the epoch changed: chalicelib/admission.py);

@@ -39,6 +39,11 @@ EPOCH_KEY = "epoch#quarantine"
 # How long an epoch vouches for a read: a writer that does not change the epoch (an entry
 # put by hand, an older broker's revocation during an upgrade) is seen this late at worst.
 EPOCH_TRUST_SECONDS = 60.0
+# Every placement changes the one epoch item, so revocations run at once (a script, an
+# incident) cancel each other's transactions (TransactionConflict): a placement is tried
+# this many times (about 2 s of backoff at most) before its revocation answers 503.
+PLACE_CONFLICT_ATTEMPTS = 10
+PLACE_ROUNDS = 3  # a refused placement whose longer entry was lifted meanwhile is tried again
 
 
 def new_epoch():
@@ -196,16 +201,22 @@ class QuarantineList:
             "ExpressionAttributeNames": {"#until": "until"},
             "ExpressionAttributeValues": {":until": {"N": str(until)}, ":now": {"N": str(now)}},
         }
-        cancelled = transact("quarantine store", self._db.transact_write_items,
-                             [{"Put": put}, {"Update": self._epoch_change(now)}], sleep=self._sleep)
-        if cancelled is not None:
+        for _ in range(PLACE_ROUNDS):
+            cancelled = transact("quarantine store", self._db.transact_write_items,
+                                 [{"Put": put}, {"Update": self._epoch_change(now)}], sleep=self._sleep,
+                                 attempts=PLACE_CONFLICT_ATTEMPTS)
+            if cancelled is None:
+                return Entry(key, revocation_id, until)
             if failed_items(cancelled) != {0}:  # a conflict that outlasted the retries, throttling
                 raise Unavailable("the quarantine store is unavailable", backend="quarantine store",
                                   detail="transact_write_items was cancelled: " + ",".join(cancellation_codes(cancelled)))
             current = self.get(key)  # a longer quarantine is in place: nothing changed
-            if current is not None:
+            if current is not None and current.until >= until:
                 return current
-        return Entry(key, revocation_id, until)
+            # Security-critical: the longer entry was lifted (or replaced by a shorter one)
+            # since the refusal: never answer an entry nobody holds; place this one again.
+        raise Unavailable("the quarantine store is unavailable", backend="quarantine store",
+                          detail=f"the quarantine entry changed under {PLACE_ROUNDS} placements in a row")
 
     def _epoch_change(self, now):
         return {"TableName": self._table, "Key": {"pk": {"S": EPOCH_KEY}},
