@@ -226,7 +226,12 @@ def test_a_malformed_task_arn_is_refused_by_name(broker, arn):
 # ---- the pipeline's order: cheap refusals first, budgets spent last ---------------------------
 
 
-def test_replays_cost_no_sts_call_and_no_budget(broker, tmp_path, fresh_service, monkeypatch):
+def test_replays_to_the_environment_that_spent_the_proof_cost_no_sts_call_and_no_budget(
+        broker, tmp_path, fresh_service, monkeypatch):
+    """Issue 10's rule, as issue 14 left it: replays sent to the Lambda environment that saw
+    the proof spent make no STS call (its memo refuses them first); one sent to any other
+    environment makes one, beside its lookup, and nothing else
+    (tests/service/test_lookup_beside_sts.py). Either way no budget is spent."""
     from chalicelib.methods.aws.proof import AwsProofVerifier
 
     rules = tmp_path / "rules.toml"
