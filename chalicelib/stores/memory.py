@@ -15,6 +15,7 @@ class MemoryQuarantineList:
         self._lock = threading.Lock()
         self._clock = clock
         self.epoch = None  # the quarantine epoch (stores/quarantine.py): changed by every entry placed
+        self._holders = {}  # key -> {revocation ID: until}: every revocation that asked for the key
 
     def check(self, keys):
         raise_if_quarantined(self.entries(keys).values(), self._clock())
@@ -26,9 +27,10 @@ class MemoryQuarantineList:
     def place(self, key, *, revocation_id, until, reason, by):
         now = int(self._clock())
         with self._lock:
+            self._holders.setdefault(key, {})[revocation_id] = until
             current = self._items.get(key)
             if current is not None and current.until > until and current.until >= now:
-                return current
+                return current  # held under the longer one
             self._items[key] = Entry(key, revocation_id, until)
             self.epoch = new_epoch()
             return self._items[key]
@@ -47,10 +49,22 @@ class MemoryQuarantineList:
     def lift(self, key, revocation_id):
         with self._lock:
             current = self._items.get(key)
-            if current is None or current.revocation_id != revocation_id:
+            holders = self._holders.get(key, {})
+            if current is None:
                 return False
-            del self._items[key]
-            return True
+            if current.revocation_id != revocation_id:
+                holders.pop(revocation_id, None)
+                return False
+            holders.pop(revocation_id, None)
+            now = int(self._clock())
+            others = {rid: until for rid, until in holders.items() if until > now}
+            if not others:
+                del self._items[key]
+                self._holders.pop(key, None)
+                return True
+            heir, heir_until = max(others.items(), key=lambda kv: (kv[1], kv[0]))
+            self._items[key] = Entry(key, heir, heir_until)
+            return False
 
     def health(self):
         return None

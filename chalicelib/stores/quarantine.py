@@ -43,7 +43,9 @@ EPOCH_TRUST_SECONDS = 60.0
 # incident) cancel each other's transactions (TransactionConflict): a placement is tried
 # this many times (about 2 s of backoff at most) before its revocation answers 503.
 PLACE_CONFLICT_ATTEMPTS = 10
-PLACE_ROUNDS = 3  # a refused placement whose longer entry was lifted meanwhile is tried again
+PLACE_ROUNDS = 3  # a placement or lift whose entry changed under it is tried again
+# Each revocation holding a key is an attribute of its entry: "holder#<revocation ID>" = its until.
+HOLDER_PREFIX = "holder#"
 
 
 def new_epoch():
@@ -187,34 +189,48 @@ class QuarantineList:
         return {key: _entry(item) if item else None for key, item in zip(keys, items)}
 
     def place(self, key, *, revocation_id, until, reason, by):
-        """Quarantine `key` until `until`, and change the epoch in the same transaction (an
+        """Quarantine `key` until `until` on behalf of `revocation_id`; returns the Entry in
+        force afterwards.
+
+        Every revocation that asked for the key stays on its entry as a holder (an
+        attribute `holder#<revocation ID>`: its until), so that lifting one leaves the key
+        quarantined by the longest other one still in force. The entry's own fields
+        (revocation_id, until: what a login is refused by) are the longest holder's. A
+        longer quarantine replaces them, in the same transaction as a new epoch (an
         issuance that reads the new epoch reads its shared keys again, so it sees this
-        entry). A longer quarantine already in place stays; returns the Entry in force
-        afterwards."""
+        entry). A shorter one is only added as a holder: nothing a login sees changes."""
         now = int(self._clock())
-        put = {
-            "TableName": self._table,
-            "Item": {"pk": {"S": key}, "revocation_id": {"S": revocation_id}, "until": {"N": str(until)},
-                     "reason": {"S": reason}, "created_by": {"S": by}, "created_at": {"N": str(now)},
-                     TTL_ATTRIBUTE: {"N": str(until)}},
+        names = {"#until": "until", "#holder": HOLDER_PREFIX + revocation_id, "#exp": TTL_ATTRIBUTE}
+        values = {":rid": {"S": revocation_id}, ":until": {"N": str(until)}, ":now": {"N": str(now)},
+                  ":reason": {"S": reason}, ":by": {"S": by}, ":one": {"N": "1"}}
+        in_force = {
+            "TableName": self._table, "Key": {"pk": {"S": key}},
+            "UpdateExpression": ("SET revocation_id = :rid, #until = :until, reason = :reason, created_by = :by, "
+                                 "created_at = :now, #exp = :until, #holder = :until ADD version :one"),
             "ConditionExpression": "attribute_not_exists(pk) OR #until <= :until OR #until < :now",
-            "ExpressionAttributeNames": {"#until": "until"},
-            "ExpressionAttributeValues": {":until": {"N": str(until)}, ":now": {"N": str(now)}},
+            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values,
         }
         for _ in range(PLACE_ROUNDS):
             cancelled = transact("quarantine store", self._db.transact_write_items,
-                                 [{"Put": put}, {"Update": self._epoch_change(now)}], sleep=self._sleep,
+                                 [{"Update": in_force}, {"Update": self._epoch_change(now)}], sleep=self._sleep,
                                  attempts=PLACE_CONFLICT_ATTEMPTS)
             if cancelled is None:
                 return Entry(key, revocation_id, until)
             if failed_items(cancelled) != {0}:  # a conflict that outlasted the retries, throttling
                 raise Unavailable("the quarantine store is unavailable", backend="quarantine store",
                                   detail="transact_write_items was cancelled: " + ",".join(cancellation_codes(cancelled)))
-            current = self.get(key)  # a longer quarantine is in place: nothing changed
+            # A longer quarantine is in force: this revocation becomes one of its holders.
+            _, refused = try_call(
+                "quarantine store", ("ConditionalCheckFailedException",), self._db.update_item,
+                TableName=self._table, Key={"pk": {"S": key}}, UpdateExpression="SET #holder = :until ADD version :one",
+                ConditionExpression="attribute_exists(pk) AND #until > :until AND #until >= :now",
+                ExpressionAttributeNames={"#until": "until", "#holder": names["#holder"]},
+                ExpressionAttributeValues={":until": values[":until"], ":now": values[":now"], ":one": values[":one"]})
+            current = None if refused else self.get(key)
             if current is not None and current.until >= until:
                 return current
-            # Security-critical: the longer entry was lifted (or replaced by a shorter one)
-            # since the refusal: never answer an entry nobody holds; place this one again.
+            # Security-critical: the longer entry was lifted (or shortened) since the refusal:
+            # never answer an entry nobody holds; place this one again.
         raise Unavailable("the quarantine store is unavailable", backend="quarantine store",
                           detail=f"the quarantine entry changed under {PLACE_ROUNDS} placements in a row")
 
@@ -246,13 +262,60 @@ class QuarantineList:
         return _entry(page["Item"]) if page.get("Item") else None
 
     def lift(self, key, revocation_id):
-        """Delete an entry if this revocation still owns it; True if deleted."""
-        _, refused = try_call(
-            "quarantine store", ("ConditionalCheckFailedException",), self._db.delete_item,
-            TableName=self._table, Key={"pk": {"S": key}},
-            ConditionExpression="revocation_id = :rid", ExpressionAttributeValues={":rid": {"S": revocation_id}},
-        )
-        return not refused
+        """Take `revocation_id`'s hold off `key`. True when the key is free afterwards
+        because of it: the entry was this revocation's and no other holder is in force.
+        When another is (a shorter revocation placed under this one), the entry becomes the
+        longest of them, still quarantined, and False; False too when this revocation held
+        the key only under a longer one, or not at all."""
+        for _ in range(PLACE_ROUNDS):
+            page = call("quarantine store", self._db.get_item, TableName=self._table, Key={"pk": {"S": key}},
+                        ConsistentRead=True)
+            item = page.get("Item")
+            if item is None:
+                return False
+            holders = _holders(item)
+            owner = item.get("revocation_id", {}).get("S")
+            if owner != revocation_id:
+                if revocation_id in holders:  # held under a longer revocation: its own hold goes
+                    # (only from the entry as it is: an update of a lifted entry would write a stub)
+                    try_call("quarantine store", ("ConditionalCheckFailedException",), self._db.update_item,
+                             TableName=self._table, Key={"pk": {"S": key}},
+                             UpdateExpression="REMOVE #holder ADD version :one",
+                             ConditionExpression="attribute_exists(#until)",
+                             ExpressionAttributeNames={"#holder": HOLDER_PREFIX + revocation_id, "#until": "until"},
+                             ExpressionAttributeValues={":one": {"N": "1"}})
+                return False
+            now = int(self._clock())
+            others = {rid: until for rid, until in holders.items() if rid != revocation_id and until > now}
+            # Security-critical: the version read above must still be the entry's, or a
+            # revocation placed under this one meanwhile would be lifted with it.
+            unchanged = ("version = :version" if "version" in item else "attribute_not_exists(version)")
+            version = {":version": item["version"]} if "version" in item else {}
+            if not others:
+                _, refused = try_call("quarantine store", ("ConditionalCheckFailedException",), self._db.delete_item,
+                                      TableName=self._table, Key={"pk": {"S": key}},
+                                      ConditionExpression=f"revocation_id = :rid AND {unchanged}",
+                                      ExpressionAttributeValues={":rid": {"S": revocation_id}, **version})
+                if not refused:
+                    return True
+                continue
+            heir, heir_until = max(others.items(), key=lambda kv: (kv[1], kv[0]))
+            _, refused = try_call(
+                "quarantine store", ("ConditionalCheckFailedException",), self._db.update_item,
+                TableName=self._table, Key={"pk": {"S": key}},
+                UpdateExpression="SET revocation_id = :heir, #until = :until, #exp = :until, reason = :reason "
+                                 "REMOVE #holder ADD version :one",
+                ConditionExpression=f"revocation_id = :rid AND {unchanged}",
+                ExpressionAttributeNames={"#until": "until", "#exp": TTL_ATTRIBUTE,
+                                          "#holder": HOLDER_PREFIX + revocation_id},
+                ExpressionAttributeValues={":heir": {"S": heir}, ":until": {"N": str(heir_until)},
+                                           ":reason": {"S": f"held by revocation {heir} since {revocation_id} "
+                                                             f"was lifted"},
+                                           ":rid": {"S": revocation_id}, ":one": {"N": "1"}, **version})
+            if not refused:
+                return False
+        raise Unavailable("the quarantine store is unavailable", backend="quarantine store",
+                          detail=f"the quarantine entry changed under {PLACE_ROUNDS} lifts in a row")
 
     def health(self):
         try:
@@ -356,8 +419,17 @@ class RecentReads:
         return None
 
 
+def _holders(item):
+    """{revocation ID: until} of an entry's holders (an entry written before holders: none)."""
+    return {name[len(HOLDER_PREFIX):]: int(float(value["N"])) for name, value in item.items()
+            if name.startswith(HOLDER_PREFIX) and "N" in value}
+
+
 def _entry(item):
-    return Entry(item["pk"]["S"], item.get("revocation_id", {}).get("S", ""), int(float(item["until"]["N"])))
+    """An entry as read; one without its `until` (no writer of the broker leaves one) is in
+    force for no time, never a crash of the login that reads it."""
+    until = item.get("until", {}).get("N")
+    return Entry(item["pk"]["S"], item.get("revocation_id", {}).get("S", ""), int(float(until)) if until else 0)
 
 
 entry_from_item = _entry

@@ -85,7 +85,37 @@ class TestQuarantineList:
         q.place(key, revocation_id="short", until=int(clock.now) + 60, reason="x", by="sec")  # nothing changed
         assert current_epoch(q) == placed
         assert q.seed_epoch() is None  # a table with an epoch keeps it
-        assert q.lift(key, "long") is True
+        assert q.lift(key, "long") is False and q.lift(key, "short") is True
+
+    def test_lifting_the_longer_of_two_quarantines_leaves_the_shorter_in_force(self, stores, clock):
+        q = stores["quarantine"]
+        key = quarantine_key("principal", f"arn:aws:iam::123456789012:role/{unique('r')}")
+        q.place(key, revocation_id="long", until=int(clock.now) + 3600, reason="x", by="sec")
+        assert q.place(key, revocation_id="short", until=int(clock.now) + 600, reason="x", by="sec").revocation_id == "long"
+        assert q.lift(key, "long") is False  # not free: "short" still holds it
+        assert (q.get(key).revocation_id, q.get(key).until) == ("short", int(clock.now) + 600)
+        assert q.lift(key, "long") is False  # lifted already: nothing changes
+        assert q.get(key).revocation_id == "short"
+        assert q.lift(key, "short") is True and q.get(key) is None
+
+    def test_a_longer_quarantine_over_a_shorter_one_hands_back_to_it_when_lifted(self, stores, clock):
+        q = stores["quarantine"]
+        key = quarantine_key("instance", unique("i"))
+        q.place(key, revocation_id="short", until=int(clock.now) + 600, reason="x", by="sec")
+        q.place(key, revocation_id="long", until=int(clock.now) + 3600, reason="x", by="sec")
+        assert q.get(key).revocation_id == "long"
+        assert q.lift(key, "long") is False and q.get(key).revocation_id == "short"
+        clock.now += 601  # the shorter one ended meanwhile: a lift of the longer frees the key
+        q.place(key, revocation_id="long2", until=int(clock.now) + 3600, reason="x", by="sec")
+        assert q.lift(key, "long2") is True and q.get(key) is None
+
+    def test_a_shorter_holders_own_lift_leaves_the_longer_entry(self, stores, clock):
+        q = stores["quarantine"]
+        key = quarantine_key("instance", unique("i"))
+        q.place(key, revocation_id="long", until=int(clock.now) + 3600, reason="x", by="sec")
+        q.place(key, revocation_id="short", until=int(clock.now) + 600, reason="x", by="sec")
+        assert q.lift(key, "short") is False and q.get(key).revocation_id == "long"
+        assert q.lift(key, "long") is True and q.get(key) is None  # "short" no longer holds it
 
     def test_a_role_entry_refuses_every_session_in_any_case(self, stores, clock):
         q = stores["quarantine"]
@@ -158,3 +188,32 @@ class TestTokenRegistry:
         with pytest.raises(InvalidRequest):
             tokens.add(rid, "one-too-many", keep_for=3600)
         assert tokens.get_many([rid, str(uuid.uuid4())]) == {rid: [f"acc{n}" for n in range(MAX_PER_ISSUANCE)]}
+
+
+def test_a_holders_lift_racing_the_entrys_deletion_leaves_no_stub(stack):
+    """A shorter revocation's lift reads the entry (held by a longer one), and the longer one
+    is lifted (the entry deleted) before the shorter one's hold is taken off: the update
+    must not write a stub item (pk and version only: every login reading the key would
+    have crashed on it)."""
+    from devstack import aws as stack_aws
+
+    db, table = stack.client("dynamodb"), stack_aws.QUARANTINE_TABLE
+    key = quarantine_key("instance", unique("i"))
+    now = int(__import__("time").time())
+    q = QuarantineList(db, table)
+    q.place(key, revocation_id="long", until=now + 3600, reason="x", by="sec")
+    q.place(key, revocation_id="short", until=now + 600, reason="x", by="sec")
+
+    class DeletedAfterTheRead:
+        def __getattr__(self, name):
+            return getattr(db, name)
+
+        def get_item(self, **kwargs):
+            page = db.get_item(**kwargs)
+            db.delete_item(TableName=table, Key={"pk": {"S": key}})  # the longer one lifted, right then
+            return page
+
+    racing = QuarantineList(DeletedAfterTheRead(), table)
+    assert racing.lift(key, "short") is False
+    assert "Item" not in db.get_item(TableName=table, Key={"pk": {"S": key}}, ConsistentRead=True)
+    q.check([key])  # nothing in force, and nothing that fails a read

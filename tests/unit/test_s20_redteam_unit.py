@@ -112,7 +112,7 @@ def test_only_the_placement_writes_quarantine_entries_and_it_changes_the_epoch()
     assert writers == set(QUARANTINE_TABLE_WRITERS), sorted(writers ^ set(QUARANTINE_TABLE_WRITERS))
     # the placement's transaction carries the epoch's change; the seed writes the epoch only
     place = inspect.getsource(QuarantineList.place)
-    assert "_epoch_change(" in place and '"Put": put' in place
+    assert "_epoch_change(" in place and '"Update": in_force' in place
     change = QuarantineList(None, "quarantine")._epoch_change(0)
     assert change["Key"] == {"pk": {"S": EPOCH_KEY}} and "SET epoch = :epoch" in change["UpdateExpression"]
     assert change["ExpressionAttributeValues"][":epoch"]["S"] != QuarantineList(None, "q")._epoch_change(0)[
