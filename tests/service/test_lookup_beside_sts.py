@@ -20,10 +20,11 @@ import uuid
 
 import pytest
 
-from chalicelib.stores.quarantine import EPOCH_KEY, QuarantineList, quarantine_key
+from chalicelib.stores.quarantine import EPOCH_KEY, quarantine_key
 from devstack import aws as stack_aws
 from devstack.latency import LatencyStack
 from tests.service.test_cold_init import LAMBDA_RUNTIME, Child, _env
+from tests.service.test_s20_redteam import epoch, quarantine_list
 from tests.sigv4 import signed_login
 
 SEVEN = {"sts GetCallerIdentity (forwarded proof)": 1, "dynamodb BatchGetItem": 1, "ec2 DescribeInstances": 1,
@@ -66,16 +67,6 @@ def _issue(child, body, status=200):
     return doc
 
 
-def _quarantine_list(stack):
-    return QuarantineList(stack.client("dynamodb"), stack_aws.QUARANTINE_TABLE)
-
-
-def _epoch(stack):
-    item = stack.client("dynamodb").get_item(TableName=stack_aws.QUARANTINE_TABLE, Key={"pk": {"S": EPOCH_KEY}},
-                                             ConsistentRead=True).get("Item")
-    return item["epoch"]["S"] if item else None
-
-
 def test_a_warm_issuance_makes_seven_requests_and_reads_no_quarantine_key(stack, proxies, environment):
     child = environment()
     _issue(child, _web_login(stack))  # the role's facts and its quarantine key, read once
@@ -93,12 +84,12 @@ def test_a_role_quarantine_is_seen_by_the_next_login_of_a_warm_environment(stack
     _issue(child, _web_login(stack))  # the role's key read and found clear, kept in this process
     body = _web_login(stack)
     role = quarantine_key("principal", f"arn:aws:iam::{stack_aws.ACCOUNT_ID}:role/demo-node")
-    before = _epoch(stack)
+    before = epoch(stack)
     revocation_id = f"test-{uuid.uuid4().hex[:8]}"
-    _quarantine_list(stack).place(role, revocation_id=revocation_id, until=int(time.time()) + 600,
+    quarantine_list(stack).place(role, revocation_id=revocation_id, until=int(time.time()) + 600,
                                   reason="test", by="test")
     try:
-        assert _epoch(stack) not in (None, before)  # the entry and a new epoch, in one transaction
+        assert epoch(stack) not in (None, before)  # the entry and a new epoch, in one transaction
         proxies.reset()
         doc = _issue(child, body, 403)  # at once: no second's grace for the kept read
         assert doc["error"]["code"] == "quarantined", doc
@@ -106,7 +97,7 @@ def test_a_role_quarantine_is_seen_by_the_next_login_of_a_warm_environment(stack
         assert counts.get("dynamodb GetItem", 0) >= 1, counts  # the role's key, read again
         assert not any(op.startswith("vault") for op in counts), counts
     finally:
-        assert _quarantine_list(stack).lift(role, revocation_id)
+        assert quarantine_list(stack).lift(role, revocation_id)
     _issue(child, _web_login(stack))  # lifted: seen at once too (a quarantined key is never kept)
 
 
@@ -156,7 +147,7 @@ def test_a_table_without_an_epoch_gets_one_from_the_first_login(stack, proxies, 
     db.delete_item(TableName=stack_aws.QUARANTINE_TABLE, Key={"pk": {"S": EPOCH_KEY}})
     child = environment()
     _issue(child, _web_login(stack))
-    seeded = _epoch(stack)
+    seeded = epoch(stack)
     assert seeded is not None
     body = _web_login(stack)
     time.sleep(1.2)
@@ -164,4 +155,4 @@ def test_a_table_without_an_epoch_gets_one_from_the_first_login(stack, proxies, 
     _issue(child, body)
     counts = proxies.counts()
     assert counts == SEVEN, counts  # vouched for by the epoch it wrote
-    assert _epoch(stack) == seeded
+    assert epoch(stack) == seeded
