@@ -90,8 +90,12 @@ class Admission:
         """ProofReplayed when this proof was spent before: the security routes' lookup,
         before they verify."""
         if proof_hash in self._spent or self._replay_record(proof_hash) is not None:
-            self._spent.add(proof_hash)
-            raise replayed()
+            raise self._refused_replay(proof_hash)
+
+    def _refused_replay(self, proof_hash):
+        """The replay store said this proof is spent: remembered, and the refusal to raise."""
+        self._spent.add(proof_hash)
+        return replayed()
 
     def lookup_call(self, proof_hash):
         """The replay lookup of an issuance, as a call for `settle` beside the proof's
@@ -105,10 +109,8 @@ class Admission:
         """ProofReplayed when the replay store has this proof; else a Lookup with the
         quarantine epoch, read in the same request (consistent reads, one BatchGetItem)."""
         sent, sent_wall = self._monotonic(), self._clock()
-        if self._quarantine is None:
-            if self._replay_record(proof_hash) is not None:
-                self._spent.add(proof_hash)
-                raise replayed()
+        if self._quarantine is None:  # no epoch to read: the replay record alone
+            self.seen(proof_hash)
             return Lookup(sent, sent_wall)
         from .stores.quarantine import EPOCH_KEY, epoch_of
 
@@ -118,8 +120,7 @@ class Admission:
             self._quarantine: {"Keys": [{"pk": {"S": EPOCH_KEY}}], "ConsistentRead": True,
                                "ProjectionExpression": "pk, epoch"}})
         if found.get(self._replay):
-            self._spent.add(proof_hash)
-            raise replayed()
+            raise self._refused_replay(proof_hash)
         epoch_items = found.get(self._quarantine) or [None]
         return Lookup(sent, sent_wall, epoch_of(epoch_items[0]))
 
@@ -221,8 +222,7 @@ class Admission:
                 # transaction again): admitted, counted and checked once, by that attempt.
                 self._spent.add(proof_hash)
                 return sent
-            self._spent.add(proof_hash)
-            raise replayed()
+            raise self._refused_replay(proof_hash)
         self._spend(items[0]["Put"])  # refused below: the proof is still used up
         self._spent.add(proof_hash)
         first_check = 2 if counted else 1
@@ -285,8 +285,7 @@ class Admission:
         # Refused by our own earlier attempt (its answer was lost, the client sent the put
         # again): spent by this request, not a replay, as for the transaction above.
         if refused and self._spent_by(put["Item"]["proof_hash"]["S"]) != put["Item"]["request_id"]["S"]:
-            self._spent.add(put["Item"]["proof_hash"]["S"])
-            raise replayed()
+            raise self._refused_replay(put["Item"]["proof_hash"]["S"])
 
     def _quarantined(self, key):
         """The refusal for a quarantine key whose ConditionCheck failed, with its entry's details."""

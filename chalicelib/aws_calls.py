@@ -48,8 +48,6 @@ def try_call(backend, expected_codes, fn, /, *args, **kwargs):
 # Transactions cancelled only by conflicts with concurrent ones are tried again (jittered).
 CONFLICT_ATTEMPTS = 4
 CONFLICT_BACKOFF = 0.02  # seconds, doubled per attempt
-
-
 CONFLICT_BACKOFF_MAX = 0.32  # seconds: the longest wait between two attempts
 
 
