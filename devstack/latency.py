@@ -132,6 +132,12 @@ class LatencyProxy:
             def log_message(self, *args):
                 pass
 
+            def parse_request(self):
+                # The request line is in: a call's time counts from here, not from after
+                # this proxy has parsed the headers (its own time, which the pad must hide).
+                self.arrived = time.perf_counter()
+                return super().parse_request()
+
             def _handle(self):
                 proxy._serve(self)
 
@@ -159,7 +165,7 @@ class LatencyProxy:
     # ---- serving -------------------------------------------------------------
 
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
-        arrived = time.perf_counter()
+        arrived = getattr(h, "arrived", None) or time.perf_counter()
         headers = {k.lower(): v for k, v in h.headers.items()}
         length = int(headers.get("content-length") or 0)
         body = h.rfile.read(length) if length else b""
@@ -276,13 +282,14 @@ class LatencyProxy:
 
 def _answer(h: BaseHTTPRequestHandler, status: int, headers, payload: bytes, head: bool = False) -> None:
     try:
+        # One write: the status line, the headers and the body leave together (two writes
+        # wake the client twice, and with delayed ACKs can stall the second).
         h.send_response_only(status)
         for name, value in headers:
             h.send_header(name, value)
         h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        if not head:
-            h.wfile.write(payload)
+        h.wfile.write(b"".join([*h._headers_buffer, b"\r\n", b"" if head else payload]))
+        h._headers_buffer = []
     except OSError:
         h.close_connection = True
 
