@@ -88,7 +88,7 @@ class _SocketReader:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise HttpError("ReadTimeoutError (deadline: the answer came too slowly)")
-            self.sock.settimeout(min(self.read_timeout, left))
+            _set_timeout(self.sock, min(self.read_timeout, left))
         data = self.sock.recv(_RECV_BYTES)
         if not data:
             return False
@@ -119,6 +119,14 @@ class _SocketReader:
         data = bytes(self.buffer[:size])
         del self.buffer[:size]
         return data
+
+
+def _set_timeout(sock, timeout):
+    """socket.settimeout only when the timeout changes: each call is a system call that lets
+    go of the GIL, and getting it back waits for whichever thread took it meanwhile (the
+    pipeline's other calls). A kept-alive connection keeps its read timeout between requests."""
+    if sock.gettimeout() != timeout:
+        sock.settimeout(timeout)
 
 
 class _Connection:
@@ -236,7 +244,7 @@ class Pools:
         connection = self._take(key)
         reusable = False
         try:
-            connection.sock.settimeout(read_timeout)
+            _set_timeout(connection.sock, read_timeout)
             connection.reader.read_timeout = read_timeout
             connection.reader.deadline = time.monotonic() + connect_timeout + 2 * read_timeout
             connection.sock.sendall(payload)
