@@ -78,7 +78,7 @@ def _build(at_init=False):
         from chalicelib.policy import RulesError
 
         try:
-            runtime = build_runtime(Settings.from_env())
+            runtime = build_runtime(Settings.from_env(), log_in_early=at_init)
         except (ConfigError, RulesError) as e:
             log(get_logger(), logging.CRITICAL, "broker misconfigured", problem=str(e))
             raise Unavailable("the broker is misconfigured; see its log", backend="configuration",

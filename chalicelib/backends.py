@@ -10,7 +10,7 @@ import functools
 import os
 
 from .aws_calls import call
-from .concurrency import Ready, settle
+from .concurrency import Ready, settle, start
 from .errors import Unavailable
 from .jsonlog import get_logger
 
@@ -106,8 +106,9 @@ class Runtime:
       pooled connections and the Vault sessions the snapshot holds.
     """
 
-    def __init__(self, service, *, settings, minter, revoker, rules, clients, pools):
+    def __init__(self, service, *, settings, minter, revoker, rules, clients, pools, login=None):
         self.service = service
+        self._login = login  # the Vault login started by build_runtime (a Future), or None
         self._settings = settings
         self._minter = minter
         self._revoker = revoker
@@ -137,8 +138,13 @@ class Runtime:
                 self.service.security  # noqa: B018 - built now, so that the snapshot holds it
 
         # The Vault login (Secrets Manager, then Vault) waits on nothing the build makes: it
-        # runs beside the build's STS call, not after it (a leaf call: it never uses the pool).
-        (_, build_error), (_, login_error) = settle(build, self._minter.log_in if log_in else Ready(None))
+        # runs beside the build (a leaf call: it never uses the pool), or was started by
+        # build_runtime before the rules and the method were built (at init).
+        early, self._login = self._login, None
+        here = self._minter.log_in if log_in and early is None else Ready(None)
+        (_, build_error), (_, login_error) = settle(build, here)
+        if early is not None:
+            login_error = early.exception()  # waits for it
         if build_error is not None:
             raise build_error
         if login_error is not None:  # Unavailable (named backend) or a network error
@@ -162,17 +168,11 @@ def build_service(settings):
     return build_runtime(settings).service
 
 
-def build_runtime(settings):
+def build_runtime(settings, log_in_early=False):
     import weakref
 
-    from .admission import Admission
-    from .audit import AuditStore
     from .http_pool import Pools
-    from .methods import package
     from .minter import VaultMinter
-    from .pipeline.frame import AuditedRequests
-    from .pipeline.issuance import BrokerService
-    from .rules_source import LiveRules, RulesSource
 
     # The broker's own HTTP calls: the lean AWS clients, the STS forward, Vault (minter and
     # revoker), Google's certificates. Not requests: an AWS-only broker never imports it
@@ -200,6 +200,28 @@ def build_runtime(settings):
 
         return fetch
 
+    minter = VaultMinter(settings, pools, secret_fetcher(settings.vault_secret_id_secret, "broker's"))
+    # At init the Vault login (Secrets Manager, then Vault: two round trips) needs nothing
+    # built below, so it starts now and runs beside the rest: the rules, the method and
+    # its STS call for the broker's own account (Runtime.warm_up waits for it).
+    login = start(minter.log_in) if log_in_early else None
+    try:
+        return _assemble(settings, pools, make, clients, dynamodb, minter, secret_fetcher, login)
+    except BaseException:
+        if login is not None:
+            login.exception()  # a failed init leaves no call in flight behind it
+        raise
+
+
+def _assemble(settings, pools, make, clients, dynamodb, minter, secret_fetcher, login):
+    """The rest of build_runtime: the methods, the rules, the stores, the service."""
+    from .admission import Admission
+    from .audit import AuditStore
+    from .methods import package
+    from .pipeline.frame import AuditedRequests
+    from .pipeline.issuance import BrokerService
+    from .rules_source import LiveRules, RulesSource
+
     names = enabled_methods(settings)
     live = {}
     methods = {name: _once(lambda name=name: package(name).build(settings, make, pools,
@@ -223,7 +245,6 @@ def build_runtime(settings):
     frame = AuditedRequests(audit_store, logger)
     admission = Admission(dynamodb, settings.replay_table, settings.quarantine_table,
                           shared_key_max_age=settings.shared_quarantine_read_seconds)
-    minter = VaultMinter(settings, pools, secret_fetcher(settings.vault_secret_id_secret, "broker's"))
 
     def method(name):
         from .errors import InvalidRequest
@@ -249,7 +270,7 @@ def build_runtime(settings):
                             frame=frame, logger=logger, rate_limits=stores.rate_limits,
                             quarantine=stores.quarantine, security_factory=security)
     return Runtime(service, settings=settings, minter=minter, revoker=revoker, rules=rules,
-                   clients=clients, pools=pools)
+                   clients=clients, pools=pools, login=login)
 
 
 class Stores:

@@ -46,6 +46,12 @@ def settle(first, *others):
     return outcomes
 
 
+def start(call):
+    """Run a leaf call in the pool now; its Future (e.g. the init's Vault login, waited for
+    later by Runtime.warm_up)."""
+    return _pool.submit(call)
+
+
 def _outcome(call):
     try:
         return call(), None

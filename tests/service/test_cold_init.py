@@ -241,6 +241,76 @@ def test_the_init_logs_in_to_vault_beside_building_the_method_not_after_it(stack
         restore_env()
 
 
+def test_at_init_the_vault_login_starts_before_the_rules_and_the_method_are_built(stack, proxies, monkeypatch):
+    """build_runtime(log_in_early=True), app.py's init: the login (Secrets Manager, then
+    Vault) starts before the AWS method is built and the rules are checked against its
+    accounts (the STS call for the broker's own account), and runs beside them: each waits
+    here for the other to have started, which only calls in flight together can do."""
+    import chalicelib.methods.aws as aws_method
+    from chalicelib.backends import build_runtime
+    from chalicelib.config import Settings
+    from chalicelib.minter import VaultMinter
+
+    both_started = threading.Barrier(2, timeout=10)
+    seen = []
+    log_in, build = VaultMinter.log_in, aws_method.build
+
+    def log_in_when_the_build_runs(self):
+        both_started.wait()
+        seen.append("login")
+        return log_in(self)
+
+    def build_when_the_login_runs(*args, **kwargs):
+        both_started.wait()
+        seen.append("aws")
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(VaultMinter, "log_in", log_in_when_the_build_runs)
+    monkeypatch.setattr(aws_method, "build", build_when_the_login_runs)
+    restore_env = use_environment({**stack.broker_env(), **proxies.env()})
+    try:
+        proxies.reset()
+        runtime = build_runtime(Settings.from_env(), log_in_early=True)
+        assert runtime.warm_up() == {}  # sequential, the first would wait in vain: BrokenBarrierError
+        assert sorted(seen) == ["aws", "login"] and runtime._minter._token
+        assert _vault_logins(proxies.counts()) == 1  # warm_up waited for it, and did not log in again
+    finally:
+        restore_env()
+
+
+def test_a_failed_init_returns_only_after_its_early_login_finished(stack, proxies, monkeypatch):
+    """A build that fails after the login started (here the AWS method) raises its own
+    error, and only once the login has finished: a failed init leaves no call in flight."""
+    import time
+
+    import chalicelib.methods.aws as aws_method
+    from chalicelib.backends import build_runtime
+    from chalicelib.config import Settings
+    from chalicelib.errors import Unavailable
+    from chalicelib.minter import VaultMinter
+
+    finished = []
+    log_in = VaultMinter.log_in
+
+    def slow_log_in(self):
+        time.sleep(0.3)
+        log_in(self)
+        finished.append(time.monotonic())
+
+    def broken(*args, **kwargs):
+        raise Unavailable("STS could not be reached", backend="sts", detail="test: build fails")
+
+    monkeypatch.setattr(VaultMinter, "log_in", slow_log_in)
+    monkeypatch.setattr(aws_method, "build", broken)
+    restore_env = use_environment({**stack.broker_env(), **proxies.env()})
+    try:
+        with pytest.raises(Unavailable, match="STS could not be reached"):
+            build_runtime(Settings.from_env(), log_in_early=True)
+        assert finished  # the login had finished when the error came out
+    finally:
+        restore_env()
+
+
 def _serve_restore_and_serve_again(stack, proxies, runtime):
     assert runtime.warm_up() == {}
     context = {"source_ip": "10.0.0.1", "api_request_id": "restore-test"}
