@@ -99,12 +99,18 @@ class RevocationInFlight:
     """A revocation placed while an issuance is in flight: the next minting (after it has
     minted, before its record is written) starts `POST /v1/revocations` with `body` on a
     thread and waits until `placed()` says its quarantine is in place. `answer` is the
-    revocation's answer once `wait()` returned. Use with the test's monkeypatch."""
+    revocation's answer once `wait()` returned. Use with the test's monkeypatch.
 
-    def __init__(self, monkeypatch, service, security, body, placed):
+    With `after_first_pass`, the issuance also waits until the revocation's first pass has
+    read the audit table, so that its record lands after that read and only the second
+    sweep can find it (else which DynamoDB call lands first is the machine's choice)."""
+
+    def __init__(self, monkeypatch, service, security, body, placed, after_first_pass=False):
         self.answer = {}
         self._thread = None
         real_issue = service._minter.issue
+        if after_first_pass:
+            placed = self._after_first_pass(monkeypatch, service.security.revocations, placed)
 
         def revoke():
             self.answer.update(json.loads(security.post("/v1/revocations", body).body))
@@ -122,6 +128,19 @@ class RevocationInFlight:
 
         monkeypatch.setattr(service._minter, "issue", issue_while_revoked)
         self._monkeypatch = monkeypatch
+
+    @staticmethod
+    def _after_first_pass(monkeypatch, revocations, placed):
+        first_pass_read, real_issued = threading.Event(), revocations._issued
+
+        def issued_then_say_so(*args, **kwargs):
+            try:
+                return real_issued(*args, **kwargs)
+            finally:
+                first_pass_read.set()
+
+        monkeypatch.setattr(revocations, "_issued", issued_then_say_so)
+        return lambda: placed() and first_pass_read.is_set()
 
     @property
     def started(self):

@@ -357,7 +357,7 @@ def test_a_request_id_revocation_reaches_the_machines_issuance_in_flight(broker,
     in_flight = RevocationInFlight(
         monkeypatch, broker_app.get_service(), security,
         {"request_id": body_of(first)["request_id"], "reason": "one stolen", "quarantine": "10m"},
-        placed=lambda: wait_for_key(stack, quarantine_key("instance", instance), timeout=0.01))
+        placed=lambda: wait_for_key(stack, quarantine_key("instance", instance), timeout=0.01), after_first_pass=True)
     response = broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when()))
     revocation = in_flight.wait()
     try:

@@ -457,7 +457,7 @@ def test_an_issuance_in_flight_when_a_revocation_lands_is_reached_by_its_second_
     key = quarantine_key("instance", instance)
     in_flight = RevocationInFlight(monkeypatch, broker_app.get_service(), security,
                                    {"instance": instance, "reason": "in flight", "quarantine": "1h"},
-                                   placed=lambda: quarantine.get(key) is not None)
+                                   placed=lambda: quarantine.get(key) is not None, after_first_pass=True)
     response = broker.post(signed_login(creds, "web", broker.server_id, when=fresh_when()))
     revocation = in_flight.wait()
     try:
