@@ -252,7 +252,8 @@ def report(doc: dict) -> str:
                   f"in-region delays ms: " + ", ".join(f"{k} {v:g}" for k, v in lt["delays_ms"].items())
                   + f"; shortest chain (STS, slowest fact read, Vault, audit write) {fmt(lt['shortest_chain_ms'], 0)} ms;"
                   f" p50 (pad) / chain = {fmt(lt['latency_ratio_p50'])}; delay exposed: (p50 (add) - p50 (none)) / chain"
-                  f" = {fmt(lt.get('exposed_delay_ratio_p50'))}"
+                  f" = {fmt(lt.get('exposed_delay_ratio_p50'))}; p50 (pad) through chalice.test's Client / chain"
+                  f" = {fmt(lt.get('latency_ratio_p50_test_client'))}"
                   + (f"; errors {lt['errors']}" if lt["errors"] else ""), ""]
     elif q:
         lines.append("")
