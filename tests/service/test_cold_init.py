@@ -395,3 +395,66 @@ def test_what_an_aws_issuance_never_needs_is_built_at_init_only_for_a_snapshot(s
     expected = ["chalicelib.admin_auth", "chalicelib.audit_query", "chalicelib.methods.gcp.facts",
                 "chalicelib.methods.gcp.proof", "chalicelib.security"]
     assert result["deferred"] == (expected if snapshot else []), result["deferred"]
+
+
+@pytest.mark.parametrize("init_type", ["on-demand", "snap-start"])
+def test_a_sealed_vault_at_init_with_the_early_login_is_named_and_the_first_request_logs_in(
+        stack, proxies, sealed_vault, monkeypatch, init_type):
+    """The early login (build_runtime(log_in_early=True), app.py's init) against a real sealed
+    OpenBao: warm_up names the problem, no pool thread hands work to the pool (a deadlock),
+    no token is kept; once Vault is unsealed the first issuance logs in (once: one Secrets
+    Manager read in all, the early login's)."""
+    from chalicelib import concurrency
+    from chalicelib.backends import build_runtime
+    from chalicelib.config import Settings
+
+    offenders, submit = [], concurrency._pool.submit
+
+    def recording_submit(fn, *args, **kwargs):
+        if threading.current_thread().name.startswith("broker-io"):
+            offenders.append(threading.current_thread().name)
+        return submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(concurrency._pool, "submit", recording_submit)
+    restore_env = use_environment({**stack.broker_env(), **proxies.env(),
+                                   "AWS_LAMBDA_INITIALIZATION_TYPE": init_type})
+    try:
+        proxies.reset()
+        runtime = build_runtime(Settings.from_env(), log_in_early=True)
+        problems = runtime.warm_up()
+        assert set(problems) == {"vault login"} and "seal" in problems["vault login"].lower(), problems
+        assert runtime._minter._token is None and not offenders
+        stack.unseal_vault()
+        context = {"source_ip": "10.0.0.1", "api_request_id": "sealed-at-init"}
+        assert runtime.service.issue("aws", json.dumps(_fresh_login(stack)).encode(), **context)["role"] == "web"
+        counts = proxies.counts()
+        assert _vault_logins(counts) == 2 and _secret_reads(counts) == 1, counts  # init's (refused), the request's
+    finally:
+        restore_env()
+
+
+def test_broken_rules_at_init_with_the_login_in_flight_log_their_problem_and_answer_503(stack, proxies, tmp_path):
+    """A RulesError comes from the build, after the early login started (here against a
+    Vault that answers 503 sealed): the import still succeeds, the problem is logged once
+    at init and once per request, CRITICAL and named, and every request answers 503."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[rule.aws\nthis is not toml")
+    proxies.set_faults([{"backend": "vault", "operation": "POST auth/approle/login", "rate": 1.0,
+                         "kind": "status", "status": 503, "body": "{\"errors\":[\"sealed\"]}"}])
+    try:
+        child = Child(_env({**stack.broker_env(), **proxies.env(), **LAMBDA_RUNTIME,
+                            "BROKER_RULES_FILE": str(rules)}))
+    finally:
+        proxies.set_faults([])
+    try:
+        assert child.imported == {"imported": True, "built": False}
+        answer = child.ask("POST", "/v1/credentials/aws", json.dumps(_fresh_login(stack)))
+        assert answer["status"] == 503 and json.loads(answer["body"])["error"]["code"] == "unavailable", answer
+    finally:
+        log = child.close()
+    misconfigured = [json.loads(line) for line in log.splitlines()
+                     if line.startswith("{") and "broker misconfigured" in line]
+    assert len(misconfigured) == 2, log[-2000:]
+    assert all("rules.toml" in entry["problem"] and entry["level"] == "CRITICAL" for entry in misconfigured), \
+        misconfigured
+    assert "Traceback" not in log

@@ -106,3 +106,42 @@ def test_a_later_transaction_is_not_undone_by_an_earlier_refusal(tables):
     db.put_item(TableName=h, Item={"pk": {"S": "third"}})
     keys = {item["pk"]["S"] for item in _everything(db, h)}
     assert {"first", "third"} <= keys and "second" not in keys
+
+
+def _both(db, names):
+    return {name: _everything(db, name) for name in names.values()}
+
+
+@pytest.mark.parametrize("last", ["bad update expression", "missing table", "put without its range key",
+                                  "condition check returning the old item"])
+def test_a_refusal_after_earlier_items_were_applied_undoes_them(tables, last):
+    """The shapes moto refuses mid-way, after it applied the items before: a validation
+    error (moto re-raises it), a missing table and a malformed item (cancellation
+    reasons), a failed condition that returns the old item. The last range item under a
+    hash key is deleted first (its hash key's bucket empties) and must come back."""
+    db, names = tables
+    h, r = names["hash"], names["range"]
+    tag = uuid.uuid4().hex[:6]
+    db.put_item(TableName=h, Item={"pk": {"S": f"u-{tag}"}, "n": {"N": "1"}})
+    db.put_item(TableName=r, Item={"pk": {"S": f"only-{tag}"}, "sk": {"S": "1"}, "n": {"N": "1"}})
+    before = _both(db, names)
+    last_item = {
+        "bad update expression": {"Update": {"TableName": h, "Key": {"pk": {"S": f"v-{tag}"}},
+                                             "UpdateExpression": "SET = nonsense"}},
+        "missing table": {"Put": {"TableName": f"no-such-table-{tag}", "Item": {"pk": {"S": "x"}}}},
+        "put without its range key": {"Put": {"TableName": r, "Item": {"pk": {"S": f"w-{tag}"}}}},
+        "condition check returning the old item": {"ConditionCheck": {
+            "TableName": h, "Key": {"pk": {"S": f"u2-{tag}"}}, "ConditionExpression": "attribute_exists(pk)",
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}},
+    }[last]
+    with pytest.raises(ClientError) as caught:
+        db.transact_write_items(TransactItems=[
+            {"Update": {"TableName": h, "Key": {"pk": {"S": f"u-{tag}"}}, "UpdateExpression": "SET n = :n",
+                        "ExpressionAttributeValues": {":n": {"N": "9"}}}},
+            {"Delete": {"TableName": r, "Key": {"pk": {"S": f"only-{tag}"}, "sk": {"S": "1"}}}},
+            {"Put": {"TableName": r, "Item": {"pk": {"S": f"new-{tag}"}, "sk": {"S": "2"}}}},
+            last_item,
+        ])
+    assert caught.value.response["Error"]["Code"] in ("TransactionCanceledException", "ValidationException",
+                                                         "ResourceNotFoundException")
+    assert _both(db, names) == before

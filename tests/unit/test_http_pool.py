@@ -55,6 +55,9 @@ class RawServer:
                 if answer is None:  # close without answering
                     conn.close()
                     return
+                if callable(answer):  # scripted in time (a stall, a trickle): it answers itself
+                    answer(conn)
+                    continue
                 conn.sendall(answer)
                 if b"connection: close" in answer.lower():
                     conn.close()
@@ -217,3 +220,70 @@ def test_tls_checks_the_certificate_and_serves_when_it_is_trusted(tls_server):
     trusting = Pools()
     trusting._tls = ssl.create_default_context(cafile=str(tls_server.cert_path))
     assert trusting.request("GET", tls_server.url).json() == {"ok": True}
+
+
+def _stalls_after(sent):
+    """An answer that sends `sent`, then nothing more (a backend stalled mid-answer)."""
+    def answer(conn):
+        conn.sendall(sent)
+        time.sleep(3)
+    return answer
+
+
+def _trickles(body_size):
+    """An answer whose body comes a byte every 0.1 s: each wait is short, the whole is slow."""
+    def answer(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(body_size).encode() + b"\r\n\r\n")
+        for _ in range(body_size):
+            time.sleep(0.1)
+            conn.sendall(b"x")
+    return answer
+
+
+def _trusting(s):
+    pools = Pools()
+    if s.tls:
+        pools._tls = ssl.create_default_context(cafile=str(s.cert_path))
+    return pools
+
+
+@pytest.fixture(params=["plain", "tls"])
+def any_server(request):
+    if request.param == "plain":
+        yield request.getfixturevalue("server")
+    else:
+        yield request.getfixturevalue("tls_server")
+
+
+@pytest.mark.parametrize("reused", [False, True], ids=["new", "kept-alive"])
+@pytest.mark.parametrize("stall", ["head", "body"])
+def test_a_backend_that_stalls_mid_answer_times_out(any_server, reused, stall):
+    """Each read keeps its read timeout, on a new connection and on a kept-alive one (whose
+    timeout the previous answer's last read may have lowered, or left as it is)."""
+    pools = _trusting(any_server)
+    if reused:
+        any_server.answers.append(_ok(b'{"n":1}'))
+        assert pools.request("GET", any_server.url, read_timeout=0.4).json() == {"n": 1}
+    sent = b"HTTP/1.1 200 OK\r\nContent-" if stall == "head" else b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{\"n\""
+    any_server.answers.append(_stalls_after(sent))
+    started = time.monotonic()
+    with pytest.raises(HttpError, match="ReadTimeoutError"):
+        pools.request("GET", any_server.url, read_timeout=0.4)
+    assert 0.3 < time.monotonic() - started < 2.0
+    assert any_server.connections == 1
+
+
+@pytest.mark.parametrize("reused", [False, True], ids=["new", "kept-alive"])
+def test_an_answer_that_trickles_in_is_given_up_at_its_deadline(any_server, reused):
+    """Every byte comes within the read timeout, the whole answer doesn't: the per-answer
+    deadline (connect + 2 x read timeout = 0.7 s here) still stops it."""
+    pools = _trusting(any_server)
+    if reused:
+        any_server.answers.append(_ok(b'{"n":1}'))
+        pools.request("GET", any_server.url, connect_timeout=0.1, read_timeout=0.3)
+    any_server.answers.append(_trickles(30))  # 3 s in all
+    started = time.monotonic()
+    with pytest.raises(HttpError, match="ReadTimeoutError"):
+        pools.request("GET", any_server.url, connect_timeout=0.1, read_timeout=0.3)
+    assert 0.5 < time.monotonic() - started < 1.5
+    assert any_server.connections == 1
