@@ -165,7 +165,7 @@ class LatencyProxy:
     # ---- serving -------------------------------------------------------------
 
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
-        arrived = getattr(h, "arrived", None) or time.perf_counter()
+        arrived = h.arrived  # stamped by Handler.parse_request, when the request line came in
         headers = {k.lower(): v for k, v in h.headers.items()}
         length = int(headers.get("content-length") or 0)
         body = h.rfile.read(length) if length else b""

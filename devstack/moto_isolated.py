@@ -9,8 +9,8 @@ serves many requests at once (issuances racing a revocation), so here every Dyna
 write and transaction of the server holds one lock. Used as ``python -m devstack.moto_isolated``
 with moto_server's own arguments.
 
-The speed-ups change no answer moto gives (docs/performance.md, "the local stack's own
-time"): they keep its time per call near the in-region figures the benchmarks pad to,
+The speed-ups change no answer moto gives (docs/performance.md, "moto's own time"):
+they bring its time per call closer to the in-region figures the benchmarks pad to,
 so that what the benchmarks measure is the broker, not moto.
 """
 
@@ -47,7 +47,7 @@ def back_up_items_not_tables():
     a quarter of moto's CPU, and one TransactWriteItems took 28 ms on a quiet machine.
     Under the write lock nothing else writes meanwhile, so keeping just the items the
     transaction names, and putting those back, restores the same state at a cost that
-    does not grow with the table (tests/unit/test_moto_isolated.py)."""
+    does not grow with the table (tests/service/test_moto_isolated.py)."""
     import moto.dynamodb.models as models
     from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.models.table import Table

@@ -87,7 +87,7 @@ def test_a_role_quarantine_is_seen_by_the_next_login_of_a_warm_environment(stack
     before = epoch(stack)
     revocation_id = f"test-{uuid.uuid4().hex[:8]}"
     quarantine_list(stack).place(role, revocation_id=revocation_id, until=int(time.time()) + 600,
-                                  reason="test", by="test")
+                                 reason="test", by="test")
     try:
         assert epoch(stack) not in (None, before)  # the entry and a new epoch, in one transaction
         proxies.reset()
