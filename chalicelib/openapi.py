@@ -276,7 +276,8 @@ from . import openapi_security as _security  # noqa: E402
 
 SPEC["tags"].append(_security.TAG)
 SPEC["paths"].update(_security.paths(_error, _unavailable))
-SPEC["components"]["schemas"].update(_security.SCHEMAS)
+SPEC["components"]["schemas"].update(_security.schemas(
+    [SPEC["components"]["schemas"][name] for name in ("AwsLogin", "GcpLogin")]))
 
 
 def document():

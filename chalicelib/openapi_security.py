@@ -191,19 +191,17 @@ SCHEMAS = {
                               "request_id": {"type": "string"}}},
     "IncidentReport": {
         "type": "object", "additionalProperties": False, "required": ["request_id"],
-        "description": "The issuance's request_id and a fresh proof: the four iam_* fields, or jwt.",
+        "description": ("The issuance's request_id and a fresh proof: the fields of a login body of the "
+                        "issuance's method but role (AwsLogin's iam_* fields and optional ecs_task_arn, or "
+                        "GcpLogin's jwt)."),
         "properties": {"request_id": _UUID, "reason": _REASON,
-                       "accessor": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
-                       "jwt": {"type": "string", "maxLength": 8192},
-                       "iam_http_request_method": {"type": "string", "maxLength": 16},
-                       "iam_request_url": _B64, "iam_request_body": _B64, "iam_request_headers": _B64}},
+                       "accessor": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}}},
     "TokenRegistration": {
         "type": "object", "additionalProperties": False, "required": ["request_id", "accessor"],
-        "description": "The issuance's request_id, the token's accessor and a fresh proof (iam_* fields, or jwt).",
-        "properties": {"request_id": _UUID, "accessor": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
-                       "jwt": {"type": "string", "maxLength": 8192},
-                       "iam_http_request_method": {"type": "string", "maxLength": 16},
-                       "iam_request_url": _B64, "iam_request_body": _B64, "iam_request_headers": _B64}},
+        "description": ("The issuance's request_id, the token's accessor and a fresh proof: the fields of a "
+                        "login body of the issuance's method but role (AwsLogin's iam_* fields and optional "
+                        "ecs_task_arn, or GcpLogin's jwt)."),
+        "properties": {"request_id": _UUID, "accessor": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}}},
     "TokenRegistered": {"type": "object", "additionalProperties": False,
                         "required": ["related_request_id", "accessor", "registered", "request_id"],
                         "properties": {"related_request_id": {"type": "string"}, "accessor": {"type": "string"},
@@ -213,3 +211,16 @@ SCHEMAS = {
                  "properties": {"related_request_id": {"type": "string"}, "secret_id": {"type": "string"},
                                 "request_id": {"type": "string"}}},
 }
+
+
+def schemas(login_schemas):
+    """SCHEMAS, the bodies that prove their caller again carrying every login schema's
+    properties but role (`login_schemas`: name -> schema, e.g. AwsLogin, GcpLogin), so that
+    they describe what a login accepts, from the same place."""
+    proof = {}
+    for schema in login_schemas:
+        proof.update({k: v for k, v in schema["properties"].items() if k != "role"})
+    out = {name: dict(schema) for name, schema in SCHEMAS.items()}
+    for name in ("IncidentReport", "TokenRegistration"):
+        out[name]["properties"] = {**SCHEMAS[name]["properties"], **proof}
+    return out

@@ -8,7 +8,7 @@ secret ID is destroyed at once. Reports are rate-limited per caller.
 from ..audit_query import valid_request_id
 from ..errors import InvalidRequest
 from .inputs import parse_body, parse_reason
-from .own_issuance import ACCESSOR, method_of, proof_fields, prove_caller
+from .own_issuance import ACCESSOR, method_of, own_body, proof_fields, prove_caller
 
 # Incident reports: per caller (exact principal), per window.
 INCIDENT_LIMIT = 5
@@ -25,7 +25,8 @@ class Incidents:
         self._minter = minter
 
     def report(self, raw_body, **context):
-        allowed = ("request_id", "reason", "accessor", *proof_fields())
+        route_fields = ("request_id", "reason", "accessor")
+        allowed = (*route_fields, *proof_fields())
         doc = None
         try:
             doc = parse_body(raw_body, allowed, ("request_id",))
@@ -40,8 +41,7 @@ class Incidents:
         method_name = method_of(issuance)
 
         def work(record, identity):
-            if doc is None:
-                parse_body(raw_body, allowed, ("request_id",))
+            doc = own_body(raw_body, route_fields, ("request_id",), method_name)
             wanted = valid_request_id(doc["request_id"])
             record.related_request_id = wanted
             reason = parse_reason(doc.get("reason"), required=False) or "possible interception reported by the client"

@@ -1,6 +1,7 @@
 """The security routes' inputs: reasons, durations, strict JSON bodies."""
 
 import re
+import unicodedata
 
 from ..bodies import decode_json_object
 from ..errors import InvalidRequest
@@ -21,14 +22,27 @@ def parse_duration(value, what):
     return seconds
 
 
+# Characters a reason may not hold once its whitespace is collapsed: controls (C0, DEL, C1:
+# terminal escapes), format characters (bidirectional overrides, zero-width marks) and lone
+# surrogates (not text: no store or log can encode them).
+_REFUSED_CATEGORIES = ("Cc", "Cf", "Cs")
+
+
 def parse_reason(value, what="reason", required=True):
+    """A free-text reason as it is stored and logged: every run of whitespace (line breaks,
+    tabs) one space, no leading or trailing space; at most MAX_REASON characters; no control,
+    format or surrogate character. Anything else is an InvalidRequest (400)."""
     if value is None and not required:
         return ""
     if not isinstance(value, str) or not value.strip():
         raise InvalidRequest(f"field {what} must be a non-empty string")
     text = " ".join(value.split())
-    if len(text) > MAX_REASON or any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise InvalidRequest(f"field {what} must be printable text of at most {MAX_REASON} characters")
+    if len(text) > MAX_REASON:
+        raise InvalidRequest(f"field {what} is longer than {MAX_REASON} characters")
+    bad = next((c for c in text if unicodedata.category(c) in _REFUSED_CATEGORIES), None)
+    if bad is not None:
+        raise InvalidRequest(f"field {what} holds a control or format character (U+{ord(bad):04X}): "
+                             "it must be printable text")
     return text
 
 

@@ -11,11 +11,29 @@ from ..errors import NotAuthorized
 ACCESSOR = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
-def proof_fields():
-    """Every method's proof fields: what a body may carry beside the route's own."""
-    from ..methods import REGISTRY, package
+def login_fields(method_name):
+    """What the method's login body carries beside `role`: its proof fields and its optional
+    claims (an AWS login's `ecs_task_arn`). A body proving its caller again carries these."""
+    from ..methods import package
 
-    return sorted({f for name in REGISTRY for f in package(name).PROOF_FIELDS})
+    pkg = package(method_name)
+    return tuple(pkg.PROOF_FIELDS) + tuple(getattr(pkg, "CLAIM_FIELDS", ()))
+
+
+def proof_fields():
+    """Every method's login fields but `role`: what a body may carry beside the route's own
+    before the issuance (and so the method) is known."""
+    from ..methods import REGISTRY
+
+    return sorted({f for name in REGISTRY for f in login_fields(name)})
+
+
+def own_body(raw_body, route_fields, required, method_name):
+    """The body, strictly: the route's fields and the issuance's method's login fields (but
+    `role`), nothing else (another method's proof fields are unknown fields here)."""
+    from .inputs import parse_body
+
+    return parse_body(raw_body, (*route_fields, *login_fields(method_name)), required)
 
 
 def method_of(issuance):
@@ -28,9 +46,7 @@ def prove_caller(*, method, method_name, admission, rate_limits, doc, record, is
                  scope, limit, window):
     """Verify the body's proof like a login's (looked up before the cloud is asked, spent
     once), count the caller's budget for `scope`, and refuse unless `issuance` is its own."""
-    from ..methods import package
-
-    proof = {k: doc[k] for k in package(method_name).PROOF_FIELDS if k in doc}
+    proof = {k: doc[k] for k in login_fields(method_name) if k in doc}
     login = method.parse(json.dumps(dict(proof, role=placeholder_role)).encode())
     admission.seen(method.proof_hash(login))  # as a login: a replayed proof costs no cloud call
     caller = method.verify(login)

@@ -13,7 +13,7 @@ from ..audit_query import valid_request_id
 from ..errors import InvalidRequest
 from .audited import need
 from .inputs import parse_body
-from .own_issuance import ACCESSOR, method_of, proof_fields, prove_caller
+from .own_issuance import ACCESSOR, method_of, own_body, proof_fields, prove_caller
 
 REGISTRATION_LIMIT = 20
 REGISTRATION_WINDOW = 3600
@@ -30,7 +30,8 @@ class TokenRegistrations:
         self._keep_for = keep_for  # the tokens' longest lifetime
 
     def register(self, raw_body, **context):
-        allowed = ("request_id", "accessor", *proof_fields())
+        route_fields = ("request_id", "accessor")
+        allowed = (*route_fields, *proof_fields())
         doc, issuance = None, None
         try:
             doc = parse_body(raw_body, allowed, ("request_id", "accessor"))
@@ -41,7 +42,7 @@ class TokenRegistrations:
 
         def work(record, identity):
             tokens = need(self._tokens, "token registration")
-            body = parse_body(raw_body, allowed, ("request_id", "accessor"))
+            body = own_body(raw_body, route_fields, route_fields, method_name)
             wanted = valid_request_id(body["request_id"])
             record.related_request_id = wanted
             accessor = body["accessor"]

@@ -10,10 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import uuid
+
 import requests
 
 from devstack import machines
+from devstack.aws import ACCOUNT_ID, TASK_ROLE
 from tests.e2e.test_client_login import assert_clean
+from tests.e2e.test_security_cli import conn, run_broker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,6 +46,21 @@ def test_a_task_tagged_for_web_gets_web_naming_its_task(local_broker, tmp_path):
                       headers={"X-Vault-Token": sink.read_text()}, timeout=10)
     assert me.status_code == 200 and me.json()["data"]["accessor"] == summary["token_accessor"]
     assert_clean(proc, sink.read_text())
+    # The token is registered (its body carries the ecs_task_arn claim, as the login's does): the client
+    # warns of nothing, and the audit trail holds the registration of this issuance's token.
+    assert "warning" not in proc.stderr.lower(), proc.stderr
+    assert f"token accessor {summary['token_accessor']} registered with the broker" in proc.stderr
+    engineer = stack.assume("security-team", f"erin-{uuid.uuid4().hex[:6]}")
+    principal = f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/{TASK_ROLE}/{task.rsplit('/', 1)[1]}"
+    search = run_broker(engineer, "audit", "search", "--principal", principal, "--since", "15m", "--json",
+                        *conn(local_broker), cwd=tmp_path)
+    assert search.returncode == 0, search.stderr
+    records = json.loads(search.stdout)["events"]
+    assert [(r["outcome"], r.get("code")) for r in records if r["outcome"] != "issued"] == \
+        [("registration", "token_registered")], records
+    registration = next(r for r in records if r["outcome"] == "registration")
+    assert registration["related_request_id"] == summary["request_id"]
+    assert summary["token_accessor"] in registration["reason"]
 
 
 def test_a_task_of_the_same_role_tagged_for_another_role_is_refused(local_broker, tmp_path):

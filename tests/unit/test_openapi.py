@@ -99,3 +99,22 @@ def test_every_error_the_issuance_can_raise_is_described():
             schema = described["content"]["application/json"]["schema"]
             codes = schema["properties"]["error"]["properties"]["code"]["enum"]
             assert error.code in codes, f"{path}: {error.status} does not list {error.code}"
+
+
+@pytest.mark.parametrize("schema, route_fields", [("IncidentReport", {"request_id", "reason", "accessor"}),
+                                                  ("TokenRegistration", {"request_id", "accessor"})])
+def test_bodies_that_prove_their_caller_again_take_a_logins_fields_but_role(schema, route_fields):
+    """What POST /v1/incidents and /v1/tokens accept beside their own fields is what a login of any
+    method accepts but role (its proof and its optional claims, e.g. ecs_task_arn), as the routes parse it."""
+    from chalicelib.methods.aws.request import AWS_FIELDS, OPTIONAL_FIELDS
+    from chalicelib.security.own_issuance import login_fields, proof_fields
+
+    logins = (set(AWS_FIELDS) | set(OPTIONAL_FIELDS) | {"role", "jwt"}) - {"role"}
+    assert set(proof_fields()) == logins
+    assert set(login_fields("aws")) == (set(AWS_FIELDS) | set(OPTIONAL_FIELDS)) - {"role"}
+    component = SPEC["components"]["schemas"][schema]
+    assert set(component["properties"]) == route_fields | logins
+    assert component["additionalProperties"] is False
+    for name in logins:  # described as the login describes it (limits and all)
+        login = "GcpLogin" if name == "jwt" else "AwsLogin"
+        assert component["properties"][name] == SPEC["components"]["schemas"][login]["properties"][name]

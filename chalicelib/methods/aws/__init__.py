@@ -15,8 +15,10 @@
 from . import match as conditions
 
 NAME = "aws"
-# The body fields that carry the proof (the incident route takes them beside its own).
+# The login body's fields beside `role`: the proof, and the optional claims the client adds
+# (request.py parses both). The incident and token routes take exactly these beside their own.
 PROOF_FIELDS = ("iam_http_request_method", "iam_request_url", "iam_request_body", "iam_request_headers")
+CLAIM_FIELDS = ("ecs_task_arn",)  # the task a container says it runs in (its task metadata endpoint)
 # Does the proof itself vouch for the machine it claims? No: whoever assumes a role names
 # the session, so an instance or task ID there is a claim until the facts step checks it.
 CLAIMS_SIGNED = False

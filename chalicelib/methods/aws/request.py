@@ -13,12 +13,12 @@ import re
 
 from ...bodies import decode_json_object, parse_role
 from ...errors import InvalidProof, InvalidRequest
-from . import PROOF_FIELDS
+from . import CLAIM_FIELDS, PROOF_FIELDS
 from ...records import Record, field
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 AWS_FIELDS = ("role",) + PROOF_FIELDS
-OPTIONAL_FIELDS = ("ecs_task_arn",)
+OPTIONAL_FIELDS = CLAIM_FIELDS
 MAX_TASK_ARN = 512
 
 
