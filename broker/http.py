@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import ipaddress
 import json
 import socket
 import ssl
@@ -38,9 +39,16 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def is_loopback(url: str) -> bool:
-    """True for http(s)://localhost, 127.x.x.x and [::1] URLs."""
+    """True for http(s)://localhost and URLs whose host is a literal loopback address
+    (127.0.0.0/8, [::1]). Any other name is not loopback, whatever it starts with:
+    127.0.0.1.attacker.test resolves wherever its owner likes."""
     host = (urlsplit(url).hostname or "").lower()
-    return host in ("localhost", "::1") or host.startswith("127.")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_base_url(url: Optional[str], what: str, *, allow_http_loopback: bool = True) -> str:

@@ -73,6 +73,19 @@ def _running(state: dict) -> dict[str, int]:
     return {name: pid for name, pid in (state.get("pids") or {}).items() if _ours(name, pid, state)}
 
 
+def _stop_hint(state_dir: str) -> str:
+    """How to stop the stack in STATE_DIR, from a plain shell (the venv need not be active)."""
+    if Path(state_dir).resolve() == Path(".stack").resolve():
+        return "make stack-down"
+    return f".venv/bin/python -m devstack down --dir {state_dir}"
+
+
+def running_stack(state_dir: Path) -> dict[str, int]:
+    """The processes of a stack that runs in ``state_dir`` now (empty: none)."""
+    state = _load(state_dir)
+    return _running(state) if state is not None else {}
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     state_dir = Path(args.dir).resolve()
     state = _load(state_dir)
@@ -80,7 +93,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         running = _running(state)
         if running:
             _say(f"The local stack already runs ({', '.join(sorted(running))}); "
-                 f"`python -m devstack down --dir {args.dir}` first.")
+                 f"`{_stop_hint(args.dir)}` first.")
             return cmd_status(args)
         _remove_state(state_dir, quiet=True)  # stale state of a stack that died
     _say(f"Starting the local stack (state in {state_dir}) ...")
@@ -94,7 +107,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack.write_broker_env(state_dir / "broker.env")
     _say(f"Up in {stack.startup_seconds:.1f}s. Endpoints, keys and tokens: {state_dir / STATE_FILE} (mode 0600).")
     _say(f"Broker environment: {state_dir / 'broker.env'} (mode 0600). Logs: {state_dir}/*.log")
-    _say(f"Stop it with: python -m devstack down --dir {args.dir}")
+    _say(f"Stop it with: {_stop_hint(args.dir)}")
     return 0
 
 

@@ -65,6 +65,16 @@ def workspace(keep, name):
 
 
 _shown_env = [None]  # the machine whose environment the pasted commands' shell has
+WARNINGS = []  # every warning a command of the demo printed: each one fails the demo
+
+
+def relay(text):
+    """Print a command's output, indented, and keep each warning it printed (a demo that
+    prints a warning and then says all went well would be telling an untruth)."""
+    for line in text.splitlines():
+        print(f"     {line}")
+        if "warning:" in line.lower():
+            WARNINGS.append(line.strip())
 
 
 def show(as_cmd, *command):
@@ -85,8 +95,7 @@ def run_client(env, role, handoff, as_cmd):
     cmd = [sys.executable, "-m", "broker", "login", "--role", role, "--json", *handoff]
     proc = subprocess.run(cmd, env=machines.process_env(env, base={"PATH": os.environ.get("PATH", "")}),
                           cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
-    for line in proc.stderr.splitlines():
-        print(f"     {line}")
+    relay(proc.stderr)
     summary = {}
     if proc.stdout.strip():
         try:
@@ -108,9 +117,7 @@ def run_vault_setup(stack, *args):
     proc = subprocess.run([sys.executable, "-m", *shown, "--json"],
                           env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
     same = [line for line in proc.stderr.splitlines() if line.startswith("broker: ok: ")]
-    for line in proc.stderr.splitlines():
-        if line not in same:
-            print(f"     {line}")
+    relay("\n".join(line for line in proc.stderr.splitlines() if line not in same))
     if same:
         print(f"     ({len(same)} already as they should be: the approle mount, the policies, the AppRoles, "
               "the stored secret ID)")
@@ -128,8 +135,7 @@ def run_security(env, *args, as_cmd="as-role security-team --session alice"):
     env["COLUMNS"] = str(max(200, shutil.get_terminal_size((200, 24)).columns - 5))
     proc = subprocess.run([sys.executable, "-m", "broker", *args], env=env, cwd=PROJECT_DIR, capture_output=True,
                           text=True, timeout=120)
-    for line in (proc.stdout + proc.stderr).splitlines():
-        print(f"     {line}")
+    relay(proc.stdout + proc.stderr)
     return proc
 
 
@@ -140,6 +146,14 @@ def main():
         moto standing in for AWS (it checks every SigV4 signature and IAM policy), and
         the broker itself under `chalice local`.
     """)
+    from devstack.cli import running_stack
+
+    running = running_stack(STATE_DIR)
+    if running:  # starting a second stack in .stack/ would rewrite the running one's files
+        print(f"A local stack already runs in {STATE_DIR} ({', '.join(sorted(running))}, from `make stack-up` "
+              "or `KEEP=1 make demo`). The demo starts its own: stop that one first with `make stack-down`.",
+              file=sys.stderr)
+        return 1
     try:
         stack = Stack.start(STATE_DIR, with_broker=True, detached=keep, progress=lambda m: print(f"   {m}"))
     except StackError as e:
@@ -408,8 +422,12 @@ def story(stack, keep=False):
         failures += 1
     run_security(engineer, "audit", "search", "--instance", web, "--since", "15m")
 
-    if failures:
-        print(f"\nThe demo saw {failures} unexpected outcome(s).")
+    if WARNINGS:
+        print(f"\nThe demo saw {len(WARNINGS)} warning(s), each a failure:")
+        for line in WARNINGS:
+            print(f"   {line}")
+    if failures or WARNINGS:
+        print(f"\nThe demo saw {failures} unexpected outcome(s) and {len(WARNINGS)} warning(s).")
         return 1
     print("\nDone: EC2 instances in two accounts, an ECS task and a GCE instance bootstrapped with no shipped "
           "credential, an instance and a task refused, all on the record; the flagged instance cut off at once: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 from datetime import datetime, timezone
 
 import pytest
@@ -87,3 +88,32 @@ def test_usage_errors_exit_2_before_any_request(argv, message, capsys, monkeypat
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example")
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_table_to_a_file_or_pipe_is_not_cut(monkeypatch):
+    """Not a terminal and no COLUMNS: every cell whole (a cut principal is useless in a file)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    long_reason = "no rule grants role web: " + "tag vault-role is not web; " * 12
+    out = io.StringIO()  # not a terminal
+    render_table([dict(EVENTS[0], reason=long_reason)], out)
+    assert " ".join(long_reason.split()) in out.getvalue() and "…" not in out.getvalue()
+
+
+def test_outcome_is_checked_before_any_proof(tmp_path):
+    """A bad --outcome is a usage error (exit 2) at once: no proof signed, nothing sent."""
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "broker", "audit", "search", "--broker-url", "http://127.0.0.1:9",
+                           "--outcome", "issued,bogus"], env=env, capture_output=True, text=True, timeout=60,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    assert proc.returncode == 2, proc.stderr
+    assert "--outcome takes issued" in proc.stderr and "bogus" in proc.stderr
+
+
+def test_client_outcomes_are_the_servers():
+    from broker.cli.security import OUTCOMES as client
+    from chalicelib.audit_query import OUTCOMES as server
+
+    assert set(client) == set(server)

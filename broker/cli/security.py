@@ -20,7 +20,9 @@ import base64
 import csv
 import json
 import re
+import os
 import shutil
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -47,6 +49,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _EXECUTE_API_HOST = re.compile(r"\.execute-api\.([a-z0-9-]+)\.amazonaws\.com$")
 CSV_COLUMNS = ("time", "outcome", "code", "action", "method", "role", "rule", "principal", "account", "instance",
                "source_ip", "request_id", "related_request_id", "revocation_id", "secret_id_accessor", "reason")
+OUTCOMES = ("issued", "denied", "error", "incident", "admin", "registration")
 TABLE_COLUMNS = (("TIME", "time"), ("OUTCOME", "outcome"), ("CODE", "code"), ("ROLE", "role"),
                  ("INSTANCE", "instance"), ("PRINCIPAL", "principal"), ("REQUEST ID", "request_id"),
                  ("REASON", "reason"))
@@ -299,7 +302,14 @@ def _cell(event: dict[str, Any], key: str) -> str:
 
 
 def render_table(events: list[dict[str, Any]], stream: Any, width: int | None = None) -> None:
-    width = width or shutil.get_terminal_size((160, 24)).columns
+    if width is None:
+        # A terminal's width (or COLUMNS), and no cutting at all where the table goes to a
+        # file or a pipe: a cut principal or reason is useless there.
+        interactive = hasattr(stream, "isatty") and stream.isatty()
+        if interactive or os.environ.get("COLUMNS"):
+            width = shutil.get_terminal_size((160, 24)).columns
+        else:
+            width = sys.maxsize
     rows = [[_cell(e, key) for _, key in TABLE_COLUMNS] for e in events]
     headers = [title for title, _ in TABLE_COLUMNS]
     widths = [max([len(headers[i])] + [len(r[i]) for r in rows]) for i in range(len(headers))]
@@ -337,6 +347,9 @@ def cmd_audit_search(args: argparse.Namespace, out: Any) -> int:
         raise UsageError("choose one of --json and --csv")
     if not 1 <= args.limit <= 500:
         raise UsageError("--limit must be from 1 to 500")
+    unknown = sorted({o.strip() for o in (args.outcome or "").split(",")} - set(OUTCOMES) - {""})
+    if unknown:  # checked before a proof is signed and spent
+        raise UsageError(f"--outcome takes {', '.join(OUTCOMES)} (comma-separated), not {', '.join(unknown)}")
     api = _api(args, out)
     params = {"since": to_iso(args.since), "until": to_iso(args.until), "outcome": args.outcome, "role": args.role,
               "instance": args.instance, "principal": args.principal, "method": args.method,
