@@ -49,7 +49,7 @@ class AwsPrincipals:
     def iam_name(self, arn):
         if arn.kind == "user":  # the reader role may read roles only: users are known by their records
             return None
-        clients = self._aws().readers.for_account(arn.account)
+        clients = self._aws().readers.for_account(arn.account, arn.partition)
         if clients is None:
             return None
         iam = clients.client("iam")

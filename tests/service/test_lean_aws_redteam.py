@@ -237,6 +237,7 @@ def _reader_roles_under_threads_and_expiry():
         readers = {account: Reader(account, f"arn:aws:iam::{account}:role/{stack_aws.READER_ROLE}",
                                    stack_aws.READER_EXTERNAL_ID)}
         own_account = "123456789012"
+        own_partition = "aws"
 
     now = [time.time()]
     readers = AccountReaders(ReaderSettings(), aws_client_factory(Settings.from_env()), clock=lambda: now[0])

@@ -23,6 +23,7 @@ EC2_ONLY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principa
 class _OwnAccountOnly:
     readers = {}
     own_account = ACCOUNT
+    own_partition = "aws"
 
 
 class _Caller:

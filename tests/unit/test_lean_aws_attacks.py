@@ -58,6 +58,7 @@ def test_an_assume_role_answer_without_its_keys_is_unreadable_not_a_500(server):
         readers = {"210987654321": Reader("210987654321", "arn:aws:iam::210987654321:role/secret-zero-reader",
                                           "secret-zero-local")}
         own_account = "123456789012"
+        own_partition = "aws"
 
     readers = AccountReaders(Settings(), lambda service, region=None, **kw: _client(server, service)[0])
     _answer(server, 200, b'<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'

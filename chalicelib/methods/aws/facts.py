@@ -74,10 +74,11 @@ class AwsFactsReader:
         offline_error = self._tasks.check_offline(arn, task_arn)
         if offline_error:
             return AwsFacts(**base, claim_error=offline_error)
-        clients = self._readers.for_account(arn.account)
+        clients = self._readers.for_account(arn.account, arn.partition)
         if clients is None:
             # SECURITY: never read another account's resources for this caller (a same-named
-            # role or instance there is not the caller's).
+            # role or instance there, or in another partition's account of the same digits,
+            # is not the caller's).
             return AwsFacts(**base, unreadable_account=True)
 
         claim_kind = "ec2" if arn.session_instance_id else ("ecs" if arn.session_task_id or task_arn else None)

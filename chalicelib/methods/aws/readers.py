@@ -1,12 +1,15 @@
 """Clients that read a caller's facts in the caller's own account.
 
-The broker's own account is read with the broker's own credentials. Any other
-account only through the reader role configured for it (BROKER_ACCOUNT_READERS:
-role ARN + external ID, like Vault's per-account STS configuration); its
-credentials are cached until shortly before they expire. An account with neither
-gets no reader at all: the broker never reads one account's resources to decide
-about a caller of another (a same-named role in the broker's account is not the
-caller's role).
+An account is a partition and its 12 digits: `123456789012` in `aws` and in `aws-cn`
+are two accounts, with nothing in common but the digits. The broker's own account (in
+its own partition, which its region says) is read with the broker's own credentials.
+Any other account only through the reader role configured for it
+(BROKER_ACCOUNT_READERS: role ARN + external ID, like Vault's per-account STS
+configuration; the role ARN's partition is the account's); its credentials are cached
+until shortly before they expire. An account with neither gets no reader at all: the
+broker never reads one account's resources to decide about a caller of another (a
+same-named role in the broker's account, or in an account of another partition with
+the same digits, is not the caller's role).
 """
 
 import threading
@@ -23,8 +26,9 @@ SESSION_NAME = "secret-zero-broker-reader"
 class AccountClients:
     """Botocore clients of one account, made on first use and kept."""
 
-    def __init__(self, account, make_client, credentials=None, expires_at=float("inf")):
+    def __init__(self, account, make_client, credentials=None, expires_at=float("inf"), partition="aws"):
         self.account = account
+        self.partition = partition
         self.expires_at = expires_at
         self._make = make_client
         self._credentials = credentials or {}
@@ -41,10 +45,12 @@ class AccountClients:
 
 class AccountReaders:
     def __init__(self, settings, make_client, clock=time.time):
-        self._readers = settings.readers
+        # {(partition, account): Reader}: a reader role reads the partition its ARN names
+        self._readers = {(reader.partition, reader.account): reader for reader in settings.readers.values()}
         self._make = make_client
         self._clock = clock
         self._own_account = settings.own_account
+        self.own_partition = settings.own_partition
         self._own = None
         self._assumed = {}
         self._lock = threading.Lock()
@@ -63,23 +69,27 @@ class AccountReaders:
         return self._own_account
 
     def accounts(self):
-        """Every account whose facts the broker can read."""
-        return {self.own_account, *self._readers}
+        """The digits of every account whose facts the broker can read (what rules name)."""
+        return {self.own_account, *(account for _, account in self._readers)}
 
-    def for_account(self, account):
-        """Clients reading `account`, or None when the broker has no way to read it."""
-        if account == self.own_account:
+    def for_account(self, account, partition=None):
+        """Clients reading `account` of `partition` (None: the broker's own partition), or
+        None when the broker has no way to read it: an account of a partition the broker
+        doesn't read has no reader, whatever its digits."""
+        partition = self.own_partition if partition is None else partition
+        if partition == self.own_partition and account == self.own_account:
             if self._own is None:
-                self._own = AccountClients(account, self._make)
+                self._own = AccountClients(account, self._make, partition=partition)
             return self._own
-        reader = self._readers.get(account)
+        key = (partition, account)
+        reader = self._readers.get(key)
         if reader is None:
             return None
-        with self._account_locks[account]:
-            clients = self._assumed.get(account)
+        with self._account_locks[key]:
+            clients = self._assumed.get(key)
             if clients is None or clients.expires_at - REFRESH_MARGIN <= self._clock():
                 clients = self._assume(reader)
-                self._assumed[account] = clients
+                self._assumed[key] = clients
             return clients
 
     def _assume(self, reader):
@@ -93,7 +103,7 @@ class AccountReaders:
             "aws_access_key_id": creds["AccessKeyId"],
             "aws_secret_access_key": creds["SecretAccessKey"],
             "aws_session_token": creds["SessionToken"],
-        }, expires_at)
+        }, expires_at, partition=reader.partition)
 
 
 def _epoch(expiration):

@@ -22,6 +22,7 @@ class Reader(Record, frozen=True):
     account: str
     role_arn: str
     external_id: str | None
+    partition: str = "aws"  # the role ARN's: the reader reads that partition's account only
 
 
 class AwsSettings(Record, frozen=True):
@@ -32,6 +33,7 @@ class AwsSettings(Record, frozen=True):
     regions: tuple  # where instances (and, without a task ARN, tasks) are looked for
     readers: dict = field(default_factory=dict)  # {account: Reader}
     own_account: str | None = None  # None: asked of STS once, at start
+    own_partition: str = "aws"  # the broker's own account's partition (its region's)
     fact_cache_seconds: float = 5.0  # role tags, trust policies: seconds, never minutes
 
     @classmethod
@@ -45,8 +47,19 @@ class AwsSettings(Record, frozen=True):
             regions=tuple(env_list(env, "BROKER_EC2_REGIONS", region)),
             readers=parse_readers(env_value(env, "BROKER_ACCOUNT_READERS")),
             own_account=_account(env_value(env, "BROKER_ACCOUNT_ID"), "BROKER_ACCOUNT_ID"),
+            own_partition=partition_of_region(region),
             fact_cache_seconds=env_number(env, "BROKER_FACT_CACHE_SECONDS", 5, low=0, high=60),
         )
+
+
+def partition_of_region(region):
+    """The AWS partition a region belongs to (`cn-north-1`: aws-cn; `us-gov-west-1`: aws-us-gov)."""
+    region = region or ""
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
 
 
 def _account(value, name):
@@ -81,7 +94,7 @@ def parse_readers(raw):
         external_id = spec.get("external_id")
         if external_id is not None and (not isinstance(external_id, str) or not _EXTERNAL_ID.match(external_id)):
             raise ConfigError(f"{name}: {account}: external_id must be 2 to 1224 characters of [\\w+=,.@:/-]")
-        readers[account] = Reader(account, spec["role_arn"], external_id)
+        readers[account] = Reader(account, spec["role_arn"], external_id, partition=m.group(1))
     return readers
 
 
