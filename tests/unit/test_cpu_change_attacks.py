@@ -401,7 +401,7 @@ class _Readers:
     def __init__(self, clients):
         self._clients = clients
 
-    def for_account(self, account):
+    def for_account(self, account, partition=None):
         return self._clients.get(account)
 
 
