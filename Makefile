@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: install checkov-venv test stack-up stack-down demo client package bench fuzz faults soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "$(PYTHON) is Python " + sys.version.split()[0] + ": the set-up needs Python 3.11+ (the pinned server requirements and tomllib); give one, e.g. make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip<26.3"  # chalice 1.34 wants pip<26.3
 	$(PY) -m pip install --quiet -r requirements-dev.txt
