@@ -3,7 +3,8 @@
 Retried with exponential backoff and full jitter, within ``--max-attempts`` and
 ``--max-wait``: 500, 502, 503, 504 (API Gateway answers 500 when Lambda throttles; the
 broker itself never answers 500 to any input), connection errors and timeouts, and
-401 ``proof_replayed``, which a fresh proof cures. A ``Retry-After`` is a floor for the
+401 ``proof_replayed``, which a fresh proof cures. Never retried either: an answer that cannot be
+used once the request was sent (a malformed 200, a body over the 1 MiB cap). A ``Retry-After`` is a floor for the
 next delay; when it does not fit in what is left of ``--max-wait`` the client stops at
 once and says when to retry. 429 (rate limited) is not an outage: the client waits
 what ``Retry-After`` says when that fits, else stops at once with its own exit code
@@ -24,6 +25,7 @@ from typing import Any, Callable
 from broker.errors import RateLimitedError, RefusedError, UnavailableError, UsageError
 from broker.http import (  # noqa: F401 - build_opener/post_json/HttpResult are re-exported for bench/
     CONNECTION_ERRORS,
+    AnswerTooLarge,
     HttpResult,
     broker_error_fields,
     build_opener,
@@ -160,6 +162,10 @@ class BrokerClient:
             last_refusal = rate_limited = None
             try:
                 result = post_json(self._opener, url, payload, timeout=timeout)
+            except AnswerTooLarge as exc:
+                # The request was sent and its proof spent; something may have been issued: an
+                # unusable answer, like a malformed 200, is not retried.
+                raise UnavailableError(f"the broker's answer is unusable: {exc}") from None
             except CONNECTION_ERRORS as exc:
                 if is_tls_verification_failure(exc):
                     raise UnavailableError(

@@ -31,6 +31,12 @@ MAX_RESPONSE_BYTES = 1 << 20
 CONNECTION_ERRORS = (OSError, http.client.HTTPException)
 
 
+class AnswerTooLarge(OSError):
+    """The answer's body is larger than the cap. An OSError, so that callers that treat it as a
+    connection failure keep doing so; the broker login tells it apart: the request was sent, and
+    a proof was spent, so it is not retried."""
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """Refuse every redirect: the 3xx answer is returned as it is."""
 
@@ -38,17 +44,22 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def is_loopback(url: str) -> bool:
-    """True for http(s)://localhost and URLs whose host is a literal loopback address
-    (127.0.0.0/8, [::1]). Any other name is not loopback, whatever it starts with:
-    127.0.0.1.attacker.test resolves wherever its owner likes."""
-    host = (urlsplit(url).hostname or "").lower()
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and a literal loopback address (``127.0.0.0/8``, ``::1``). Any other
+    name is not loopback, whatever it resolves to: ``127.0.0.1.example.com`` is a DNS name."""
+    host = (host or "").lower()
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback(url: str) -> bool:
+    """True for http(s)://localhost, http(s)://127.x.x.x and http(s)://[::1] URLs (see
+    :func:`is_loopback_host`)."""
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 def check_base_url(url: Optional[str], what: str, *, allow_http_loopback: bool = True) -> str:
@@ -107,8 +118,8 @@ def request(opener: urllib.request.OpenerDirector, method: str, url: str, *, tim
             max_bytes: int = MAX_RESPONSE_BYTES) -> HttpResult:
     """Send one request; return the status, lower-cased headers and body of any answer.
 
-    Raises one of ``CONNECTION_ERRORS`` on connection failures and when the body is larger
-    than ``max_bytes``; HTTP error statuses are returned, not raised.
+    Raises one of ``CONNECTION_ERRORS`` on connection failures, and :class:`AnswerTooLarge` (an
+    OSError too) when the body is larger than ``max_bytes``; HTTP error statuses are returned, not raised.
     """
     all_headers = {"User-Agent": USER_AGENT}
     all_headers.update(headers or {})
@@ -122,7 +133,8 @@ def request(opener: urllib.request.OpenerDirector, method: str, url: str, *, tim
         status = response.status if hasattr(response, "status") else response.code
         resp_headers = {k.lower(): v for k, v in response.headers.items()} if response.headers else {}
     if len(body) > max_bytes:
-        raise OSError(f"answer from {urlsplit(url).netloc} larger than {max_bytes} bytes")
+        raise AnswerTooLarge(f"the answer from {urlsplit(url).netloc} (HTTP {status}) is larger than "
+                             f"{max_bytes} bytes")
     return HttpResult(status=status, headers=resp_headers, body=body)
 
 
