@@ -5,7 +5,7 @@ same principal, the same machine. One check for both routes."""
 import json
 import re
 
-from ..errors import NotAuthorized
+from ..errors import InvalidRequest, NotAuthorized
 
 # A Vault token or wrapping-token accessor, as the client sends it.
 ACCESSOR = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -14,8 +14,10 @@ ACCESSOR = re.compile(r"[A-Za-z0-9._-]{1,128}")
 def login_fields(method_name):
     """What the method's login body carries beside `role`: its proof fields and its optional
     claims (an AWS login's `ecs_task_arn`). A body proving its caller again carries these."""
-    from ..methods import package
+    from ..methods import REGISTRY, package
 
+    if method_name not in REGISTRY:  # an audit record of a request to a method the broker has not
+        raise InvalidRequest(f"that request ID names no issuance of a method this broker serves ({method_name})")
     pkg = package(method_name)
     return tuple(pkg.PROOF_FIELDS) + tuple(getattr(pkg, "CLAIM_FIELDS", ()))
 
