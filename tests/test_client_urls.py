@@ -24,7 +24,7 @@ def test_literal_loopback_is_loopback(url):
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1.attacker.test:8200", "http://127.attacker.test",
                                  "http://localhost.attacker.test", "http://128.0.0.1", "http://[::2]",
-                                 "http://127.1", "http://0x7f000001"])
+                                 "http://127.1", "http://0x7f000001", "http://2130706433"])
 def test_names_and_other_addresses_are_not_loopback(url):
     assert not is_loopback(url)
     with pytest.raises(UsageError, match="is not https"):
