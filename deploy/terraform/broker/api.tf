@@ -32,7 +32,7 @@ resource "aws_api_gateway_stage" "api" {
   #checkov:skip=CKV_AWS_73:the request ID correlates a request across the client, the function's logs, the audit record and Vault; X-Ray is left to the deployer
   #checkov:skip=CKV_AWS_76:the function logs every decision with its source IP and request ID; stage access logs need the account-wide API Gateway CloudWatch role, which the package does not create
   #checkov:skip=CKV_AWS_120:answers are single-use credentials and refusals: a cache would hand one caller's answer to another
-  #checkov:skip=CKV2_AWS_29:a WAF web ACL is the deployer's choice; the API is private to the listed VPC endpoints, throttled, and every request must carry a cloud identity proof
+  #checkov:skip=CKV2_AWS_29:a WAF web ACL is the deployer's choice; the API is throttled, every route but health and the OpenAPI document needs a cloud identity proof, and with endpoint_type PRIVATE (deploy/prod.toml) only the listed VPC endpoints reach it
   #checkov:skip=CKV2_AWS_51:callers authenticate with a signed cloud identity proof, not a TLS client certificate
   #checkov:skip=CKV2_AWS_4:execution logging (logging_level) needs the account-wide API Gateway CloudWatch role; the function logs every decision
   rest_api_id   = aws_api_gateway_rest_api.rest_api.id
