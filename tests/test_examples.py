@@ -204,6 +204,41 @@ def test_gce_startup_script():
     assert text.index("broker login") < text.index("bao agent")
 
 
+def _gce_lines(text: str, first: str, last: str) -> str:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(first))
+    end = next(i for i in range(start, len(lines)) if last in lines[i])
+    return "\n".join(lines[start:end + 1])
+
+
+@pytest.mark.parametrize("role, vault", [("batch", "https://vault.test:8443"), ("web", "https://v.example")])
+def test_gce_agent_config_has_the_metadata_role_and_vault(tmp_path, role, vault):
+    """The script's own lines render the tested Agent config with the role and Vault read
+    from metadata (the wrapping path the Agent checks is that role's, not web's)."""
+    text = (EXAMPLES / "gce" / "startup-script.sh").read_text()
+    render = _gce_lines(text, "sed -e", '> "$AGENT_HCL"').replace("/etc/vault-agent/agent.hcl",
+                                                                  str(EXAMPLES / "agent" / "agent.hcl"))
+    out = tmp_path / "agent.hcl"
+    subprocess.run(["bash", "-euc", render], check=True, timeout=10,
+                   env={"PATH": "/usr/bin:/bin", "ROLE": role, "VAULT_ADDR": vault, "AGENT_HCL": str(out)})
+    config = out.read_text()
+    assert f'secret_id_response_wrapping_path    = "auth/approle/role/{role}/secret-id"' in config
+    assert f'address = "{vault}"' in config and "vault.example.internal" not in config
+    assert "bao agent -config \"$AGENT_HCL\"" in text
+
+
+@pytest.mark.parametrize("role, vault", [('web" }\nx = "', "https://v.test"), ("", "https://v.test"),
+                                         ("web", "http://v.test"), ("web", "https://v.test|x"),
+                                         ("web", "https://v.test/../")])
+def test_gce_script_refuses_metadata_that_is_not_a_name_and_address(role, vault):
+    text = (EXAMPLES / "gce" / "startup-script.sh").read_text()
+    checks = _gce_lines(text, '[[ "$ROLE"', "vault-addr is not")
+    proc = subprocess.run(["bash", "-euc", checks + "\necho passed"], capture_output=True, text=True, timeout=10,
+                          env={"PATH": "/usr/bin:/bin", "ROLE": role, "VAULT_ADDR": vault})
+    assert proc.returncode == 2 and "passed" not in proc.stdout, proc
+    assert "metadata vault-" in proc.stderr
+
+
 @pytest.mark.parametrize("path", sorted(p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*")
                                         if p.is_file()))
 def test_every_example_is_checked(path):
@@ -244,3 +279,35 @@ def test_examples_that_fetch_the_client_check_its_sum_before_it_runs(name):
     runs = [m.start() for m in re.finditer(r'^[ \t]*(?:rc=0\n)?(?:[A-Z_]+=\S+ )*broker login|"broker", "login"', text, re.M)]
     assert runs and check < min(runs), f"{name}: the sum is checked after the client runs"
     assert "/usr/local/bin/broker" in text[check:]  # installed only after the check
+
+
+def _docker_fetch(tmp_path, **build_args):
+    """The client stage's RUN of the Dockerfile, run by sh as docker would (the image's
+    /broker.pyz under tmp_path), with these build arguments in its environment."""
+    instructions = dockerfile_instructions(EXAMPLES / "docker" / "Dockerfile")
+    run = next(rest for keyword, rest in instructions if keyword == "RUN" and "BROKER_PYZ_URL" in rest)
+    target = tmp_path / "broker.pyz"
+    env = {"PATH": "/usr/bin:/bin", **build_args}
+    return subprocess.run(["sh", "-c", run.replace("/broker.pyz", str(target)).replace("python -c", "python3 -c")],
+                          capture_output=True, text=True, timeout=30, env=env), target
+
+
+def test_docker_build_names_each_missing_build_argument(tmp_path):
+    proc, target = _docker_fetch(tmp_path, BROKER_PYZ_SHA256="0" * 64)
+    assert proc.returncode != 0 and "BROKER_PYZ_URL" in proc.stderr and not target.exists()
+    proc, target = _docker_fetch(tmp_path, BROKER_PYZ_URL="file:///dev/null")
+    assert proc.returncode != 0 and "BROKER_PYZ_SHA256" in proc.stderr and not target.exists()
+
+
+def test_docker_build_fetches_the_url_and_checks_its_sum(tmp_path):
+    import hashlib
+
+    pyz = tmp_path / "hosted.pyz"
+    pyz.write_bytes(b"#!/usr/bin/env python3\n")
+    url = pyz.as_uri()
+    proc, target = _docker_fetch(tmp_path, BROKER_PYZ_URL=url, BROKER_PYZ_SHA256="0" * 64)
+    assert proc.returncode != 0 and "FAILED" in proc.stdout + proc.stderr
+    proc, target = _docker_fetch(tmp_path, BROKER_PYZ_URL=url,
+                                 BROKER_PYZ_SHA256=hashlib.sha256(pyz.read_bytes()).hexdigest())
+    assert proc.returncode == 0, proc.stderr
+    assert target.read_bytes() == pyz.read_bytes() and target.stat().st_mode & 0o777 == 0o755

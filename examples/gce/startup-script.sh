@@ -27,6 +27,10 @@ BROKER_URL="$(metadata broker-url)"
 VAULT_ADDR="$(metadata vault-addr)"   # pinned: another Vault in the broker's answer is refused
 ROLE="$(metadata vault-role)"
 export BROKER_URL VAULT_ADDR
+# Both go into the Agent's configuration below: refuse anything but a plain name and address.
+[[ "$ROLE" =~ ^[A-Za-z0-9_.-]{1,64}$ ]] || { echo "metadata vault-role is not an AppRole name" >&2; exit 2; }
+[[ "$VAULT_ADDR" =~ ^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?$ ]] \
+  || { echo "metadata vault-addr is not https://HOST[:PORT]" >&2; exit 2; }
 
 install -d -m 0700 /run/vault-agent
 install -d -m 0750 /run/app
@@ -40,6 +44,14 @@ if [ "$rc" -ne 0 ]; then
   exit "$rc"
 fi
 
-# The wrapping token lives 60 s: start the Agent now (examples/agent/agent.hcl).
+# The Agent's configuration: examples/agent/agent.hcl (in the image at
+# /etc/vault-agent/agent.hcl) with this instance's Vault and role, so the Agent checks
+# that the secret ID was wrapped at this role's path.
+AGENT_HCL=/run/vault-agent/agent.hcl
+sed -e "s|auth/approle/role/web/secret-id|auth/approle/role/${ROLE}/secret-id|" \
+    -e "s|https://vault.example.internal:8200|${VAULT_ADDR}|" \
+    /etc/vault-agent/agent.hcl > "$AGENT_HCL"
+
+# The wrapping token lives 60 s: start the Agent now.
 systemd-run --unit=vault-agent --property=Restart=on-failure \
-  /usr/local/bin/bao agent -config /etc/vault-agent/agent.hcl
+  /usr/local/bin/bao agent -config "$AGENT_HCL"
