@@ -1,16 +1,13 @@
-"""Benchmark 8: botocore's CPU per call, client setting by client setting (issue 14, item 3).
+"""Benchmark 8: botocore's CPU per call, the broker's clients against botocore's defaults.
 
 The broker's kinds of calls (EC2 DescribeInstances, IAM GetInstanceProfile and
 GetRole, DynamoDB PutItem and GetItem), made with the broker's keys against
 the stack (through the latency proxies, no delay), by clients built with:
 
-1. botocore with its default settings (one shared session, the trimmed models);
-2. ``chalicelib.aws_clients`` with only a fixed User-Agent;
-3. ... and no client-side parameter validation;
-4. ... and response timestamps kept as strings: ``aws_clients.aws_client_factory``
-   (``backends.botocore_client_factory``, the broker's botocore clients);
-5. the lean clients (``chalicelib/lean_aws/``, ``backends.aws_client_factory``): SigV4
-   with hashlib, urllib3, no botocore client machinery (what the broker uses).
+1. botocore with its default settings (a session of its own);
+2. the broker's clients: ``chalicelib.aws_clients.aws_client_factory`` (one shared
+   session, its timeouts and retries, a fixed User-Agent, the request-ID check);
+3. in an older tree measured with ``--rev``, its lean clients (``chalicelib/lean_aws/``).
 
 Process CPU (``time.process_time``) per round of the five calls, the variants
 alternating within each round (rotating order) so that load hits them alike;
@@ -53,15 +50,17 @@ def per_call_cpu(bench: Bench, rounds: int, say=print) -> dict:
     env = bench.broker_env()
     settings = types.SimpleNamespace(aws_region=env["BROKER_AWS_REGION"], aws_endpoint_url=env["BROKER_AWS_ENDPOINT_URL"],
                                      aws_clients="lean")
-    plain = botocore.session.get_session()  # the default parsers
-    ac.use_trimmed_models(plain)
+    plain = botocore.session.get_session()  # botocore's defaults
+
+    def default_make(service, region=None, **credentials):
+        return plain.create_client(service, region_name=region or settings.aws_region,
+                                   endpoint_url=settings.aws_endpoint_url, **credentials)
+
     variants = {
-        "botocore, default settings": ac.tuned_factory(settings, session=plain, fixed_user_agent=False, validate=True),
-        "fixed User-Agent": ac.tuned_factory(settings, session=plain, fixed_user_agent=True, validate=True),
-        "+ no parameter validation": ac.tuned_factory(settings, session=plain, fixed_user_agent=True, validate=False),
-        "+ timestamps kept as strings (aws_clients.aws_client_factory)": ac.aws_client_factory(settings),
+        "botocore, default settings": default_make,
+        "the broker's clients (chalicelib/aws_clients.py)": ac.aws_client_factory(settings),
     }
-    if hasattr(backends, "botocore_client_factory"):  # a tree with the lean clients (chalicelib/lean_aws)
+    if hasattr(backends, "botocore_client_factory"):  # an older tree, with the lean clients
         variants["lean clients (chalicelib/lean_aws)"] = backends.aws_client_factory(settings)
     replay_table, audit_table = env["BROKER_REPLAY_TABLE"], env["BROKER_AUDIT_TABLE"]
     instance = bench.instance_id

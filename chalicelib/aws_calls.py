@@ -1,5 +1,5 @@
-"""One way to call AWS APIs: AWS errors (botocore's or the lean clients', chalicelib/lean_aws/)
-become the broker's typed errors."""
+"""One way to call AWS APIs: AWS errors (botocore's, chalicelib/aws_clients.py) become the
+broker's typed errors, and an answer without the part the broker reads is no answer."""
 
 from .errors import Unavailable
 
@@ -8,7 +8,7 @@ _THROTTLING = frozenset({"ThrottlingException", "Throttling", "ProvisionedThroug
 
 
 def error_code(error):
-    """The AWS error code of a botocore ClientError or a lean client's AwsError, or None."""
+    """The AWS error code of a botocore ClientError, or None."""
     response = getattr(error, "response", None)
     if isinstance(response, dict):
         return response.get("Error", {}).get("Code")
@@ -33,8 +33,7 @@ def attempt(backend, expected_codes, fn, /, *args, **kwargs):
         raise Unavailable(
             f"{backend} is unavailable", backend=backend,
             retry_after=2 if code in _THROTTLING else 5,
-            # a lean client's connection error names its failure (ReadTimeoutError, ...), as botocore's class would
-            detail=f"{backend} {getattr(fn, '__name__', 'call')} failed: {code or getattr(e, 'kind', None) or type(e).__name__}",
+            detail=f"{backend} {getattr(fn, '__name__', 'call')} failed: {code or type(e).__name__}",
         ) from None
 
 
@@ -43,6 +42,17 @@ def try_call(backend, expected_codes, fn, /, *args, **kwargs):
     AWS answered with one of the expected error codes. Anything else is Unavailable."""
     result, error = attempt(backend, expected_codes, fn, *args, **kwargs)
     return result, (error_code(error) if error is not None else None)
+
+
+def answer_part(backend, page, key, kind=dict):
+    """page[key], which every answer of the operation holds (AWS sends an empty list or
+    object, never nothing): without it the answer is no answer (Unavailable), never "no
+    instance", "no tags" or "no roles". botocore parses whatever 2xx body it gets."""
+    part = page.get(key) if isinstance(page, dict) else None
+    if not isinstance(part, kind):
+        raise Unavailable(f"{backend} is unavailable", backend=backend, retry_after=5,
+                          detail=f"{backend} answered without {key}")
+    return part
 
 
 # Transactions cancelled only by conflicts with concurrent ones are tried again (jittered).

@@ -1,65 +1,69 @@
-"""botocore clients with less CPU per call (issue 14, item 3), each setting measured.
+"""The broker's AWS clients: botocore's, with the timeouts and retries chosen here, once.
 
-Same signature as ``backends.aws_client_factory``: ``aws_client_factory(settings)``
-returns ``make(service, region=None, **credentials)`` (credentials: a reader role's
-``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``). What differs, all through options botocore
-offers (figures per setting: docs/performance.md, benchmark 8):
+``aws_client_factory(settings)`` returns ``make(service, region=None, **credentials)``
+(credentials: a reader role's ``aws_access_key_id``, ``aws_secret_access_key``,
+``aws_session_token``). Every call the broker signs (DynamoDB, Secrets Manager, EC2, IAM,
+ECS, STS AssumeRole, S3, SSM) goes through a client it makes. The caller's own signed
+GetCallerIdentity is not one of them: it is the caller's request, forwarded as it was
+signed (chalicelib/methods/aws/proof.py).
 
-- one botocore session per process, shared by every factory: its loader caches
-  the service models and endpoint rules, so a second EC2 region or a rebuilt
-  service does not load them again; its models are the trimmed ones
-  (``use_trimmed_models``, deploy/botocore_models.py);
-- a fixed User-Agent (``Config(user_agent=...)``): botocore otherwise rebuilds the
-  full user-agent string (platform, features, config metadata) twice per call;
-- no client-side parameter validation (``parameter_validation=False``): the broker
-  builds every request from fixed shapes, and AWS validates them anyway;
-- response timestamps kept as the ISO-8601 strings AWS sends (the session's
-  parser factory, ``timestamp_parser``): the broker reads no timestamp from
-  EC2/IAM answers, and parsing each with dateutil is the costliest part of
-  DescribeInstances' answer. Code that needs a datetime must parse it itself.
+The settings, and why (docs/operations.md, "The broker's AWS calls"):
 
-Timeouts and retries are those of ``backends.aws_client_factory``.
+- one botocore session per build of the service (``new_session``);
+
+- timeouts: connect 2 s, read 5 s; DynamoDB connect 1 s, read 2 s. DynamoDB answers in
+  milliseconds, and a hanging table must not hold a request for 2 attempts x 5 s on each
+  of its calls, past the Lambda timeout and API Gateway's 29 s;
+- retries: botocore's "standard" mode, 2 attempts in all (one retry, with its jittered
+  backoff and its retry quota): a login waits on a person's boot, not on a batch job,
+  and a caller whose login failed with a 503 tries again itself;
+- 20 pooled connections per client (the issuance pipeline reads several facts at once);
+- a fixed User-Agent naming the broker.
+
+An answer that is not AWS's (a captive portal's page, an empty 200 from a proxy) parses,
+in botocore, as an answer with nothing in it: "no such instance", "no tags", "not
+quarantined". Every AWS answer carries a request ID, so one without is refused here
+(``NotAnAwsAnswer``, a 503 naming the backend) before any code reads it.
+
+The Lambda runtime's botocore serves the function (the zip pins none: the runtime's is
+the one AWS keeps patched for its own endpoints); requirements-dev.txt pins the version
+the tests run.
 """
 
-import os
 import platform
-import threading
 
-# The trimmed service models (deploy/botocore_models.py): only the operations the broker calls.
-TRIMMED_MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "botocore_models")
-
-_session = None
-_session_lock = threading.Lock()
+CONNECT_TIMEOUT, READ_TIMEOUT = 2, 5
+DYNAMODB_CONNECT_TIMEOUT, DYNAMODB_READ_TIMEOUT = 1, 2
+MAX_ATTEMPTS = 2
+POOL_CONNECTIONS = 20
 
 
-def _keep_timestamp(value):
-    return value
+class NotAnAwsAnswer(Exception):
+    """A 2xx answer without the request ID every AWS answer carries: not AWS's answer."""
+
+    def __init__(self, operation):
+        super().__init__(f"{operation}: the answer has no AWS request ID (not an AWS answer)")
 
 
-def use_trimmed_models(session):
-    """Put the trimmed service models first on the session's data path (as AWS_DATA_PATH
-    would), before any client is made: EC2's model is then 44 kB instead of 3.7 MB. The
-    endpoint rule sets and every other file still come from botocore's own data."""
-    paths = session.get_component("data_loader").search_paths
-    if TRIMMED_MODELS not in paths:
-        paths.insert(0, TRIMMED_MODELS)
+def _require_request_id(http_response, parsed, model, **_):
+    """botocore's after-call event: an answer without a request ID is no answer."""
+    if http_response is None or not 200 <= http_response.status_code < 300:
+        return  # errors are botocore's ClientError, read by chalicelib/aws_calls.py
+    metadata = parsed.get("ResponseMetadata") if isinstance(parsed, dict) else None
+    if not (metadata or {}).get("RequestId"):
+        raise NotAnAwsAnswer(model.name)
+
+
+def new_session():
+    """A botocore session for one build of the service (chalicelib/backends.py builds one per
+    process in Lambda): its loader caches the service models and endpoint rules for every
+    client it makes, a second region's or a reader role's included, and it resolves the
+    broker's own credentials afresh, as a rebuilt service needs."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    session.register("after-call", _require_request_id, unique_id="secret-zero-request-id")
     return session
-
-
-def shared_session(raw_timestamps=True):
-    """The process's botocore session (built once)."""
-    global _session
-    if _session is None:
-        with _session_lock:
-            if _session is None:
-                import botocore.session
-
-                session = use_trimmed_models(botocore.session.get_session())
-                if raw_timestamps:
-                    session.get_component("response_parser_factory").set_parser_defaults(
-                        timestamp_parser=_keep_timestamp)
-                _session = session
-    return _session
 
 
 def user_agent():
@@ -68,37 +72,29 @@ def user_agent():
     return f"secret-zero-broker botocore/{botocore.__version__} Python/{platform.python_version()}"
 
 
-def client_configs(fixed_user_agent=True, validate=False):
+def client_configs():
     """(the default config, DynamoDB's faster-failing config)."""
     import botocore.config
 
     config = botocore.config.Config(
-        connect_timeout=2, read_timeout=5,
-        retries={"mode": "standard", "max_attempts": 2},
-        max_pool_connections=20,
-        parameter_validation=validate,
-        **({"user_agent": user_agent()} if fixed_user_agent else {}),
+        connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+        max_pool_connections=POOL_CONNECTIONS,
+        user_agent=user_agent(),
     )
-    # DynamoDB answers in milliseconds; a hanging table must not hold a request for
-    # 2 attempts x 5 s on each of its calls (see backends.aws_client_factory).
-    return config, config.merge(botocore.config.Config(connect_timeout=1, read_timeout=2))
+    return config, config.merge(botocore.config.Config(connect_timeout=DYNAMODB_CONNECT_TIMEOUT,
+                                                       read_timeout=DYNAMODB_READ_TIMEOUT))
 
 
-def tuned_factory(settings, *, session=None, fixed_user_agent=True, validate=False):
-    """``aws_client_factory`` with each setting switchable, for the benchmark that measures them."""
-    session = session or shared_session()
-    config, fast = client_configs(fixed_user_agent=fixed_user_agent, validate=validate)
+def aws_client_factory(settings, session=None):
+    """make(service, region=None, **credentials) -> a botocore client of the broker's own
+    credentials, or of the given ones (a reader role's)."""
+    session = session or new_session()
+    config, fast = client_configs()
 
     def make(service, region=None, **credentials):
-        """A client of the broker's own credentials, or of the given ones (a reader role's)."""
         return session.create_client(service, region_name=region or settings.aws_region,
                                      endpoint_url=settings.aws_endpoint_url,
                                      config=fast if service == "dynamodb" else config, **credentials)
 
     return make
-
-
-def aws_client_factory(settings):
-    """``make(service, region=None, **credentials)`` -> a botocore client; drop-in for
-    ``backends.aws_client_factory``."""
-    return tuned_factory(settings)

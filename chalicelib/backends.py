@@ -15,55 +15,12 @@ from .errors import Unavailable
 from .jsonlog import get_logger
 
 
-def aws_client_factory(settings, pools=None):
-    """make(service, region=None, **credentials) -> a client of `service`.
+def aws_client_factory(settings):
+    """make(service, region=None, **credentials) -> a botocore client (chalicelib/aws_clients.py:
+    one botocore session, the timeouts and retries chosen there)."""
+    from .aws_clients import aws_client_factory as botocore_factory
 
-    The calls of an issuance (DynamoDB, Secrets Manager, EC2, IAM, STS, ECS) go through
-    the lean clients of chalicelib/lean_aws/ (SigV4 on the broker's own HTTP pools, no
-    botocore client machinery: issue 14); any other service (S3, SSM for a remote rules
-    source), an endpoint the lean clients don't know, and BROKER_AWS_CLIENTS=botocore get
-    a botocore client with the leaner settings of chalicelib/aws_clients.py (benchmark 8)
-    and the trimmed service models (deploy/botocore_models.py). Both keep the same
-    timeouts (DynamoDB fails faster than the rest: a hanging table must not hold a
-    request for 2 attempts x 5 s on each of its calls, past the Lambda timeout and API
-    Gateway's 29 s) and retries.
-    """
-    from .http_pool import Pools
-
-    pools = pools or Pools()
-    lean = None
-    if settings.aws_clients == "lean":
-        from . import lean_aws
-
-        lean, own_credentials = lean_aws, lean_aws.OwnCredentials()
-    botocore_make = []
-
-    def make(service, region=None, **credentials):
-        """A client of the broker's own credentials, or of the given ones (a reader role's)."""
-        region = region or settings.aws_region
-        if lean is not None:
-            client = lean.make_client(service, region, endpoint_url=settings.aws_endpoint_url, pools=pools,
-                                      own_credentials=own_credentials, **credentials)
-            if client is not None:
-                return client
-        if not botocore_make:
-            botocore_make.append(botocore_client_factory(settings))
-        return botocore_make[0](service, region, **credentials)
-
-    return make
-
-
-def botocore_client_factory(settings):
-    """make(service, region=None, **credentials) -> a botocore client (a fresh botocore
-    session per service build: credentials are resolved again, as a rebuilt service needs),
-    with chalicelib/aws_clients.py's settings and the trimmed models."""
-    import botocore.session
-
-    from .aws_clients import _keep_timestamp, tuned_factory, use_trimmed_models
-
-    session = use_trimmed_models(botocore.session.get_session())
-    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_keep_timestamp)
-    return tuned_factory(settings, session=session)
+    return botocore_factory(settings)
 
 
 def enabled_methods(settings):
@@ -174,11 +131,11 @@ def build_runtime(settings, log_in_early=False):
     from .http_pool import Pools
     from .minter import VaultMinter
 
-    # The broker's own HTTP calls: the lean AWS clients, the STS forward, Vault (minter and
+    # The broker's own HTTP calls besides botocore's: the STS forward, Vault (minter and
     # revoker), Google's certificates. Not requests: an AWS-only broker never imports it
     # (google-auth's Compute API session, chalicelib/methods/gcp/facts.py, still does, on first use).
     pools = Pools()
-    make_client = aws_client_factory(settings, pools)
+    make_client = aws_client_factory(settings)
     clients = weakref.WeakSet()
 
     def make(service, region=None, **credentials):

@@ -44,9 +44,6 @@ class Settings(Record, frozen=True):
     token_scan_seconds: float = 12.0  # a revocation's scans of every token accessor stop after this long
     rules_source: tuple = None  # (kind, location): chalicelib/rules_source.py; None: the rules file
     rules_refresh: float = 60.0  # seconds between reads of a remote rules source (0: never)
-    # "lean": the broker's own SigV4 clients for the calls of an issuance (chalicelib/lean_aws/);
-    # "botocore": botocore clients for every call (the way back, should a lean client misbehave).
-    aws_clients: str = "lean"
 
     # A revocation's second sweep (settle seconds after its quarantine) must see every
     # issuance that got past the quarantine before it landed. One third of the settle time
@@ -81,6 +78,9 @@ class Settings(Record, frozen=True):
         region = _get(env, "BROKER_AWS_REGION", env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1")
         vault_addr = _url(env, "BROKER_VAULT_ADDR", required=True)
         _distinct_tables(env)
+        if "BROKER_AWS_CLIENTS" in env:  # a setting of earlier versions, which had a second AWS client
+            raise ConfigError("BROKER_AWS_CLIENTS is no longer a setting: every AWS call goes through botocore; "
+                              "remove it from the function's environment")
         return cls(
             vault_addr=vault_addr,
             vault_public_addr=_url(env, "BROKER_VAULT_PUBLIC_ADDR") or vault_addr,
@@ -106,7 +106,6 @@ class Settings(Record, frozen=True):
             token_scan_seconds=_number(env, "BROKER_TOKEN_SCAN_SECONDS", 12, low=1, high=600),
             rules_source=_rules_source(env),
             rules_refresh=_number(env, "BROKER_RULES_REFRESH_SECONDS", 60, low=0, high=3600),
-            aws_clients=_choice(env, "BROKER_AWS_CLIENTS", "lean", ("lean", "botocore")),
         )
 
 

@@ -297,6 +297,7 @@ def _install():
 
     requests.Session.send = send
     _install_pools()
+    _install_botocore()
 
     original_request = chalice_test.TestHTTPClient.request
 
@@ -323,8 +324,8 @@ def _install():
 
 
 def _install_pools():
-    """The in-process broker's own calls (chalicelib/http_pool.py: Vault, the STS forward, the
-    lean AWS clients): the tokens and SigV4 signatures it sends, the secret IDs in what it
+    """The in-process broker's own calls (chalicelib/http_pool.py: Vault, the STS forward):
+    the tokens and SigV4 signatures it sends, the secret IDs in what it
     sends, and the secrets in the answers (Vault's JSON, Secrets Manager's, STS's XML)."""
     from chalicelib import http_pool
 
@@ -337,7 +338,7 @@ def _install_pools():
             if token:
                 SCANNER.register(token, "a Vault token the in-process broker sent")
             authorization = (headers or {}).get("authorization") or ""
-            if "Signature=" in authorization:  # a lean AWS client's request
+            if "Signature=" in authorization:  # a signed request
                 SCANNER.register(authorization.rsplit("Signature=", 1)[1], "a SigV4 signature the in-process broker sent")
             if (headers or {}).get("x-amz-security-token"):
                 SCANNER.register(headers["x-amz-security-token"], "a session token the in-process broker sent")
@@ -359,6 +360,47 @@ def _install_pools():
         return answer
 
     http_pool.Pools.request = request
+
+
+def _install_botocore():
+    """The in-process broker's AWS calls (botocore's, chalicelib/aws_clients.py's sessions):
+    the signatures and session tokens it sends, and the secrets in the answers (Secrets
+    Manager's SecretString, a reader role's AssumeRole credentials)."""
+    from chalicelib import aws_clients
+
+    original = aws_clients.new_session
+
+    def sent(request, **_):
+        try:
+            authorization = request.headers.get("Authorization") or b""
+            authorization = authorization.decode() if isinstance(authorization, bytes) else authorization
+            if "Signature=" in authorization:
+                SCANNER.register(authorization.rsplit("Signature=", 1)[1], "a SigV4 signature the in-process broker sent")
+            token = request.headers.get("X-Amz-Security-Token")
+            if token:
+                SCANNER.register(token.decode() if isinstance(token, bytes) else token,
+                                 "a session token the in-process broker sent")
+        except Exception:  # the scanner never breaks a request
+            pass
+
+    def answered(parsed, model, **_):
+        try:
+            if isinstance(parsed, dict):
+                SCANNER.register_json(parsed, f"answered to {model.name} (in-process broker)")
+                credentials = parsed.get("Credentials") or {}
+                for name in ("SecretAccessKey", "SessionToken"):
+                    if isinstance(credentials.get(name), str):
+                        SCANNER.register(credentials[name], f"{name} answered to the in-process broker")
+        except Exception:
+            pass
+
+    def new_session():
+        session = original()
+        session.register("before-send", sent, unique_id="secret-scan-sent")
+        session.register("after-call", answered, unique_id="secret-scan-answered")
+        return session
+
+    aws_clients.new_session = new_session
 
 
 def _install_devstack():

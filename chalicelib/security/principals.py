@@ -7,7 +7,7 @@ the role as it exists and uses that spelling to find the issued records; the qua
 list keys every AWS principal in lower case anyway (chalicelib/stores/quarantine.py).
 """
 
-from ..aws_calls import try_call
+from ..aws_calls import answer_part, try_call
 from ..errors import InvalidProof, InvalidRequest
 from ..methods.aws.arn import parse_principal_arn
 
@@ -56,5 +56,5 @@ class AwsPrincipals:
         for name in dict.fromkeys((arn.name, arn.name.lower())):
             answer, missing = try_call("iam", ("NoSuchEntity",), iam.get_role, RoleName=name)
             if not missing:
-                return answer["Role"]["RoleName"]
+                return answer_part("iam", answer_part("iam", answer, "Role"), "RoleName", str)
         return None

@@ -153,15 +153,6 @@ def test_zip_holds_the_runtimes_bytecode_of_a_cold_aws_start_and_no_other(packag
         assert int.from_bytes(data[4:8], "little") == 0b11, name  # hash-based, checked (PEP 552)
 
 
-def test_zip_holds_the_trimmed_botocore_models(package):
-    from deploy import botocore_models
-
-    with zipfile.ZipFile(package.zip_path) as z:
-        shipped = {n.removeprefix("chalicelib/botocore_models/"): z.read(n) for n in z.namelist()
-                   if n.startswith("chalicelib/botocore_models/")}
-    assert shipped == botocore_models.written() and "ec2/2016-11-15/service-2.json" in shipped
-
-
 def test_sam_alarms_and_dashboard(package):
     resources = load_cfn(package.sam_template)["Resources"]
     values = deploy_values.load("prod")

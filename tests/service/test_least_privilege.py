@@ -284,8 +284,8 @@ def run_as(stack, broker, monkeypatch):
     made: list[str] = []
     real_factory = backends.aws_client_factory
 
-    def recording_factory(settings, pools=None):
-        make = real_factory(settings, pools)
+    def recording_factory(settings):
+        make = real_factory(settings)
 
         def recording_make(service, region=None, **credentials):
             client = make(service, region, **credentials)
@@ -293,10 +293,7 @@ def run_as(stack, broker, monkeypatch):
             def record(model, **_):
                 made.append(f"{model.service_model.signing_name}:{model.name}")
 
-            if hasattr(client, "add_observer"):  # a lean client (chalicelib/lean_aws/)
-                client.add_observer(lambda service, operation: made.append(f"{service}:{operation}"))
-            else:
-                client.meta.events.register("before-call", record)
+            client.meta.events.register("before-call", record)
             return client
 
         return recording_make

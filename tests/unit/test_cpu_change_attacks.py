@@ -3,8 +3,8 @@ UTF-8 check (chalicelib/safe_xml.py), http_pool's one-buffer reader and cached U
 cache hits handed to `settle` as Ready (role tags, trust policies, shared quarantine
 reads), the cached ARN parse and SigV4 signing keys.
 
-Every attack is tried for real: documents fed to the parser and to the lean clients over
-a local HTTP server, answers scripted byte for byte on a socket. The rule: a 2xx is read
+Every attack is tried for real: documents fed to the parser, answers scripted byte for
+byte on a socket (and to botocore's parsers in place of the network). The rule: a 2xx is read
 only when it is the operation's own answer; anything else is a named error (the broker's
 503), never "empty" and never a stray exception (a 500).
 """
@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from chalicelib import lean_aws, safe_xml
+from chalicelib import safe_xml
 from chalicelib.concurrency import Ready, raise_first, settle
 from chalicelib.errors import InvalidProof, Quarantined, Unavailable
 from chalicelib.http_pool import HttpError, Pools
@@ -23,22 +23,13 @@ from chalicelib.stores.memory import MemoryQuarantineList
 from chalicelib.stores.quarantine import RecentReads, quarantine_key
 from chalicelib.records import FrozenInstanceError
 from tests.unit.test_http_pool import RawServer, tls_server  # noqa: F401 (tls_server: the fixture)
-from tests.unit.test_lean_aws import Script, _answer, _client
+from tests.unit.test_aws_answers_unit import Scripted
 
 IAM_NS = "https://iam.amazonaws.com/doc/2010-05-08/"
 XXE = b'<!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><a>&x;</a>'
 LAUGHS = (b'<!DOCTYPE a [<!ENTITY l "lol"><!ENTITY l2 "&l;&l;&l;&l;&l;&l;&l;&l;&l;&l;">'
           b'<!ENTITY l3 "&l2;&l2;&l2;&l2;&l2;&l2;&l2;&l2;&l2;&l2;">]><a>&l3;</a>')
 
-
-@pytest.fixture
-def server():
-    s = Script()
-    yield s
-    s.shutdown()
-
-
-# ---- safe_xml: a DTD by any road ----------------------------------------------------------
 
 def _declared(encoding, body):
     return f'<?xml version="1.0" encoding="{encoding}"?>'.encode("ascii") + body
@@ -100,63 +91,7 @@ def test_huge_documents_within_the_cap_parse_or_refuse_without_a_crash():
     assert safe_xml.parse(b'<a x="1" x="2"/>') is None  # a repeated attribute
 
 
-# ---- the lean clients: a root that matches, a body that is no answer -------------------------
-
-ODD_BODIES = [
-    ("iam", "get_role", {"RoleName": "r"},
-     '<GetRoleResponse><ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></GetRoleResponse>'),
-    ("iam", "get_role", {"RoleName": "r"}, '<GetRoleResponse><GetRoleResult><Role/></GetRoleResult></GetRoleResponse>'),
-    ("iam", "get_role", {"RoleName": "r"}, f'<GetRoleResponse xmlns="{IAM_NS}"/>'),
-    ("iam", "get_role", {"RoleName": "r"}, '<GetRoleResponse><GetRoleResult/></GetRoleResponse>'),
-    ("iam", "get_instance_profile", {"InstanceProfileName": "p"}, '<GetInstanceProfileResponse/>'),
-    ("iam", "get_instance_profile", {"InstanceProfileName": "p"},
-     '<GetInstanceProfileResponse><GetInstanceProfileResult><InstanceProfile><Arn>a</Arn></InstanceProfile>'
-     '</GetInstanceProfileResult></GetInstanceProfileResponse>'),
-    ("ec2", "describe_instances", {"InstanceIds": ["i-0123456789abcdef0"]}, '<DescribeInstancesResponse/>'),
-    ("ec2", "describe_instances", {"InstanceIds": ["i-0123456789abcdef0"]},
-     '<DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>x</requestId>'
-     '</DescribeInstancesResponse>'),
-]
-
-
-@pytest.mark.parametrize("service,operation,params,body", ODD_BODIES)
-def test_an_answer_whose_root_matches_but_holds_nothing_is_unreadable_not_empty(server, service, operation,
-                                                                                  params, body):
-    """Read as "the role has no tags", "no longer exists", "holds no role", "no such instance"
-    before: a definite refusal (and a tags read kept 5 s) from a body AWS never sends."""
-    client, _ = _client(server, service)
-    _answer(server, 200, body.encode())
-    with pytest.raises(lean_aws.AwsConnectionError, match="unreadable"):
-        getattr(client, operation)(**params)
-
-
-def test_prefixed_and_reset_namespaces_are_read_by_local_name_not_as_absent(server):
-    client, _ = _client(server, "iam")
-    _answer(server, 200, (f'<i:GetRoleResponse xmlns:i="{IAM_NS}"><i:GetRoleResult><i:Role>'
-                          '<i:Arn>arn:aws:iam::123456789012:role/r</i:Arn><i:Tags>'
-                          '<i:member><i:Key>team</i:Key><i:Value>web</i:Value></i:member>'
-                          '<member xmlns=""><Key>env</Key><Value>prod</Value></member>'
-                          '</i:Tags></i:Role></i:GetRoleResult></i:GetRoleResponse>').encode())
-    page = client.get_role(RoleName="r")
-    assert page["Role"]["Tags"] == [{"Key": "team", "Value": "web"}, {"Key": "env", "Value": "prod"}]
-    _answer(server, 200, b'<x:GetRoleResponse><x:GetRoleResult/></x:GetRoleResponse>')  # unbound
-    with pytest.raises(lean_aws.AwsConnectionError, match="unreadable"):
-        client.get_role(RoleName="r")
-
-
-def test_a_dtd_in_an_operations_answer_is_unreadable_and_no_file_is_read(server, tmp_path):
-    secret = tmp_path / "secret.txt"
-    secret.write_text("TOPSECRET")
-    client, _ = _client(server, "iam")
-    for encoding in ("utf-8", "utf-16", "utf-32"):
-        body = (f'<?xml version="1.0" encoding="{encoding}"?><!DOCTYPE r [<!ENTITY x SYSTEM "file://{secret}">]>'
-                f'<GetRoleResponse><GetRoleResult><Role><Arn>a</Arn><Tags><member><Key>k</Key><Value>&x;</Value>'
-                f'</member></Tags></Role></GetRoleResult></GetRoleResponse>').encode(encoding)
-        _answer(server, 200, body)
-        with pytest.raises(lean_aws.AwsConnectionError, match="unreadable") as unreadable:
-            client.get_role(RoleName="r")
-        assert "TOPSECRET" not in str(unreadable.value)
-
+# ---- the STS forward's answer ------------------------------------------------------------
 
 def test_an_sts_answer_with_a_dtd_or_a_foreign_root_is_unavailable_not_an_identity():
     from chalicelib.methods.aws import proof
@@ -305,17 +240,6 @@ def test_bad_urls_are_invalid_every_time_the_cache_is_asked(url):
             Pools().request("GET", url, connect_timeout=0.2, read_timeout=0.2)
 
 
-def test_a_dynamodb_crc_that_is_no_number_is_a_mismatch_not_a_500(server):
-    client, _ = _client(server)
-    for crc in ("\u00b2", "9" * 5000):
-        for _ in range(2):  # one answer per attempt: a mismatch is tried again, as botocore does
-            _answer(server, 200, {"Item": {"pk": {"S": "q"}}}, {"x-amz-crc32": crc})
-        with pytest.raises(lean_aws.AwsConnectionError, match="CRC32"):
-            client.get_item(TableName="t", Key={"pk": {"S": "q"}})
-
-
-# ---- Ready cache hits: the security bounds kept -----------------------------------------------
-
 class _Clocks:
     wall, mono = 1_800_000_000.0, 500.0
 
@@ -385,16 +309,12 @@ class _Caller:
         self.principal = principal
 
 
-class _Clients:
-    """One account's reader clients: the lean IAM client over HTTP to that account's server."""
+class _Clients(Scripted):
+    """One account's reader clients: botocore's IAM client, answered in place of the network."""
 
-    def __init__(self, account, server):
+    def __init__(self, account):
+        super().__init__()
         self.account = account
-        self._iam, _ = _client(server, "iam")
-
-    def client(self, service, region=None):
-        assert service == "iam"
-        return self._iam
 
 
 class _Readers:
@@ -410,33 +330,29 @@ def _tags_answer(**tags):
     members = "".join(f"<member><Key>{k}</Key><Value>{v}</Value></member>" for k, v in tags.items())
     return (f'<GetRoleResponse xmlns="{IAM_NS}"><GetRoleResult><Role><RoleName>shared-name</RoleName>'
             f'<Arn>arn:aws:iam::111111111111:role/shared-name</Arn><Tags>{members}</Tags></Role>'
-            f'</GetRoleResult></GetRoleResponse>').encode()
+            f'</GetRoleResult><ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata>'
+            f'</GetRoleResponse>').encode()
 
 
 def test_kept_role_tags_are_per_account_and_a_failed_read_is_not_kept():
     from chalicelib.methods.aws.facts import AwsFactsReader
 
-    first, second = Script(), Script()
-    try:
-        reader = AwsFactsReader(_Readers({"111111111111": _Clients("111111111111", first),
-                                          "222222222222": _Clients("222222222222", second)}),
-                                regions=["us-east-1"], cache_seconds=60)
-        session = "arn:aws:sts::{}:assumed-role/shared-name/builder"
-        _answer(first, 200, _tags_answer(team="web"))
-        assert reader.read(_Caller(session.format("111111111111")), None).role_tags == {"team": "web"}
-        assert reader.read(_Caller(session.format("111111111111")), None).role_tags == {"team": "web"}
-        assert len(first.requests) == 1  # kept: the second login read no tags
-        # the same role name in another account is another role: its own read, its own tags
-        _answer(second, 200, b"<html>portal</html>")
-        with pytest.raises(Unavailable) as failed:
-            reader.read(_Caller(session.format("222222222222")), None)
-        assert failed.value.status == 503 and "unreadable" in failed.value.detail
-        _answer(second, 200, _tags_answer(team="db"))  # the failure was not kept as "no tags"
-        assert reader.read(_Caller(session.format("222222222222")), None).role_tags == {"team": "db"}
-        assert reader.read(_Caller(session.format("111111111111")), None).role_tags == {"team": "web"}
-    finally:
-        first.shutdown()
-        second.shutdown()
+    first, second = _Clients("111111111111"), _Clients("222222222222")
+    reader = AwsFactsReader(_Readers({"111111111111": first, "222222222222": second}),
+                            regions=["us-east-1"], cache_seconds=60)
+    session = "arn:aws:sts::{}:assumed-role/shared-name/builder"
+    first.will_answer(_tags_answer(team="web"))
+    assert reader.read(_Caller(session.format("111111111111")), None).role_tags == {"team": "web"}
+    assert reader.read(_Caller(session.format("111111111111")), None).role_tags == {"team": "web"}
+    assert first.sent == 1  # kept: the second login read no tags
+    # the same role name in another account is another role: its own read, its own tags
+    second.will_answer(b"<html>portal</html>")
+    with pytest.raises(Unavailable) as failed:
+        reader.read(_Caller(session.format("222222222222")), None)
+    assert failed.value.status == 503 and failed.value.backend == "iam"
+    second.will_answer(_tags_answer(team="db"))  # the failure was not kept as "no tags"
+    assert reader.read(_Caller(session.format("222222222222")), None).role_tags == {"team": "db"}
+    assert reader.read(_Caller(session.format("111111111111")), None).role_tags == {"team": "web"}
 
 
 # ---- cached parses and keys ------------------------------------------------------------------
@@ -453,15 +369,6 @@ def test_a_cached_principal_arn_is_frozen_and_a_refused_one_is_refused_every_tim
             parse_principal_arn("arn:aws:sts::123456789012:federated-user/x")
     with pytest.raises(InvalidProof):
         parse_principal_arn(None)
-
-
-def test_a_rotated_secret_key_signs_with_its_own_key_not_a_cached_one():
-    from chalicelib.lean_aws.sigv4 import signing_key
-
-    one = signing_key("secret-one", "20261127", "us-east-1", "iam")
-    assert signing_key("secret-two", "20261127", "us-east-1", "iam") != one
-    assert signing_key("secret-one", "20261128", "us-east-1", "iam") != one
-    assert signing_key("secret-one", "20261127", "us-east-1", "iam") == one
 
 
 def test_over_tls_bytes_past_an_answer_are_never_the_next_answer(tls_server):  # noqa: F811

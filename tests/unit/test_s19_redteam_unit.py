@@ -10,13 +10,10 @@ import uuid
 
 import pytest
 
-from chalicelib import lean_aws
 from chalicelib.ids import uuid4
 from chalicelib.methods.aws.trust import _ASSUME_ACTIONS, _grants_assume, only_service_may_assume
 from chalicelib.policy.fields import glob_match
 from chalicelib.records import FrozenInstanceError
-from tests.unit.test_cpu_change_attacks import server  # noqa: F401 (the fixture)
-from tests.unit.test_lean_aws import _answer, _client
 
 IAM_NS = "https://iam.amazonaws.com/doc/2010-05-08/"
 
@@ -136,29 +133,6 @@ def test_a_wildcard_or_mixed_case_assume_action_for_a_second_principal_is_seen(a
 
 
 # ---- GetRole's answer -------------------------------------------------------------------------
-
-@pytest.mark.parametrize("arn", ["<Arn/>", "<Arn></Arn>", "<Arn>   </Arn>"])
-def test_a_get_role_answer_whose_role_has_an_empty_arn_is_unreadable(server, arn):  # noqa: F811
-    """A Role without its ARN is unreadable (the change's own rule); one whose Arn element is
-    there but empty said nothing more and read as "a role without tags or trust policy"."""
-    client, _ = _client(server, "iam")
-    _answer(server, 200, (f'<GetRoleResponse xmlns="{IAM_NS}"><GetRoleResult><Role>{arn}</Role>'
-                          '</GetRoleResult></GetRoleResponse>').encode())
-    with pytest.raises(lean_aws.AwsConnectionError, match="unreadable"):
-        client.get_role(RoleName="r")
-
-
-def test_a_get_role_answer_with_fifty_odd_tags_reads_every_one(server):  # noqa: F811
-    client, _ = _client(server, "iam")
-    tags = {f"k{i}-é 日本:/=+-@_.": f"v{i} &lt;x&gt; +=" for i in range(50)}
-    members = "".join(f"<member><Key>{k}</Key><Value>{v}</Value></member>" for k, v in tags.items())
-    _answer(server, 200, (f'<GetRoleResponse xmlns="{IAM_NS}"><GetRoleResult><Role><Arn>arn:aws:iam::1:role/r</Arn>'
-                          f'<Tags>{members}</Tags></Role></GetRoleResult></GetRoleResponse>').encode())
-    got = {t["Key"]: t["Value"] for t in client.get_role(RoleName="r")["Role"]["Tags"]}
-    assert got == {k: v.replace("&lt;", "<").replace("&gt;", ">") for k, v in tags.items()}
-
-
-# ---- the bytecode build -------------------------------------------------------------------------
 
 def test_a_runtime_interpreter_that_hangs_is_no_interpreter_not_a_crashed_build(tmp_path, monkeypatch):
     """interpreter_for runs each candidate with a timeout; a candidate that outlives it (a

@@ -15,7 +15,7 @@ clusters the rules name; not finding it there is no claim at all (no task facts)
 
 import threading
 
-from ...aws_calls import try_call
+from ...aws_calls import answer_part, try_call
 from ...concurrency import raise_first, settle
 from .arn import parse_task_arn
 from .model import TaskFacts
@@ -82,7 +82,7 @@ class TaskClaims:
                                  include=["TAGS"])
         if missing:
             return None
-        tasks = page.get("tasks") or []
+        tasks = answer_part("ecs", page, "tasks", list)
         return tasks[0] if tasks else None
 
     def _check(self, clients, arn, region, raw):
@@ -114,7 +114,7 @@ class TaskClaims:
                 return self._definitions[definition]
         page, missing = try_call("ecs", ("ClientException",), clients.client("ecs", region).describe_task_definition,
                                  taskDefinition=definition)
-        role = None if missing else (page.get("taskDefinition") or {}).get("taskRoleArn")
+        role = None if missing else answer_part("ecs", page, "taskDefinition").get("taskRoleArn")
         with self._lock:
             if len(self._definitions) > 1024:
                 self._definitions.clear()

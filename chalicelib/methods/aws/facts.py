@@ -11,7 +11,7 @@ import functools
 import threading
 import time
 
-from ...aws_calls import try_call
+from ...aws_calls import answer_part, try_call
 from ...concurrency import Ready, raise_first, settle
 from .arn import parse_principal_arn
 from .ecs import TaskClaims
@@ -115,7 +115,8 @@ class AwsFactsReader:
         page, missing = try_call("iam", ("NoSuchEntity",), clients.client("iam").get_role, RoleName=role_name)
         if missing:
             return {}, None
-        role = page.get("Role", {})
+        role = answer_part("iam", page, "Role")
+        answer_part("iam", role, "Arn", str)
         return {t["Key"]: t["Value"] for t in role.get("Tags", [])}, role.get("AssumeRolePolicyDocument")
 
     @staticmethod
@@ -167,7 +168,7 @@ class AwsFactsReader:
             page, missing = try_call("ec2", _NOT_FOUND, ec2.describe_instances, InstanceIds=[instance_id])
             if missing:
                 return None
-            for reservation in page.get("Reservations", []):
+            for reservation in answer_part("ec2", page, "Reservations", list):
                 for inst in reservation.get("Instances", []):
                     if inst.get("InstanceId") == instance_id:
                         return region, reservation.get("OwnerId"), inst
@@ -196,4 +197,6 @@ class AwsFactsReader:
     def _profile_roles(clients, name):
         page, missing = try_call("iam", ("NoSuchEntity",), clients.client("iam").get_instance_profile,
                                  InstanceProfileName=name)
-        return () if missing else tuple(page.get("InstanceProfile", {}).get("Roles", []))
+        if missing:
+            return ()
+        return tuple(answer_part("iam", answer_part("iam", page, "InstanceProfile"), "Roles", list))
