@@ -274,12 +274,20 @@ def describe_connection_error(exc: BaseException) -> str:
 
 
 def one_line(text: str, limit: int) -> str:
+    """``text`` on one line: control and other unprintable characters (terminal escapes, CR)
+    become spaces, runs of spaces one, and it is cut at ``limit`` characters."""
+    text = "".join(c if c.isprintable() else " " for c in str(text))
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+BROKER_MESSAGE_LIMIT = 300
+
+
 def broker_error_fields(result: HttpResult):
-    """(code, message, request_id) from a broker error answer, tolerating non-JSON bodies."""
+    """(code, message, request_id) from a broker error answer, tolerating non-JSON bodies; each one
+    line of printable characters, the message at most 300 of them (the output scrubber then removes
+    any secret it echoes)."""
     code, message, request_id = f"http_{result.status}", "", None
     data = result.json()
     if isinstance(data, dict):
@@ -293,4 +301,9 @@ def broker_error_fields(result: HttpResult):
             request_id = data["request_id"]
     if request_id is None:
         request_id = result.headers.get("x-request-id") or result.headers.get("x-amzn-requestid")
-    return code, one_line(message, 300) or http.client.responses.get(result.status, ""), request_id
+    # All three came from the broker (or whoever answers in its place): printable, one line, short.
+    code = one_line(code, 64) or f"http_{result.status}"
+    if request_id is not None:
+        request_id = one_line(request_id, 128) or None
+    return (code, one_line(message, BROKER_MESSAGE_LIMIT) or http.client.responses.get(result.status, ""),
+            request_id)
