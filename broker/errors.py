@@ -33,7 +33,7 @@ EXIT_CODES = {
     "401 proof_replayed on every attempt)",
     EXIT_UNAVAILABLE: "broker unavailable after retries (5xx/connection errors/timeouts), or an unusable answer",
     EXIT_INTERCEPTION: "POSSIBLE INTERCEPTION: the answer names a Vault other than the pinned one, or a wrapping token "
-    "unknown/expired/already used, a wrong creation path, or a failed unwrap",
+    "unknown/expired/already used or of another Vault namespace, a wrong creation path, or a failed unwrap",
     EXIT_HANDOFF: "Vault unreachable, Vault login failed, or the hand-off (files, sink, exec) failed",
     EXIT_RULES_INVALID: "policy commands: the rules file or the facts file is invalid",
     EXIT_POLICY_DENIED: "policy explain: no rule grants the role for these facts",

@@ -5,6 +5,11 @@ Every HTTP call of the client goes through here: the broker (login, incidents, t
 security routes), Vault and OpenBao, the GCE metadata server and the ECS task
 metadata endpoint. A redirect is never followed: it would resend a proof, a
 wrapping token or a Vault token somewhere else.
+
+Each request is bounded as a whole by its ``timeout``: connect, headers and body. A socket
+timeout alone bounds each read, so a server that drips one byte per second would hold the
+request for as long as it likes; a timer shuts the connection's socket down at the deadline
+(:class:`_Deadline`), and whatever was read by then is not an answer (:class:`RequestTimedOut`).
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import email.utils
 import http.client
 import ipaddress
 import json
+import functools
 import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +42,77 @@ class AnswerTooLarge(OSError):
     """The answer's body is larger than the cap. An OSError, so that callers that treat it as a
     connection failure keep doing so; the broker login tells it apart: the request was sent, and
     a proof was spent, so it is not retried."""
+
+
+class RequestTimedOut(TimeoutError):
+    """No complete answer within the request's timeout (connect, headers and body together)."""
+
+
+class _Deadline:
+    """Shuts a request's socket down when its time is up, wherever the request then is."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # a blocked recv() returns at once; the owner closes it
+    except OSError:
+        pass
+
+
+def _bounded(connection_class: type, deadline: Optional[_Deadline]):
+    """``connection_class`` whose sockets are handed to ``deadline`` as soon as they are connected
+    (before TLS: shutting the raw socket down ends the handshake and the reads above it too)."""
+    def make(*args: Any, **kwargs: Any) -> http.client.HTTPConnection:
+        conn = connection_class(*args, **kwargs)
+        if deadline is not None:
+            create = conn._create_connection  # socket.create_connection, as http.client uses it
+
+            def create_and_attach(*a: Any, **kw: Any) -> socket.socket:
+                sock = create(*a, **kw)
+                deadline.attach(sock)
+                return sock
+
+            conn._create_connection = create_and_attach
+        return conn
+    return make
+
+
+class _BoundedHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):  # noqa: D102
+        return self.do_open(_bounded(http.client.HTTPConnection, getattr(req, "deadline", None)), req)
+
+
+class _BoundedHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):  # noqa: D102
+        return self.do_open(_bounded(http.client.HTTPSConnection, getattr(req, "deadline", None)), req,
+                            context=self._context)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -91,9 +169,7 @@ def build_opener(ssl_context: Optional[ssl.SSLContext] = None, url: str = "", *,
                  proxies: bool = True) -> urllib.request.OpenerDirector:
     """An opener that never follows redirects. It honours HTTP(S)_PROXY / NO_PROXY like most
     clients, except for a loopback ``url`` or ``proxies=False`` (metadata endpoints)."""
-    handlers: list = [_NoRedirect()]
-    if ssl_context is not None:
-        handlers.append(urllib.request.HTTPSHandler(context=ssl_context))
+    handlers: list = [_NoRedirect(), _BoundedHTTPHandler(), _BoundedHTTPSHandler(context=ssl_context)]
     if not proxies or (url and is_loopback(url)):
         handlers.append(urllib.request.ProxyHandler({}))
     return urllib.request.build_opener(*handlers)
@@ -118,20 +194,33 @@ def request(opener: urllib.request.OpenerDirector, method: str, url: str, *, tim
             max_bytes: int = MAX_RESPONSE_BYTES) -> HttpResult:
     """Send one request; return the status, lower-cased headers and body of any answer.
 
-    Raises one of ``CONNECTION_ERRORS`` on connection failures, and :class:`AnswerTooLarge` (an
+    The whole request (connect, headers, body) takes at most ``timeout`` seconds (an opener of
+    :func:`build_opener`). Raises one of ``CONNECTION_ERRORS`` on connection failures,
+    :class:`RequestTimedOut` (an OSError) when the time is up, and :class:`AnswerTooLarge` (an
     OSError too) when the body is larger than ``max_bytes``; HTTP error statuses are returned, not raised.
     """
     all_headers = {"User-Agent": USER_AGENT}
     all_headers.update(headers or {})
     req = urllib.request.Request(url, data=data, method=method, headers=all_headers)
-    try:
-        response = opener.open(req, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        response = err
-    with response:
-        body = response.read(max_bytes + 1)
-        status = response.status if hasattr(response, "status") else response.code
-        resp_headers = {k.lower(): v for k, v in response.headers.items()} if response.headers else {}
+    deadline = _Deadline(timeout)
+    req.deadline = deadline  # type: ignore[attr-defined] - read by the opener's connection handlers
+    timed_out = RequestTimedOut(f"no complete answer from {urlsplit(url).netloc} within {timeout:g} s")
+    with deadline:
+        try:
+            try:
+                response = opener.open(req, timeout=timeout)
+            except urllib.error.HTTPError as err:
+                response = err
+            with response:
+                body = response.read(max_bytes + 1)
+                status = response.status if hasattr(response, "status") else response.code
+                resp_headers = {k.lower(): v for k, v in response.headers.items()} if response.headers else {}
+        except CONNECTION_ERRORS:
+            if deadline.expired:
+                raise timed_out from None
+            raise
+    if deadline.expired:  # the socket was shut down: what was read is cut short, not an answer
+        raise timed_out
     if len(body) > max_bytes:
         raise AnswerTooLarge(f"the answer from {urlsplit(url).netloc} (HTTP {status}) is larger than "
                              f"{max_bytes} bytes")
@@ -173,6 +262,8 @@ def is_tls_verification_failure(exc: BaseException) -> bool:
 def describe_connection_error(exc: BaseException) -> str:
     """A short, secret-free description of a connection failure."""
     reason: Any = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, RequestTimedOut):
+        return f"timed out ({reason})"
     if isinstance(reason, (socket.timeout, TimeoutError)):
         return "timed out"
     if isinstance(reason, socket.gaierror):
@@ -183,12 +274,20 @@ def describe_connection_error(exc: BaseException) -> str:
 
 
 def one_line(text: str, limit: int) -> str:
+    """``text`` on one line: control and other unprintable characters (terminal escapes, CR)
+    become spaces, runs of spaces one, and it is cut at ``limit`` characters."""
+    text = "".join(c if c.isprintable() else " " for c in str(text))
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+BROKER_MESSAGE_LIMIT = 300
+
+
 def broker_error_fields(result: HttpResult):
-    """(code, message, request_id) from a broker error answer, tolerating non-JSON bodies."""
+    """(code, message, request_id) from a broker error answer, tolerating non-JSON bodies; each one
+    line of printable characters, the message at most 300 of them (the output scrubber then removes
+    any secret it echoes)."""
     code, message, request_id = f"http_{result.status}", "", None
     data = result.json()
     if isinstance(data, dict):
@@ -202,4 +301,9 @@ def broker_error_fields(result: HttpResult):
             request_id = data["request_id"]
     if request_id is None:
         request_id = result.headers.get("x-request-id") or result.headers.get("x-amzn-requestid")
-    return code, one_line(message, 300) or http.client.responses.get(result.status, ""), request_id
+    # All three came from the broker (or whoever answers in its place): printable, one line, short.
+    code = one_line(code, 64) or f"http_{result.status}"
+    if request_id is not None:
+        request_id = one_line(request_id, 128) or None
+    return (code, one_line(message, BROKER_MESSAGE_LIMIT) or http.client.responses.get(result.status, ""),
+            request_id)

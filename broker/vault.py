@@ -4,7 +4,9 @@ The wrapping checks are the client's defence against interception: a wrapping
 token can be unwrapped once, so if somebody else got to it first, the lookup or
 the unwrap fails; and a token minted elsewhere (say ``sys/wrapping/wrap`` with
 a value of an attacker's choosing) has the wrong ``creation_path``. Any of
-these raises :class:`~broker.errors.InterceptionError`, never a retry.
+these raises :class:`~broker.errors.InterceptionError`, never a retry. So does a token minted in
+another Vault namespace than the client's (root when ``--vault-namespace`` is not given): the
+lookup and unwrap would find it in its own namespace (:func:`broker.vault_trust.check_wrap_namespace`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from urllib.parse import quote
 from broker.api import Issued, WrapInfo
 from broker.errors import InterceptionError, UsageError, VaultError
 from broker.http import CONNECTION_ERRORS, HttpResult, build_opener, check_base_url, post_json
+from broker.vault_trust import check_wrap_namespace
 
 DEFAULT_APPROLE_MOUNT = "approle"
 
@@ -155,6 +158,9 @@ def _check_wrap(vault: VaultClient, wrap: WrapInfo, expected: str, what: str, re
 
     if wrap.creation_path != expected:
         raise intercepted(f"the broker reported creation path {wrap.creation_path!r}, expected {expected!r}")
+    # Vault looks a token up in the namespace it was minted in: a child namespace's token at the same
+    # relative path would pass the lookup below. Refused before anything is sent.
+    check_wrap_namespace(wrap, what, request_id, namespace=vault.namespace)
     status, data, error = vault.lookup_wrapping(wrap.token)
     if status >= 500:
         raise VaultError(f"Vault could not look up the wrapping token of the {what}: HTTP {status}: {error}",

@@ -10,6 +10,13 @@ as a possible interception, before anything is sent to either address.
 Nothing pinned: the broker's address is accepted only when it is ``https://`` (a
 loopback ``http://`` only with ``--allow-insecure-vault``, for local stacks), and the
 client says loudly which address it trusted.
+
+Which namespace: a Vault or OpenBao server with namespaces looks wrapping tokens up (and unwraps
+them) in the namespace they were minted in, whatever ``X-Vault-Namespace`` says, so a token minted
+in a child namespace at the expected namespace-relative creation path passes the creation-path
+check. A token names its namespace itself: a ``.<namespace ID>`` suffix (``s.XXXX.abc12``; a token
+of the root namespace has none). :func:`check_wrap_namespace` refuses a token of another namespace
+than the pinned one (root when none) before it is looked up or unwrapped.
 """
 
 from __future__ import annotations
@@ -17,8 +24,8 @@ from __future__ import annotations
 from typing import Optional, Tuple
 from urllib.parse import urlsplit
 
-from broker.api import Issued
-from broker.errors import UntrustedVaultError, UsageError
+from broker.api import Issued, WrapInfo
+from broker.errors import InterceptionError, UntrustedVaultError, UsageError
 from broker.http import check_base_url, is_loopback
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -74,3 +81,45 @@ def trusted_vault_addr(pinned: Optional[str], issued: Issued, *, allow_insecure:
         f"the broker's answer names Vault {answered!r}, which is not https ({why}; better, pin the Vault "
         "address with --vault-addr or VAULT_ADDR)",
         accessors=accessors, request_id=issued.request_id)
+
+
+# Token prefixes Vault and OpenBao put before the random part (legacy and current, service and batch).
+_TOKEN_PREFIXES = ("hvs.", "hvb.", "s.", "b.")
+
+
+def token_namespace_id(token: str) -> Optional[str]:
+    """The ID of the namespace a Vault/OpenBao token was minted in, or None for the root namespace: what
+    follows the last ``.`` after the token's prefix, as Vault's own ``namespace.SplitIDFromString`` reads it."""
+    rest = token
+    for prefix in _TOKEN_PREFIXES:
+        if rest.startswith(prefix):
+            rest = rest[len(prefix):]
+            break
+    head, dot, namespace_id = rest.rpartition(".")
+    return namespace_id if dot and head and namespace_id else None
+
+
+def check_wrap_namespace(wrap: WrapInfo, what: str, request_id: Optional[str], *,
+                         namespace: Optional[str] = None, namespace_id: Optional[str] = None) -> None:
+    """Refuse (InterceptionError, exit 6) a wrapping token of another namespace than the pinned one.
+
+    ``namespace`` is the pinned namespace's path, None for the root namespace: then the token must carry no
+    namespace ID. A pinned child namespace: the token must carry one, equal to ``namespace_id`` when it is
+    known (an unauthenticated client cannot learn a path's ID, and the lookup does not tell)."""
+    found = token_namespace_id(wrap.token)
+    pinned = (namespace or "").strip("/") or None
+
+    def refuse(detail: str) -> InterceptionError:
+        return InterceptionError(detail, what=what, accessor=wrap.accessor, request_id=request_id)
+
+    if pinned is None:
+        if found is not None:
+            raise refuse(f"the wrapping token was minted in the Vault namespace with ID {found!r}, not in the root "
+                         "namespace this client uses (set --vault-namespace if the broker mints in a namespace)")
+        return
+    if found is None:
+        raise refuse(f"the wrapping token was minted in the root namespace, not in the namespace {pinned!r} "
+                     "this client is pinned to")
+    if namespace_id is not None and found != namespace_id:
+        raise refuse(f"the wrapping token was minted in the Vault namespace with ID {found!r}, not in the "
+                     f"namespace {pinned!r} (ID {namespace_id!r}) this client is pinned to")

@@ -13,6 +13,8 @@ from broker.config import setting
 from broker.errors import EXIT_CODES
 
 # Anything shaped like a JWT (even cut short): identity tokens are bearer credentials.
+# Pieces of long secrets (session tokens, signatures) that are redacted wherever they appear.
+_FRAGMENT = 16
 _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?)?")
 
 
@@ -66,6 +68,7 @@ class Output:
         self._stdout = stdout
         self._stderr = stderr
         self._secrets: set[str] = set()
+        self._fragments: set[str] = set()
 
     @property
     def stdout(self) -> TextIO:
@@ -76,12 +79,40 @@ class Output:
         return self._stderr or sys.stderr
 
     def add_secrets(self, *values: str | None) -> None:
-        self._secrets.update(v for v in values if v and len(v) >= 4)
+        for value in values:
+            if value and len(value) >= 4 and value not in self._secrets:
+                self._secrets.add(value)
+                if len(value) >= 2 * _FRAGMENT:  # a long secret may be echoed cut short: know its pieces
+                    self._fragments.update(value[i:i + _FRAGMENT] for i in range(len(value) - _FRAGMENT + 1))
 
     def scrub(self, text: str) -> str:
         for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, "[redacted]")
+        text = self._scrub_fragments(text)
         return _JWT_LIKE.sub("[redacted]", text)
+
+    def _scrub_fragments(self, text: str) -> str:
+        """Redact every run of text covered by pieces of a long secret (a session token cut at 100
+        characters, a signature split over two lines): pieces of _FRAGMENT characters are 96 bits or
+        more of a secret, never found by chance."""
+        if not self._fragments or len(text) < _FRAGMENT:
+            return text
+        covered = [False] * len(text)
+        for i in range(len(text) - _FRAGMENT + 1):
+            if text[i:i + _FRAGMENT] in self._fragments:
+                covered[i:i + _FRAGMENT] = [True] * _FRAGMENT
+        if not any(covered):
+            return text
+        out, i = [], 0
+        while i < len(text):
+            if covered[i]:
+                while i < len(text) and covered[i]:
+                    i += 1
+                out.append("[redacted]")
+            else:
+                out.append(text[i])
+                i += 1
+        return "".join(out)
 
     def info(self, message: str) -> None:
         if not self.quiet:

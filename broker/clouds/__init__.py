@@ -121,8 +121,14 @@ def build_proof_source(
         if uri and ecs.signs_as_task_role():  # inside an ECS task, as its task role: name the task
             extra["ecs_task_arn"] = ecs.task_arn(uri)
             log(f"ECS task: {extra['ecs_task_arn']}")
-        return ProofSource("aws", AWS_PATH, lambda: {**signer.sign().login_fields(), **extra}, AWS_REPLAY_HINT,
-                           f"a signed sts:GetCallerIdentity for {signer.url}")
+
+        def make_aws() -> dict[str, str]:
+            proof = signer.sign()
+            for value in proof.secret_values():  # the signature and session token: never printed
+                add_secret(value)
+            return {**proof.login_fields(), **extra}
+
+        return ProofSource("aws", AWS_PATH, make_aws, AWS_REPLAY_HINT, f"a signed sts:GetCallerIdentity for {signer.url}")
 
     identity = MetadataIdentity(audience or broker_url, metadata_url=base, timeout=min(timeout, 5.0))
 

@@ -58,6 +58,19 @@ class SignedProof:
             "iam_request_headers": _b64(json.dumps(self.headers, separators=(",", ":"), sort_keys=True)),
         }
 
+    def secret_values(self) -> tuple[str, ...]:
+        """What must never be printed, for the output scrubber: the signature, the session token, and
+        the encoded headers field that carries both (a broker could echo any of them back)."""
+        values = []
+        for name, items in self.headers.items():
+            for value in items:
+                if name.lower() == "authorization":
+                    values += re.findall(r"Signature=([0-9A-Fa-f]+)", value)
+                elif name.lower() == "x-amz-security-token":
+                    values.append(value)
+        values.append(self.login_fields()["iam_request_headers"])
+        return tuple(v for v in values if v)
+
     @property
     def signed_headers(self) -> list[str]:
         """The lower-case header names listed in the Authorization header's SignedHeaders."""
