@@ -1,5 +1,5 @@
 """``broker policy check FILE`` and ``broker policy explain``: the broker's own rules
-engine, reached through broker/policy_engine.py (needs a checkout)."""
+engine, reached through broker/policy_engine.py (carried by broker.pyz; from the wheel, a checkout)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from broker.errors import EXIT_OK, EXIT_POLICY_DENIED, RulesInvalidError
 
 
 def add_policy_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    policy = sub.add_parser("policy", help="check the rules file, explain decisions (needs a checkout)")
+    policy = sub.add_parser("policy", help="check, push and explain the rules (the engine: in broker.pyz, or a checkout's)")
     psub = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
     psub.required = True
     check = psub.add_parser("check", parents=[common], help="validate a rules file",
@@ -40,7 +40,7 @@ def add_policy_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     explain.add_argument("--rules", default=env("BROKER_RULES_SOURCE") or env("BROKER_RULES_FILE"), metavar="SOURCE",
                          help="the rules: a file or what is deployed (s3://BUCKET/KEY, ssm:NAME; env "
                          "BROKER_RULES_SOURCE or BROKER_RULES_FILE; default chalicelib/policies/rules.toml or "
-                         "policies/rules.toml in the checkout)")
+                         "policies/rules.toml in the checkout, else in the current directory)")
     _add_aws_options(explain)
     explain.set_defaults(func=cmd_policy_explain)
 

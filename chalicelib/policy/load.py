@@ -2,7 +2,11 @@
 every problem found, each naming the rule and the field."""
 
 import re
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.9/3.10: the client file (broker.pyz) carries tomli, the same parser
+    import tomli as tomllib
 
 from .durations import parse_duration
 from .fields import RulesError, only_keys, string_list, table

@@ -5,6 +5,8 @@ The engine knows no cloud. Each rule names one proof method (`[rule.aws]`,
 `match` module (chalicelib/methods/<name>/match.py) says whether they hold.
 """
 
+from __future__ import annotations  # X | None in class bodies: the client runs on Python 3.9
+
 
 from ..records import Record, field
 from .fields import any_glob
