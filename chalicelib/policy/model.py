@@ -73,6 +73,8 @@ class RuleSet(Record, frozen=True):
     # [rate_limits]: issuances per identity (machine, else principal) and per role.
     rate_limits: RateLimits = None
     matchers: dict = field(default_factory=dict, compare=False, repr=False)  # {method: match module}
+    serial: int = 0  # the file's `serial`: its place in the order of the rules (0: none given)
+    sha256: str = ""  # of the file's text: which content exactly, in every audit record
 
     def is_security_principal(self, canonical_arn):
         return bool(canonical_arn) and any_glob(canonical_arn, self.security_principals)
