@@ -1,12 +1,14 @@
-"""The client's one door to the broker's rules engine (``broker policy check|explain``,
+"""The client's one door to the broker's rules engine (``broker policy check|explain|push``,
 ``broker vault setup``'s served roles).
 
 The engine is the server's own code (``chalicelib.policy``, the pure rules engine, and
 ``chalicelib.methods``, each proof method's facts and rule conditions),
-so that the client explains decisions exactly as the broker makes them. It is not
-installed with the client: the commands that need it run from a checkout of the
-repository. When ``chalicelib`` is not importable as it is, the checkout is found from
-the current directory upwards and its ``chalicelib`` package is loaded from there by
+so that the client explains decisions exactly as the broker makes them. ``broker.pyz``
+carries a copy of those pure modules, made by its build from this repository's
+(deploy/client/build.py, ``ENGINE``), with ``tomli`` for Pythons without ``tomllib``:
+from the pyz the commands need nothing else. The wheel carries only ``broker``: from it,
+or from a checkout, when ``chalicelib`` is not importable as it is, the checkout is found
+from the current directory upwards and its ``chalicelib`` package is loaded from there by
 file location (no ``sys.path`` editing, nothing purged from ``sys.modules``).
 
 Re-point the engine here, and only here.
@@ -97,17 +99,19 @@ def load_engine() -> Engine:
         checkout = find_checkout()
         if checkout is None:
             raise UsageError(
-                "the policy commands need the broker's rules engine (chalicelib/policy/), which is not "
-                "installed with the client: run them from inside a checkout of the broker repository")
+                "the policy commands need the broker's rules engine (chalicelib/policy/), which the wheel "
+                "does not install: run them with broker.pyz (which carries it), or from inside a checkout "
+                "of the broker repository")
         _load_package_from(checkout)
     try:
         rules = importlib.import_module(RULES_MODULE)
         facts = importlib.import_module(FACTS_MODULE)
     except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith(PACKAGE):  # say tomllib, new in Python 3.11
+        if not (exc.name or "").startswith(PACKAGE):  # say tomli, on a Python before 3.11 without it
             raise UsageError(f"the broker's rules engine needs the module {exc.name}, which this Python "
-                             f"({sys.version.split()[0]}) lacks: run the policy commands with the Python of "
-                             "the checkout's virtualenv (.venv/bin/python -m broker ...)") from None
+                             f"({sys.version.split()[0]}) lacks: run the policy commands with broker.pyz "
+                             "(which carries it), or with the Python of the checkout's virtualenv "
+                             "(.venv/bin/python -m broker ...)") from None
         raise UsageError(f"the broker's rules engine is incomplete here ({exc.name} is missing): "
                          "run the policy commands from a checkout of the broker repository") from None
     fact_errors: Tuple[type, ...] = (ValueError, TypeError, KeyError)

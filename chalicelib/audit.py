@@ -53,6 +53,9 @@ class AuditRecord(Record):
     result_count: int | None = None
     destroyed: list | None = None  # [{"request_id", "role", "secret_id_accessor", "result"}]
     quarantine_until: str | None = None
+    # the rules the decision was made by: their serial and the SHA-256 of their text
+    rules_serial: int | None = None
+    rules_sha256: str | None = None
 
     def fields(self):
         """The record as plain data without empty fields (also what the log line shows).

@@ -177,7 +177,7 @@ def _assemble(settings, pools, make, clients, dynamodb, minter, secret_fetcher, 
     from .methods import package
     from .pipeline.frame import AuditedRequests
     from .pipeline.issuance import BrokerService
-    from .rules_source import LiveRules, RulesSource
+    from .rules_source import HighWater, LiveRules, RulesSource
 
     names = enabled_methods(settings)
     live = {}
@@ -192,14 +192,19 @@ def _assemble(settings, pools, make, clients, dynamodb, minter, secret_fetcher, 
         return [p for name in names for p in package(name).check_rules(candidate, aws.readers.accounts())]
 
     kind, location = settings.rules_source or ("file", settings.rules_file)
-    rules = live["rules"] = LiveRules(RulesSource(kind, location, make), logger=get_logger(settings.log_level),
+    source = RulesSource(kind, location, make)
+    # The highest rules serial applied from this source: never gone below (rules_source.py).
+    high_water = HighWater(dynamodb, settings.quarantine_table, source.describe()) if settings.quarantine_table \
+        else None
+    rules = live["rules"] = LiveRules(source, logger=get_logger(settings.log_level),
                                       refresh=0 if kind == "file" else settings.rules_refresh,
-                                      check=deployment_problems)
+                                      check=deployment_problems, high_water=high_water,
+                                      allow_serial=settings.rules_allow_serial)
 
     stores = build_stores(settings, dynamodb)
     logger = get_logger(settings.log_level)
     audit_store = AuditStore(dynamodb, settings.audit_table, settings.audit_retention_days)
-    frame = AuditedRequests(audit_store, logger)
+    frame = AuditedRequests(audit_store, logger, rules_stamp=rules.stamp)
     admission = Admission(dynamodb, settings.replay_table, settings.quarantine_table,
                           shared_key_max_age=settings.shared_quarantine_read_seconds)
 

@@ -44,6 +44,9 @@ class Settings(Record, frozen=True):
     token_scan_seconds: float = 12.0  # a revocation's scans of every token accessor stop after this long
     rules_source: tuple = None  # (kind, location): chalicelib/rules_source.py; None: the rules file
     rules_refresh: float = 60.0  # seconds between reads of a remote rules source (0: never)
+    # BROKER_RULES_ALLOW_SERIAL: the one rules serial the broker applies although it applied a
+    # higher one (going back on purpose, chalicelib/rules_source.py); None: never below the mark.
+    rules_allow_serial: int | None = None
 
     # A revocation's second sweep (settle seconds after its quarantine) must see every
     # issuance that got past the quarantine before it landed. One third of the settle time
@@ -106,6 +109,7 @@ class Settings(Record, frozen=True):
             token_scan_seconds=_number(env, "BROKER_TOKEN_SCAN_SECONDS", 12, low=1, high=600),
             rules_source=_rules_source(env),
             rules_refresh=_number(env, "BROKER_RULES_REFRESH_SECONDS", 60, low=0, high=3600),
+            rules_allow_serial=_serial(env, "BROKER_RULES_ALLOW_SERIAL"),
         )
 
 
@@ -124,6 +128,17 @@ def _rules_source(env):
     from .rules_source import parse_source
 
     return parse_source(_get(env, "BROKER_RULES_SOURCE"), _get(env, "BROKER_RULES_FILE", DEFAULT_RULES_FILE))
+
+
+def _serial(env, name):
+    from .policy import MAX_SERIAL
+
+    raw = _get(env, name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) > MAX_SERIAL:
+        raise ConfigError(f"{name} must be a rules serial (a whole number from 0 to {MAX_SERIAL}), got {raw!r}")
+    return int(raw)
 
 
 def _get(env, name, default=None, required=False):

@@ -1,7 +1,7 @@
 """The ``broker`` command line: one module per command.
 
 - ``login`` (broker/cli/login.py): what a machine runs at boot;
-- ``policy check|explain`` (policy.py): the rules engine, from a checkout;
+- ``policy check|push|explain`` (policy.py): the rules engine (in broker.pyz, else a checkout's);
 - ``vault setup|rotate-broker-secret`` (vault.py): operators;
 - ``audit search|show``, ``revoke`` (security.py): the security team.
 

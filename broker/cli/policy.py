@@ -1,5 +1,5 @@
 """``broker policy check FILE`` and ``broker policy explain``: the broker's own rules
-engine, reached through broker/policy_engine.py (needs a checkout)."""
+engine, reached through broker/policy_engine.py (carried by broker.pyz; from the wheel, a checkout)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from broker.errors import EXIT_OK, EXIT_POLICY_DENIED, RulesInvalidError
 
 
 def add_policy_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    policy = sub.add_parser("policy", help="check the rules file, explain decisions (needs a checkout)")
+    policy = sub.add_parser("policy", help="check, push and explain the rules (the engine: in broker.pyz, or a checkout's)")
     psub = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
     psub.required = True
     check = psub.add_parser("check", parents=[common], help="validate a rules file",
@@ -29,6 +29,9 @@ def add_policy_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     push.add_argument("file", metavar="FILE", help="the rules file (TOML)")
     push.add_argument("--to", required=True, metavar="SOURCE",
                       help="the broker's BROKER_RULES_SOURCE: s3://BUCKET/KEY (versioned) or ssm:NAME")
+    push.add_argument("--force", action="store_true",
+                      help="push even when FILE's serial goes back behind the deployed rules' (the broker still "
+                           "refuses it unless its BROKER_RULES_ALLOW_SERIAL names that serial)")
     _add_aws_options(push)
     push.set_defaults(func=cmd_policy_push)
     explain = psub.add_parser("explain", parents=[common],
@@ -40,7 +43,7 @@ def add_policy_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     explain.add_argument("--rules", default=env("BROKER_RULES_SOURCE") or env("BROKER_RULES_FILE"), metavar="SOURCE",
                          help="the rules: a file or what is deployed (s3://BUCKET/KEY, ssm:NAME; env "
                          "BROKER_RULES_SOURCE or BROKER_RULES_FILE; default chalicelib/policies/rules.toml or "
-                         "policies/rules.toml in the checkout)")
+                         "policies/rules.toml in the checkout, else in the current directory)")
     _add_aws_options(explain)
     explain.set_defaults(func=cmd_policy_explain)
 
@@ -104,11 +107,23 @@ def cmd_policy_push(args: argparse.Namespace, out: Output) -> int:
     ruleset = engine.load_rules(args.file)
     with open(args.file, "rb") as f:
         data = f.read()
+    deployed = _deployed_serial(engine, args)
+    serial = getattr(ruleset, "serial", 0)
+    going_back = deployed is not None and (serial < deployed[0] or (serial == deployed[0] and serial > 0 and
+                                                                    getattr(ruleset, "sha256", "") != deployed[1]))
+    if going_back and not args.force:
+        raise RulesInvalidError(
+            f"{args.file}: serial {serial} goes back behind the rules deployed at {args.to} (serial {deployed[0]}): "
+            "the broker would refuse them and keep its rules. Raise the serial; to go back on purpose, push "
+            f"with --force and set BROKER_RULES_ALLOW_SERIAL={serial} on the broker")
     kind, where = remote
     try:
         if kind == "s3":
+            metadata = {"rules-serial": str(serial)}
+            if going_back:
+                metadata["forced-over-serial"] = str(deployed[0])  # the push says it went back, on the object
             answer = _aws_client("s3", args).put_object(Bucket=where[0], Key=where[1], Body=data,
-                                                        ContentType="application/toml")
+                                                        ContentType="application/toml", Metadata=metadata)
             version = answer.get("VersionId") or answer.get("ETag")
         else:
             tier = "Standard" if len(data) <= 4096 else "Advanced"
@@ -123,8 +138,32 @@ def cmd_policy_push(args: argparse.Namespace, out: Output) -> int:
               "The broker applies it within BROKER_RULES_REFRESH_SECONDS.", file=out.stderr if out.quiet else out.stdout)
         for warning in engine.warnings(ruleset):
             print(f"warning: {warning}", file=out.stderr)
-    out.result({"status": "ok", "file": args.file, "to": args.to, "version": version, "roles": roles})
+    if going_back:
+        print(f"warning: forced: serial {serial} is behind the deployed serial {deployed[0]}; the broker "
+              f"applies it only with BROKER_RULES_ALLOW_SERIAL={serial}", file=out.stderr)
+    out.result({"status": "ok", "file": args.file, "to": args.to, "version": version, "roles": roles,
+                "serial": serial, "forced": going_back})
     return EXIT_OK
+
+
+def _deployed_serial(engine: Any, args: argparse.Namespace) -> Any:
+    """(serial, sha256) of the rules deployed at --to, or None when there are none yet.
+    Unreadable or invalid deployed rules are an error unless --force (the order can't be checked)."""
+    try:
+        path = _local_copy(args.to, args)
+    except RulesInvalidError as exc:
+        if any(code in str(exc) for code in ("NoSuchKey", "ParameterNotFound", "Not Found")):
+            return None
+        if args.force:
+            return None
+        raise RulesInvalidError(f"{exc} (to check the rules' order; --force pushes without it)") from None
+    try:
+        current = engine.load_rules(path)
+    except RulesInvalidError:
+        return None  # the broker refused those: nothing to go back behind
+    finally:
+        os.unlink(path)
+    return getattr(current, "serial", 0), getattr(current, "sha256", "")
 
 
 def cmd_policy_check(args: argparse.Namespace, out: Output) -> int:

@@ -11,6 +11,8 @@ Like SPIRE's node attestors: one plugin per proof type, one result type, one
 registry line (chalicelib/methods/__init__.py).
 """
 
+from __future__ import annotations  # X | None in class bodies: the client runs on Python 3.9
+
 from typing import Protocol
 
 from ..records import Record

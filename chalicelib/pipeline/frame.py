@@ -21,11 +21,14 @@ class InternalError(BrokerError):
 
 
 class AuditedRequests:
-    def __init__(self, audit, logger):
+    def __init__(self, audit, logger, rules_stamp=None):
         self._audit = audit
         self._log = logger
+        self._rules_stamp = rules_stamp  # () -> (serial, sha256) of the rules in force
 
     def new_record(self, method, context, **fields):
+        if self._rules_stamp is not None:
+            fields["rules_serial"], fields["rules_sha256"] = self._rules_stamp()
         return AuditRecord(request_id=uuid4(), method=method, source_ip=context.get("source_ip"),
                            api_request_id=context.get("api_request_id"), **fields)
 

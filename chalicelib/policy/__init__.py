@@ -14,13 +14,13 @@ matched by that method's `match` module (chalicelib/methods/<name>/match.py).
 from .durations import parse_duration
 from .fields import RulesError
 from .limits import DEFAULT_PER_IDENTITY, Limit, RateLimits
-from .load import SUPPORTED_VERSION, load_rules, parse_rules, warnings
+from .load import MAX_SERIAL, SUPPORTED_VERSION, load_rules, parse_rules, warnings
 from .model import (DEFAULT_SECRET_ID_TTL, DEFAULT_WRAP_TTL, SECRET_ID_TTL_BOUNDS, WRAP_TTL_BOUNDS, Decision, Issuance,
                     Rule, RuleSet, Verdict)
 from .names import ROLE_NAME, RULE_NAME
 
 __all__ = [
-    "DEFAULT_PER_IDENTITY", "DEFAULT_SECRET_ID_TTL", "DEFAULT_WRAP_TTL", "Decision", "Issuance", "Limit",
+    "DEFAULT_PER_IDENTITY", "DEFAULT_SECRET_ID_TTL", "MAX_SERIAL", "DEFAULT_WRAP_TTL", "Decision", "Issuance", "Limit",
     "ROLE_NAME", "RULE_NAME", "RateLimits", "Rule", "RuleSet", "RulesError", "SECRET_ID_TTL_BOUNDS",
     "SUPPORTED_VERSION", "Verdict", "WRAP_TTL_BOUNDS", "load_rules", "parse_duration", "parse_rules", "warnings",
 ]

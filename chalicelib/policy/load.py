@@ -1,8 +1,13 @@
 """Load and validate the rules file (TOML). A bad file stops the broker's start with
 every problem found, each naming the rule and the field."""
 
+import hashlib
 import re
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.9/3.10: the client file (broker.pyz) carries tomli, the same parser
+    import tomli as tomllib
 
 from .durations import parse_duration
 from .fields import RulesError, only_keys, string_list, table
@@ -12,6 +17,9 @@ from .model import (DEFAULT_SECRET_ID_TTL, DEFAULT_WRAP_TTL, SECRET_ID_TTL_BOUND
 from .names import ROLE_NAME, RULE_NAME
 
 SUPPORTED_VERSION = 1
+# `serial`: the rules' own order (chalicelib/rules_source.py refuses to go below the highest
+# one it applied). Absent: 0. At most 2**53 - 1 (exact as a JSON number and a DynamoDB N).
+MAX_SERIAL = 2 ** 53 - 1
 
 
 def default_matchers():
@@ -47,10 +55,15 @@ def parse_rules(text, source="<rules>", matchers=None):
             problems.append(str(e))
             return None
 
-    attempt(only_keys, doc, {"version", "rule", "security", "rate_limits"}, source)
+    attempt(only_keys, doc, {"version", "serial", "rule", "security", "rate_limits"}, source)
     version = doc.get("version")
     if type(version) is not int or version != SUPPORTED_VERSION:  # not True, not 1.0
         problems.append(f"{source}: 'version' must be {SUPPORTED_VERSION}")
+    serial = doc.get("serial", 0)
+    if type(serial) is not int or not 0 <= serial <= MAX_SERIAL:
+        problems.append(f"{source}: 'serial' must be a whole number from 0 to {MAX_SERIAL} "
+                        "(raise it with every change: the broker refuses rules older than those it applied)")
+        serial = 0
     raw_rules = doc.get("rule", [])
     if not isinstance(raw_rules, list):
         raise RulesError(f"{source}: 'rule' must be an array of tables ([[rule]])")
@@ -73,7 +86,8 @@ def parse_rules(text, source="<rules>", matchers=None):
         error = RulesError("\n".join(problems))
         error.problems = problems
         raise error
-    return RuleSet(tuple(rules), source, security, limits, matchers=dict(matchers))
+    return RuleSet(tuple(rules), source, security, limits, matchers=dict(matchers), serial=serial,
+                   sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 
 _SECURITY_ARN = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}):(role|user)/([\w+=,.@*?-]{1,128})$")

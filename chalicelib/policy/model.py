@@ -5,6 +5,8 @@ The engine knows no cloud. Each rule names one proof method (`[rule.aws]`,
 `match` module (chalicelib/methods/<name>/match.py) says whether they hold.
 """
 
+from __future__ import annotations  # X | None in class bodies: the client runs on Python 3.9
+
 
 from ..records import Record, field
 from .fields import any_glob
@@ -71,6 +73,8 @@ class RuleSet(Record, frozen=True):
     # [rate_limits]: issuances per identity (machine, else principal) and per role.
     rate_limits: RateLimits = None
     matchers: dict = field(default_factory=dict, compare=False, repr=False)  # {method: match module}
+    serial: int = 0  # the file's `serial`: its place in the order of the rules (0: none given)
+    sha256: str = ""  # of the file's text: which content exactly, in every audit record
 
     def is_security_principal(self, canonical_arn):
         return bool(canonical_arn) and any_glob(canonical_arn, self.security_principals)

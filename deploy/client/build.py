@@ -9,6 +9,10 @@
   endpoint files. Runs on Python 3.9 to 3.14, needs no pip. It carries bytecode for
   each Python 3.9-3.14 found on the build machine (PATH, pyenv), which its
   ``__main__`` imports from (zipimport would compile botocore at every start).
+  It also carries the broker's own rules engine, copied from the server's code
+  (``ENGINE``: ``chalicelib/policy`` and the pure parts of ``chalicelib/methods``), and
+  ``tomli`` to read TOML where ``tomllib`` is missing (3.9, 3.10), so ``broker.pyz
+  policy check|explain`` need no checkout.
 
 Each file gets ``FILE.sha256`` beside it (``sha256sum -c`` format), and the sums are
 printed. The pyz is reproducible: the same inputs and the same interpreters give the
@@ -36,6 +40,29 @@ REQUIREMENTS = Path(__file__).with_name("requirements-pyz.txt")
 FIXED_TIME = 1577836800  # 2020-01-01T00:00:00Z: every file in the pyz carries this time
 # botocore/data: what the credential chain and SigV4 use; everything else is cut.
 BOTOCORE_DATA_KEEP = ("_retry.json", "endpoints.json", "partitions.json", "sdk-default-configuration.json", "sts/")
+# The rules engine the pyz carries: the server's own modules, copied as they are (one source).
+# Pure: they import each other and the standard library only (tomli where tomllib is
+# missing); build_pyz imports them alone under every interpreter and stops if one doesn't.
+ENGINE = (
+    "chalicelib/__init__.py", "chalicelib/errors.py", "chalicelib/records.py", "chalicelib/policy/",
+    "chalicelib/methods/__init__.py", "chalicelib/methods/base.py",
+    "chalicelib/methods/aws/__init__.py", "chalicelib/methods/aws/arn.py", "chalicelib/methods/aws/match.py",
+    "chalicelib/methods/aws/model.py",
+    "chalicelib/methods/gcp/__init__.py", "chalicelib/methods/gcp/match.py", "chalicelib/methods/gcp/model.py",
+)
+# Run by each interpreter on the staged tree alone (-I, no site-packages): the engine loads the
+# shipped rules and decides with them.
+ENGINE_CHECK = """
+import sys
+sys.path[:0] = [sys.argv[1]]
+import chalicelib.methods, chalicelib.policy
+rules = chalicelib.policy.load_rules(sys.argv[2])
+facts = chalicelib.methods.facts_from_dict({"principal_arn": "arn:aws:sts::123456789012:assumed-role/x/y"})
+rules.explain(facts)
+stray = sorted(m for m in sys.modules if m.startswith("chalicelib.") and not m.startswith(
+    ("chalicelib.policy", "chalicelib.methods", "chalicelib.errors", "chalicelib.records")))
+assert not stray, stray
+"""
 MAIN = '''# The single-file secret-zero broker client: python3 broker.pyz login ...
 import importlib.machinery
 import importlib.util
@@ -176,6 +203,19 @@ def interpreters() -> list:
     return sorted(found.items())
 
 
+def copy_engine(stage: Path) -> None:
+    """The server's rules engine (ENGINE) into the staged tree, as it is in the checkout."""
+    for entry in ENGINE:
+        source = ROOT / entry
+        if entry.endswith("/"):
+            for path in sorted(source.glob("*.py")):
+                (stage / entry).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, stage / entry / path.name)
+        else:
+            (stage / entry).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, stage / entry)
+
+
 def build_pyz(out: Path, wheels: Path) -> Path:
     target = out / "broker.pyz"
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,8 +227,13 @@ def build_pyz(out: Path, wheels: Path) -> Path:
                     if not name.endswith("/") and _keep(name):
                         zf.extract(name, stage)
         shutil.copytree(ROOT / "broker", stage / "broker", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        copy_engine(stage)
         (stage / "__main__.py").write_text(MAIN)
         for tag, python in interpreters():
+            check = subprocess.run([python, "-I", "-c", ENGINE_CHECK, str(stage), str(ROOT / "policies" / "rules.toml")],
+                                   capture_output=True, text=True)
+            if check.returncode != 0:
+                raise SystemExit(f"the rules engine does not stand alone on {tag} ({python}):\n{check.stderr}")
             subprocess.run([python, "-c", COMPILE, str(stage)], check=True, env=dict(os.environ, PYTHONHASHSEED="0"))
             print(f"bytecode for {tag} ({python})", flush=True)
         for path in stage.rglob("*"):

@@ -1,5 +1,7 @@
 """Parse the principal ARNs that STS GetCallerIdentity returns."""
 
+from __future__ import annotations  # X | None in class bodies: the client runs on Python 3.9
+
 import functools
 import re
 

@@ -5,6 +5,8 @@ account, never taken from the caller's request. Shared with the client
 (`broker policy explain`), so it imports nothing but the ARN parser.
 """
 
+from __future__ import annotations  # X | None in class bodies: the client runs on Python 3.9
+
 
 from ...records import Record, field, field_names
 from ..base import Entity, plain

@@ -1,5 +1,7 @@
 """What the broker knows about a verified GCP caller: plain data, no I/O (shared with the client)."""
 
+from __future__ import annotations  # X | None in class bodies: the client runs on Python 3.9
+
 
 from ...records import Record, field, field_names
 from ..base import Entity, plain
