@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 
 import jwt
+from jwt import exceptions as jwterr
 
 from ..errors import InvalidProof, Unavailable
 from ..http_pool import HttpError
@@ -79,9 +80,9 @@ def unverified(token):
     """The header, claims and signature of `token`, or InvalidProof if it is not a JWT."""
     try:
         doc = jwt.decode_complete(token, options={"verify_signature": False})
-    except jwt.DecodeError:
+    except jwterr.DecodeError:
         raise InvalidProof(_MALFORMED) from None
-    except jwt.InvalidTokenError:  # PyJWT's header checks: a kid that is not a string, crit, b64
+    except jwterr.InvalidTokenError:  # PyJWT's header checks: a kid that is not a string, crit, b64
         raise InvalidProof("the token's header is malformed (kid, crit or b64)") from None
     return Unverified(doc["header"], doc["payload"], doc["signature"])
 
@@ -130,7 +131,7 @@ class TokenVerifier:
     def _check_key_fits(self, key, alg):
         try:
             jwt.get_algorithm_by_name(alg).prepare_key(key)
-        except (TypeError, ValueError, jwt.InvalidKeyError):
+        except (TypeError, ValueError, jwterr.InvalidKeyError):
             raise InvalidProof(f"the token's kid names a key that does not fit {alg}") from None
 
     def _decode(self, token, key):
@@ -143,21 +144,21 @@ class TokenVerifier:
                          "enforce_minimum_key_length": True,
                          # our clock, and integers only: _check_times
                          "verify_exp": False, "verify_iat": False, "verify_nbf": False})
-        except jwt.InvalidSignatureError:
+        except jwterr.InvalidSignatureError:
             raise InvalidProof(f"the token's signature does not verify with {issuer.name}'s key") from None
-        except jwt.MissingRequiredClaimError as e:
+        except jwterr.MissingRequiredClaimError as e:
             raise InvalidProof(_missing(e.claim, issuer.name)) from None
-        except jwt.InvalidIssuerError:
+        except jwterr.InvalidIssuerError:
             raise InvalidProof(f"the token was not issued by {issuer.name} (iss)") from None
-        except jwt.InvalidAudienceError:
+        except jwterr.InvalidAudienceError:
             raise InvalidProof("the token's audience (aud) is not this broker") from None
-        except jwt.InvalidSubjectError:
+        except jwterr.InvalidSubjectError:
             raise InvalidProof("the token's sub claim is not a string") from None
-        except jwt.InvalidJTIError:
+        except jwterr.InvalidJTIError:
             raise InvalidProof("the token's jti claim is not a string") from None
-        except jwt.InvalidKeyError:
+        except jwterr.InvalidKeyError:
             raise InvalidProof(f"the token's kid names a key too weak for {issuer.name}'s tokens") from None
-        except jwt.InvalidTokenError:  # PyJWT's other refusals (the ones above are checked first by us)
+        except jwterr.InvalidTokenError:  # PyJWT's other refusals (the ones above are checked first by us)
             raise InvalidProof(_MALFORMED) from None
 
     def _check_times(self, claims):
@@ -264,7 +265,7 @@ class RemoteKeys:
             raise self._unavailable("could not be fetched", f"{self._endpoint} endpoint answered HTTP {response.status}")
         try:
             keys = self._parse(json.loads(body))
-        except (ValueError, TypeError, AttributeError, RecursionError, jwt.PyJWTError):
+        except (ValueError, TypeError, AttributeError, RecursionError, jwterr.PyJWTError):
             raise self._unavailable("are unreadable", f"{self._endpoint} endpoint answered a document that is not "
                                                       "a set of public keys by kid") from None
         self._keys = keys
