@@ -16,10 +16,10 @@ the token, checks the signature with the key we chose by kid, and checks `iss`, 
   `max_lifetime`; `iat` at most `future_skew` ahead; not expired (no leeway); `iat` at
   most `max_age` old; `nbf`, if present, an integer not later than now + `future_skew`.
 
-Messages name the failed check, never the token. PyJWKClient is not used: it has no cap
-on the size of the keys document, caches for a fixed time instead of by Cache-Control,
-refetches on every unknown kid, reads JWKS only (Google's v1 endpoint answers PEM
-certificates) and opens its own connections (docs/gcp.md).
+Messages name the failed check, never the token. PyJWKClient is not used: it reads JWKS
+only (Google's v1 endpoint answers PEM certificates), keeps keys for a fixed time instead
+of by Cache-Control, puts no cap on the answer's size and opens its own connections
+(docs/gcp.md).
 """
 
 import hashlib
