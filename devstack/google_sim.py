@@ -3,8 +3,11 @@ Compute ``instances.get`` and per-instance metadata servers.
 
 No Google emulator exists for these APIs, so this one copies what the real
 endpoints do: the same URL paths, JSON shapes, status codes and headers. It is a
-standalone script (standard library + ``cryptography``) started by the Stack as
-its own process: ``python devstack/google_sim.py --port PORT``. Secrets it must
+standalone script (standard library, ``cryptography`` and PyJWT) started by the Stack as
+its own process: ``python devstack/google_sim.py --port PORT``. Google's tokens are
+minted with ``jwt.encode``; only the forgeries of ``/_admin/tokens/forge`` (an alg the
+signature does not match, no signature, HMAC keyed with a certificate) are put together
+here, since PyJWT refuses to make them. Secrets it must
 know (the OAuth client and refresh token, the AWS keys it accepts for workload
 identity federation) come from the environment, never from the command line.
 
@@ -41,10 +44,12 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from jwt.algorithms import RSAAlgorithm
 
 ISSUER = "https://accounts.google.com"
 COMPUTE_BASE = "https://www.googleapis.com/compute/v1"
@@ -142,21 +147,19 @@ class SigningKey:
                 .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=14))
                 .sign(self.private_key, hashes.SHA256()))
         self.cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-        numbers = self.private_key.public_key().public_numbers()
-        self.jwk = {"kty": "RSA", "alg": "RS256", "use": "sig", "kid": self.kid, "e": "AQAB",
-                    "n": b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big"))}
+        public = RSAAlgorithm.to_jwk(self.private_key.public_key(), as_dict=True)  # n and e, base64url
+        self.jwk = {"kty": "RSA", "alg": "RS256", "use": "sig", "kid": self.kid, "e": public["e"], "n": public["n"]}
 
-    def sign(self, data: bytes) -> bytes:
-        return self.private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    def encode(self, claims: dict) -> str:
+        """A token as Google signs it: {"alg": "RS256", "kid": ..., "typ": "JWT"}."""
+        return jwt.encode(claims, self.private_key, algorithm="RS256", headers={"kid": self.kid})
 
 
-def encode_jwt(header: dict, claims: dict, signer) -> str:
-    """``signer``: a SigningKey (RS256), None (empty signature) or a callable(bytes) -> bytes."""
+def forge_jwt(header: dict, claims: dict, sign) -> str:
+    """Any header over any claims (the attacks PyJWT won't encode). ``sign``: a callable
+    (signing input bytes) -> signature bytes, or None for an empty signature."""
     signing_input = f"{b64url(compact_json(header))}.{b64url(compact_json(claims))}"
-    if signer is None:
-        return signing_input + "."
-    sig = signer.sign(signing_input.encode()) if isinstance(signer, SigningKey) else signer(signing_input.encode())
-    return f"{signing_input}.{b64url(sig)}"
+    return f"{signing_input}.{b64url(sign(signing_input.encode())) if sign else ''}"
 
 
 # ---- SigV4 (workload identity federation with an AWS subject token) --------------------------
@@ -386,7 +389,9 @@ class Sim:
 
     def sign(self, claims: dict, key: SigningKey | None = None) -> str:
         key = key or self.current_key
-        return encode_jwt({"alg": "RS256", "kid": key.kid, "typ": "JWT"}, claims, key)
+        if "iss" in claims and not isinstance(claims["iss"], str):  # jwt.encode refuses; Google never
+            raise ApiError(400, {"error": "claims.iss: a string (tokens/forge makes any other)"})
+        return key.encode(claims)
 
     def issue_access_token(self, principal: str, scope: str) -> dict:
         token = "ya29." + secrets.token_urlsafe(96)
@@ -797,13 +802,13 @@ class Handler(BaseHTTPRequestHandler):
         # the given fields over the usual header; a null value removes the field
         header = {k: v for k, v in {"alg": "RS256", "kid": key.kid, "typ": "JWT", **given}.items() if v is not None}
         sign = body.get("sign", True)
-        if sign in (True, "rs256"):
-            return encode_jwt(header, claims, key)
+        if sign in (True, "rs256"):  # RS256 over whatever the header says (PyJWT's RS256, our key)
+            return forge_jwt(header, claims, lambda data: jwt.get_algorithm_by_name("RS256").sign(data, key.private_key))
         if sign in (False, "none"):
-            return encode_jwt(header, claims, None)
+            return forge_jwt(header, claims, None)
         if sign == "hs256-public-key":  # the classic alg confusion: HMAC keyed with the published cert
             secret = key.cert_pem.encode()
-            return encode_jwt(header, claims, lambda data: hmac.new(secret, data, hashlib.sha256).digest())
+            return forge_jwt(header, claims, lambda data: hmac.new(secret, data, hashlib.sha256).digest())
         raise ApiError(400, {"error": "sign: true/'rs256', false/'none' or 'hs256-public-key'"})
 
 

@@ -1,5 +1,5 @@
 """Property-based tests (hypothesis) of the GCP proof parsers: the login body, the JWT's
-three parts (`_split`), its header and claims (`GcpProofVerifier`, with tokens really
+three parts (`oidc.unverified`), its header and claims (`GcpProofVerifier`, with tokens really
 signed by a test key so that the claim checks are reached), and Google's certificates
 document and Cache-Control.
 
@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from chalicelib.methods.gcp import proof as gcp_proof
 from chalicelib.config import Settings
 from chalicelib.errors import InvalidProof, InvalidRequest, Unavailable
-from chalicelib.methods.gcp.proof import GcpProofVerifier, GoogleCerts, _split, parse_gcp_login
+from chalicelib.methods.gcp.proof import GcpProofVerifier, GoogleCerts, parse_gcp_login
+from chalicelib.methods.oidc import unverified
 from chalicelib.methods.base import VerifiedCaller as GoogleIdentity
 
 AUDIENCE = "https://broker.test"
@@ -108,11 +109,11 @@ def test_any_body_is_parsed_or_refused_with_400(raw):
 @example("\u00e9.e30.c2ln")
 def test_any_text_splits_into_a_jwt_or_is_refused(text):
     try:
-        header, claims, signed, signature = _split(text)
+        parts = unverified(text)
     except InvalidProof:
         return
-    assert isinstance(header, dict) and isinstance(claims, dict)
-    assert isinstance(signed, bytes) and isinstance(signature, bytes)
+    assert isinstance(parts.header, dict) and isinstance(parts.claims, dict)
+    assert isinstance(parts.signature, bytes)
     verify(text)
 
 

@@ -1,6 +1,6 @@
 """The GCP proof method: a Google-signed ID token (GCE instance identity or service account).
 
-    proof.py     the login body, Google's certificates, RS256 checks -> VerifiedCaller
+    proof.py     the login body, Google's certificates, the token's checks (../oidc.py, PyJWT) -> VerifiedCaller
     facts.py     the Compute API (instances.get) with the broker's own Google credentials
     model.py     the facts as plain data (pure)
     match.py     [rule.gcp] conditions (pure)
