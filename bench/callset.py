@@ -90,12 +90,12 @@ def recording():
                 calls.append(Call(t0, time.perf_counter(), method, full, headers, body, pool.port))
 
     HTTPConnectionPool.urlopen = urlopen
-    try:  # the broker's own HTTP client (chalicelib/http_pool.py: the lean AWS clients, Vault, STS)
-        from chalicelib.http_pool import Pools
+    try:  # the broker's own HTTP client (chalicelib/http_client.py: the lean AWS clients, Vault, STS)
+        from chalicelib.http_client import HttpClient
     except ImportError:  # an older tree: urllib3 only
-        Pools = None
-    if Pools is not None:
-        original_request = Pools.request
+        HttpClient = None
+    if HttpClient is not None:
+        original_request = HttpClient.request
 
         def request(self, method, url, *args, **kwargs):
             t0 = time.perf_counter()
@@ -106,13 +106,13 @@ def recording():
                     calls.append(Call(t0, time.perf_counter(), method, url, kwargs.get("headers") or {},
                                       kwargs.get("body"), urlsplit(url).port))
 
-        Pools.request = request
+        HttpClient.request = request
     try:
         yield calls
     finally:
         HTTPConnectionPool.urlopen = original
-        if Pools is not None:
-            Pools.request = original_request
+        if HttpClient is not None:
+            HttpClient.request = original_request
 
 
 def waves(calls: list[Call]) -> list[list[Call]]:
@@ -150,9 +150,9 @@ class Floor:
         self.http = requests.Session()
         self.http.trust_env = False
         try:  # the broker's own HTTP client for Vault and the STS forward: the same work on both sides
-            from chalicelib.http_pool import Pools
+            from chalicelib.http_client import HttpClient
 
-            self._pools = Pools()
+            self._pools = HttpClient()
         except ImportError:  # an older tree: requests, as its broker used
             self._pools = None
         self._keys: dict = {}

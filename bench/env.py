@@ -368,7 +368,7 @@ _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 @contextlib.contextmanager
 def trace_http(ports: dict[int, str]):
     """Record every request made while active: (start, end, label): the broker's own HTTP
-    client's (chalicelib/http_pool.py) and urllib3's (botocore's and requests', for older
+    client's (chalicelib/http_client.py) and urllib3's (botocore's and requests', for older
     trees and the botocore clients). ``ports`` names the servers by port."""
     from urllib3.connectionpool import HTTPConnectionPool
 
@@ -395,7 +395,7 @@ def trace_http(ports: dict[int, str]):
     calls = _Calls()
     HTTPConnectionPool.urlopen = urlopen
     HTTPConnection.connect = connect
-    pools = _pools_class()  # the broker's own HTTP client (chalicelib/http_pool.py), where it has one
+    pools = _pools_class()  # the broker's own HTTP client (chalicelib/http_client.py), where it has one
     if pools is not None:
         original_request, original_pool_connect = pools.request, getattr(pools, "_connect", None)
 
@@ -430,10 +430,10 @@ def trace_http(ports: dict[int, str]):
 
 def _pools_class():
     try:
-        from chalicelib.http_pool import Pools
+        from chalicelib.http_client import HttpClient
     except ImportError:  # an older tree
         return None
-    return Pools
+    return HttpClient
 
 
 class _Calls(list):

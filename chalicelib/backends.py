@@ -71,7 +71,7 @@ class Runtime:
         self._revoker = revoker
         self._rules = rules
         self._clients = clients  # weak: a reader role's clients go when its credentials are renewed
-        self._pools = pools  # the broker's own HTTP pools: STS, Vault, Google's certificates
+        self._pools = pools  # the broker's HTTP client (urllib3): STS, Vault, Google's certificates
 
     def warm_up(self, log_in=True):
         """Build what the first request would. Errors of the network parts (the Vault login)
@@ -128,13 +128,13 @@ def build_service(settings):
 def build_runtime(settings, log_in_early=False):
     import weakref
 
-    from .http_pool import Pools
+    from .http_client import HttpClient
     from .minter import VaultMinter
 
     # The broker's own HTTP calls besides botocore's: the STS forward, Vault (minter and
     # revoker), Google's certificates. Not requests: an AWS-only broker never imports it
     # (google-auth's Compute API session, chalicelib/methods/gcp/facts.py, still does, on first use).
-    pools = Pools()
+    pools = HttpClient()
     make_client = aws_client_factory(settings)
     clients = weakref.WeakSet()
 

@@ -12,7 +12,7 @@ import time
 
 from .concurrency import settle
 from .errors import Unavailable
-from .http_pool import HttpError
+from .http_client import HttpError
 from .records import Record, field
 from .vault_http import VaultHttp, errors_of
 
@@ -54,7 +54,7 @@ class _LoginRefused(Exception):
 
 class VaultMinter:
     def __init__(self, settings, pools, fetch_secret_id, clock=time.monotonic):
-        """`pools`: the broker's HTTP pools (chalicelib/http_pool.py)."""
+        """`pools`: the broker's HTTP client (chalicelib/http_client.py)."""
         self._vault = VaultHttp(pools, settings.vault_addr, settings.vault_timeout)
         self._mount = settings.vault_approle_mount
         self._role_id = settings.vault_role_id

@@ -39,7 +39,7 @@ class Scan(Record):
 
 class VaultRevoker:
     def __init__(self, *, addr, mount, role_id, fetch_secret_id, pools, timeout, clock=time.monotonic):
-        """`pools`: the broker's HTTP pools (chalicelib/http_pool.py)."""
+        """`pools`: the broker's HTTP client (chalicelib/http_client.py)."""
         self._vault = VaultHttp(pools, addr, timeout)
         self._mount = mount
         self._role_id = role_id

@@ -10,7 +10,7 @@ old. After a restore (the runtime's `snapshot_restore_py` hooks):
   admission's conflict backoff jitter). `os.urandom`, `secrets` and `uuid.uuid4` (the
   request IDs) read the kernel's generator, which Lambda reseeds: nothing to do;
 - pooled HTTP connections are dropped (botocore's pools, the broker's own pools of
-  Vault and the STS forward, chalicelib/http_pool.py, and the GCP method's requests
+  Vault and the STS forward, chalicelib/http_client.py, and the GCP method's requests
   session): their sockets were open when the snapshot was taken and are dead or,
   worse, shared;
 - the Vault tokens are forgotten: they may have expired while the snapshot waited, and

@@ -1,6 +1,6 @@
 """Vault's HTTP API as the broker's two Vault identities call it (chalicelib/minter.py,
 chalicelib/revoker.py): a JSON body in, (status, document) out, through the broker's
-pools (chalicelib/http_pool.py).
+pools (chalicelib/http_client.py).
 
 Why not hvac: it is a layer over requests, and importing both is a large share of a
 cold start (issue 14). The broker needs a handful of endpoints whose shape is fixed
@@ -14,7 +14,7 @@ to the active node; one that answers with a redirect is reported as such.
 import json
 
 from .errors import Unavailable
-from .http_pool import HttpError
+from .http_client import HttpError
 
 MAX_ANSWER_BYTES = 1 << 20  # a wrapped secret ID, a login, a token lookup: a few KiB
 

@@ -1,5 +1,5 @@
 """A real HTTP server on 127.0.0.1 that answers as a test scripts it: for unit tests of the
-broker's own HTTP clients (chalicelib/http_pool.py and its users) where the real backend
+broker's own HTTP clients (chalicelib/http_client.py and its users) where the real backend
 can't be made to misbehave on cue (a Vault that answers garbage, an STS that redirects).
 
     with ScriptedServer() as server:

@@ -13,7 +13,7 @@ Secrets come from:
   the SigV4 signature, the session token and the base64 header map of AWS proofs,
   GCP ID tokens and their signatures;
 - every answer the test process reads over HTTP (hvac, requests, schemathesis, the
-  in-process broker's own Vault calls through chalicelib/http_pool.py): wrapping tokens,
+  in-process broker's own Vault calls through chalicelib/http_client.py): wrapping tokens,
   secret IDs, role IDs, Vault tokens (the broker's included), Google access tokens;
 - ``register_secret(value, label)`` for anything else.
 
@@ -324,12 +324,12 @@ def _install():
 
 
 def _install_pools():
-    """The in-process broker's own calls (chalicelib/http_pool.py: Vault, the STS forward):
+    """The in-process broker's own calls (chalicelib/http_client.py: Vault, the STS forward):
     the tokens and SigV4 signatures it sends, the secret IDs in what it
     sends, and the secrets in the answers (Vault's JSON, Secrets Manager's, STS's XML)."""
-    from chalicelib import http_pool
+    from chalicelib import http_client
 
-    original_request = http_pool.Pools.request
+    original_request = http_client.HttpClient.request
 
     def request(self, method, url, *, body=None, headers=None, **kwargs):
         path = "/" + url.split("://", 1)[-1].split("/", 1)[-1].split("?", 1)[0]
@@ -359,7 +359,7 @@ def _install_pools():
             pass
         return answer
 
-    http_pool.Pools.request = request
+    http_client.HttpClient.request = request
 
 
 def _install_botocore():

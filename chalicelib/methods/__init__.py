@@ -2,7 +2,7 @@
 
 A method is a package with:
 - `build(settings, make_aws_client, pools, rules)` -> the Method (proof + facts), built
-  on first use; `pools` are the broker's HTTP pools (chalicelib/http_pool.py);
+  on first use; `pools` is the broker's HTTP client (chalicelib/http_client.py);
 - `conditions` (its `match.py`): the `[rule.<name>]` table of the rules file,
   parsed and matched by the method itself; pure, importable by the client;
 - `settings.py`: its own environment variables, validated at start.

@@ -3,7 +3,7 @@ proof is such a token (GCP today; a Kubernetes service-account token next).
 
 A method gives an `Issuer` (who signs, for which audience, with which algorithms, how
 long a token may live and how old it may be) and a key source (`RemoteKeys`: a keys
-document fetched with the broker's HTTP pools, or anything with `key(kid)`). PyJWT parses
+document fetched with the broker's HTTP client, or anything with `key(kid)`). PyJWT parses
 the token, checks the signature with the key we chose by kid, and checks `iss`, `aud`
 (strictly: one string, equal), the presence of `iss`/`aud`/`iat`/`exp` and the type of
 `sub`/`jti`. On top, checks PyJWT does not make:
@@ -33,7 +33,7 @@ import jwt
 from jwt import exceptions as jwterr
 
 from ..errors import InvalidProof, Unavailable
-from ..http_pool import HttpError
+from ..http_client import HttpError
 
 FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
 MAX_KEYS_BYTES = 256 * 1024
@@ -230,7 +230,7 @@ class RemoteKeys:
     fetched again, at most once per MIN_REFETCH_INTERVAL, for a kid we don't know."""
 
     def __init__(self, pools, url, *, parse, label, backend, endpoint="keys", clock=time.time):
-        """`pools`: the broker's HTTP pools (chalicelib/http_pool.py: no redirects, bounded
+        """`pools`: the broker's HTTP client (chalicelib/http_client.py: no redirects, bounded
         reads). `parse`: the document (JSON) -> {kid: public key}. `label` ("Google's
         certificates"), `backend` and `endpoint` name the source in errors."""
         self._pools = pools

@@ -185,9 +185,9 @@ def test_backend_down_at_init_is_retried_by_the_first_request(stack, proxies):
 
 
 def _open_pools(runtime):
-    """Connections kept alive, by kind: the broker's own (chalicelib/http_pool.py: STS, Vault,
+    """Connections kept alive, by kind: the broker's own (chalicelib/http_client.py: STS, Vault,
     Google's certificates) and botocore's (its clients)."""
-    counts = {"own": sum(len(idle) for idle in runtime._pools._idle.values())}
+    counts = {"own": runtime._pools.idle_connections()}
     botocore = [c for c in runtime._clients if hasattr(c, "_endpoint")]
     if botocore:
         counts["botocore"] = sum(len(c._endpoint.http_session._manager.pools) for c in botocore)
@@ -362,7 +362,7 @@ print("CHILD " + json.dumps({"built": app._service is not None, "status": out.ge
 @pytest.mark.parametrize("gcp", [False, True], ids=["aws-only", "gcp-enabled"])
 def test_an_aws_issuance_imports_botocore_and_no_other_http_library(stack, gcp):
     """The broker's AWS calls are botocore's (chalicelib/aws_clients.py; urllib3 is its HTTP
-    client); STS, Vault and Google's certificates go through chalicelib/http_pool.py.
+    client); STS, Vault and Google's certificates go through chalicelib/http_client.py.
     requests comes only with google-auth's Compute API session, on the first GCP facts
     read: an AWS issuance imports neither it nor google-auth, even with GCP enabled."""
     env = {k: v for k, v in stack.broker_env().items()

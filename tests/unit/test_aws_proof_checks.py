@@ -205,3 +205,11 @@ def test_a_date_parses_as_strptime_parsed_it():
         checker._clock = lambda t=text: datetime.strptime(t, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
         assert checker._check_date(text, text[:8]) == datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(
             tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("value", ["lean", "botocore", ""])
+def test_the_withdrawn_aws_clients_setting_stops_the_start_naming_itself(value):
+    from chalicelib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="BROKER_AWS_CLIENTS is no longer a setting"):
+        verifier(BROKER_AWS_CLIENTS=value)

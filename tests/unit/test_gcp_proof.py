@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from chalicelib.config import Settings
 from chalicelib.errors import InvalidProof, InvalidRequest, Unavailable
-from chalicelib.http_pool import Pools
+from chalicelib.http_client import HttpClient
 from chalicelib.methods.gcp.proof import GcpProofVerifier, GoogleCerts, parse_gcp_login
 
 AUDIENCE = "https://broker.test"
@@ -111,7 +111,7 @@ def verifier(certs, clock=None):
         "BROKER_SERVER_ID": "x", "BROKER_AUDIT_TABLE": "a", "BROKER_REPLAY_TABLE": "r", "BROKER_GCP_AUDIENCE": AUDIENCE,
     })
     clock = clock or time.time
-    return GcpProofVerifier(settings.gcp, GoogleCerts(Pools(), certs.url, clock=clock), clock=clock)
+    return GcpProofVerifier(settings.gcp, GoogleCerts(HttpClient(), certs.url, clock=clock), clock=clock)
 
 
 def verify(v, jwt):

@@ -21,7 +21,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from chalicelib.config import Settings
 from chalicelib.errors import InvalidProof, Unavailable
-from chalicelib.http_pool import Answer
+from chalicelib.http_client import Answer
 from chalicelib.methods import oidc
 from chalicelib.methods.gcp.proof import GcpLoginRequest, GcpProofVerifier, GoogleCerts
 
@@ -219,7 +219,7 @@ def test_the_edges_of_the_time_window_are_accepted():
 
 
 class Pools:
-    """The HTTP pools' contract (chalicelib/http_pool.py), answering from a script."""
+    """The HTTP pools' contract (chalicelib/http_client.py), answering from a script."""
 
     def __init__(self, body, cache_control="public, max-age=3600", status=200):
         self.body, self.cache_control, self.status, self.fetches = body, cache_control, status, 0

@@ -411,8 +411,8 @@ def test_a_huge_document_is_read_at_most_to_the_cap():
 
 
 class FakeSts:
-    """chalicelib.http_pool.Pools' contract (its real behaviour against a real server:
-    tests/unit/test_http_pool_backends.py): an Answer with at most max_bytes + 1 bytes of
+    """chalicelib.http_client.HttpClient' contract (its real behaviour against a real server:
+    tests/unit/test_http_client_backends.py): an Answer with at most max_bytes + 1 bytes of
     the body, or HttpError when no answer came; never a redirect followed."""
 
     def __init__(self, status, body, error=None):
@@ -421,7 +421,7 @@ class FakeSts:
         self.sent = []
 
     def request(self, method, url, **kwargs):
-        from chalicelib.http_pool import Answer, HttpError
+        from chalicelib.http_client import Answer, HttpError
 
         self.sent.append((method, url, kwargs))
         if self.error:
@@ -450,6 +450,6 @@ def test_any_sts_answer_is_an_identity_a_refusal_or_unavailable(status, body, er
         return
     assert status == 200 and error is None and isinstance(got, CallerIdentity)
     # the request went to the configured STS, never anywhere else, with a bounded read
-    # (the pools follow no redirect: tests/unit/test_http_pool_backends.py)
+    # (the pools follow no redirect: tests/unit/test_http_client_backends.py)
     method, url, kwargs = session.sent[0]
     assert (method, url, kwargs["max_bytes"]) == ("POST", "https://sts.amazonaws.com/", MAX_RESPONSE_BYTES)

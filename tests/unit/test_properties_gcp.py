@@ -180,14 +180,14 @@ def test_signed_tokens_with_random_bytes_as_header_or_claims_are_refused(raw_hea
 
 
 class FakeGoogle:
-    """chalicelib.http_pool.Pools' contract: an Answer with at most max_bytes + 1 bytes of the
+    """chalicelib.http_client.HttpClient' contract: an Answer with at most max_bytes + 1 bytes of the
     body (the pools follow no redirect; the real certs endpoint: tests/unit/test_gcp_proof.py)."""
 
     def __init__(self, status, body, cache_control):
         self.answer = (status, body, cache_control)
 
     def request(self, method, url, **kwargs):
-        from chalicelib.http_pool import Answer
+        from chalicelib.http_client import Answer
 
         assert method == "GET"
         status, body, cache_control = self.answer

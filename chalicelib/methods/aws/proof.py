@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from ... import safe_xml
 from ...errors import InvalidProof, Unavailable
-from ...http_pool import HttpError
+from ...http_client import HttpError
 from ...records import Record, field
 from ..base import Entity, VerifiedCaller
 from .arn import parse_principal_arn
@@ -63,7 +63,8 @@ class SignedProof(Record, frozen=True):
 class AwsProofVerifier:
     def __init__(self, settings, pools, clock=time.time):
         """`settings`: the method's AwsSettings (chalicelib/methods/aws/settings.py);
-        `pools`: the broker's HTTP pools (chalicelib/http_pool.py: no redirects, bounded reads)."""
+        `pools`: the broker's HTTP client (chalicelib/http_client.py, urllib3: no redirects,
+        bounded reads, a deadline for the whole answer, proxies as botocore honours them)."""
         self._endpoints = {urlsplit(u).hostname: u for u in settings.sts_endpoints}
         self._forward_url = settings.sts_forward_url
         self._server_id = settings.server_id

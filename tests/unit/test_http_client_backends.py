@@ -1,4 +1,4 @@
-"""The broker's own HTTP clients (chalicelib/http_pool.py) against real HTTP servers that
+"""The broker's own HTTP clients (chalicelib/http_client.py) against real HTTP servers that
 misbehave on cue (tests/scripted_http.py): the minter's and the revoker's Vault calls and
 the STS forward. Each Vault answer maps to the error it mapped to when the broker called
 Vault through hvac (its status -> exception table, hvac.exceptions.VaultError.from_status),
@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from chalicelib.errors import InvalidProof, Unavailable
-from chalicelib.http_pool import Pools
+from chalicelib.http_client import HttpClient
 from chalicelib.minter import VaultMinter
 from chalicelib.revoker import VaultRevoker
 from tests.scripted_http import Fetches, ScriptedServer, closed_port_url
@@ -68,7 +68,7 @@ def vault():
 def minter_for(url, fetch=None, timeout=2.0):
     settings = SimpleNamespace(vault_addr=url, vault_approle_mount="approle", vault_role_id="role-id-of-the-broker",
                                vault_timeout=timeout)
-    return VaultMinter(settings, Pools(), fetch or Fetches(SECRET_ID))
+    return VaultMinter(settings, HttpClient(), fetch or Fetches(SECRET_ID))
 
 
 ISSUANCE = SimpleNamespace(wrap_ttl=60, secret_id_ttl=120, secret_id_num_uses=1, bind_source_cidr=True)
@@ -107,7 +107,7 @@ def test_an_issuance_sends_what_hvac_sent(vault):
 def test_the_token_is_kept_until_the_refresh_fraction_of_its_lease(vault):
     now = [1000.0]
     minter = VaultMinter(SimpleNamespace(vault_addr=vault.url, vault_approle_mount="approle", vault_role_id="r",
-                                         vault_timeout=2.0), Pools(), Fetches(SECRET_ID), clock=lambda: now[0])
+                                         vault_timeout=2.0), HttpClient(), Fetches(SECRET_ID), clock=lambda: now[0])
     vault.on("POST", LOGIN, login_ok(lease=100))
     issue(minter)
     now[0] += 79  # 80 % of the lease: still good
@@ -340,7 +340,7 @@ def test_health_of_an_unreachable_vault():
 
 def revoker_for(url, fetch=None):
     return VaultRevoker(addr=url, mount="approle", role_id="revoker-role", fetch_secret_id=fetch or Fetches(SECRET_ID),
-                        pools=Pools(), timeout=2.0)
+                        pools=HttpClient(), timeout=2.0)
 
 
 def test_revoker_answers(vault):
@@ -400,7 +400,7 @@ def sts_verifier(forward_url):
         "BROKER_VAULT_ADDR": "http://127.0.0.1:1", "BROKER_VAULT_ROLE_ID": "r", "BROKER_VAULT_SECRET_ID_SECRET": "s",
         "BROKER_SERVER_ID": "broker.test", "BROKER_AUDIT_TABLE": "a", "BROKER_REPLAY_TABLE": "r",
         "BROKER_STS_ENDPOINTS": "https://sts.amazonaws.com", "BROKER_STS_FORWARD_URL": forward_url})
-    return AwsProofVerifier(settings.aws, Pools())
+    return AwsProofVerifier(settings.aws, HttpClient())
 
 
 def sts_proof():
@@ -467,7 +467,7 @@ def test_sts_unreachable():
 def google_certs(url):
     from chalicelib.methods.gcp.proof import GoogleCerts
 
-    return GoogleCerts(Pools(), url + "/oauth2/v1/certs")
+    return GoogleCerts(HttpClient(), url + "/oauth2/v1/certs")
 
 
 def test_google_certs_redirects_are_not_followed_and_answers_are_bounded():
