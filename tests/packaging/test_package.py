@@ -197,6 +197,12 @@ def test_sam_alarms_and_dashboard(package):
     # rules from S3/SSM (BROKER_RULES_SOURCE): a refused version, an unreachable source
     assert find("SecretZeroBroker", "RulesRejected", [])["Threshold"] == t.rules_rejected_per_5min
     assert find("SecretZeroBroker", "RulesSourceUnavailable", [])["Threshold"] == t.rules_source_unavailable_per_5min
+    # budgets (issue 23): a looping caller, and a role's or service account's shared budget spent
+    for budget, threshold in (("issue-identity", t.identity_budget_exhausted_per_5min),
+                              ("issue-principal", t.principal_budget_exhausted_per_5min)):
+        assert find("SecretZeroBroker", "BudgetExhausted", [{"Name": "budget", "Value": budget}])["Threshold"] == threshold
+    from chalicelib.admission import BUDGET_SCOPES
+    assert set(BUDGET_SCOPES.values()) < set(monitoring.BUDGETS)
     for p in alarms.values():
         assert p["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
         assert p["AlarmName"].startswith("secret-zero-broker-prod-")
