@@ -101,6 +101,8 @@ def alarms(values: Values, api_stage: str) -> list[Alarm]:
               BROKER_NAMESPACE, "BudgetExhausted", {"budget": "issue-principal"}, "Sum", 300, 1,
               t.principal_budget_exhausted_per_5min),
     ]
+    found.append(Alarm("TrustPolicyChanged", TRUST_RULE_DESCRIPTION, "AWS/Events", "TriggeredRules",
+                       {"RuleName": trust_rule_name(values)}, "Sum", 300, 1, t.trust_policy_changed_per_5min))
     for kind, events in (("audit", ("Write",)), ("replay", ("Write",)), ("quarantine", ("Read", "Write"))):
         for event in events:
             found.append(Alarm(
@@ -110,6 +112,18 @@ def alarms(values: Values, api_stage: str) -> list[Alarm]:
                 "AWS/DynamoDB", f"{event}ThrottleEvents", {"TableName": values.table(kind)}, "Sum", 300, 1,
                 t.dynamodb_throttles_per_5min))
     return found
+
+
+# IAM's CloudTrail events of a trust policy change (EventBridge receives IAM's in us-east-1).
+TRUST_POLICY_EVENTS = {"source": ["aws.iam"], "detail-type": ["AWS API Call via CloudTrail"],
+                       "detail": {"eventSource": ["iam.amazonaws.com"], "eventName": ["UpdateAssumeRolePolicy"]}}
+TRUST_RULE_DESCRIPTION = ("A role's trust policy was changed (iam:UpdateAssumeRolePolicy): a policy that let others "
+                          "than EC2 or ECS assume a role backing instance or task claims lets them name sessions after "
+                          "its machines, for up to its MaxSessionDuration after it is closed again.")
+
+
+def trust_rule_name(values: Values) -> str:
+    return f"{values.function_name}-trust-policy-changed"
 
 
 def alarm_name(values: Values, alarm: Alarm) -> str:

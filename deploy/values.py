@@ -80,6 +80,7 @@ class Thresholds:
     rules_source_unavailable_per_5min: int = 1
     identity_budget_exhausted_per_5min: int = 5
     principal_budget_exhausted_per_5min: int = 1
+    trust_policy_changed_per_5min: int = 1
 
 
 @dataclass(frozen=True)
