@@ -14,8 +14,8 @@ quarantine.py), which says whether this process's reads of a role's quarantine k
 hold. Proofs this process saw spent are refused with no call at all (SpentProofs). The
 security routes look up first and verify after (`seen`): they are not on a boot's path.
 
-Stores know no method: callers hand in the proof hash, the identity key and the
-quarantine keys (from the VerifiedCaller).
+Stores know no method: callers hand in the proof hash, the budget keys and the
+quarantine keys (from the VerifiedCaller, whose method derived them).
 """
 
 import threading
@@ -31,6 +31,11 @@ from .stores.rate_limits import counter_key, limited, window_start
 # STS accepts a signature for 15 minutes; keep the record at least that long past our own window.
 STS_SIGNATURE_LIFETIME = 15 * 60
 IDENTITY_SCOPE = "issue-identity"  # the per-identity budget's counters (stores.rate_limits items)
+PRINCIPAL_SCOPE = "issue-principal"  # the per-principal budget's: every session of one role, one account
+BUDGET_SCOPES = {"identity": IDENTITY_SCOPE, "principal": PRINCIPAL_SCOPE}  # methods/base.py's budget names
+_BUDGET_MESSAGES = {
+    PRINCIPAL_SCOPE: "too many credentials asked for by callers of this principal (all its sessions) recently; "
+                     "try again later"}
 LOOKUP_ATTEMPTS = 3  # BatchGetItem answers keys it did not read (throttling) as UnprocessedKeys
 
 
@@ -182,21 +187,24 @@ class Admission:
         return Lookup(sent, sent_wall, epoch) if epoch is not None else lookup
 
     def admit(self, proof_hash, *, request_id, method, valid_until, identity_key=None, limit=None,
-              quarantine_keys=()):
-        """Spend the proof, count the identity's budget and check the caller's own quarantine
+              quarantine_keys=(), budgets=()):
+        """Spend the proof, count the caller's budgets and check the caller's own quarantine
         keys (its machine, its session: ConditionChecks), atomically.
 
-        Returns the monotonic time the transaction was sent (the issuance's window starts
-        there at the latest). Raises ProofReplayed, Quarantined or RateLimited (in that order
-        of precedence); a quarantined or over-budget caller's proof is still spent
-        afterwards, so it can't be tried again once the quarantine is lifted.
+        `budgets` is ((scope, key, Limit), ...): every budget the caller counts (its
+        identity's, and for a caller that claims no machine its principal's); the older
+        `identity_key` and `limit` count the identity budget alone. Returns the monotonic
+        time the transaction was sent (the issuance's window starts there at the latest).
+        Raises ProofReplayed, Quarantined or RateLimited (in that order of precedence); a
+        quarantined or over-budget caller's proof is still spent afterwards, so it can't be
+        tried again once the quarantine is lifted. A refused transaction counts no budget.
         """
         sent = self._monotonic()
         now = int(self._clock())
         items = [{"Put": self._replay_item(proof_hash, request_id, method, valid_until, now)}]
-        counted = self._quarantine is not None and limit is not None and identity_key is not None
-        if counted:
-            items.append({"Update": self._counter_update(identity_key, limit, now)})
+        counted = self._counted(identity_key, limit, budgets)
+        for scope, key, budget_limit in counted:
+            items.append({"Update": self._counter_update(scope, key, budget_limit, now)})
         checks = list(quarantine_keys) if self._quarantine is not None else []
         for key in checks:
             items.append({"ConditionCheck": {
@@ -225,24 +233,33 @@ class Admission:
             raise self._refused_replay(proof_hash)
         self._spend(items[0]["Put"])  # refused below: the proof is still used up
         self._spent.add(proof_hash)
-        first_check = 2 if counted else 1
+        first_check = 1 + len(counted)
         quarantined = [checks[i - first_check] for i in sorted(failed) if i >= first_check]
         if quarantined:
             raise self._quarantined(quarantined[0])
-        raise limited(IDENTITY_SCOPE, identity_key, limit.count, limit.window, now,
-                      "too many credentials asked for by this caller recently; try again later")
+        scope, key, budget_limit = counted[min(failed) - 1]
+        raise limited(scope, key, budget_limit.count, budget_limit.window, now, _BUDGET_MESSAGES.get(
+            scope, "too many credentials asked for by this caller recently; try again later"))
 
-    def refund(self, identity_key, limit):
-        """Give back the budget slot a successful admission counted (best effort): for a
+    def _counted(self, identity_key, limit, budgets):
+        """[(scope, key, Limit)] the transaction counts (none without a quarantine table)."""
+        if self._quarantine is None:
+            return []
+        counted = [(IDENTITY_SCOPE, identity_key, limit)] if identity_key is not None and limit else []
+        counted += [(scope, key, budget_limit) for scope, key, budget_limit in budgets
+                    if key is not None and budget_limit]
+        return counted
+
+    def refund(self, identity_key=None, limit=None, *, budgets=()):
+        """Give back the budget slots a successful admission counted (best effort): for a
         caller the keys its role shares refused after the transaction went through (a
         quarantined caller must not use up its budget; issue 10)."""
-        if self._quarantine is None or limit is None or identity_key is None:
-            return
-        key = counter_key(IDENTITY_SCOPE, identity_key, int(self._clock()), limit.window)
-        try_call("quarantine store", ("ConditionalCheckFailedException",), self._db.update_item,
-                 TableName=self._quarantine, Key=key,
-                 UpdateExpression="ADD hits :minus_one", ConditionExpression="hits > :zero",
-                 ExpressionAttributeValues={":minus_one": {"N": "-1"}, ":zero": {"N": "0"}})
+        now = int(self._clock())
+        for scope, key, budget_limit in self._counted(identity_key, limit, budgets):
+            try_call("quarantine store", ("ConditionalCheckFailedException",), self._db.update_item,
+                     TableName=self._quarantine, Key=counter_key(scope, key, now, budget_limit.window),
+                     UpdateExpression="ADD hits :minus_one", ConditionExpression="hits > :zero",
+                     ExpressionAttributeValues={":minus_one": {"N": "-1"}, ":zero": {"N": "0"}})
 
     def _transact(self, items):
         """The transaction; None when it went through, else its cancellation. The items
@@ -267,12 +284,12 @@ class Admission:
             "ConditionExpression": "attribute_not_exists(proof_hash)",
         }
 
-    def _counter_update(self, identity_key, limit, now):
-        # The same counter items as stores.rate_limits.RateLimitStore.take_slot("issue-identity", ...).
+    def _counter_update(self, scope, key, limit, now):
+        # The same counter items as stores.rate_limits.RateLimitStore.take_slot(scope, key, ...).
         start = window_start(now, limit.window)
         return {
             "TableName": self._quarantine,
-            "Key": counter_key(IDENTITY_SCOPE, identity_key, now, limit.window),
+            "Key": counter_key(scope, key, now, limit.window),
             "UpdateExpression": "ADD hits :one SET #exp = :exp",
             "ConditionExpression": "attribute_not_exists(hits) OR hits < :limit",
             "ExpressionAttributeNames": {"#exp": TTL_ATTRIBUTE},

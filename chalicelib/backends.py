@@ -181,8 +181,9 @@ def _assemble(settings, pools, make, clients, dynamodb, minter, secret_fetcher, 
 
     names = enabled_methods(settings)
     live = {}
+    stores = build_stores(settings, dynamodb)
     methods = {name: _once(lambda name=name: package(name).build(settings, make, pools,
-                                                                 lambda: live["rules"]))
+                                                                 lambda: live["rules"], stores=stores))
                for name in names}
     # The AWS method is built now: every version of the rules is checked against the
     # accounts it can read (a rule needing facts of an unreadable account is refused).
@@ -201,7 +202,6 @@ def _assemble(settings, pools, make, clients, dynamodb, minter, secret_fetcher, 
                                       check=deployment_problems, high_water=high_water,
                                       allow_serial=settings.rules_allow_serial)
 
-    stores = build_stores(settings, dynamodb)
     logger = get_logger(settings.log_level)
     audit_store = AuditStore(dynamodb, settings.audit_table, settings.audit_retention_days)
     frame = AuditedRequests(audit_store, logger, rules_stamp=rules.stamp)
@@ -236,11 +236,12 @@ def _assemble(settings, pools, make, clients, dynamodb, minter, secret_fetcher, 
 
 
 class Stores:
-    def __init__(self, quarantine=None, revocations=None, rate_limits=None, tokens=None):
+    def __init__(self, quarantine=None, revocations=None, rate_limits=None, tokens=None, trust_history=None):
         self.quarantine = quarantine
         self.revocations = revocations
         self.rate_limits = rate_limits
         self.tokens = tokens
+        self.trust_history = trust_history  # stores/trust_history.py: when trust policies were seen open
 
 
 def build_stores(settings, dynamodb):
@@ -250,12 +251,13 @@ def build_stores(settings, dynamodb):
     from .stores.rate_limits import RateLimitStore
     from .stores.revocations import RevocationStore
     from .stores.tokens import TokenRegistry
+    from .stores.trust_history import TrustHistory
 
     table = settings.quarantine_table
     if not table:
         return Stores()
     return Stores(QuarantineList(dynamodb, table), RevocationStore(dynamodb, table), RateLimitStore(dynamodb, table),
-                  TokenRegistry(dynamodb, table))
+                  TokenRegistry(dynamodb, table), TrustHistory(dynamodb, table))
 
 
 def build_security(settings, rules, *, frame, audit, method, admission, minter, stores, dynamodb, revoker):

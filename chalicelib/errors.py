@@ -69,6 +69,7 @@ class RateLimited(BrokerError):
     status = 429
     code = "rate_limited"
 
-    def __init__(self, message, *, retry_after, detail=None):
+    def __init__(self, message, *, retry_after, detail=None, scope=None):
         super().__init__(message, detail=detail)
         self.retry_after = retry_after
+        self.scope = scope  # which budget was exhausted ("issue-identity", ...): the BudgetExhausted metric

@@ -45,13 +45,15 @@ def log(logger, level, event, **fields):
 METRICS_NAMESPACE = "SecretZeroBroker"
 
 
-def decision_metrics(record, *, backend=None, now=None):
+def decision_metrics(record, *, backend=None, budget=None, now=None):
     """CloudWatch Embedded Metric Format for one decision: fields to merge into its log line.
 
     CloudWatch turns the line into metrics without an API call or a library (no
     Powertools import at cold start): `Decisions` (count) and `Latency` (ms) by
     outcome and code (issued / denied by reason / error), by method, and, for
-    errors, `BackendErrors` by the backend that failed.
+    errors, `BackendErrors` by the backend that failed; for a request refused over a
+    budget (429), `BudgetExhausted` by the budget's scope (`issue-identity`,
+    `issue-principal`, `issue-role`).
     """
     now = time.time() if now is None else now
     directives = [
@@ -63,5 +65,9 @@ def decision_metrics(record, *, backend=None, now=None):
         directives.append({"Namespace": METRICS_NAMESPACE, "Dimensions": [["backend"]],
                            "Metrics": [{"Name": "BackendErrors", "Unit": "Count"}]})
         fields.update(backend=backend, BackendErrors=1)
+    if budget:
+        directives.append({"Namespace": METRICS_NAMESPACE, "Dimensions": [["budget"]],
+                           "Metrics": [{"Name": "BudgetExhausted", "Unit": "Count"}]})
+        fields.update(budget=budget, BudgetExhausted=1)
     fields["_aws"] = {"Timestamp": int(now * 1000), "CloudWatchMetrics": directives}
     return fields

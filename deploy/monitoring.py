@@ -7,7 +7,8 @@ stage's values file; docs/operations.md ("Alarms and the dashboard") explains th
 
 The broker's own metrics are CloudWatch Embedded Metric Format in its decision log
 lines (chalicelib/jsonlog.py): namespace `SecretZeroBroker`, `Decisions` and `Latency`
-by `outcome`+`code` and by `method`, `BackendErrors` by `backend`.
+by `outcome`+`code` and by `method`, `BackendErrors` by `backend`, `BudgetExhausted` by
+`budget` (the scope of the budget a 429 refused: BUDGETS).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ REGION = "${AWS::Region}"
 BACKENDS = ("vault", "sts", "audit store", "replay store", "quarantine store", "secrets manager",
             "ec2", "iam", "ecs", "google certs", "gcp compute", "gcp credentials", "configuration",
             "hash for the audit log", "rules source")  # in the dashboard body: CloudFormation's Fn::Sub, Terraform's replace()
+
+# The `budget` values of BudgetExhausted (chalicelib/admission.py's scopes, the per-role cap's; a test compares)
+BUDGETS = ("issue-identity", "issue-principal", "issue-role")
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,18 @@ def alarms(values: Values, api_stage: str) -> list[Alarm]:
               "in force, and a rules change does not take effect.",
               BROKER_NAMESPACE, "RulesSourceUnavailable", {}, "Sum", 300, 2, t.rules_source_unavailable_per_5min),
     ]
+    found += [
+        Alarm("IdentityBudgetExhausted", "Callers refused over their own budget ([rate_limits] per_identity): "
+              "a machine, session or principal looping on its credentials.",
+              BROKER_NAMESPACE, "BudgetExhausted", {"budget": "issue-identity"}, "Sum", 300, 1,
+              t.identity_budget_exhausted_per_5min),
+        Alarm("PrincipalBudgetExhausted", "A role's or service account's shared budget ([rate_limits] per_principal) "
+              "is spent: every session or workload of it that claims no machine is refused until the window ends.",
+              BROKER_NAMESPACE, "BudgetExhausted", {"budget": "issue-principal"}, "Sum", 300, 1,
+              t.principal_budget_exhausted_per_5min),
+    ]
+    found.append(Alarm("TrustPolicyChanged", TRUST_RULE_DESCRIPTION, "AWS/Events", "TriggeredRules",
+                       {"RuleName": trust_rule_name(values)}, "Sum", 300, 1, t.trust_policy_changed_per_5min))
     for kind, events in (("audit", ("Write",)), ("replay", ("Write",)), ("quarantine", ("Read", "Write"))):
         for event in events:
             found.append(Alarm(
@@ -96,6 +112,18 @@ def alarms(values: Values, api_stage: str) -> list[Alarm]:
                 "AWS/DynamoDB", f"{event}ThrottleEvents", {"TableName": values.table(kind)}, "Sum", 300, 1,
                 t.dynamodb_throttles_per_5min))
     return found
+
+
+# IAM's CloudTrail events of a trust policy change (EventBridge receives IAM's in us-east-1).
+TRUST_POLICY_EVENTS = {"source": ["aws.iam"], "detail-type": ["AWS API Call via CloudTrail"],
+                       "detail": {"eventSource": ["iam.amazonaws.com"], "eventName": ["UpdateAssumeRolePolicy"]}}
+TRUST_RULE_DESCRIPTION = ("A role's trust policy was changed (iam:UpdateAssumeRolePolicy): a policy that let others "
+                          "than EC2 or ECS assume a role backing instance or task claims lets them name sessions after "
+                          "its machines, for up to its MaxSessionDuration after it is closed again.")
+
+
+def trust_rule_name(values: Values) -> str:
+    return f"{values.function_name}-trust-policy-changed"
 
 
 def alarm_name(values: Values, alarm: Alarm) -> str:
@@ -145,5 +173,7 @@ def dashboard_body(values: Values, api_stage: str) -> str:
                12, 18),
         widget("Rules: refused versions, source unavailable", [
             [BROKER_NAMESPACE, "RulesRejected"], [BROKER_NAMESPACE, "RulesSourceUnavailable"]], 0, 24),
+        widget("Budgets exhausted (429) by budget", [[BROKER_NAMESPACE, "BudgetExhausted", "budget", b]
+                                                     for b in BUDGETS], 12, 24),
     ]
     return json.dumps({"widgets": widgets}, sort_keys=True, separators=(",", ":"))

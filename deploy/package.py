@@ -287,6 +287,13 @@ def merge_template(values: Values, api_stage: str) -> dict:
                            "DashboardBody": {"Fn::Sub": monitoring.dashboard_body(values, api_stage)}},
         },
     }
+    # iam:UpdateAssumeRolePolicy seen by CloudTrail: the alarm topic is told at once, and
+    # the TrustPolicyChanged alarm counts the rule's matches (docs/accounts-and-containers.md)
+    rule = {"Name": monitoring.trust_rule_name(values), "Description": monitoring.TRUST_RULE_DESCRIPTION,
+            "State": "ENABLED", "EventPattern": monitoring.TRUST_POLICY_EVENTS}
+    if values.alarm_topic_arn:
+        rule["Targets"] = [{"Arn": values.alarm_topic_arn, "Id": "alarm-topic"}]
+    resources["TrustPolicyChangedRule"] = {"Type": "AWS::Events::Rule", "Properties": rule}
     for alarm in monitoring.alarms(values, api_stage):
         resources[_logical_id(alarm)] = cfn_alarm(values, alarm)
     return {"Resources": resources}
@@ -446,6 +453,9 @@ def terraform_variables(values: Values, sam: dict, config: dict) -> dict:
             "period": a.period, "evaluation_periods": a.evaluation_periods, "threshold": a.threshold,
         } for a in monitoring.alarms(values, api_stage)},
         "alarm_topic_arn": values.alarm_topic_arn,
+        "trust_rule": {"name": monitoring.trust_rule_name(values), "description": monitoring.TRUST_RULE_DESCRIPTION,
+                       "event_pattern": json.dumps(monitoring.TRUST_POLICY_EVENTS, sort_keys=True)},
+        "trust_rule_targets": {"alarm-topic": values.alarm_topic_arn} if values.alarm_topic_arn else {},
         "dashboard_name": monitoring.dashboard_name(values),
         "dashboard_body": monitoring.dashboard_body(values, api_stage),
     }

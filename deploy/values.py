@@ -78,6 +78,9 @@ class Thresholds:
     dynamodb_throttles_per_5min: int = 1
     rules_rejected_per_5min: int = 1
     rules_source_unavailable_per_5min: int = 1
+    identity_budget_exhausted_per_5min: int = 5
+    principal_budget_exhausted_per_5min: int = 1
+    trust_policy_changed_per_5min: int = 1
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The proof methods this broker knows: one line each.
 
 A method is a package with:
-- `build(settings, make_aws_client, pools, rules)` -> the Method (proof + facts), built
+- `build(settings, make_aws_client, pools, rules, stores=None)` -> the Method (proof + facts), built
   on first use; `pools` is the broker's HTTP client (chalicelib/http_client.py);
 - `conditions` (its `match.py`): the `[rule.<name>]` table of the rules file,
   parsed and matched by the method itself; pure, importable by the client;

@@ -30,6 +30,13 @@ def plain(value):
     return value
 
 
+# The budgets a caller counts (the rules' [rate_limits] per_identity and per_principal).
+# The method says which a caller counts and under which key (its `budget_keys`): the
+# budget stores take the keys as they are and never parse a principal.
+IDENTITY_BUDGET = "identity"  # one machine, else one session, else one principal
+PRINCIPAL_BUDGET = "principal"  # every session of one principal that claims no machine
+
+
 class Entity(Record, frozen=True):
     """The machine a caller claims to be (EC2 instance, ECS task, GCE instance).
 
@@ -51,6 +58,14 @@ class VerifiedCaller(Record, frozen=True):
     proof_hash: str  # SHA-256 of the proof's signature: the replay key (not a secret)
     valid_until: float  # epoch seconds after which the proof is stale anyway
     claimed: Entity | None = None  # the machine the proof claims, not yet verified
+    # ((budget, key), ...): the budgets this caller counts, derived by the method (AWS:
+    # methods/aws/proof.py, GCP: methods/gcp/proof.py). Empty: the identity budget alone.
+    budget_keys: tuple = ()
+
+    @property
+    def budgets(self):
+        """((budget, key), ...) this caller counts, in the admission transaction."""
+        return self.budget_keys or ((IDENTITY_BUDGET, self.identity_key),)
 
     @property
     def identity_key(self):

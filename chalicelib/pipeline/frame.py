@@ -10,7 +10,7 @@ nothing leaves the broker without its audit record.
 import logging
 
 from ..audit import AuditRecord
-from ..errors import BrokerError, Unavailable
+from ..errors import BrokerError, RateLimited, Unavailable
 from ..ids import uuid4
 from ..jsonlog import decision_metrics, log
 
@@ -86,20 +86,21 @@ class AuditedRequests:
         record.code = error.code
         record.reason = error.detail
         try:
-            self._write(record, event, metrics, unrecorded_message, backend=getattr(error, "backend", None))
+            self._write(record, event, metrics, unrecorded_message, backend=getattr(error, "backend", None),
+                        budget=getattr(error, "scope", None) if isinstance(error, RateLimited) else None)
         except Unavailable as audit_error:
             # The decision stands, but unrecorded it must not be an answer: say 503.
             audit_error.request_id = record.request_id
             raise audit_error from None
 
-    def _write(self, record, event, metrics, unrecorded_message, backend=None):
+    def _write(self, record, event, metrics, unrecorded_message, backend=None, budget=None):
         try:
             self._audit.write(record)
         except Unavailable as e:
             log(self._log, logging.ERROR, "audit write failed", **record.fields(), audit_error=e.detail)
             raise Unavailable(unrecorded_message, backend="audit store",
                               detail=e.detail) from None
-        extra = decision_metrics(record, backend=backend) if metrics else {}
+        extra = decision_metrics(record, backend=backend, budget=budget) if metrics else {}
         log(self._log, logging.INFO, event, **record.fields(), **extra)
 
     def audit_health(self):

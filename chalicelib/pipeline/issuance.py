@@ -10,7 +10,7 @@ Cheap refusals first, budgets spent last:
    before either was admitted) is refused by the admission transaction of step 3,
    its facts read but no budget counted, nothing minted;
 3. at once: read the caller's facts, and admit the proof in one DynamoDB transaction
-   (spent, its own quarantine keys clear, within the per-identity budget) beside the
+   (spent, its own quarantine keys clear, within its budgets) beside the
    keys its role shares (read again only when the epoch changed: chalicelib/admission.py);
 4. the rules decide (403 not_authorized); the per-role cap counts granted requests only;
 5. mint the wrapped role ID and secret ID; 6. the audit record, before the answer;
@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 
+from ..admission import BUDGET_SCOPES
 from ..concurrency import settle
 from ..errors import InvalidRequest, NotAuthorized, Quarantined, Unavailable
 from ..jsonlog import log
@@ -207,17 +208,22 @@ class BrokerService:
                                  caller.canonical_principal)
 
     def _admit(self, caller, record, own_keys):
-        """Spend the proof, check the caller's own quarantine keys and count the per-identity
-        budget: one transaction, so a replay or a quarantined caller never spends the budget.
-        Returns when it was sent (monotonic)."""
-        limit = self._limits().per_identity
+        """Spend the proof, check the caller's own quarantine keys and count its budgets
+        (its identity's; its principal's when it claims no machine): one transaction, so a
+        replay or a quarantined caller never spends a budget. Returns when it was sent
+        (monotonic)."""
         return self._admission.admit(caller.proof_hash, request_id=record.request_id, method=caller.method,
-                                     valid_until=caller.valid_until, identity_key=caller.identity_key,
-                                     limit=limit or None, quarantine_keys=own_keys)
+                                     valid_until=caller.valid_until, quarantine_keys=own_keys,
+                                     budgets=self._budgets(caller))
+
+    def _budgets(self, caller):
+        """((scope, key, Limit), ...) of the budgets the caller's method says it counts."""
+        limits = self._limits()
+        return tuple((BUDGET_SCOPES[name], key, limits.of_budget(name)) for name, key in caller.budgets)
 
     def _refund(self, caller):
         try:
-            self._admission.refund(caller.identity_key, self._limits().per_identity or None)
+            self._admission.refund(budgets=self._budgets(caller))
         except Unavailable as e:  # the refusal stands; the slot ends with its window
             log(self._log, logging.WARNING, "budget slot not given back", problem=e.detail)
 

@@ -132,3 +132,45 @@ class MemoryTokenRegistry:
     def get_many(self, request_ids):
         with self._lock:
             return {r: sorted(self._items[r]) for r in request_ids if self._items.get(r)}
+
+
+class MemoryTrustHistory:
+    """stores.trust_history.TrustHistory in memory."""
+
+    def __init__(self, clock=time.time):
+        self._items = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def saw_open(self, key, at):
+        from .trust_history import KEEP_FOR
+
+        at = int(at)
+        with self._lock:
+            item = self._items.setdefault(key, {})
+            if item.get("open_seen") is None or item["open_seen"] < at:
+                item.update(open_seen=at, expires=at + KEEP_FOR)
+
+    def saw_closed(self, key, at):
+        from .trust_history import KEEP_FOR
+
+        at = int(at)
+        with self._lock:
+            item = self._items.get(key)
+            if item is None or item.get("open_seen") is None or not item["open_seen"] < at:
+                return
+            closed = item.get("closed_seen")
+            if closed is None or closed <= item["open_seen"] or closed > at:
+                item.update(closed_seen=at, expires=at + KEEP_FOR)
+
+    def get(self, key):
+        from .trust_history import Sighting
+
+        with self._lock:
+            item = dict(self._items.get(key) or {})
+        if item.get("open_seen") is None or item["expires"] <= int(self._clock()):
+            return None
+        return Sighting(item["open_seen"], item.get("closed_seen"))
+
+    def health(self):
+        return None

@@ -24,7 +24,7 @@ def limited(scope, caller, limit, window, now, message=None):
     start = window_start(now, window)
     return RateLimited(message or f"too many {scope} reports from this caller; try again later",
                        retry_after=max(1, start + window - now),
-                       detail=f"rate limit {scope} {caller}: {limit} per {window}s reached")
+                       detail=f"rate limit {scope} {caller}: {limit} per {window}s reached", scope=scope)
 
 
 class RateLimitStore:

@@ -188,6 +188,17 @@ def test_sam_alarms_and_dashboard(package):
     # rules from S3/SSM (BROKER_RULES_SOURCE): a refused version, an unreachable source
     assert find("SecretZeroBroker", "RulesRejected", [])["Threshold"] == t.rules_rejected_per_5min
     assert find("SecretZeroBroker", "RulesSourceUnavailable", [])["Threshold"] == t.rules_source_unavailable_per_5min
+    # budgets (issue 23): a looping caller, and a role's or service account's shared budget spent
+    for budget, threshold in (("issue-identity", t.identity_budget_exhausted_per_5min),
+                              ("issue-principal", t.principal_budget_exhausted_per_5min)):
+        assert find("SecretZeroBroker", "BudgetExhausted", [{"Name": "budget", "Value": budget}])["Threshold"] == threshold
+    # a trust policy changed (issue 23): CloudTrail's UpdateAssumeRolePolicy through EventBridge
+    rule = resources["TrustPolicyChangedRule"]["Properties"]
+    assert rule["EventPattern"]["detail"]["eventName"] == ["UpdateAssumeRolePolicy"] and "Targets" not in rule
+    assert find("AWS/Events", "TriggeredRules", [{"Name": "RuleName", "Value": rule["Name"]}])["Threshold"] == \
+        t.trust_policy_changed_per_5min
+    from chalicelib.admission import BUDGET_SCOPES
+    assert set(BUDGET_SCOPES.values()) < set(monitoring.BUDGETS)
     for p in alarms.values():
         assert p["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
         assert p["AlarmName"].startswith("secret-zero-broker-prod-")
@@ -212,6 +223,8 @@ def test_alarm_actions_follow_the_topic(tmp_path):
     merged = packaging.merge_template(values, "api")["Resources"]
     alarm = merged["LambdaThrottlesAlarm"]["Properties"]
     assert alarm["AlarmActions"] == alarm["OKActions"] == ["arn:aws:sns:eu-west-1:987654321098:broker-alarms"]
+    assert merged["TrustPolicyChangedRule"]["Properties"]["Targets"] == [
+        {"Arn": "arn:aws:sns:eu-west-1:987654321098:broker-alarms", "Id": "alarm-topic"}]
 
 
 def test_reader_role_template(package):

@@ -36,13 +36,15 @@ PARITY = {
     "RestAPI": ["aws_api_gateway_rest_api.rest_api", "aws_api_gateway_deployment.rest_api",
                 "aws_api_gateway_stage.api", "aws_api_gateway_method_settings.throttling"],
     "Dashboard": ["aws_cloudwatch_dashboard.broker"],
+    # its target (the alarm topic, when there is one) is one of the rule's Targets in CloudFormation
+    "TrustPolicyChangedRule": ["aws_cloudwatch_event_rule.trust_policy_changed"],
 }
 CFN_TYPES = {  # the Terraform type of each CloudFormation type (the first of the list above)
     "AWS::DynamoDB::Table": "aws_dynamodb_table", "AWS::SecretsManager::Secret": "aws_secretsmanager_secret",
     "AWS::Logs::LogGroup": "aws_cloudwatch_log_group", "AWS::Serverless::Function": "aws_lambda_function",
     "AWS::IAM::Role": "aws_iam_role", "AWS::Lambda::Permission": "aws_lambda_permission",
     "AWS::Serverless::Api": "aws_api_gateway_rest_api", "AWS::CloudWatch::Dashboard": "aws_cloudwatch_dashboard",
-    "AWS::CloudWatch::Alarm": "aws_cloudwatch_metric_alarm",
+    "AWS::CloudWatch::Alarm": "aws_cloudwatch_metric_alarm", "AWS::Events::Rule": "aws_cloudwatch_event_rule",
 }
 
 

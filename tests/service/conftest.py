@@ -58,6 +58,39 @@ def broker(stack):
         restore()
 
 
+def forget_trust_history(stack, role_name, account=None):
+    """Delete what the broker remembers of a role's trust policy (chalicelib/stores/
+    trust_history.py): as if its open policy were older than its MaxSessionDuration."""
+    account = str(account or stack_aws.ACCOUNT_ID)
+    stack.client("dynamodb").delete_item(TableName=stack_aws.QUARANTINE_TABLE, Key={
+        "pk": {"S": f"trust#arn:aws:iam::{account}:role/{role_name}"}})
+
+
+@pytest.fixture(autouse=True)
+def _trust_policies_opened_are_forgotten(request):
+    """A test that opens a role's trust policy makes the broker refuse that role's instance
+    and task claims for its MaxSessionDuration (issue 23): forgotten after the test, so the
+    stack's later tests boot demo-node instances and demo-task tasks as before."""
+    if "stack" not in request.fixturenames and "broker" not in request.fixturenames:
+        yield  # no stack started for this test
+        return
+    stack = request.getfixturevalue("stack")
+    touched = []
+    original = stack.set_trust_policy
+
+    def set_trust_policy(role_name, document, account=None):
+        touched.append((role_name, account))
+        return original(role_name, document, account)
+
+    stack.set_trust_policy = set_trust_policy
+    try:
+        yield
+    finally:
+        stack.set_trust_policy = original
+        for role_name, account in touched:
+            forget_trust_history(stack, role_name, account)
+
+
 @pytest.fixture
 def fresh_service(broker):
     """Rebuild the service for one test (e.g. after changing its environment), and after it."""

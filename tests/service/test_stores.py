@@ -12,6 +12,7 @@ from chalicelib.stores.quarantine import EPOCH_KEY, QuarantineList, caller_keys,
 from chalicelib.stores.rate_limits import RateLimitStore
 from chalicelib.stores.revocations import RevocationStore
 from chalicelib.stores.tokens import MAX_PER_ISSUANCE, TokenRegistry
+from chalicelib.stores.trust_history import KEEP_FOR, Sighting, TrustHistory
 
 
 class Clock:
@@ -31,13 +32,15 @@ def clock():
 def stores(request, clock):
     if request.param == "memory":
         return {"quarantine": memory.MemoryQuarantineList(clock), "revocations": memory.MemoryRevocationStore(clock),
-                "rate_limits": memory.MemoryRateLimitStore(clock), "tokens": memory.MemoryTokenRegistry(clock)}
+                "rate_limits": memory.MemoryRateLimitStore(clock), "tokens": memory.MemoryTokenRegistry(clock),
+                "trust_history": memory.MemoryTrustHistory(clock)}
     from devstack import aws as stack_aws
 
     stack = request.getfixturevalue("stack")
     db, table = stack.client("dynamodb"), stack_aws.QUARANTINE_TABLE
     return {"quarantine": QuarantineList(db, table, clock), "revocations": RevocationStore(db, table, clock),
-            "rate_limits": RateLimitStore(db, table, clock), "tokens": TokenRegistry(db, table, clock)}
+            "rate_limits": RateLimitStore(db, table, clock), "tokens": TokenRegistry(db, table, clock),
+            "trust_history": TrustHistory(db, table, clock)}
 
 
 def current_epoch(quarantine):
@@ -217,3 +220,37 @@ def test_a_holders_lift_racing_the_entrys_deletion_leaves_no_stub(stack):
     assert racing.lift(key, "short") is False
     assert "Item" not in db.get_item(TableName=table, Key={"pk": {"S": key}}, ConsistentRead=True)
     q.check([key])  # nothing in force, and nothing that fails a read
+
+
+class TestTrustHistory:
+    def test_nothing_recorded_is_none(self, stores):
+        assert stores["trust_history"].get(unique("arn:aws:iam::123456789012:role/r")) is None
+        stores["trust_history"].saw_closed(unique("role"), 5)  # closed with no open: nothing to remember
+        assert stores["trust_history"].get(unique("role")) is None
+
+    def test_the_last_open_and_the_first_closed_after_it_are_kept(self, stores, clock):
+        h, key = stores["trust_history"], unique("arn:aws:iam::123456789012:role/r")
+        now = int(clock.now)
+        h.saw_open(key, now - 100)
+        h.saw_open(key, now - 50)
+        h.saw_open(key, now - 80)  # an older read (another Lambda's) does not go back
+        assert h.get(key) == Sighting(now - 50, None)
+        h.saw_closed(key, now - 60)  # read before the last open one: not a close
+        assert h.get(key).closed_after_open is None
+        h.saw_closed(key, now - 20)
+        h.saw_closed(key, now - 10)  # a later read keeps the first
+        assert h.get(key) == Sighting(now - 50, now - 20) and h.get(key).closed_after_open == now - 20
+        h.saw_closed(key, now - 30)  # an earlier close read (a slower writer) is the better bound
+        assert h.get(key).closed_after_open == now - 30
+        h.saw_open(key, now - 5)  # opened again: the close no longer counts
+        assert h.get(key).closed_after_open is None
+        h.saw_closed(key, now)
+        assert h.get(key) == Sighting(now - 5, now)
+
+    def test_forgotten_two_maximum_sessions_after_its_last_write(self, stores, clock):
+        h, key = stores["trust_history"], unique("arn:aws:iam::123456789012:role/r")
+        h.saw_open(key, clock.now)
+        clock.now += KEEP_FOR - 1
+        assert h.get(key) is not None
+        clock.now += 1
+        assert h.get(key) is None

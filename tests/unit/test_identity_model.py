@@ -77,6 +77,35 @@ def test_the_verified_caller_names_the_claimed_machine():
     assert ec2.canonical_principal == "arn:aws:iam::123456789012:role/r"
 
 
+def test_budgets_session_names_cannot_multiply():
+    """Issue 23, item 8: a machine-less session counts its own budget and its role's, which
+    every session name shares; a claimed machine counts its own; an IAM user its own."""
+    def budgets(arn):
+        return caller_from_arn(arn, proof_hash="h", valid_until=1).budgets
+
+    one = budgets("arn:aws:sts::123456789012:assumed-role/r/job-1")
+    two = budgets("arn:aws:sts::123456789012:assumed-role/r/job-2")
+    assert [name for name, _ in one] == ["identity", "principal"]
+    assert one[0] != two[0] and one[1] == two[1] == ("principal", "role:arn:aws:iam::123456789012:role/r")
+    assert budgets("arn:aws:sts::123456789012:assumed-role/other/job-1")[1] != one[1]
+    ec2 = caller_from_arn("arn:aws:sts::123456789012:assumed-role/r/i-0123456789abcdef0", proof_hash="h",
+                          valid_until=1)
+    assert ec2.budgets == (("identity", ec2.identity_key),)
+    assert budgets("arn:aws:iam::123456789012:user/path/alice") == (
+        ("principal", "user:arn:aws:iam::123456789012:user/alice"),)
+
+
+def test_gcp_budgets_a_service_account_is_one_principal():
+    from chalicelib.methods.gcp.proof import caller_from_claims
+
+    sa = caller_from_claims({"email": "job@p-123456.iam.gserviceaccount.com", "sub": "1", "exp": 9}, "h")
+    assert sa.budgets == (("principal", "service-account:job@p-123456.iam.gserviceaccount.com"),)
+    gce = caller_from_claims({"email": "vm@p-123456.iam.gserviceaccount.com", "sub": "1", "exp": 9, "google": {
+        "compute_engine": {"project_id": "p-123456", "zone": "z", "instance_id": "42", "instance_name": "n",
+                           "instance_creation_timestamp": 1, "project_number": 2}}}, "h")
+    assert gce.budgets == (("identity", gce.identity_key),) and "42" in gce.identity_key
+
+
 def facts(**kw):
     arn = kw.pop("arn", "arn:aws:sts::123456789012:assumed-role/r/i-0123456789abcdef0")
     parsed = parse_principal_arn(arn)

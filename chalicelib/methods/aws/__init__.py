@@ -24,9 +24,10 @@ CLAIM_FIELDS = ("ecs_task_arn",)  # the task a container says it runs in (its ta
 CLAIMS_SIGNED = False
 
 
-def build(settings, make_aws_client, pools, rules):
+def build(settings, make_aws_client, pools, rules, stores=None):
     """The method, from the broker's Settings; its readers from BROKER_ACCOUNT_READERS.
-    `rules()` is the rules in force (they may change without a redeploy)."""
+    `rules()` is the rules in force (they may change without a redeploy); `stores`
+    (backends.Stores) holds the trust history, when there is a quarantine table."""
     from ..base import ProofMethod
     from .facts import AwsFactsReader
     from .proof import AwsProofVerifier
@@ -38,7 +39,8 @@ def build(settings, make_aws_client, pools, rules):
     reader = AwsFactsReader(readers, own.regions,
                             task_clusters=lambda: conditions.literal_clusters(
                                 [r.conditions for r in rules().rules_of(NAME)]),
-                            cache_seconds=own.fact_cache_seconds)
+                            cache_seconds=own.fact_cache_seconds,
+                            trust_history=getattr(stores, "trust_history", None))
     return ProofMethod(NAME, parse_aws_login, AwsProofVerifier(own, pools), reader, readers=readers)
 
 

@@ -16,7 +16,9 @@ from ...concurrency import Ready, raise_first, settle
 from .arn import parse_principal_arn
 from .ecs import TaskClaims
 from .model import AwsFacts, InstanceFacts
-from .trust import EC2_SERVICE, ECS_TASKS_SERVICE, only_service_may_assume
+from ...stores.trust_history import MAX_SESSION_SECONDS
+from .trust import (EC2_SERVICE, ECS_TASKS_SERVICE, lets_others_assume, max_session_seconds, only_service_may_assume,
+                    recently_open)
 
 _NOT_FOUND = ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed")
 
@@ -60,8 +62,13 @@ class ShortCache:
 
 
 class AwsFactsReader:
-    def __init__(self, readers, regions, task_clusters=lambda: (), cache_seconds=5.0):
+    def __init__(self, readers, regions, task_clusters=lambda: (), cache_seconds=5.0, trust_history=None,
+                 clock=time.time):
         self._readers = readers  # AccountReaders
+        # stores/trust_history (None: no quarantine table, nothing remembered): when each
+        # role's trust policy last let others assume it, for claims made under it
+        self._history = trust_history
+        self._clock = clock
         self._regions = tuple(regions)
         self._cache = ShortCache(cache_seconds)
         self._tasks = TaskClaims(regions, task_clusters)
@@ -93,12 +100,20 @@ class AwsFactsReader:
         # What the cache holds is at hand (Ready); only real reads go to the pool.
         # One GetRole gives the role's tags and its trust policy (IAM's rate limits are per
         # account and low: one read per role and cache window, not two).
-        claimed, role = settle(
+        # A claim also reads when the role's trust policy was last seen letting others assume
+        # it (a session made then outlives the policy): beside the other reads.
+        history = (lambda: self._history.get(arn.canonical_arn)) if claim_kind and self._history else Ready(None)
+        claimed, role, sighting = settle(
             claim,
             self._cache.call(("role", clients.account, arn.role_name),
-                             lambda: self._read_role(clients, arn.role_name)) if arn.role_name else Ready(({}, None)))
-        (role_tags, trust_document), (machine, claim_error) = raise_first([role, claimed])  # IAM's error first
+                             lambda: self._read_role(clients, arn)) if arn.role_name else Ready(({}, None, 0, 0)),
+            history)
+        # IAM's error first
+        (role_tags, trust_document, max_session, read_at), (machine, claim_error), sighting = raise_first(
+            [role, claimed, sighting])
         trust_error = self._trust(trust_document, arn.role_name, claim_kind) if claim_kind else None
+        if trust_error is None and claim_kind and machine is not None:
+            trust_error = self._trust_since(arn, sighting, read_at, max_session)
         if claim_error:
             return AwsFacts(**base, role_tags=role_tags, claim_error=claim_error)
         return AwsFacts(**base, role_tags=role_tags,
@@ -108,16 +123,29 @@ class AwsFactsReader:
 
     # ---- IAM ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _read_role(clients, role_name):
-        """(tags, trust policy document) of the caller's role, from one GetRole; ({}, None)
-        when the role was deleted after the session began (no tags, no trust)."""
-        page, missing = try_call("iam", ("NoSuchEntity",), clients.client("iam").get_role, RoleName=role_name)
+    def _read_role(self, clients, arn):
+        """(tags, trust policy document, MaxSessionDuration, when it was read) of the caller's
+        role, from one GetRole; ({}, None, ...) when the role was deleted after the session
+        began (no tags, no trust). A policy that lets others assume the role is remembered
+        (stores/trust_history) whichever caller's read saw it."""
+        read_at = self._clock()
+        page, missing = try_call("iam", ("NoSuchEntity",), clients.client("iam").get_role, RoleName=arn.role_name)
         if missing:
-            return {}, None
+            return {}, None, MAX_SESSION_SECONDS, read_at
         role = answer_part("iam", page, "Role")
         answer_part("iam", role, "Arn", str)
-        return {t["Key"]: t["Value"] for t in role.get("Tags", [])}, role.get("AssumeRolePolicyDocument")
+        document = role.get("AssumeRolePolicyDocument")
+        if self._history is not None and lets_others_assume(document):
+            self._history.saw_open(arn.canonical_arn, read_at)
+        return ({t["Key"]: t["Value"] for t in role.get("Tags", [])}, document, max_session_seconds(role), read_at)
+
+    def _trust_since(self, arn, sighting, read_at, max_session):
+        """Why a claim of a role whose trust policy is service-only now must still wait (a
+        session made under a more open one may be alive), else None."""
+        reason, closed = recently_open(sighting, read_at, self._clock(), max_session)
+        if closed is not None:
+            self._history.saw_closed(arn.canonical_arn, closed)
+        return f"role {arn.role_name} can't vouch for its session name: {reason}" if reason else None
 
     @staticmethod
     def _trust(document, role_name, claim_kind):

@@ -17,7 +17,7 @@ from ... import safe_xml
 from ...errors import InvalidProof, Unavailable
 from ...http_client import HttpError
 from ...records import Record, field
-from ..base import Entity, VerifiedCaller
+from ..base import IDENTITY_BUDGET, PRINCIPAL_BUDGET, Entity, VerifiedCaller
 from .arn import parse_principal_arn
 
 GET_CALLER_IDENTITY_BODY = b"Action=GetCallerIdentity&Version=2011-06-15"
@@ -221,8 +221,26 @@ def caller_from_arn(arn_text, *, proof_hash, valid_until):
         claimed = Entity("ec2-instance", arn.session_instance_id)
     elif arn.session_task_id:
         claimed = Entity("ecs-task", arn.session_task_id)
-    return VerifiedCaller(method="aws", principal=arn_text, canonical_principal=arn.canonical_arn,
-                          account=arn.account, proof_hash=proof_hash, valid_until=valid_until, claimed=claimed)
+    fields = dict(method="aws", principal=arn_text, canonical_principal=arn.canonical_arn,
+                  account=arn.account, proof_hash=proof_hash, valid_until=valid_until, claimed=claimed)
+    return VerifiedCaller(**fields, budget_keys=budget_keys(arn, VerifiedCaller(**fields)))
+
+
+def budget_keys(arn, caller):
+    """The budgets an AWS caller counts.
+
+    - a claimed machine (session named after an instance or task): its own budget, keyed
+      on the machine and its role (VerifiedCaller.identity_key);
+    - an assumed-role session that claims none: its session's budget, and its role's, which
+      every session of the role shares: whoever may assume the role picks session names,
+      and a new name must not be a new budget (issue 23);
+    - an IAM user: its principal's budget alone (no session tells its callers apart).
+    """
+    if caller.claimed is not None:
+        return ((IDENTITY_BUDGET, caller.identity_key),)
+    if arn.kind == "assumed-role":
+        return ((IDENTITY_BUDGET, caller.identity_key), (PRINCIPAL_BUDGET, f"role:{arn.canonical_arn}"))
+    return ((PRINCIPAL_BUDGET, f"user:{arn.canonical_arn}"),)
 
 
 def _account_of(arn_text):

@@ -84,3 +84,49 @@ def _other_principals(principal, service):
             if not (kind == "Service" and value == service):
                 others.append(f"{kind} {value}")
     return ", ".join(others)
+
+
+def lets_others_assume(document):
+    """True when someone besides one service whose session names the broker honours (EC2,
+    ECS) may assume the role: a session made now could be named after any of its machines."""
+    return (only_service_may_assume(document, EC2_SERVICE) is not None
+            and only_service_may_assume(document, ECS_TASKS_SERVICE) is not None)
+
+
+def max_session_seconds(role):
+    """The role's MaxSessionDuration (IAM GetRole), within IAM's 1..12 h; 12 h when unreadable."""
+    value = role.get("MaxSessionDuration", 3600)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return 12 * 3600
+    return min(value, 12 * 3600)
+
+
+def recently_open(sighting, read_at, now, max_session):
+    """(why a claim must wait, the close to record) for a role whose trust policy, read at
+    `read_at`, is service-only now; (None, None) when no session made under a more open
+    policy the broker saw can still be alive.
+
+    `sighting` (stores/trust_history.Sighting) says when a policy that let others assume
+    the role was last read, and when a service-only one was first read after that: the
+    policy was closed at the latest then, and a session made before lives at most
+    `max_session` seconds more. No close recorded yet: this read is the first."""
+    from datetime import datetime, timezone
+
+    if sighting is None or sighting.open_seen is None:
+        return None, None
+
+    def when(t):
+        return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    if sighting.open_seen >= read_at:
+        return (f"its trust policy let others than the service assume it at {when(sighting.open_seen)}, "
+                "after the broker's last read of it"), None
+    recorded = sighting.closed_after_open
+    closed = min(recorded, int(read_at)) if recorded is not None else int(read_at)
+    until = closed + max_session
+    if now >= until:
+        return None, None
+    return (f"its trust policy let others than the service assume it (last seen {when(sighting.open_seen)}, "
+            f"service-only since {when(closed)} at the latest), and a session made then may be named after "
+            f"any of its machines until {when(until)} (MaxSessionDuration {max_session} s)"), \
+        (None if recorded is not None and recorded <= read_at else int(read_at))

@@ -15,7 +15,7 @@ PROOF_FIELDS = ("jwt",)
 CLAIMS_SIGNED = True
 
 
-def build(settings, make_aws_client, pools, rules):
+def build(settings, make_aws_client, pools, rules, stores=None):
     # Built on the first GCP request: AWS-only traffic never imports the Google libraries.
     from ..base import ProofMethod
     from .facts import ComputeSession, GcpFactsReader

@@ -14,7 +14,7 @@ from ...bodies import parse_json_object, parse_role
 from ...errors import InvalidProof, InvalidRequest
 from ...records import Record, field
 from .. import oidc
-from ..base import Entity, VerifiedCaller
+from ..base import PRINCIPAL_BUDGET, Entity, VerifiedCaller
 
 GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
 MAX_TOKEN_BYTES = 8 * 1024
@@ -94,9 +94,16 @@ def caller_from_claims(claims, proof_hash):
                                    f"{'string' if kind is str else 'number'}")
         claimed, project = Entity("gce-instance", gce["instance_id"]), gce["project_id"]
     principal = email or sub
+    # The budgets: a GCE instance token names its instance, which counts its own budget
+    # (the default, VerifiedCaller.identity_key). A service-account ID token names only the
+    # account: every workload that runs as it (Cloud Run jobs and services, functions,
+    # anything holding its key) sends the same claims, so nothing in the token tells them
+    # apart, and they share the principal's budget (per_principal, sized apart from the
+    # per-machine one). docs/gcp.md says so.
+    budget_keys = () if claimed is not None else ((PRINCIPAL_BUDGET, f"service-account:{principal}"),)
     return VerifiedCaller(method="gcp", principal=principal, canonical_principal=principal,
                           account=project or service_account_project(email), proof_hash=proof_hash,
-                          valid_until=float(claims["exp"]), claimed=claimed)
+                          valid_until=float(claims["exp"]), claimed=claimed, budget_keys=budget_keys)
 
 
 _SA_PROJECT = re.compile(r"^[^@]+@([a-z][a-z0-9-]{4,28}[a-z0-9])\.iam\.gserviceaccount\.com$")

@@ -25,3 +25,18 @@ resource "aws_cloudwatch_dashboard" "broker" {
   # the function's ARN names the region (arn:aws:lambda:REGION:...) in every provider version
   dashboard_body = replace(var.dashboard_body, "$${AWS::Region}", split(":", aws_lambda_function.api_handler.arn)[3])
 }
+
+# iam:UpdateAssumeRolePolicy seen by CloudTrail: the alarm topic is told at once, and the
+# trust_policy_changed alarm counts the rule's matches (docs/accounts-and-containers.md).
+resource "aws_cloudwatch_event_rule" "trust_policy_changed" {
+  name          = var.trust_rule.name
+  description   = var.trust_rule.description
+  event_pattern = var.trust_rule.event_pattern
+}
+
+resource "aws_cloudwatch_event_target" "trust_policy_changed" {
+  for_each  = var.trust_rule_targets # {"alarm-topic": the alarm topic}, or none without one
+  rule      = aws_cloudwatch_event_rule.trust_policy_changed.name
+  target_id = each.key
+  arn       = each.value
+}

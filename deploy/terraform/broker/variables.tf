@@ -115,6 +115,14 @@ variable "alarm_topic_arn" {
   default     = null
 }
 
+variable "trust_rule" {
+  type = object({ name = string, description = string, event_pattern = string })
+}
+
+variable "trust_rule_targets" {
+  type = map(string)
+}
+
 variable "dashboard_name" {
   type = string
 }
