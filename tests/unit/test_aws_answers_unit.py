@@ -64,7 +64,13 @@ def clients():
 
 
 def _role(clients):
-    return AwsFactsReader._read_role(clients, "demo-node")
+    from chalicelib.methods.aws.arn import parse_principal_arn
+
+    reader = AwsFactsReader.__new__(AwsFactsReader)
+    reader._clock, reader._history = (lambda: 0.0), None
+    tags, trust, _, _ = reader._read_role(
+        clients, parse_principal_arn("arn:aws:sts::123456789012:assumed-role/demo-node/i-0123456789abcdef0"))
+    return tags, trust
 
 
 def test_a_real_get_role_answer_reads_its_tags(clients):
