@@ -252,7 +252,23 @@ class TaskRoot:
         venv = workdir / "runtime"
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
         self.python = str(venv / "bin" / "python")
-        self.env = {"PYTHONDONTWRITEBYTECODE": "1"}
+        # Lambda's Python runtime brings boto3 and botocore (/var/runtime, after the task's
+        # own code on sys.path); the zip pins none. Here: the development pin's, linked.
+        runtime = workdir / "var-runtime"
+        runtime.mkdir(exist_ok=True)
+        import botocore
+        import dateutil
+        import jmespath
+
+        for module in (botocore, jmespath, dateutil):
+            source = Path(module.__file__).parent
+            if not (runtime / source.name).exists():
+                (runtime / source.name).symlink_to(source)
+        import six
+
+        if not (runtime / "six.py").exists():
+            (runtime / "six.py").symlink_to(Path(six.__file__))
+        self.env = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(runtime)}
 
     def without_bytecode(self) -> "TaskRoot":
         """The same task root with no bytecode at all (as `chalice package` alone ships it
