@@ -25,7 +25,6 @@ REPO = Path(__file__).resolve().parent.parent
 def main(n: int = 10_000) -> dict:
     sys.path.insert(0, str(REPO))
     from broker import vault_setup as setup
-    from chalicelib.http_client import HttpClient
     from chalicelib.revoker import SCAN_WORKERS, VaultRevoker
     from devstack.vault import OpenBaoServer, seed_vault
 
@@ -58,7 +57,7 @@ def main(n: int = 10_000) -> dict:
             targets.append((request_id, login.json()["auth"]["accessor"]))
 
         revoker = VaultRevoker(addr=bao.addr, mount="approle", role_id=seed.revoker_role_id,
-                               fetch_secret_id=lambda: seed.revoker_secret_id, pools=HttpClient(maxsize=32), timeout=10)
+                               fetch_secret_id=lambda: seed.revoker_secret_id, timeout=10)
         live = revoker.count_tokens()
         t = time.perf_counter()
         listed = revoker.count_tokens()

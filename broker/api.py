@@ -80,6 +80,10 @@ class Issued:
     role_id_wrap: WrapInfo
     secret_id_wrap: WrapInfo
     attempts: int = 1
+    # The namespace the broker minted in (``vault_namespace``; None: the root namespace), and whether
+    # the answer named one at all (brokers before namespaces did not).
+    vault_namespace: str | None = None
+    names_namespace: bool = False
 
 
 @dataclass
@@ -263,6 +267,8 @@ class BrokerClient:
                 role_id_wrap=WrapInfo.from_json(data.get("role_id_wrap"), "role_id_wrap"),
                 secret_id_wrap=WrapInfo.from_json(data.get("secret_id_wrap"), "secret_id_wrap"),
                 attempts=attempts,
+                vault_namespace=_namespace_of(data),
+                names_namespace="vault_namespace" in data,
             )
         except (UnicodeDecodeError, ValueError) as exc:
             # The proof is spent and something may have been issued: do not retry.
@@ -272,3 +278,14 @@ class BrokerClient:
                 f"the broker answered for role {issued.role!r}, not the requested {role!r}", request_id=request_id
             )
         return issued
+
+
+def _namespace_of(data: dict) -> str | None:
+    """The answer's ``vault_namespace`` ("" and "root" are the root namespace: None)."""
+    value = data.get("vault_namespace")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("vault_namespace is not a string")
+    value = value.strip("/")
+    return None if value in ("", "root") else value

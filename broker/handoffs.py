@@ -280,6 +280,20 @@ def write_approle_files(out_dir: str, role_id: str, secret_id: str) -> tuple[str
     return role_path, secret_path
 
 
+def write_namespace_file(out_dir: str, namespace: Optional[str]) -> Optional[str]:
+    """``OUT_DIR/vault_namespace`` holding the namespace path (no newline), mode 0600 like its
+    neighbours; with no namespace, no such file (one left by an earlier login is removed)."""
+    path = os.path.join(out_dir, "vault_namespace")
+    if not namespace:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return None
+    write_secret_file(path, namespace)
+    return path
+
+
 def write_sink(path: str, token: str) -> str:
     """Write a Vault token to ``path`` like an Agent file sink (mode 0600, atomic)."""
     write_secret_file(path, token)
@@ -327,6 +341,7 @@ class Material:
     vault_addr: str
     token: Optional[str] = field(default=None, repr=False)
     secret_id_wrap_ttl: Optional[int] = None
+    vault_namespace: Optional[str] = None  # None: the root namespace
 
 
 Say = Callable[[str], None]
@@ -345,9 +360,14 @@ class AgentDir:
 
     def deliver(self, material: Material, summary: Dict[str, Any], say: Say) -> None:
         role_path, secret_path = write_approle_files(self.directory, material.role_id, material.secret_id)
+        # The Agent must log in (and unwrap) in the namespace the broker minted in: its auto_auth
+        # `namespace`. Named in the summary, and in DIR/vault_namespace beside the role ID (not a
+        # secret; written only for a namespace, and removed when there is none).
+        namespace_path = write_namespace_file(self.directory, material.vault_namespace)
         ttl = material.secret_id_wrap_ttl
         summary.update(handoff=self.name, role_id_file=os.path.abspath(role_path),
-                       secret_id_file=os.path.abspath(secret_path), secret_id_wrap_ttl=ttl)
+                       secret_id_file=os.path.abspath(secret_path), secret_id_wrap_ttl=ttl,
+                       vault_namespace_file=os.path.abspath(namespace_path) if namespace_path else None)
         say(f"wrapping tokens checked; wrote {role_path} and the secret ID's wrapping token to {secret_path}: "
             f"start the Agent now, it must unwrap it within {f'{ttl} s' if ttl else 'the wrap TTL'}")
 

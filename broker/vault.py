@@ -1,4 +1,4 @@
-"""Vault/OpenBao calls of the client: wrapping lookup, unwrap, AppRole login.
+"""Vault/OpenBao calls of the client: wrapping lookup, unwrap, AppRole login (through hvac).
 
 The wrapping checks are the client's defence against interception: a wrapping
 token can be unwrapped once, so if somebody else got to it first, the lookup or
@@ -15,11 +15,10 @@ import http.client
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
-from urllib.parse import quote
 
 from broker.api import Issued, WrapInfo
 from broker.errors import InterceptionError, UsageError, VaultError
-from broker.http import CONNECTION_ERRORS, HttpResult, build_opener, check_base_url, post_json
+from broker.http import MAX_RESPONSE_BYTES, check_base_url, is_loopback
 from broker.vault_trust import check_wrap_namespace
 
 DEFAULT_APPROLE_MOUNT = "approle"
@@ -62,71 +61,99 @@ class VaultLogin:
 
 
 class VaultClient:
-    """A few unauthenticated or token-in-header POSTs to Vault, standard library only."""
+    """The client's Vault calls, through hvac (one requests session: no redirects followed, answers
+    bounded at MAX_RESPONSE_BYTES, proxies from the environment except for a loopback Vault)."""
 
     def __init__(
         self,
         addr: str,
         *,
         timeout: float = 10.0,
-        ssl_context: Any = None,
+        ca_cert: str | None = None,
+        ssl_context: Any = None,  # accepted for callers of earlier versions; ca_cert is what is used
         namespace: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         lookup_attempts: int = 3,
     ) -> None:
+        import requests
+
         self.addr = check_base_url(addr, "Vault address")
         self.timeout = timeout
-        self.namespace = namespace or None
-        self._opener = build_opener(ssl_context, self.addr)
+        self.namespace = (namespace or "").strip("/") or None
         self._sleep = sleep
         self._lookup_attempts = max(1, lookup_attempts)
+        self._session = requests.Session()
+        self._session.verify = ca_cert or True
+        if is_loopback(self.addr):
+            self._session.trust_env = False  # no proxy for a local Vault (as broker/http.py)
+        self._session.hooks["response"].append(_bounded)
 
-    def _post(self, path: str, payload: dict[str, Any], *, token: str | None = None) -> HttpResult:
-        headers = {}
-        if token:
-            headers["X-Vault-Token"] = token
-        if self.namespace:
-            headers["X-Vault-Namespace"] = self.namespace
+    def _client(self, token: str | None = None) -> Any:
+        import hvac
+
+        # token never None: hvac would read VAULT_TOKEN or ~/.vault-token instead
+        return hvac.Client(url=self.addr, token=token or "", timeout=self.timeout, namespace=self.namespace,
+                           session=self._session, allow_redirects=False)
+
+    def _call(self, call: Callable[[], Any], secrets: list[str]) -> tuple[int, Any, str]:
+        """(status, JSON document or None, error text without secrets) of one hvac call."""
+        import hvac
+        import requests
+
         try:
-            return post_json(self._opener, f"{self.addr}/v1/{path}", payload, timeout=self.timeout, headers=headers)
-        except CONNECTION_ERRORS as exc:
-            raise VaultError(f"cannot reach Vault at {self.addr}: {type(exc).__name__}: {exc}") from None
+            result = call()
+        except _Oversized as exc:
+            raise VaultError(f"Vault at {self.addr} answered with more than {MAX_RESPONSE_BYTES} bytes "
+                             f"(HTTP {exc.status})") from None
+        except hvac.exceptions.VaultError as exc:
+            status = _STATUS_OF.get(type(exc).__name__, 0)
+            errors = exc.errors if isinstance(exc.errors, list) else []
+            text = "; ".join(str(e) for e in errors) or http.client.responses.get(status, type(exc).__name__)
+            return status, None, redact(" ".join(text.split())[:300], secrets)
+        except requests.exceptions.RequestException as exc:
+            raise VaultError(f"cannot reach Vault at {self.addr}: {type(exc).__name__}") from None
+        if isinstance(result, dict):
+            return 200, result, ""
+        if isinstance(result, requests.Response):  # a success other than 200, or a redirect (not followed)
+            status = result.status_code
+            return status, None, "" if status < 300 else f"HTTP {status} (a redirect, not followed)"
+        return 200, None, ""
 
     def lookup_wrapping(self, token: str) -> tuple[int, dict[str, Any] | None, str]:
         """``sys/wrapping/lookup``: (status, data or None, error text). Retries only Vault being down."""
         for attempt in range(1, self._lookup_attempts + 1):
             try:
-                result = self._post("sys/wrapping/lookup", {"token": token})
+                # hvac has no method for it (its Wrapping class has wrap and unwrap): the path, through hvac
+                status, body, error = self._call(
+                    lambda: self._client().write_data("sys/wrapping/lookup", data={"token": token}), [token])
             except VaultError:
                 if attempt == self._lookup_attempts:
                     raise
                 self._sleep(0.5 * attempt)
                 continue
-            if result.status >= 500 and attempt < self._lookup_attempts:
+            if status >= 500 and attempt < self._lookup_attempts:
                 self._sleep(0.5 * attempt)
                 continue
-            body = _json(result)
             data = body.get("data") if isinstance(body, dict) else None
-            return result.status, data if isinstance(data, dict) else None, _errors(result, body, [token])
+            return status, data if isinstance(data, dict) else None, error
         raise AssertionError("unreachable")  # pragma: no cover
 
     def unwrap(self, token: str) -> tuple[int, dict[str, Any] | None, str]:
-        """``sys/wrapping/unwrap`` with the wrapping token in the header: (status, data, error text)."""
-        result = self._post("sys/wrapping/unwrap", {}, token=token)
-        body = _json(result)
+        """``sys/wrapping/unwrap`` with the wrapping token as the client's token: (status, data, error text)."""
+        status, body, error = self._call(lambda: self._client(token).sys.unwrap(), [token])
         data = body.get("data") if isinstance(body, dict) else None
-        return result.status, data if isinstance(data, dict) else None, _errors(result, body, [token])
+        return status, data if isinstance(data, dict) else None, error
 
     def approle_login(self, role_id: str, secret_id: str, *, mount: str = DEFAULT_APPROLE_MOUNT) -> VaultLogin:
-        path = f"auth/{quote(normalize_mount(mount))}/login"
-        result = self._post(path, {"role_id": role_id, "secret_id": secret_id})
-        body = _json(result)
+        mount = normalize_mount(mount)
+        status, body, error = self._call(
+            lambda: self._client().auth.approle.login(role_id, secret_id, use_token=False, mount_point=mount),
+            [role_id, secret_id])
         auth = body.get("auth") if isinstance(body, dict) else None
-        if result.status != 200 or not isinstance(auth, dict) or not auth.get("client_token"):
+        if status != 200 or not isinstance(auth, dict) or not auth.get("client_token"):
             raise VaultError(
-                f"AppRole login at auth/{normalize_mount(mount)}/login failed: HTTP {result.status}: "
-                f"{_errors(result, body, [role_id, secret_id])}",
-                status=result.status,
+                f"AppRole login at auth/{mount}/login failed: HTTP {status}: {error or 'no client token'}",
+                status=status,
             )
         lease = auth.get("lease_duration")
         return VaultLogin(
@@ -137,19 +164,27 @@ class VaultClient:
         )
 
 
-def _json(result: HttpResult) -> Any:
-    return result.json()
+# hvac's exception classes by the status they stand for (hvac.exceptions.VaultError.from_status).
+_STATUS_OF = {"InvalidRequest": 400, "Unauthorized": 401, "Forbidden": 403, "InvalidPath": 404,
+              "RateLimitExceeded": 429, "InternalServerError": 500, "VaultNotInitialized": 501,
+              "BadGateway": 502, "VaultDown": 503}
 
 
-def _errors(result: HttpResult, body: Any, secrets: list[str]) -> str:
-    if result.status < 400:
-        return ""
-    errors = body.get("errors") if isinstance(body, dict) else None
-    if isinstance(errors, list) and errors:
-        text = "; ".join(str(e) for e in errors)
-    else:
-        text = http.client.responses.get(result.status, "error")
-    return redact(" ".join(text.split())[:300], secrets)
+class _Oversized(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _bounded(response: Any, **_: Any) -> Any:
+    """A requests response hook: the body read now, at most MAX_RESPONSE_BYTES of it."""
+    data = response.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True) or b""
+    if len(data) > MAX_RESPONSE_BYTES:
+        response.close()
+        raise _Oversized(response.status_code)
+    response._content = data
+    response._content_consumed = True
+    return response
 
 
 def _check_wrap(vault: VaultClient, wrap: WrapInfo, expected: str, what: str, request_id: str) -> None:

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import UsageError, VaultError
-from broker.http import CONNECTION_ERRORS, build_opener, request
 
 BROKER_ROLE = "secret-zero-broker"
 REVOKER_ROLE = "secret-zero-revoker"
@@ -65,36 +64,57 @@ class Plan:
 
 
 class Vault:
-    """A few authenticated JSON calls (standard library only)."""
+    """The security team's authenticated Vault calls, through hvac (its token, its namespace:
+    ``--vault-namespace``/``VAULT_NAMESPACE`` puts every AppRole and policy setup writes inside
+    that namespace). No redirect is followed; answers are bounded (broker/vault.py)."""
 
     def __init__(self, addr: str, token: str, *, timeout: float = 10.0, namespace: str | None = None,
-                 ssl_context: Any = None) -> None:
+                 ssl_context: Any = None, ca_cert: str | None = None) -> None:
         if not addr or not addr.startswith(("http://", "https://")):
             raise UsageError(f"the Vault address must be an http(s) URL, got {addr!r}")
         if not token:
             raise UsageError("no Vault token: set VAULT_TOKEN (or BAO_TOKEN) to a token that may manage "
                              "auth methods, policies and AppRoles")
+        from broker.vault import VaultClient
+
         self.addr = addr.rstrip("/")
         self._token = token
-        self._timeout = timeout
-        self._namespace = namespace
-        self._opener = build_opener(ssl_context, self.addr)
+        self._namespace = (namespace or "").strip("/") or None
+        self._http = VaultClient(self.addr, timeout=timeout, ca_cert=ca_cert, namespace=self._namespace)
+        self._client = self._http._client(token)
+
+    @property
+    def namespace(self) -> str | None:
+        return self._namespace
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
              wrap_ttl: str | None = None, token: str | None = None) -> tuple[int, dict[str, Any] | None]:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"X-Vault-Token": token or self._token, "Content-Type": "application/json"}
+        """(status, JSON document or None) of one call through hvac's adapter (setup reads and
+        writes whole endpoints: sys/auth, policies, AppRole fields; hvac raises nothing here,
+        each step reads the status itself)."""
+        import requests
+
+        from broker.vault import _Oversized
+
+        client = self._client if token is None else self._http._client(token)
+        kwargs: dict[str, Any] = {"raise_exception": False}
+        if body is not None:
+            kwargs["json"] = body
         if wrap_ttl:
-            headers["X-Vault-Wrap-TTL"] = wrap_ttl
-        if self._namespace:
-            headers["X-Vault-Namespace"] = self._namespace
+            kwargs["wrap_ttl"] = wrap_ttl
         try:
-            result = request(self._opener, method, f"{self.addr}/v1/{path}", data=data, headers=headers,
-                             timeout=self._timeout)
-        except CONNECTION_ERRORS as exc:
+            response = client.adapter.request(method, f"/v1/{path}", **kwargs)
+        except _Oversized:
+            raise VaultError(f"Vault at {self.addr} answered {method} {path} with an oversized response") from None
+        except requests.exceptions.RequestException as exc:
             raise VaultError(f"cannot reach Vault at {self.addr}: {type(exc).__name__}") from None
-        doc = result.json()
-        return result.status, doc if isinstance(doc, dict) else None
+        if isinstance(response, dict):  # hvac's JSON adapter: a 200's document
+            return 200, response
+        try:
+            doc = response.json() if response.content else None
+        except ValueError:
+            doc = None
+        return response.status_code, doc if isinstance(doc, dict) else None
 
     def ok(self, method: str, path: str, body: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         status, doc = self.call(method, path, body, **kwargs)

@@ -83,6 +83,27 @@ def trusted_vault_addr(pinned: Optional[str], issued: Issued, *, allow_insecure:
         accessors=accessors, request_id=issued.request_id)
 
 
+def check_answer_namespace(pinned: Optional[str], issued: Issued) -> None:
+    """Refuse (UntrustedVaultError, exit 6) an answer naming another Vault namespace than the client's
+    (``--vault-namespace``/``VAULT_NAMESPACE``; none: the root namespace), as another address is refused:
+    a broker and a client that disagree on the namespace are misconfigured, or the answer is not your
+    broker's. An answer without ``vault_namespace`` (a broker of an earlier version) is left to the
+    wrapping tokens' own namespace check (:func:`check_wrap_namespace`)."""
+    if not issued.names_namespace:
+        return
+    mine = (pinned or "").strip("/") or None
+    if mine == "root":
+        mine = None
+    if issued.vault_namespace != mine:
+        answered = repr(issued.vault_namespace) if issued.vault_namespace else "the root namespace"
+        ours = repr(mine) if mine else "the root namespace"
+        raise UntrustedVaultError(
+            f"the broker's answer names the Vault namespace {answered}, but this client uses {ours}: either the "
+            "broker's BROKER_VAULT_NAMESPACE differs from --vault-namespace/VAULT_NAMESPACE (a misconfiguration), "
+            "or this answer did not come from your broker",
+            accessors=(issued.role_id_wrap.accessor, issued.secret_id_wrap.accessor), request_id=issued.request_id)
+
+
 # Token prefixes Vault and OpenBao put before the random part (legacy and current, service and batch).
 _TOKEN_PREFIXES = ("hvs.", "hvb.", "s.", "b.")
 

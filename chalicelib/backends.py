@@ -60,7 +60,8 @@ class Runtime:
       service models, the Vault login), so that init pays for it and a SnapStart
       snapshot holds it;
     - `after_restore()` after a SnapStart restore (chalicelib/snapstart.py): drops the
-      pooled connections and the Vault sessions the snapshot holds.
+      pooled connections (botocore's, Vault's requests sessions, the broker's own pools) and
+      the Vault tokens the snapshot holds.
     """
 
     def __init__(self, service, *, settings, minter, revoker, rules, clients, pools, login=None):
@@ -112,9 +113,11 @@ class Runtime:
         """What no two restored copies of a snapshot may share, and what may have expired."""
         for client in list(self._clients):
             client.close()  # botocore: the endpoint's connection pools; the client stays usable
-        self._pools.close()  # STS, Vault, Google's certificates: new connections on the next call
+        self._pools.close()  # STS, Google's certificates: new connections on the next call
+        self._minter.close_connections()  # Vault (hvac's requests sessions), likewise
         self._minter.forget_token()
         if self._revoker is not None:
+            self._revoker.close_connections()
             self._revoker.forget_token()
         recheck = getattr(self._rules, "recheck", None)
         if callable(recheck):
@@ -131,9 +134,8 @@ def build_runtime(settings, log_in_early=False):
     from .http_client import HttpClient
     from .minter import VaultMinter
 
-    # The broker's own HTTP calls besides botocore's: the STS forward, Vault (minter and
-    # revoker), Google's certificates. Not requests: an AWS-only broker never imports it
-    # (google-auth's Compute API session, chalicelib/methods/gcp/facts.py, still does, on first use).
+    # The broker's own HTTP calls besides botocore's and Vault's (hvac, chalicelib/vault_client.py):
+    # the STS forward, Google's certificates (chalicelib/http_client.py, urllib3).
     pools = HttpClient()
     make_client = aws_client_factory(settings)
     clients = weakref.WeakSet()
@@ -157,7 +159,7 @@ def build_runtime(settings, log_in_early=False):
 
         return fetch
 
-    minter = VaultMinter(settings, pools, secret_fetcher(settings.vault_secret_id_secret, "broker's"))
+    minter = VaultMinter(settings, secret_fetcher(settings.vault_secret_id_secret, "broker's"))
     # At init the Vault login (Secrets Manager, then Vault: two round trips) needs nothing
     # built below, so it starts now and runs beside the rest: the rules, the method and
     # its STS call for the broker's own account (Runtime.warm_up waits for it).
@@ -222,7 +224,7 @@ def _assemble(settings, pools, make, clients, dynamodb, minter, secret_fetcher, 
         revoker = VaultRevoker(addr=settings.vault_addr, mount=settings.vault_approle_mount,
                                role_id=settings.revoker_role_id,
                                fetch_secret_id=secret_fetcher(settings.revoker_secret_id_secret, "revoking identity's"),
-                               pools=pools, timeout=settings.vault_timeout)
+                               timeout=settings.vault_timeout, namespace=settings.vault_namespace)
     # Built on first use: its modules (~15 ms to import) are not an issuance's, so a cold
     # start without SnapStart doesn't pay for them; with SnapStart, warm_up builds it at init.
     security = _once(lambda: build_security(settings, rules, frame=frame, audit=audit_store, method=method,

@@ -47,6 +47,9 @@ class Settings(Record, frozen=True):
     # BROKER_RULES_ALLOW_SERIAL: the one rules serial the broker applies although it applied a
     # higher one (going back on purpose, chalicelib/rules_source.py); None: never below the mark.
     rules_allow_serial: int | None = None
+    # BROKER_VAULT_NAMESPACE: the Vault namespace every Vault object of the broker lives in (its
+    # AppRole, the served roles, the revoker), sent as X-Vault-Namespace; None: the root namespace.
+    vault_namespace: str | None = None
 
     # A revocation's second sweep (settle seconds after its quarantine) must see every
     # issuance that got past the quarantine before it landed. One third of the settle time
@@ -91,6 +94,7 @@ class Settings(Record, frozen=True):
             vault_secret_id_secret=_get(env, "BROKER_VAULT_SECRET_ID_SECRET", required=True),
             vault_approle_mount=_get(env, "BROKER_VAULT_APPROLE_MOUNT", "approle").strip("/"),
             vault_timeout=_number(env, "BROKER_VAULT_TIMEOUT", 5, low=0.5, high=25),
+            vault_namespace=_namespace(env, "BROKER_VAULT_NAMESPACE"),
             aws_endpoint_url=_url(env, "BROKER_AWS_ENDPOINT_URL"),
             aws_region=region,
             audit_table=_get(env, "BROKER_AUDIT_TABLE", required=True),
@@ -184,6 +188,29 @@ def _audit_path(env, name):
     path = raw.strip("/")
     if not path or any(p in ("", ".", "..") or not all(c.isalnum() or c in "-_." for c in p) for p in path.split("/")):
         raise ConfigError(f"{name} must be a Vault audit device path like file, got {raw!r}")
+    return path
+
+
+# A namespace path: segments of letters, digits, '-' and '_' (Vault and OpenBao refuse a '/' or
+# a space in a namespace's name; "root" and "sys"-like names are theirs), at most 8 deep.
+MAX_NAMESPACE_DEPTH = 8
+
+
+def _namespace(env, name):
+    """A Vault namespace path (`team-a`, `admin/team-a`) without its slashes at the ends, or None
+    for the root namespace (unset, empty or `root`)."""
+    raw = _get(env, name)
+    if raw is None:
+        return None
+    path = raw.strip("/")
+    if path == "root":
+        return None
+    parts = path.split("/")
+    if (not path or len(parts) > MAX_NAMESPACE_DEPTH or len(path) > 255
+            or any(not p or p in (".", "..") or not all(c.isascii() and (c.isalnum() or c in "-_") for c in p)
+                   for p in parts)):
+        raise ConfigError(f"{name} must be a Vault namespace path like team-a or admin/team-a (letters, digits, "
+                          f"'-' and '_', segments separated by '/'), got {raw!r}")
     return path
 
 

@@ -12,9 +12,8 @@ import time
 
 from .concurrency import settle
 from .errors import Unavailable
-from .http_client import HttpError
 from .records import Record, field
-from .vault_http import VaultHttp, errors_of
+from .vault_client import VaultSession, errors_of, outcome
 
 # A take-back's destroy that failed is tried again after this long.
 DESTROY_RETRY_SECONDS = 0.2
@@ -53,9 +52,13 @@ class _LoginRefused(Exception):
 
 
 class VaultMinter:
-    def __init__(self, settings, pools, fetch_secret_id, clock=time.monotonic):
-        """`pools`: the broker's HTTP client (chalicelib/http_client.py)."""
-        self._vault = VaultHttp(pools, settings.vault_addr, settings.vault_timeout)
+    def __init__(self, settings, fetch_secret_id, clock=time.monotonic):
+        """Vault through hvac on its own requests session (chalicelib/vault_client.py), in
+        BROKER_VAULT_NAMESPACE when it is set."""
+        self._session = VaultSession(settings.vault_addr, settings.vault_timeout,
+                                     namespace=getattr(settings, "vault_namespace", None))
+        self._client = self._session.client()  # its token: the broker's, set at each login
+        self._anonymous = self._session.client()  # never holds a token (login, health)
         self._mount = settings.vault_approle_mount
         self._role_id = settings.vault_role_id
         self._fetch_secret_id = fetch_secret_id
@@ -83,7 +86,7 @@ class VaultMinter:
                 except _LoginRefused as e:
                     raise Unavailable("Vault refused the request", backend="vault",
                                       detail=f"Vault refused to log in: {e}") from None
-            self._token = auth["client_token"]
+            self._token = self._client.token = auth["client_token"]
             lease = int(auth.get("lease_duration") or 0)
             self._token_good_until = self._clock() + max(lease * (1 - TOKEN_REFRESH_FRACTION), 1) if lease else float("inf")
 
@@ -98,25 +101,29 @@ class VaultMinter:
         with self._lock:
             self._token_good_until = 0.0
 
+    def close_connections(self):
+        """Drop the pooled connections to Vault (after a SnapStart restore: their sockets were
+        open in the snapshot)."""
+        self._session.close()
+
     def _login(self):
         # Without our token: other threads keep using the old one until the new one is set.
-        doc = self._vault_call("log in", "POST", f"auth/{self._mount}/login",
-                               body={"role_id": self._role_id, "secret_id": self._secret_id},
-                               authenticated=False, retry_on_forbidden=False, invalid_request_passes=True)
+        doc = self._vault_call("log in", self._anonymous.auth.approle.login, role_id=self._role_id,
+                               secret_id=self._secret_id, mount_point=self._mount, use_token=False,
+                               retry_on_forbidden=False, invalid_request_passes=True)
         auth = (doc or {}).get("auth")
         if not isinstance(auth, dict) or not isinstance(auth.get("client_token"), str) or not auth["client_token"]:
             raise Unavailable("Vault failed", backend="vault",
                               detail="Vault failed to log in: its answer holds no client token")
         return auth
 
-    def _vault_call(self, what, method, path, *, body=None, wrap_ttl=None, authenticated=True,
-                    retry_on_forbidden=True, invalid_request_passes=False, missing_is_none=False):
-        """One Vault call: the JSON document of a 200 (None for any other success); Vault
+    def _vault_call(self, what, call, *args, retry_on_forbidden=True, invalid_request_passes=False,
+                    missing_is_none=False, **kwargs):
+        """One hvac call: the JSON document of a 200 (None for any other success); Vault
         being sealed, down or refusing becomes Unavailable. With `missing_is_none`, a 404 is
-        None too (as hvac's `read` had it)."""
+        None too (as hvac's `read` has it)."""
         for attempt in (1, 2):
-            status, doc = self._vault.call(method, path, what=what, body=body, wrap_ttl=wrap_ttl,
-                                           token=self._token if authenticated else None)
+            status, doc = outcome(what, call, *args, **kwargs)
             if status < 300:
                 return doc if status == 200 else None
             if status == 403:
@@ -134,7 +141,7 @@ class VaultMinter:
                 raise Unavailable("Vault is sealed", backend="vault", detail=f"Vault is sealed ({what})")
             if status == 404 and missing_is_none:
                 return None
-            if status < 400:  # no redirect is followed (chalicelib/vault_http.py)
+            if status < 400:  # no redirect is followed (chalicelib/vault_client.py)
                 raise Unavailable("Vault redirected the request", backend="vault",
                                   detail=f"Vault answered {what} with HTTP {status} (a redirect, not followed)")
             raise Unavailable("Vault failed", backend="vault",
@@ -162,14 +169,15 @@ class VaultMinter:
             payload["cidr_list"] = [f"{source_ip}/32" if ":" not in source_ip else f"{source_ip}/128"]
 
         def secret_id():
-            response = self._vault_call("create a secret ID", "POST", f"{role_path}/secret-id",
-                                        body=payload, wrap_ttl=wrap_ttl)
+            # hvac's generate_secret_id has no num_uses/ttl: the endpoint is written as is.
+            response = self._vault_call("create a secret ID", self._client.write_data, f"{role_path}/secret-id",
+                                        data=payload, wrap_ttl=wrap_ttl)
             wrap = _wrap(response, f"{role_path}/secret-id")
             return wrap, (response.get("wrap_info") or {}).get("wrapped_accessor") or None
 
         def role_id():
-            response = self._vault_call("read the role ID", "GET", f"{role_path}/role-id", wrap_ttl=wrap_ttl,
-                                        missing_is_none=True)
+            response = self._vault_call("read the role ID", self._client.read, f"{role_path}/role-id",
+                                        wrap_ttl=wrap_ttl, missing_is_none=True)
             return _wrap(response, f"{role_path}/role-id")
 
         # Both at once; if one fails, the other's result is taken back before the error goes up.
@@ -210,9 +218,11 @@ class VaultMinter:
     def consume_wrapping_token(self, token):
         """Unwrap a wrapping token and drop what it held; True if it is spent now."""
         try:
-            status, _, _ = self._vault.answer("POST", "sys/wrapping/unwrap", token=token)
+            # The wrapping token is the client's token (not in the body: that would need the
+            # broker's own token to hold sys/wrapping/unwrap).
+            status, _ = outcome("unwrap", self._session.client(token).sys.unwrap)
             return status in (200, 204, 400)  # 400: already used or expired
-        except Exception:  # HttpError: no answer; the token may still be live
+        except Exception:  # Unavailable: no answer; the token may still be live
             return False
 
     def destroy_secret_id(self, role, accessor):
@@ -232,9 +242,8 @@ class VaultMinter:
         no longer knows it: used up, expired or destroyed before) or "failed: why"."""
         try:
             self._ensure_token()
-            self._vault_call("destroy a secret ID", "POST",
-                             f"auth/{self._mount}/role/{role}/secret-id-accessor/destroy",
-                             body={"secret_id_accessor": accessor})
+            self._vault_call("destroy a secret ID", self._client.auth.approle.destroy_secret_id_accessor,
+                             role, accessor, mount_point=self._mount)
             return "destroyed"
         except Unavailable as e:
             if "failed to find accessor entry" in (e.detail or ""):
@@ -246,8 +255,8 @@ class VaultMinter:
         (sys/audit-hash), for finding an issuance in Vault's audit log. Best effort:
         what fails is left out, nothing is raised."""
         def one(value):
-            return self._vault_call("hash for the audit log", "POST", f"sys/audit-hash/{audit_path}",
-                                    body={"input": value})["data"]["hash"]
+            doc = self._vault_call("hash for the audit log", self._client.sys.calculate_hash, audit_path, value)
+            return (doc.get("data") or doc)["hash"]
 
         named = [(name, value) for name, value in values.items() if value]
         if not named:
@@ -263,9 +272,10 @@ class VaultMinter:
     def health(self):
         """None when Vault is reachable, initialised and unsealed; else what is wrong."""
         try:
-            status, _, _ = self._vault.answer("GET", "sys/health?standbyok=true&perfstandbyok=true")
-        except HttpError as e:
-            return f"unreachable ({e.kind})"
+            # A performance standby answers 473 (hvac has no perfstandbyok): healthy too.
+            status, _ = outcome("health", self._anonymous.sys.read_health_status, method="GET", standby_ok=True)
+        except Unavailable as e:
+            return f"unreachable ({e.detail.rsplit(': ', 1)[-1]})"
         if status in (200, 429, 473):
             return None
         return {503: "sealed", 501: "not initialised"}.get(status, f"HTTP {status}")

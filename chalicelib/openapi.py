@@ -237,6 +237,9 @@ SPEC = {
                     "request_id": {"type": "string"},
                     "role": {"type": "string"},
                     "vault_addr": {"type": "string"},
+                    "vault_namespace": {"type": "string", "nullable": True,
+                                        "description": "The Vault namespace the wrapping tokens were minted "
+                                                       "in; null for the root namespace."},
                     "role_id_wrap": {"$ref": "#/components/schemas/Wrap"},
                     "secret_id_wrap": {"$ref": "#/components/schemas/Wrap"},
                 },

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .errors import Unavailable
 from .records import Record
-from .vault_http import MAX_ANSWER_BYTES, VaultHttp
+from .vault_client import MAX_ANSWER_BYTES, VaultSession, outcome
 
 TOKEN_REFRESH_FRACTION = 0.2
 SCAN_WORKERS = 16
@@ -38,9 +38,13 @@ class Scan(Record):
 
 
 class VaultRevoker:
-    def __init__(self, *, addr, mount, role_id, fetch_secret_id, pools, timeout, clock=time.monotonic):
-        """`pools`: the broker's HTTP client (chalicelib/http_client.py)."""
-        self._vault = VaultHttp(pools, addr, timeout)
+    def __init__(self, *, addr, mount, role_id, fetch_secret_id, timeout, namespace=None, clock=time.monotonic):
+        """Vault through hvac on its own requests session (chalicelib/vault_client.py), in
+        `namespace` (BROKER_VAULT_NAMESPACE) when it is set."""
+        self._session = VaultSession(addr, timeout, namespace=namespace, max_bytes_for=_max_bytes,
+                                     connections=SCAN_WORKERS + 4)
+        self._anonymous = self._session.client()  # the login
+        self._client = self._session.client()  # its token: the revoker's, set at each login
         self._mount = mount
         self._role_id = role_id
         self._fetch_secret_id = fetch_secret_id
@@ -58,39 +62,39 @@ class VaultRevoker:
         with self._lock:
             self._good_until = 0.0
 
+    def close_connections(self):
+        """Drop the pooled connections to Vault (after a SnapStart restore)."""
+        self._session.close()
+
+    def _login(self):
+        return outcome(f"auth/{self._mount}/login", self._anonymous.auth.approle.login, role_id=self._role_id,
+                       secret_id=self._secret_id, mount_point=self._mount, use_token=False)
+
     def _ensure_token(self, force=False):
         with self._lock:
             if not force and self._token and self._clock() < self._good_until:
                 return self._token
             if self._secret_id is None:
                 self._secret_id = self._fetch_secret_id()
-            status, doc = self._post("auth/{}/login".format(self._mount),
-                                     {"role_id": self._role_id, "secret_id": self._secret_id}, token=None)
+            status, doc = self._login()
             if status == 400:  # rotated: fetch it again, once
                 self._secret_id = self._fetch_secret_id()
-                status, doc = self._post(f"auth/{self._mount}/login",
-                                         {"role_id": self._role_id, "secret_id": self._secret_id}, token=None)
+                status, doc = self._login()
             auth = (doc or {}).get("auth")
             if status != 200 or not isinstance(auth, dict) or not isinstance(auth.get("client_token"), str):
                 raise Unavailable("Vault refused the revoking identity", backend="vault",
                                   detail=f"revoker login: HTTP {status} {_errors(doc)}")
-            self._token = auth["client_token"]
+            self._token = self._client.token = auth["client_token"]
             lease = int(auth.get("lease_duration") or 0)
             self._good_until = self._clock() + max(lease * (1 - TOKEN_REFRESH_FRACTION), 1) if lease else float("inf")
             return self._token
 
-    def _request(self, method, path, body=None, token=None):
-        """(status, JSON document or None); no answer (or an oversized one) is Unavailable."""
-        max_bytes = MAX_LIST_BYTES if path.startswith("auth/token/accessors") else MAX_ANSWER_BYTES
-        return self._vault.call(method, path, what=path, body=body, token=token, max_bytes=max_bytes)
-
-    def _post(self, path, body, token=None):
-        return self._request("POST", path, body, token)
-
-    def _call(self, method, path, body=None):
-        """An authenticated call: (status, doc); a 403 logs in again once (token revoked or expired)."""
+    def _call(self, path, call, *args, **kwargs):
+        """An authenticated hvac call: (status, doc); a 403 logs in again once (token revoked or
+        expired). No answer (or an oversized one) is Unavailable naming `path`."""
         for attempt in (1, 2):
-            status, doc = self._request(method, path, body, self._ensure_token(force=attempt == 2))
+            self._ensure_token(force=attempt == 2)
+            status, doc = outcome(path, call, *args, **kwargs)
             if status == 403 and attempt == 1:
                 continue
             if status == 403:
@@ -106,8 +110,9 @@ class VaultRevoker:
     def destroy_secret_id(self, role, accessor):
         """"destroyed", "gone" (used up, expired, destroyed before) or "failed: why"."""
         try:
-            status, doc = self._call("POST", f"auth/{self._mount}/role/{role}/secret-id-accessor/destroy",
-                                     {"secret_id_accessor": accessor})
+            status, doc = self._call(f"auth/{self._mount}/role/{role}/secret-id-accessor/destroy",
+                                     self._client.auth.approle.destroy_secret_id_accessor, role, accessor,
+                                     mount_point=self._mount)
         except Unavailable as e:
             return f"failed: {e.detail}"
         if status in (200, 204):
@@ -120,7 +125,7 @@ class VaultRevoker:
         """Revoke a token (and its children) by accessor: "revoked", "gone" (used, expired or
         revoked before) or "failed: why". Wrapping tokens are tokens too."""
         try:
-            status, doc = self._call("POST", "auth/token/revoke-accessor", {"accessor": accessor})
+            status, doc = self._call("auth/token/revoke-accessor", self._client.auth.token.revoke_accessor, accessor)
         except Unavailable as e:
             return f"failed: {e.detail}"
         if status == 204:
@@ -135,7 +140,7 @@ class VaultRevoker:
 
     def lookup(self, accessor):
         """A token's metadata by accessor, or None when Vault knows no such token."""
-        status, doc = self._call("POST", "auth/token/lookup-accessor", {"accessor": accessor})
+        status, doc = self._call("auth/token/lookup-accessor", self._client.auth.token.lookup_accessor, accessor)
         if status == 200:
             return ((doc or {}).get("data") or {}).get("meta") or {}
         if status == 400:
@@ -151,7 +156,7 @@ class VaultRevoker:
         result = Scan({r: [] for r in wanted}, 0, 0, True)
         if not wanted:
             return result
-        status, doc = self._call("GET", "auth/token/accessors?list=true")
+        status, doc = self._call("auth/token/accessors", self._client.auth.token.list_accessors)
         if status == 404:
             return result
         if status != 200:
@@ -159,11 +164,11 @@ class VaultRevoker:
                               detail=f"LIST auth/token/accessors: HTTP {status} {_errors(doc)}")
         accessors = ((doc or {}).get("data") or {}).get("keys") or []
         result.total = len(accessors)
-        token = self._ensure_token()
+        client = self._session.client(self._ensure_token())  # this scan's token, whatever a login sets meanwhile
 
         def lookup(accessor):
             for attempt in (1, 2):
-                status, doc = self._request("POST", "auth/token/lookup-accessor", {"accessor": accessor}, token)
+                status, doc = outcome("auth/token/lookup-accessor", client.auth.token.lookup_accessor, accessor)
                 if status == 200:
                     return ((doc or {}).get("data") or {}).get("meta") or {}
                 if status == 400:  # revoked or expired since the list
@@ -190,7 +195,7 @@ class VaultRevoker:
         return self.scan(request_ids).found
 
     def count_tokens(self):
-        status, doc = self._call("GET", "auth/token/accessors?list=true")
+        status, doc = self._call("auth/token/accessors", self._client.auth.token.list_accessors)
         return len(((doc or {}).get("data") or {}).get("keys") or []) if status == 200 else 0
 
     def health(self):
@@ -199,6 +204,11 @@ class VaultRevoker:
             return None
         except Unavailable as e:
             return e.detail
+
+
+def _max_bytes(path):
+    """The bound of an answer: the token accessor list grows with the live tokens."""
+    return MAX_LIST_BYTES if path.startswith("/v1/auth/token/accessors") else MAX_ANSWER_BYTES
 
 
 def _errors(doc):

@@ -1,6 +1,6 @@
 """A real HTTP server on 127.0.0.1 that answers as a test scripts it: for unit tests of the
-broker's own HTTP clients (chalicelib/http_client.py and its users) where the real backend
-can't be made to misbehave on cue (a Vault that answers garbage, an STS that redirects).
+broker's own HTTP clients (chalicelib/http_client.py; hvac's session, chalicelib/vault_client.py)
+where the real backend can't be made to misbehave on cue (a Vault that answers garbage, an STS that redirects).
 
     with ScriptedServer() as server:
         server.on("POST", "/v1/auth/approle/login", (200, {"auth": {...}}))
@@ -50,7 +50,7 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_GET = do_POST = do_PUT = do_DELETE = _answer
+            do_GET = do_POST = do_PUT = do_DELETE = do_LIST = _answer  # LIST: how hvac lists
 
             def log_message(self, *args):
                 pass

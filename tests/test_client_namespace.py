@@ -118,3 +118,40 @@ def test_a_client_given_the_namespace_takes_its_tokens_and_refuses_the_roots(bao
     assert "minted in the root namespace, not in the namespace 'child'" in err
     assert _live(bao, root_answer["role_id_wrap"]["token"])
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("named, pinned", [("child", None), (None, "child"), ("other", "child")])
+def test_an_answer_naming_another_namespace_is_refused_like_another_address(bao, child, fake_broker, tmp_path,
+                                                                            capsys, named, pinned):
+    """The broker's answer names the namespace it minted in (vault_namespace): another than the client's
+    is refused before anything is looked up or unwrapped (exit 6), as another Vault address is."""
+    answer = {**(child["mint"]() if pinned else bao.mint()), "vault_namespace": named}
+    fake_broker.script = [(200, {}, answer)]
+    creds = tmp_path / "creds"
+    flags = ["--vault-namespace", pinned] if pinned else []
+    rc = cli.main(_login_args(fake_broker.url, "--vault-addr", bao.addr, *flags, "--agent-dir", str(creds), "--json"))
+    captured = capsys.readouterr()
+    assert rc == EXIT_INTERCEPTION, captured.err
+    assert "the broker's answer names the Vault namespace" in captured.err
+    assert json.loads(captured.out)["error"] == "UntrustedVaultError"
+    assert not creds.exists()
+    assert _live(bao, answer["role_id_wrap"]["token"]) and _live(bao, answer["secret_id_wrap"]["token"])
+    assert_no_secrets(captured.out + captured.err, [answer["role_id_wrap"]["token"], answer["secret_id_wrap"]["token"]])
+
+
+def test_the_agent_hand_off_names_the_namespace(bao, child, fake_broker, tmp_path, capsys):
+    answer = {**child["mint"](), "vault_namespace": "child"}
+    fake_broker.script = [(200, {}, answer)]
+    agent = tmp_path / "agent"
+    rc = cli.main(_login_args(fake_broker.url, "--vault-addr", bao.addr, "--vault-namespace", "child",
+                              "--agent-dir", str(agent), "--json"))
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert (agent / "vault_namespace").read_text() == "child"
+    summary = json.loads(captured.out)
+    assert summary["vault_namespace"] == "child"
+    assert summary["vault_namespace_file"] == str(agent / "vault_namespace")
+
+    fake_broker.script = [(200, {}, {**bao.mint(), "vault_namespace": None})]  # root: no file left behind
+    assert cli.main(_login_args(fake_broker.url, "--vault-addr", bao.addr, "--agent-dir", str(agent))) == 0
+    assert not (agent / "vault_namespace").exists()

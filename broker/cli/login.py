@@ -129,7 +129,7 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
     from broker.http import ssl_context
     from broker.incident import reporting
     from broker.vault import VaultClient, normalize_mount, unwrap_credentials, unwrap_role_id_for_agent
-    from broker.vault_trust import check_pinned, trusted_vault_addr
+    from broker.vault_trust import check_answer_namespace, check_pinned, trusted_vault_addr
 
     # Everything that can be checked is checked before anything is signed or issued.
     missing = [flag for flag, value in (("--broker-url/BROKER_URL", args.broker_url),
@@ -153,7 +153,7 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
         ssl_context=ssl_context(args.ca_cert, "the broker"),
         log=out.info,
     )
-    vault_ssl = ssl_context(args.vault_ca_cert, "Vault")
+    ssl_context(args.vault_ca_cert, "Vault")  # the CA bundle is checked before anything is issued
 
     proof = build_proof_source(
         cloud=args.cloud, broker_url=client.base_url, server_id=args.server_id, sts_url=args.sts_url,
@@ -178,11 +178,12 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
 
     # Which Vault: decided before the answer came (pinned), or an https one, said loudly.
     vault_addr, was_pinned = trusted_vault_addr(pinned, issued, allow_insecure=args.allow_insecure_vault)
+    check_answer_namespace(args.vault_namespace, issued)  # and which namespace, likewise
     if not was_pinned:
         out.warn(f"trusting the Vault address named by the broker, {vault_addr}: nothing pinned it "
                  "(pin it with --vault-addr, VAULT_ADDR or the config file)")
-    vault = VaultClient(vault_addr, timeout=args.timeout, ssl_context=vault_ssl, namespace=args.vault_namespace)
-    summary.update(vault_addr=vault.addr, vault_pinned=was_pinned)
+    vault = VaultClient(vault_addr, timeout=args.timeout, ca_cert=args.vault_ca_cert, namespace=args.vault_namespace)
+    summary.update(vault_addr=vault.addr, vault_namespace=vault.namespace, vault_pinned=was_pinned)
     # A possible interception (exit 6) is reported to the broker before exiting (broker/incident.py).
     report = {"client": client, "make_proof": proof.make, "out": out}
 
@@ -191,13 +192,14 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
         role_id = reporting(lambda: unwrap_role_id_for_agent(vault, issued, mount=mount), **report)
         out.add_secrets(role_id)
         material = Material(role_id=role_id, secret_id=issued.secret_id_wrap.token, vault_addr=vault.addr,
-                            secret_id_wrap_ttl=issued.secret_id_wrap.ttl)
+                            secret_id_wrap_ttl=issued.secret_id_wrap.ttl, vault_namespace=vault.namespace)
     else:
         creds = reporting(lambda: unwrap_credentials(vault, issued, mount=mount), **report)
         out.add_secrets(creds.role_id, creds.secret_id)
         summary["secret_id_accessor"] = creds.secret_id_accessor
         out.info(f"wrapping tokens checked and unwrapped (secret ID accessor {creds.secret_id_accessor})")
-        material = Material(role_id=creds.role_id, secret_id=creds.secret_id, vault_addr=vault.addr)
+        material = Material(role_id=creds.role_id, secret_id=creds.secret_id, vault_addr=vault.addr,
+                            vault_namespace=vault.namespace)
         if handoff.stage == "token":
             login = vault.approle_login(creds.role_id, creds.secret_id, mount=mount)
             out.add_secrets(login.client_token)

@@ -72,8 +72,8 @@ def vault_admin_session(args: argparse.Namespace, out: Output):
         raise UsageError("missing --aws-region/AWS_REGION (the region of the secret)")
     token = vault_token_from_env()
     out.add_secrets(token)
-    vault = Vault(args.vault_addr, token or "", namespace=args.vault_namespace,
-                  ssl_context=ssl_context(args.vault_ca_cert, "Vault"))
+    ssl_context(args.vault_ca_cert, "Vault")  # the CA bundle checked before anything is sent
+    vault = Vault(args.vault_addr, token or "", namespace=args.vault_namespace, ca_cert=args.vault_ca_cert)
     try:
         import botocore.session  # noqa: F401 - ImportError when botocore is missing
 

@@ -141,6 +141,9 @@ class BrokerService:
             return {
                 "role": login.role,
                 "vault_addr": self.settings.vault_public_addr,
+                # The namespace the tokens were minted in (null: the root namespace): the client
+                # refuses an answer naming another than the one it is pinned to.
+                "vault_namespace": self.settings.vault_namespace,
                 "role_id_wrap": minted.role_id_wrap.public(),
                 "secret_id_wrap": minted.secret_id_wrap.public(),
             }

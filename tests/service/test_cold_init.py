@@ -184,10 +184,18 @@ def test_backend_down_at_init_is_retried_by_the_first_request(stack, proxies):
     assert "warm-up at init incomplete" in log and "Traceback" not in log
 
 
+def _idle_in(session):
+    """Connections a requests session keeps alive (its adapters' urllib3 pools)."""
+    return sum(1 for adapter in session.adapters.values() for pool in adapter.poolmanager.pools._container.values()
+               if pool.pool is not None for conn in list(pool.pool.queue) if conn is not None)
+
+
 def _open_pools(runtime):
-    """Connections kept alive, by kind: the broker's own (chalicelib/http_client.py: STS, Vault,
-    Google's certificates) and botocore's (its clients)."""
-    counts = {"own": runtime._pools.idle_connections()}
+    """Connections kept alive, by kind: the broker's own (chalicelib/http_client.py: STS, Google's
+    certificates), Vault's (hvac's requests session, chalicelib/vault_client.py) and botocore's
+    (its clients)."""
+    counts = {"own": runtime._pools.idle_connections(),
+              "vault": _idle_in(runtime._minter._session.session)}
     botocore = [c for c in runtime._clients if hasattr(c, "_endpoint")]
     if botocore:
         counts["botocore"] = sum(len(c._endpoint.http_session._manager.pools) for c in botocore)
@@ -360,11 +368,11 @@ print("CHILD " + json.dumps({"built": app._service is not None, "status": out.ge
 
 
 @pytest.mark.parametrize("gcp", [False, True], ids=["aws-only", "gcp-enabled"])
-def test_an_aws_issuance_imports_botocore_and_no_other_http_library(stack, gcp):
+def test_an_aws_issuance_imports_botocore_and_hvac_and_no_other_http_library(stack, gcp):
     """The broker's AWS calls are botocore's (chalicelib/aws_clients.py; urllib3 is its HTTP
-    client); STS, Vault and Google's certificates go through chalicelib/http_client.py.
-    requests comes only with google-auth's Compute API session, on the first GCP facts
-    read: an AWS issuance imports neither it nor google-auth, even with GCP enabled."""
+    client); Vault's are hvac's, on requests (chalicelib/vault_client.py); STS and Google's
+    certificates go through chalicelib/http_client.py. google-auth comes only with the GCP method's
+    proof and facts: an AWS issuance does not import it, even with GCP enabled."""
     env = {k: v for k, v in stack.broker_env().items()
            if gcp or not (k.startswith("BROKER_GCP_") or k == "GOOGLE_APPLICATION_CREDENTIALS")}
     proc = subprocess.run([sys.executable, "-c", IMPORTS_CHILD], cwd=PROJECT, env=_env({**env, **LAMBDA_RUNTIME}),
@@ -374,7 +382,7 @@ def test_an_aws_issuance_imports_botocore_and_no_other_http_library(stack, gcp):
     result = json.loads(lines[-1][len("CHILD "):])
     assert result["built"] and result["status"] == 200, proc.stdout[-3000:]
     assert ("gcp" in result["methods"]) is gcp
-    assert result["modules"] == ["botocore", "urllib3"]
+    assert result["modules"] == ["botocore", "hvac", "requests", "urllib3"]
 
 
 @pytest.mark.parametrize("init_type", ["on-demand", "snap-start"])

@@ -1,7 +1,7 @@
-"""The minter's direct Vault calls (chalicelib/minter.py over chalicelib/http_client.py, no
-hvac) against the suite's real OpenBao: what it mints works, and OpenBao's own refusals,
-seal and revoked tokens map to the broker's errors. The same mapping against answers
-OpenBao can't be made to give on cue: tests/unit/test_http_client_backends.py.
+"""The minter's Vault calls (chalicelib/minter.py through hvac, chalicelib/vault_client.py)
+against the suite's real OpenBao: what it mints works, and OpenBao's own refusals, seal and
+revoked tokens map to the broker's errors. The same mapping against answers OpenBao can't be
+made to give on cue: tests/unit/test_vault_client_answers.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import hvac
 import pytest
 
 from chalicelib.errors import Unavailable
-from chalicelib.http_client import HttpClient
 from chalicelib.minter import VaultMinter
 from tests.scripted_http import Fetches
 
@@ -23,8 +22,9 @@ ISSUANCE = SimpleNamespace(wrap_ttl=60, secret_id_ttl=120, secret_id_num_uses=1,
 
 def minter_for(stack, fetch=None):
     settings = SimpleNamespace(vault_addr=stack.vault_addr, vault_approle_mount="approle",
-                               vault_role_id=stack.vault_seed.broker_role_id, vault_timeout=5.0)
-    return VaultMinter(settings, HttpClient(), fetch or Fetches(stack.vault_seed.broker_secret_id))
+                               vault_role_id=stack.vault_seed.broker_role_id, vault_timeout=5.0,
+                               vault_namespace=getattr(stack, "vault_namespace", None))
+    return VaultMinter(settings, fetch or Fetches(stack.vault_seed.broker_secret_id))
 
 
 def test_what_the_minter_issues_logs_in(stack):
