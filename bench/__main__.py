@@ -6,7 +6,7 @@ issue 14's ``NAME VALUE`` lines.
     python -m bench --save before        # also write bench/results/before.json
     python -m bench --rev 792a9a3        # measure the broker code of a commit (git archive, temp dir)
     python -m bench --tree /tmp/rev      # measure the broker code of another tree
-    python -m bench --only 7,1           # some benchmarks only (1..9)
+    python -m bench --only 7,1           # some benchmarks only (1..10)
     python -m bench compare before after # compare saved runs (labels or JSON paths)
 
 Progress goes to stderr; the report and the headline lines to stdout.
@@ -33,8 +33,10 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # issue 14's table, in its order
 HEADLINES = ("requests_per_issuance", "critical_path_steps", "latency_ratio_p50", "overhead_ratio_p50_inprocess",
              "handler_cpu_ms_p50", "cold_first_issuance_ms", "storm_requests", "storm_lost", "storm_duplicates",
-             "storm_orphans", "lambda_zip_mb")
-ALL = "1,2,3,4,5,6,7,8,9"
+             "storm_orphans", "lambda_zip_mb",
+             "broker_calls_per_boot", "sts_calls_per_boot", "ec2_calls_per_boot", "dynamodb_calls_per_boot",
+             "vault_requests_per_boot", "vault_storage_ops_per_boot", "time_to_token_ms_p50", "time_to_token_ms_p95")
+ALL = "1,2,3,4,5,6,7,8,9,10"
 
 
 def counts(quick: bool) -> dict:
@@ -51,6 +53,7 @@ def counts(quick: bool) -> dict:
         "botocore_calls": 30 if quick else 200,
         "storm_requests": 40 if quick else 500,
         "storm_workers": 4,
+        "boots": 3 if quick else 20,
     }
     for key in c:  # e.g. BENCH_STORM_THREADS=16, BENCH_OVERHEAD_ITERATIONS=100
         value = os.environ.get("BENCH_" + key.upper())
@@ -132,7 +135,7 @@ def run(only: set[int], quick: bool, storm_workers: int | None) -> dict:
         attempt("package", lambda: {**package.lambda_zip(tree, say), **package.client_size(tree, say)})
     if 3 in only:
         attempt("imports", lambda: coldstart.import_times(tree, c["import_reps"], say=say))
-    if only & {1, 2, 3, 4, 5, 7, 8}:
+    if only & {1, 2, 3, 4, 5, 7, 8, 10}:
         with tempfile.TemporaryDirectory(prefix="bench-stack-") as workdir:
             bench = bench_env.Bench(workdir=workdir, say=say)
             try:
@@ -176,6 +179,10 @@ def run(only: set[int], quick: bool, storm_workers: int | None) -> dict:
                         attempt("profile", lambda: overhead.profile_handler(bench))
                 if 5 in only:
                     attempt("client", lambda: b_client.client(bench, tree, c["client_reps"], say=say))
+                if 10 in only:
+                    from . import boot
+
+                    attempt("boot", lambda: boot.per_boot(bench, tree, c["boots"], say=say))
                 if 8 in only:
                     attempt("botocore", lambda: botocore_cpu.per_call_cpu(bench, c["botocore_calls"], say=say))
                 if 3 in only:
@@ -206,7 +213,14 @@ def headlines(r: dict) -> dict:
         "storm_duplicates": g("storm", "duplicates"),
         "storm_orphans": g("storm", "orphans"),
         "lambda_zip_mb": g("package", "lambda_zip_mb"),
+        **_boot_headlines(r),
     }
+
+
+def _boot_headlines(r: dict) -> dict:
+    from . import boot
+
+    return boot.headlines(r.get("boot") or {})
 
 
 def _get(d, path, default):

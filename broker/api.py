@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from broker.http import (  # noqa: F401 - build_opener/post_json/HttpResult are 
 )
 
 LOGIN_PATH = "/v1/credentials/aws"
+REGISTRATION_KEY = re.compile(r"[A-Za-z0-9_-]{43}")  # the broker's secrets.token_urlsafe(32)
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 RATE_LIMITED = 429
 REPLAYED_CODE = "proof_replayed"
@@ -84,6 +86,8 @@ class Issued:
     # the answer named one at all (brokers before namespaces did not).
     vault_namespace: str | None = None
     names_namespace: bool = False
+    # registers the logged-in token (POST /v1/tokens); None from a broker that sends none
+    registration_key: str | None = None
 
 
 @dataclass
@@ -260,6 +264,7 @@ class BrokerClient:
             if not isinstance(request_id, str) or not request_id:
                 raise ValueError("request_id is missing")
             vault_addr = data.get("vault_addr")
+            key = data.get("token_registration_key")
             issued = Issued(
                 request_id=request_id,
                 role=str(data.get("role") or role),
@@ -269,6 +274,7 @@ class BrokerClient:
                 attempts=attempts,
                 vault_namespace=_namespace_of(data),
                 names_namespace="vault_namespace" in data,
+                registration_key=key if isinstance(key, str) and REGISTRATION_KEY.fullmatch(key) else None,
             )
         except (UnicodeDecodeError, ValueError) as exc:
             # The proof is spent and something may have been issued: do not retry.

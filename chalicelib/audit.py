@@ -44,6 +44,8 @@ class AuditRecord(Record):
     secret_id_wrap_accessor: str | None = None
     secret_id_accessor: str | None = None
     secret_id_expires_at: int | None = None  # when the issued secret ID expires (epoch seconds)
+    # SHA-256 (hex) of the token registration key the issuance's answer carried (POST /v1/tokens)
+    registration_key_sha256: str | None = None
     # security-team actions and incidents
     action: str | None = None  # audit.search, audit.show, revoke, lift, incident
     related_request_id: str | None = None  # the issuance an incident or revocation is about

@@ -259,7 +259,7 @@ def build_stores(settings, dynamodb):
     if not table:
         return Stores()
     return Stores(QuarantineList(dynamodb, table), RevocationStore(dynamodb, table), RateLimitStore(dynamodb, table),
-                  TokenRegistry(dynamodb, table), TrustHistory(dynamodb, table))
+                  TokenRegistry(dynamodb, table, audit_table=settings.audit_table), TrustHistory(dynamodb, table))
 
 
 def build_security(settings, rules, *, frame, audit, method, admission, minter, stores, dynamodb, revoker):

@@ -242,6 +242,11 @@ SPEC = {
                                                        "in; null for the root namespace."},
                     "role_id_wrap": {"$ref": "#/components/schemas/Wrap"},
                     "secret_id_wrap": {"$ref": "#/components/schemas/Wrap"},
+                    "token_registration_key": {
+                        "type": "string",
+                        "description": "A secret for this caller only: it registers the accessor of the Vault "
+                                       "token logged in with this issuance (POST /v1/tokens, registration_key). "
+                                       "Keep it out of logs; the audit record holds its SHA-256."},
                 },
             },
             "Health": {

@@ -121,9 +121,11 @@ def paths(error, unavailable):
         "/v1/tokens": {"post": {
             "operationId": "register_token", "tags": ["security"],
             "summary": "Register the accessor of the Vault token logged in with an issuance (by its client)",
-            "description": ("The caller proves again the identity the credentials were issued to; a "
-                            "revocation of the issuance then revokes that token at once (after checking "
-                            "the token's metadata names the issuance) instead of finding it by a scan."),
+            "description": ("The caller shows the issuance is its own, by the issuance answer's "
+                            "token_registration_key (registration_key) or by proving again the identity "
+                            "the credentials were issued to (a fresh proof); a revocation of the issuance "
+                            "then revokes that token at once (after checking the token's metadata names "
+                            "the issuance) instead of finding it by a scan."),
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/TokenRegistration"}}}},
             "responses": {"200": _ok("Registered.", "#/components/schemas/TokenRegistered"), **incident_errors},
@@ -198,10 +200,12 @@ SCHEMAS = {
                        "accessor": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}}},
     "TokenRegistration": {
         "type": "object", "additionalProperties": False, "required": ["request_id", "accessor"],
-        "description": ("The issuance's request_id, the token's accessor and a fresh proof: the fields of a "
-                        "login body of the issuance's method but role (AwsLogin's iam_* fields and optional "
-                        "ecs_task_arn, or GcpLogin's jwt)."),
-        "properties": {"request_id": _UUID, "accessor": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}}},
+        "description": ("The issuance's request_id, the token's accessor and either its registration_key "
+                        "alone or a fresh proof: the fields of a login body of the issuance's method but role "
+                        "(AwsLogin's iam_* fields and optional ecs_task_arn, or GcpLogin's jwt)."),
+        "properties": {"request_id": _UUID, "accessor": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
+                       "registration_key": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$",
+                                            "description": "the issuance answer's token_registration_key"}}},
     "TokenRegistered": {"type": "object", "additionalProperties": False,
                         "required": ["related_request_id", "accessor", "registered", "request_id"],
                         "properties": {"related_request_id": {"type": "string"}, "accessor": {"type": "string"},

@@ -116,8 +116,15 @@ def _choose_handoff(args: argparse.Namespace, out: Output) -> Any:
         extra_env["VAULT_CACERT"] = args.vault_ca_cert
 
     def before_exec(summary: Dict[str, Any]) -> None:
+        after = summary.pop("_after_handoff", None)
+        if after is not None:
+            summary["token_registration"] = "after exec, in a detached process"
         out.result(summary)
         out.flush()
+        if after is not None:  # the registration must not wait the exec, nor be lost
+            from broker.token_registration import register_in_background
+
+            register_in_background(after, out)
 
     return Exec(command, extra_env=extra_env, before_exec=before_exec)
 
@@ -207,9 +214,26 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
             summary.update(token_accessor=login.accessor, token_ttl=login.lease_duration,
                            token_policies=list(login.policies))
             out.info(f"logged in to Vault (token accessor {login.accessor}, ttl {login.lease_duration}s)")
-            from broker.token_registration import register_token  # a revocation reaches this token at once
-
-            summary["token_registered"] = register_token(client, proof.make, issued.request_id, login.accessor, out)
+            if issued.registration_key:
+                out.add_secrets(issued.registration_key)
+            register = _registration(client, issued, login.accessor, proof.make, out)
+            if handoff.name == "exec":
+                summary["_after_handoff"] = register  # Exec's before_exec runs it, detached
+    # Nothing between the login and the hand-off: the token reaches its sink or command first.
     handoff.deliver(material, summary, out.info)
+    if handoff.stage == "token":
+        summary["token_registered"] = register()  # a revocation reaches this token at once
     out.result(summary)
     return EXIT_OK
+
+
+def _registration(client: Any, issued: Any, accessor: str, make_proof: Any, out: Output) -> Any:
+    """The token registration (POST /v1/tokens), to run after the hand-off: by the issuance's
+    registration key (no cloud proof), or with a fresh proof from a broker that sent none."""
+    from broker.token_registration import register_token
+
+    def register() -> bool:
+        return register_token(client, issued.request_id, accessor, out, registration_key=issued.registration_key,
+                              make_proof=make_proof)
+
+    return register

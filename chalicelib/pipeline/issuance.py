@@ -25,7 +25,9 @@ Every request ends in exactly one audit record (chalicelib/pipeline/frame.py). I
 record can't be written, whatever was minted is taken back and the caller gets 503.
 """
 
+import hashlib
 import logging
+import secrets
 import threading
 import time
 
@@ -35,6 +37,10 @@ from ..errors import InvalidRequest, NotAuthorized, Quarantined, Unavailable
 from ..jsonlog import log
 from ..policy import RateLimits
 from ..stores.quarantine import split_caller_keys
+
+
+def registration_key_sha256(key):
+    return hashlib.sha256(key.encode("ascii")).hexdigest()
 
 
 class BrokerService:
@@ -138,6 +144,10 @@ class BrokerService:
             record.secret_id_accessor = minted.secret_id_accessor
             record.secret_id_expires_at = int(time.time()) + decision.issuance.secret_id_ttl
             record.outcome, record.code, record.reason = "issued", "issued", decision.reason
+            # The key that registers the token logged in with this issuance (POST /v1/tokens):
+            # it goes to this caller only; the record keeps its SHA-256, never the key.
+            registration_key = secrets.token_urlsafe(32)
+            record.registration_key_sha256 = registration_key_sha256(registration_key)
             return {
                 "role": login.role,
                 "vault_addr": self.settings.vault_public_addr,
@@ -146,6 +156,7 @@ class BrokerService:
                 "vault_namespace": self.settings.vault_namespace,
                 "role_id_wrap": minted.role_id_wrap.public(),
                 "secret_id_wrap": minted.secret_id_wrap.public(),
+                "token_registration_key": registration_key,
             }
 
         def take_back():

@@ -176,3 +176,27 @@ def test_sealed_vault_means_unavailable_after_retries(local_broker, sealed_vault
     assert "503" in proc.stderr
     assert not (tmp_path / "token").exists()
     assert_clean(proc)
+
+
+def test_an_exec_does_not_wait_for_the_token_registration_nor_loses_it(local_broker, tmp_path):
+    """--exec: the command runs first; the registration (by the issuance's key) follows from a
+    detached process, and the broker keeps the token's accessor."""
+    import time
+
+    from chalicelib.stores.tokens import TokenRegistry
+
+    stack = local_broker.stack
+    creds = stack.assume("demo-batch", "job-44")
+    child = "import json, os; print(json.dumps({'pid': os.getpid()}))"
+    proc = run_client(creds, *_args(local_broker, "batch", "--json", "--exec", "--", sys.executable, "-c", child),
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[0])
+    assert summary["token_registration"] == "after exec, in a detached process"
+    db = stack.client("dynamodb", stack.admin_keys_for(None))
+    registry = TokenRegistry(db, stack.broker_env()["BROKER_QUARANTINE_TABLE"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not registry.get_many([summary["request_id"]]):
+        time.sleep(0.1)
+    assert registry.get_many([summary["request_id"]]) == {summary["request_id"]: [summary["token_accessor"]]}
+    assert "warning" not in proc.stderr.lower(), proc.stderr

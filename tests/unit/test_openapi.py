@@ -102,7 +102,7 @@ def test_every_error_the_issuance_can_raise_is_described():
 
 
 @pytest.mark.parametrize("schema, route_fields", [("IncidentReport", {"request_id", "reason", "accessor"}),
-                                                  ("TokenRegistration", {"request_id", "accessor"})])
+                                                  ("TokenRegistration", {"request_id", "accessor", "registration_key"})])
 def test_bodies_that_prove_their_caller_again_take_a_logins_fields_but_role(schema, route_fields):
     """What POST /v1/incidents and /v1/tokens accept beside their own fields is what a login of any
     method accepts but role (its proof and its optional claims, e.g. ecs_task_arn), as the routes parse it."""
