@@ -10,13 +10,13 @@ Keys and indexes: chalicelib/audit_schema.py; queries: chalicelib/audit_query.py
 """
 
 import json
+from dataclasses import dataclass, field
 from time import time as _now
 from datetime import datetime, timezone
 
 from .audit_schema import INTERNAL_ATTRIBUTES, TTL_ATTRIBUTE, index_attributes
 from .aws_calls import call, try_call
 from .errors import Unavailable
-from .records import Record, field
 
 OUTCOMES = ("issued", "denied", "error", "incident", "admin", "registration")
 # Fields held as JSON text in DynamoDB (and decoded when read).
@@ -24,7 +24,8 @@ OUTCOMES = ("issued", "denied", "error", "incident", "admin", "registration")
 JSON_FIELDS = frozenset({"facts", "query", "target", "destroyed", "vault_audit_hmacs"})
 
 
-class AuditRecord(Record):
+@dataclass
+class AuditRecord:
     request_id: str
     method: str
     time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))

@@ -7,13 +7,13 @@ import itertools
 import re
 import subprocess
 import uuid
+from dataclasses import FrozenInstanceError
 
 import pytest
 
 from chalicelib.ids import uuid4
 from chalicelib.methods.aws.trust import _ASSUME_ACTIONS, _grants_assume, only_service_may_assume
 from chalicelib.policy.fields import glob_match
-from chalicelib.records import FrozenInstanceError
 
 IAM_NS = "https://iam.amazonaws.com/doc/2010-05-08/"
 
