@@ -20,6 +20,7 @@ every read checks `until` itself.
 
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -49,9 +50,7 @@ HOLDER_PREFIX = "holder#"
 
 
 def new_epoch():
-    from ..ids import uuid4
-
-    return uuid4()
+    return str(uuid.uuid4())
 
 
 def epoch_of(item):
