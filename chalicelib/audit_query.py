@@ -281,7 +281,7 @@ def _days(since, until):
     return out
 
 
-@dataclass
+@dataclass(slots=True)
 class _Shard:
     key: str
     start_key: dict | None = None

@@ -80,6 +80,18 @@ def test_a_cached_principal_arn_and_a_kept_position_refuse_every_kind_of_assignm
         one.frontier.request_id = "x"
 
 
+def test_a_misspelt_field_of_the_audit_record_is_refused_not_lost():
+    """The pipeline fills the (mutable) audit record as it goes: a misspelt name would
+    otherwise be a new attribute, and the field it meant missing from the trail."""
+    from chalicelib.audit import AuditRecord
+
+    record = AuditRecord("req-1", "aws")
+    with pytest.raises(AttributeError):
+        record.secret_id_acessor = "accessor-1"
+    record.secret_id_accessor = "accessor-1"
+    assert record.fields()["secret_id_accessor"] == "accessor-1"
+
+
 def test_default_factories_give_each_record_its_own_dict():
     from chalicelib.methods.aws.model import AwsFacts
 
