@@ -20,12 +20,12 @@ quarantine keys (from the VerifiedCaller, whose method derived them).
 
 import threading
 import time
+from dataclasses import dataclass
 
 from .aws_calls import call, cancellation_codes, failed_items, transact, try_call
 from .concurrency import Ready
 from .audit_schema import TTL_ATTRIBUTE
 from .errors import ProofReplayed, Quarantined, Unavailable
-from .records import Record
 from .stores.rate_limits import counter_key, limited, window_start
 
 # STS accepts a signature for 15 minutes; keep the record at least that long past our own window.
@@ -43,7 +43,8 @@ def replayed():
     return ProofReplayed("this proof was already used; sign a new one")
 
 
-class Lookup(Record, frozen=True):
+@dataclass(frozen=True)
+class Lookup:
     """What an issuance's replay lookup found besides "not spent": when it was sent (both
     clocks), and the quarantine epoch it read (None: none, or no quarantine table)."""
     sent: float

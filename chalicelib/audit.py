@@ -10,13 +10,13 @@ Keys and indexes: chalicelib/audit_schema.py; queries: chalicelib/audit_query.py
 """
 
 import json
+from dataclasses import dataclass, field, fields
 from time import time as _now
 from datetime import datetime, timezone
 
 from .audit_schema import INTERNAL_ATTRIBUTES, TTL_ATTRIBUTE, index_attributes
 from .aws_calls import call, try_call
 from .errors import Unavailable
-from .records import Record, field
 
 OUTCOMES = ("issued", "denied", "error", "incident", "admin", "registration")
 # Fields held as JSON text in DynamoDB (and decoded when read).
@@ -24,7 +24,8 @@ OUTCOMES = ("issued", "denied", "error", "incident", "admin", "registration")
 JSON_FIELDS = frozenset({"facts", "query", "target", "destroyed", "vault_audit_hmacs"})
 
 
-class AuditRecord(Record):
+@dataclass(slots=True)  # a misspelt field assigned in the pipeline is an error, not a lost value
+class AuditRecord:
     request_id: str
     method: str
     time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
@@ -63,7 +64,8 @@ class AuditRecord(Record):
         """The record as plain data without empty fields (also what the log line shows).
         Shallow: its values are strings, numbers and JSON-like data nobody changes here
         (dataclasses.asdict's deep copy cost ~3 ms per issuance, twice)."""
-        return {k: v for k, v in vars(self).items() if v not in (None, "", {}, [])}
+        values = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return {k: v for k, v in values if v not in (None, "", {}, [])}
 
 
 class AuditStore:

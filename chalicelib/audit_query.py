@@ -23,6 +23,7 @@ import binascii
 import hashlib
 import json
 import re
+from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
@@ -33,7 +34,6 @@ from .audit_schema import (AUDIT_INDEXES, INDEX_INSTANCE, INDEX_PRINCIPAL, INDEX
 from .aws_calls import call
 from .errors import InvalidRequest
 from .methods import REGISTRY
-from .records import Record, field
 
 METHODS = tuple(REGISTRY)  # every proof method the registry knows
 DEFAULT_LIMIT = 50
@@ -53,7 +53,8 @@ _EPOCH = re.compile(r"^\d{1,12}(\.\d{1,6})?$")
 PARAMS = ("since", "until", "principal", "instance", "role", "outcome", "method", "account", "limit", "next")
 
 
-class Position(Record, frozen=True, order=True):
+@dataclass(frozen=True, order=True)
+class Position:
     """Where a record sits in newest-first order: (epoch, request_id)."""
 
     epoch: Decimal
@@ -64,7 +65,8 @@ TOP = Position(Decimal("Infinity"), "")
 MAX_REQUEST_ID = "ffffffff-ffff-ffff-ffff-ffffffffffff"
 
 
-class AuditQuery(Record, frozen=True):
+@dataclass(frozen=True)
+class AuditQuery:
     since: Decimal
     until: Decimal
     principal: str | None = None
@@ -211,7 +213,8 @@ def decode_cursor(text, given):
 # ---- running a query ------------------------------------------------------------------------
 
 
-class Plan(Record, frozen=True):
+@dataclass(frozen=True)
+class Plan:
     index: str
     key_attribute: str
     segments: list  # [[partition key values]], newest segment first (by-time: one per day)
@@ -278,14 +281,16 @@ def _days(since, until):
     return out
 
 
-class _Shard(Record):
+@dataclass(slots=True)
+class _Shard:
     key: str
     start_key: dict | None = None
     frontier: Position = TOP  # the last position read (matching or not); TOP before the first read
     exhausted: bool = False
 
 
-class SearchResult(Record):
+@dataclass
+class SearchResult:
     events: list
     next_cursor: str | None
     queries: int  # DynamoDB Query calls made

@@ -6,16 +6,17 @@ The table of variables is in docs/architecture.md and the README.
 """
 
 import os
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .records import Record, field
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_RULES_FILE = os.path.join(_HERE, "policies", "rules.toml")
 
 
-class Settings(Record, frozen=True):
+@dataclass(frozen=True)
+class Settings:
     vault_addr: str
     vault_public_addr: str
     vault_role_id: str = field(repr=False)  # half of the broker's Vault login: never in a repr

@@ -9,10 +9,10 @@ new secret ID at creation, so their `creation_path` is the AppRole path itself.
 import json
 import threading
 import time
+from dataclasses import dataclass, field
 
 from .concurrency import settle
 from .errors import Unavailable
-from .records import Record, field
 from .vault_client import VaultSession, errors_of, outcome
 
 # A take-back's destroy that failed is tried again after this long.
@@ -21,7 +21,8 @@ DESTROY_RETRY_SECONDS = 0.2
 TOKEN_REFRESH_FRACTION = 0.2
 
 
-class Wrap(Record, frozen=True):
+@dataclass(frozen=True)
+class Wrap:
     token: str = field(repr=False)  # the wrapping token: never in a repr
     accessor: str
     ttl: int
@@ -33,7 +34,8 @@ class Wrap(Record, frozen=True):
                 "creation_time": self.creation_time, "creation_path": self.creation_path}
 
 
-class Issued(Record, frozen=True):
+@dataclass(frozen=True)
+class Issued:
     role: str
     role_id_wrap: Wrap
     secret_id_wrap: Wrap

@@ -17,10 +17,10 @@ figures at 10,000 tokens).
 
 import threading
 import time
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 
 from .errors import Unavailable
-from .records import Record
 from .vault_client import MAX_ANSWER_BYTES, VaultSession, outcome
 
 TOKEN_REFRESH_FRACTION = 0.2
@@ -30,7 +30,8 @@ SCAN_CHUNK = 256  # lookups between two looks at the deadline
 MAX_LIST_BYTES = 64 << 20
 
 
-class Scan(Record):
+@dataclass
+class Scan:
     found: dict  # {request_id: [accessors]}
     looked_up: int
     total: int

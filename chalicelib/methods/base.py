@@ -13,16 +13,16 @@ registry line (chalicelib/methods/__init__.py).
 
 from __future__ import annotations  # X | None in class bodies: the client runs on Python 3.9
 
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Protocol
 
-from ..records import Record
 
 
 def plain(value):
     """Facts as nested dicts and lists (what `to_dict` gives): dataclasses.asdict's result
     without its deep copy of every leaf, which cost ~1 ms per issuance (issue 14)."""
-    if isinstance(value, Record):
-        return {name: plain(item) for name, item in vars(value).items()}
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
         return {key: plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -37,7 +37,8 @@ IDENTITY_BUDGET = "identity"  # one machine, else one session, else one principa
 PRINCIPAL_BUDGET = "principal"  # every session of one principal that claims no machine
 
 
-class Entity(Record, frozen=True):
+@dataclass(frozen=True)
+class Entity:
     """The machine a caller claims to be (EC2 instance, ECS task, GCE instance).
 
     From the verified proof it is only a *claim* (the session name, the token's
@@ -48,7 +49,8 @@ class Entity(Record, frozen=True):
     id: str  # instance ID, task ID, GCE instance ID
 
 
-class VerifiedCaller(Record, frozen=True):
+@dataclass(frozen=True)
+class VerifiedCaller:
     """Who the cloud says signed the proof. Built by a method's `verify`."""
 
     method: str  # the registry name: "aws", "gcp"

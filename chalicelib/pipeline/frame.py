@@ -8,10 +8,10 @@ nothing leaves the broker without its audit record.
 """
 
 import logging
+import uuid
 
 from ..audit import AuditRecord
 from ..errors import BrokerError, RateLimited, Unavailable
-from ..ids import uuid4
 from ..jsonlog import decision_metrics, log
 
 
@@ -29,7 +29,7 @@ class AuditedRequests:
     def new_record(self, method, context, **fields):
         if self._rules_stamp is not None:
             fields["rules_serial"], fields["rules_sha256"] = self._rules_stamp()
-        return AuditRecord(request_id=uuid4(), method=method, source_ip=context.get("source_ip"),
+        return AuditRecord(request_id=str(uuid.uuid4()), method=method, source_ip=context.get("source_ip"),
                            api_request_id=context.get("api_request_id"), **fields)
 
     def run(self, record, work, *, event="decision", metrics=True, on_unrecorded=None,

@@ -1,13 +1,14 @@
 """[rate_limits]: how many issuances the broker allows in a window."""
 
 import re
+from dataclasses import dataclass, field
 
-from ..records import Record, field
 from .durations import parse_duration
 from .fields import RulesError, only_keys
 
 
-class Limit(Record, frozen=True):
+@dataclass(frozen=True)
+class Limit:
     count: int
     window: int  # seconds
 
@@ -25,7 +26,8 @@ DEFAULT_PER_PRINCIPAL = Limit(200, 3600)
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
 
 
-class RateLimits(Record, frozen=True):
+@dataclass(frozen=True)
+class RateLimits:
     """Counted in DynamoDB, shared by every Lambda instance."""
 
     per_identity: Limit = None  # None: DEFAULT_PER_IDENTITY

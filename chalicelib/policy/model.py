@@ -8,7 +8,8 @@ The engine knows no cloud. Each rule names one proof method (`[rule.aws]`,
 from __future__ import annotations  # X | None in class bodies: the client runs on Python 3.9
 
 
-from ..records import Record, field
+from dataclasses import dataclass, field
+
 from .fields import any_glob
 from .limits import RateLimits
 
@@ -20,7 +21,8 @@ DEFAULT_WRAP_TTL = 60
 DEFAULT_SECRET_ID_TTL = 300
 
 
-class Issuance(Record, frozen=True):
+@dataclass(frozen=True)
+class Issuance:
     """How the granted credentials are issued."""
 
     wrap_ttl: int = DEFAULT_WRAP_TTL
@@ -29,7 +31,8 @@ class Issuance(Record, frozen=True):
     bind_source_cidr: bool = False
 
 
-class Rule(Record, frozen=True):
+@dataclass(frozen=True)
+class Rule:
     name: str
     role: str
     issuance: Issuance
@@ -47,7 +50,8 @@ class Rule(Record, frozen=True):
         return self.matcher.mismatches(self.conditions, facts)
 
 
-class Decision(Record, frozen=True):
+@dataclass(frozen=True)
+class Decision:
     granted: bool
     role: str
     rule: str | None = None
@@ -55,7 +59,8 @@ class Decision(Record, frozen=True):
     reason: str = ""
 
 
-class Verdict(Record, frozen=True):
+@dataclass(frozen=True)
+class Verdict:
     """One rule's answer for `explain`."""
 
     rule: str
@@ -64,7 +69,8 @@ class Verdict(Record, frozen=True):
     reasons: list = field(default_factory=list)
 
 
-class RuleSet(Record, frozen=True):
+@dataclass(frozen=True)
+class RuleSet:
     rules: tuple
     source: str = "<rules>"
     # [security] principal_arns: globs on the canonical IAM ARN of who may use the

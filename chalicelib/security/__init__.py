@@ -13,7 +13,8 @@ named dependencies.
 """
 
 
-from ..records import Record
+from dataclasses import dataclass
+
 from .incidents import INCIDENT_LIMIT, INCIDENT_WINDOW, Incidents
 from .inputs import MAX_QUARANTINE, MAX_REASON, parse_duration, parse_reason
 from .audit_reads import AuditReads
@@ -21,7 +22,8 @@ from .revocations import Revocations
 from .token_registrations import TokenRegistrations
 
 
-class SecurityRoutes(Record, frozen=True):
+@dataclass(frozen=True)
+class SecurityRoutes:
     audit: AuditReads
     revocations: Revocations
     incidents: Incidents

@@ -29,12 +29,12 @@ per issuance, what happened to its wrapping tokens, its secret ID and each token
 """
 
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 from ..audit_query import AuditQuery, decode_cursor, parse_query, valid_request_id
 from ..errors import InvalidRequest, NotFound, Unavailable
-from ..ids import uuid4
 from ..policy import SECRET_ID_TTL_BOUNDS
 from ..stores.quarantine import iso, quarantine_key
 from .inputs import parse_body, parse_duration, parse_reason
@@ -98,7 +98,7 @@ class Revocations:
                 raise InvalidRequest("that record names no instance or principal to quarantine; use quarantine 0")
 
             # 1. the quarantine first: from here on the target gets nothing new.
-            revocation_id = uuid4()
+            revocation_id = str(uuid.uuid4())
             record.revocation_id = revocation_id
             until = now + duration if duration else None
             placed = []

@@ -20,12 +20,13 @@ every read checks `until` itself.
 
 import threading
 import time
+import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ..audit_schema import TTL_ATTRIBUTE
 from ..aws_calls import call, cancellation_codes, failed_items, transact, try_call
 from ..errors import Quarantined, Unavailable
-from ..records import Record
 
 KINDS = ("instance", "principal", "instanceless")
 
@@ -49,9 +50,7 @@ HOLDER_PREFIX = "holder#"
 
 
 def new_epoch():
-    from ..ids import uuid4
-
-    return uuid4()
+    return str(uuid.uuid4())
 
 
 def epoch_of(item):
@@ -145,7 +144,8 @@ def role_key_of(principal):
     return quarantine_key("principal", role) if role else None
 
 
-class Entry(Record, frozen=True):
+@dataclass(frozen=True)
+class Entry:
     key: str
     revocation_id: str
     until: int

@@ -13,16 +13,17 @@ canonical ARN). Items are kept two maximum session lengths past their last write
 """
 
 import time
+from dataclasses import dataclass
 
 from ..audit_schema import TTL_ATTRIBUTE
 from ..aws_calls import call, try_call
-from ..records import Record
 
 MAX_SESSION_SECONDS = 12 * 3600  # IAM's upper bound of MaxSessionDuration
 KEEP_FOR = 2 * MAX_SESSION_SECONDS
 
 
-class Sighting(Record, frozen=True):
+@dataclass(frozen=True)
+class Sighting:
     open_seen: int | None = None  # the last read of a policy that let others assume the role
     closed_seen: int | None = None  # the first read of a service-only policy after an open one
 

@@ -44,7 +44,7 @@ BOTOCORE_DATA_KEEP = ("_retry.json", "endpoints.json", "partitions.json", "sdk-d
 # Pure: they import each other and the standard library only (tomli where tomllib is
 # missing); build_pyz imports them alone under every interpreter and stops if one doesn't.
 ENGINE = (
-    "chalicelib/__init__.py", "chalicelib/errors.py", "chalicelib/records.py", "chalicelib/policy/",
+    "chalicelib/__init__.py", "chalicelib/errors.py", "chalicelib/policy/",
     "chalicelib/methods/__init__.py", "chalicelib/methods/base.py",
     "chalicelib/methods/aws/__init__.py", "chalicelib/methods/aws/arn.py", "chalicelib/methods/aws/match.py",
     "chalicelib/methods/aws/model.py",
@@ -60,7 +60,7 @@ rules = chalicelib.policy.load_rules(sys.argv[2])
 facts = chalicelib.methods.facts_from_dict({"principal_arn": "arn:aws:sts::123456789012:assumed-role/x/y"})
 rules.explain(facts)
 stray = sorted(m for m in sys.modules if m.startswith("chalicelib.") and not m.startswith(
-    ("chalicelib.policy", "chalicelib.methods", "chalicelib.errors", "chalicelib.records")))
+    ("chalicelib.policy", "chalicelib.methods", "chalicelib.errors")))
 assert not stray, stray
 """
 MAIN = '''# The single-file secret-zero broker client: python3 broker.pyz login ...

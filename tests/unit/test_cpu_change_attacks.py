@@ -12,6 +12,7 @@ only when it is the operation's own answer; anything else is a named error (the 
 import socket
 import threading
 import time
+from dataclasses import FrozenInstanceError
 
 import pytest
 
@@ -21,7 +22,6 @@ from chalicelib.errors import InvalidProof, Quarantined, Unavailable
 from chalicelib.http_client import HttpError, HttpClient
 from chalicelib.stores.memory import MemoryQuarantineList
 from chalicelib.stores.quarantine import RecentReads, quarantine_key
-from chalicelib.records import FrozenInstanceError
 from tests.unit.test_http_client import RawServer, tls_server  # noqa: F401 (tls_server: the fixture)
 from tests.unit.test_aws_answers_unit import Scripted
 

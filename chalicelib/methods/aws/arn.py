@@ -4,9 +4,9 @@ from __future__ import annotations  # X | None in class bodies: the client runs 
 
 import functools
 import re
+from dataclasses import dataclass
 
 from ...errors import InvalidProof
-from ...records import Record
 
 # arn:PARTITION:SERVICE::ACCOUNT:RESOURCE (IAM and STS ARNs have no region)
 _ARN = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):(iam|sts)::(\d{12}):(.+)$")
@@ -15,7 +15,8 @@ _PATH_SEGMENT = re.compile(r"^[\x21-\x7e]{1,512}$")
 INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 
 
-class PrincipalArn(Record, frozen=True):
+@dataclass(frozen=True)
+class PrincipalArn:
     partition: str
     account: str
     kind: str  # "user", "role" or "assumed-role"
@@ -91,7 +92,8 @@ _TASK_ARN = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):ecs:([a-z]{2}(?:-[a-z]+)+-
                        r"([A-Za-z0-9_-]{1,255})/([0-9a-f-]{32,36})$")
 
 
-class TaskArn(Record, frozen=True):
+@dataclass(frozen=True)
+class TaskArn:
     arn: str
     partition: str
     region: str

@@ -14,10 +14,10 @@
 """
 
 import re
+from dataclasses import dataclass
 
 from ...policy.fields import (RulesError, any_glob, boolean, glob_mismatch, only_keys, string_list, tag_mismatches,
                               tag_table)
-from ...records import Record
 from .model import AwsFacts
 
 _ACCOUNT = re.compile(r"^\d{12}$")
@@ -25,7 +25,8 @@ _FIELDS = {"accounts", "principal_arns", "require_instance", "instance_tags", "r
            "require_task", "ecs_clusters", "ecs_services", "task_families", "task_tags", "allow_shared_role_trust"}
 
 
-class AwsConditions(Record, frozen=True):
+@dataclass(frozen=True)
+class AwsConditions:
     accounts: tuple
     principal_arns: tuple
     require_instance: bool = False

@@ -8,12 +8,14 @@ account, never taken from the caller's request. Shared with the client
 from __future__ import annotations  # X | None in class bodies: the client runs on Python 3.9
 
 
-from ...records import Record, field, field_names
+from dataclasses import dataclass, field, fields
+
 from ..base import Entity, plain
 from .arn import parse_principal_arn
 
 
-class InstanceFacts(Record, frozen=True):
+@dataclass(frozen=True)
+class InstanceFacts:
     instance_id: str
     region: str
     state: str
@@ -24,7 +26,8 @@ class InstanceFacts(Record, frozen=True):
     imdsv2_required: bool | None = None
 
 
-class TaskFacts(Record, frozen=True):
+@dataclass(frozen=True)
+class TaskFacts:
     task_id: str
     task_arn: str
     region: str
@@ -37,7 +40,8 @@ class TaskFacts(Record, frozen=True):
     tags: dict = field(default_factory=dict)
 
 
-class AwsFacts(Record, frozen=True):
+@dataclass(frozen=True)
+class AwsFacts:
     account: str
     principal_arn: str  # as STS returned it
     canonical_arn: str  # IAM ARN of the user or role (no path)
@@ -87,7 +91,7 @@ class AwsFacts(Record, frozen=True):
         if "instance_claim_error" in data:  # audit records written before tasks existed
             data.setdefault("claim_error", data.pop("instance_claim_error"))
         instance, task = data.pop("instance", None), data.pop("task", None)
-        unknown = set(data) - set(field_names(cls))
+        unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown fact fields: {', '.join(sorted(unknown))}")
         if data.get("method", "aws") != "aws":

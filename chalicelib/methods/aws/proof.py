@@ -10,13 +10,13 @@ import hashlib
 import hmac
 import re
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from ... import safe_xml
 from ...errors import InvalidProof, Unavailable
 from ...http_client import HttpError
-from ...records import Record, field
 from ..base import IDENTITY_BUDGET, PRINCIPAL_BUDGET, Entity, VerifiedCaller
 from .arn import parse_principal_arn
 
@@ -49,7 +49,8 @@ _PROOF_ERRORS = frozenset(
 )
 
 
-class SignedProof(Record, frozen=True):
+@dataclass(frozen=True)
+class SignedProof:
     """A proof that passed the offline checks: what the broker will send to STS."""
 
     endpoint: str  # https://host/ from the allow-list

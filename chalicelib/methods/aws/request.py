@@ -10,11 +10,11 @@ import base64
 import binascii
 import json
 import re
+from dataclasses import dataclass, field
 
 from ...bodies import decode_json_object, parse_role
 from ...errors import InvalidProof, InvalidRequest
 from . import CLAIM_FIELDS, PROOF_FIELDS
-from ...records import Record, field
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 AWS_FIELDS = ("role",) + PROOF_FIELDS
@@ -22,7 +22,8 @@ OPTIONAL_FIELDS = CLAIM_FIELDS
 MAX_TASK_ARN = 512
 
 
-class AwsLoginRequest(Record, frozen=True):
+@dataclass(frozen=True)
+class AwsLoginRequest:
     role: str
     method: str
     url: str

@@ -5,18 +5,19 @@ A bad value raises ConfigError naming the variable (docs/architecture.md lists t
 
 import json
 import re
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ...config import env_list, env_number, env_url, env_value
 from ...errors import ConfigError
-from ...records import Record, field
 
 _ACCOUNT = re.compile(r"^\d{12}$")
 _ROLE_ARN = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}):role/[\w+=,.@/-]{1,512}$")
 _EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
 
 
-class Reader(Record, frozen=True):
+@dataclass(frozen=True)
+class Reader:
     """The role the broker assumes to read one member account's facts."""
 
     account: str
@@ -25,7 +26,8 @@ class Reader(Record, frozen=True):
     partition: str = "aws"  # the role ARN's: the reader reads that partition's account only
 
 
-class AwsSettings(Record, frozen=True):
+@dataclass(frozen=True)
+class AwsSettings:
     server_id: str
     sts_endpoints: tuple  # allowed signed URLs, normalised "https://host/"
     sts_forward_url: str | None  # local stack only

@@ -7,15 +7,17 @@
       labels = { k = "glob" }         its labels (read by the broker from the Compute API)
 """
 
+from dataclasses import dataclass
+
 from ...policy.fields import RulesError, any_glob, boolean, glob_mismatch, only_keys, string_list, tag_mismatches, \
     tag_table
-from ...records import Record
 from .model import GcpFacts
 
 _FIELDS = {"projects", "service_accounts", "require_instance", "zones", "regions", "instance_names", "labels"}
 
 
-class GcpConditions(Record, frozen=True):
+@dataclass(frozen=True)
+class GcpConditions:
     projects: tuple  # globs on the project ID
     service_accounts: tuple = ()  # globs on the token's service account email
     require_instance: bool = False

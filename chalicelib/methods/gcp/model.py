@@ -3,11 +3,13 @@
 from __future__ import annotations  # X | None in class bodies: the client runs on Python 3.9
 
 
-from ...records import Record, field, field_names
+from dataclasses import dataclass, field, fields
+
 from ..base import Entity, plain
 
 
-class GceInstanceFacts(Record, frozen=True):
+@dataclass(frozen=True)
+class GceInstanceFacts:
     instance_id: str
     name: str
     project_id: str
@@ -19,7 +21,8 @@ class GceInstanceFacts(Record, frozen=True):
     labels: dict = field(default_factory=dict)
 
 
-class GcpFacts(Record, frozen=True):
+@dataclass(frozen=True)
+class GcpFacts:
     """A caller proven by a Google-signed ID token: a GCE instance or a service account."""
 
     email: str  # the service account the token was minted for
@@ -57,7 +60,7 @@ class GcpFacts(Record, frozen=True):
         if "instance_claim_error" in data:  # audit records written before the rename
             data.setdefault("claim_error", data.pop("instance_claim_error"))
         instance = data.pop("instance", None)
-        unknown = set(data) - set(field_names(cls))
+        unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown fact fields: {', '.join(sorted(unknown))}")
         if data.get("method", "gcp") != "gcp":

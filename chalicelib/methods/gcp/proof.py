@@ -9,10 +9,10 @@ and fetched again, at most once per 5 seconds, when a token names an unknown kid
 
 import re
 import time
+from dataclasses import dataclass, field
 
 from ...bodies import parse_json_object, parse_role
 from ...errors import InvalidProof, InvalidRequest
-from ...records import Record, field
 from .. import oidc
 from ..base import PRINCIPAL_BUDGET, Entity, VerifiedCaller
 
@@ -22,7 +22,8 @@ MAX_LIFETIME = 3600  # Google's ID tokens live one hour; a longer one is not Goo
 FUTURE_SKEW = 60
 
 
-class GcpLoginRequest(Record, frozen=True):
+@dataclass(frozen=True)
+class GcpLoginRequest:
     role: str
     jwt: str = field(repr=False)  # a bearer token: never in a repr
 

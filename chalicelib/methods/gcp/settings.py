@@ -1,11 +1,13 @@
 """The GCP method's settings. Without BROKER_GCP_AUDIENCE the method is off (None)."""
 
 
+from dataclasses import dataclass
+
 from ...config import env_number, env_url, env_value
-from ...records import Record
 
 
-class GcpSettings(Record, frozen=True):
+@dataclass(frozen=True)
+class GcpSettings:
     audience: str
     certs_url: str
     compute_url: str
