@@ -92,6 +92,7 @@ QUARANTINE_TABLE_WRITERS = {
     "`chalicelib/stores/revocations.py` `RevocationStore.mark_lifted`": "revocation#",
     "`chalicelib/stores/rate_limits.py` `RateLimitStore.take_slot`": "ratelimit#",
     "`chalicelib/stores/tokens.py` `TokenRegistry.add`": "token#",
+    "`chalicelib/stores/tokens.py` `TokenRegistry.add_by_key`": "token#",
     "`chalicelib/stores/trust_history.py` `TrustHistory.saw_open`": "trust#",
     "`chalicelib/rules_source.py` `HighWater.advance`": "rules#high-water#",
 }
