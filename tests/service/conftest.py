@@ -66,6 +66,36 @@ def forget_trust_history(stack, role_name, account=None):
         "pk": {"S": f"trust#arn:aws:iam::{account}:role/{role_name}"}})
 
 
+SHARED_ROLES = ("demo-batch", "demo-node", "demo-other", "demo-task", "security-team")
+
+
+@pytest.fixture(autouse=True)
+def _shared_roles_budgets_are_fresh(request):
+    """Every session of a role that claims no machine counts the role's budget (200 an hour
+    by default): the suite's many machine-less logins of the stack's shared roles would spend
+    it for every later test. Their role budgets start fresh at each test (a test of the
+    budget itself makes a role of its own)."""
+    if "stack" not in request.fixturenames and "broker" not in request.fixturenames:
+        yield
+        return
+    import time
+
+    from chalicelib.admission import PRINCIPAL_SCOPE
+    from chalicelib.stores.rate_limits import counter_key
+
+    stack = request.getfixturevalue("stack")
+    now, keys = time.time(), []
+    for account in (stack_aws.ACCOUNT_ID, stack_aws.SECOND_ACCOUNT_ID):
+        for role in SHARED_ROLES:
+            caller = f"role:arn:aws:iam::{account}:role/{role}"
+            keys += [counter_key(PRINCIPAL_SCOPE, caller, at, 3600) for at in (now, now - 3600)]
+    requests = [{"DeleteRequest": {"Key": key}} for key in keys]
+    db = stack.client("dynamodb")
+    for start in range(0, len(requests), 25):
+        db.batch_write_item(RequestItems={stack_aws.QUARANTINE_TABLE: requests[start:start + 25]})
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _trust_policies_opened_are_forgotten(request):
     """A test that opens a role's trust policy makes the broker refuse that role's instance

@@ -48,13 +48,13 @@ def world(stack):
 
     from tests.service.conftest import use_environment
 
-    restore = use_environment(stack.broker_env())  # the broker's own credentials, read at each call
+    restore = use_environment(stack.broker_env())  # the broker's own credentials
     readers = AccountReaders(_OwnAccountOnly(), aws_client_factory(Settings.from_env()))
     reader = AwsFactsReader(readers, regions=[stack_aws.REGION], cache_seconds=60)
     calls = []
     for service in ("iam", "ec2"):
         readers.for_account(ACCOUNT).client(service, None if service == "iam" else stack_aws.REGION) \
-            .add_observer(lambda service, operation: calls.append(operation))
+            .meta.events.register("before-call", lambda model, **_: calls.append(model.name))
     yield role, instance, reader, calls
     restore()
 

@@ -36,7 +36,7 @@ def world(stack):
     readers = AccountReaders(_Settings(), aws_client_factory(Settings.from_env()))
     reader = AwsFactsReader(readers, regions=[stack_aws.REGION], cache_seconds=0)
     calls = []
-    readers.for_account(ACCOUNT).client("iam").add_observer(lambda service, operation: calls.append(operation))
+    readers.for_account(ACCOUNT).client("iam").meta.events.register("before-call", lambda model, **_: calls.append(model.name))
     yield readers, reader, calls
     restore()
 

@@ -170,7 +170,7 @@ def test_a_lookup_left_unread_every_time_is_a_named_503_audited_and_nothing_else
         return False
 
     proxied.proxy.set(Fault("status", match=batch_get, status=200, body=unprocessed,
-                            headers={"Content-Type": "application/x-amz-json-1.0"}),
+                            headers={"Content-Type": "application/x-amz-json-1.0", "x-amzn-RequestId": "unprocessed-1"}),
                       Fault("status", match=after_lookup))
     response = proxied.post(proxied.web_login())
     doc = body_of(response)

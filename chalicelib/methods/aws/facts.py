@@ -101,8 +101,11 @@ class AwsFactsReader:
         # One GetRole gives the role's tags and its trust policy (IAM's rate limits are per
         # account and low: one read per role and cache window, not two).
         # A claim also reads when the role's trust policy was last seen letting others assume
-        # it (a session made then outlives the policy): beside the other reads.
-        history = (lambda: self._history.get(arn.canonical_arn)) if claim_kind and self._history else Ready(None)
+        # it (a session made then outlives the policy): beside the other reads, and kept for
+        # the cache window like the role's own GetRole (a boot storm of one role reads it
+        # once per window; nothing here is fresher than the trust policy it goes with).
+        history = (self._cache.call(("trust-history", arn.canonical_arn), lambda: self._history.get(arn.canonical_arn))
+                   if claim_kind and self._history else Ready(None))
         claimed, role, sighting = settle(
             claim,
             self._cache.call(("role", clients.account, arn.role_name),
