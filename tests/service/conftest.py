@@ -84,7 +84,7 @@ def _shared_roles_budgets_are_fresh(request):
     from chalicelib.stores.rate_limits import counter_key
 
     stack = request.getfixturevalue("stack")
-    now, keys = time.time(), []
+    now, keys = int(time.time()), []  # the admission counts on whole seconds
     for account in (stack_aws.ACCOUNT_ID, stack_aws.SECOND_ACCOUNT_ID):
         for role in SHARED_ROLES:
             caller = f"role:arn:aws:iam::{account}:role/{role}"
