@@ -26,9 +26,7 @@ import json
 import re
 from urllib.parse import urlencode
 
-from .audit_schema import canonical_principal
 from .errors import InvalidProof, InvalidRequest, NotAuthorized
-from .methods.aws.request import PROOF_FIELDS, parse_aws_login
 
 PROOF_HEADER = "X-Broker-Proof"
 BINDING_HEADER = "X-Broker-Request"
@@ -36,7 +34,7 @@ _BINDING = re.compile(r"^v1;method=([A-Z]{3,7});path=(/[\x21-\x7e]{1,1024});quer
                       r"body=([0-9a-f]{64});nonce=([0-9a-f]{32,64})$")
 _AUTH_SIGNED = re.compile(r"SignedHeaders=([a-z0-9;-]+)")
 MAX_PROOF_HEADER = 8192
-_PLACEHOLDER_ROLE = "security-team"  # parse_aws_login wants a role; an admin proof asks for none
+_PLACEHOLDER_ROLE = "security-team"  # a login body names a role; an admin proof asks for none
 
 
 def sha256_hex(data):
@@ -81,8 +79,9 @@ def check_binding(login, request):
                                   f"(signed for {method} {path}, used for {wanted['method']} {wanted['path']})")
 
 
-def parse_admin_proof(value):
-    """The proof of the X-Broker-Proof header as an AwsLoginRequest."""
+def parse_admin_proof(value, method, proof_fields):
+    """The proof of the X-Broker-Proof header as the admin method's login request (its
+    `parse`; `proof_fields`: its login body's fields beside `role`)."""
     if value is None or not value.strip():
         raise InvalidProof(f"this route needs a signed GetCallerIdentity proof in the {PROOF_HEADER} header")
     if len(value) > MAX_PROOF_HEADER:
@@ -91,17 +90,24 @@ def parse_admin_proof(value):
         doc = json.loads(base64.b64decode(value.strip(), validate=True))
     except (binascii.Error, ValueError, RecursionError):
         raise InvalidRequest(f"the {PROOF_HEADER} header must be base64 of a JSON object") from None
-    if not isinstance(doc, dict) or set(doc) != set(PROOF_FIELDS):
-        raise InvalidRequest(f"the {PROOF_HEADER} header must hold exactly the fields {', '.join(PROOF_FIELDS)}")
-    return parse_aws_login(json.dumps(dict(doc, role=_PLACEHOLDER_ROLE)).encode())
+    if not isinstance(doc, dict) or set(doc) != set(proof_fields):
+        raise InvalidRequest(f"the {PROOF_HEADER} header must hold exactly the fields {', '.join(proof_fields)}")
+    return method.parse(json.dumps(dict(doc, role=_PLACEHOLDER_ROLE)).encode())
 
 
 class AdminAuthenticator:
-    def __init__(self, rules, verify, replay, proof_hash=None):
+    def __init__(self, rules, method_name, method, replay):
+        """`method_name`: the proof method that proves the security team (the registry's
+        PROVES_ADMINS); `method()`: it, built (the login route's own: parse, replay key,
+        verification)."""
+        from .methods import identity, package
+
         self._rules = rules
-        self._verify = verify  # AwsLoginRequest -> VerifiedCaller (the login route's verifier)
+        self.method_name = method_name
+        self._method = method
         self._replay = replay  # chalicelib.admission.Admission
-        self._proof_hash = proof_hash  # AwsLoginRequest -> the replay key, offline (None: no early lookup)
+        self._proof_fields = tuple(package(method_name).PROOF_FIELDS)
+        self._identity = identity(method_name)  # how it spells an API Gateway caller's principal
 
     def authenticate(self, headers, *, request_id, record, iam_caller_arn=None, request=None):
         """The verified caller's identity if it may use the security routes, else 401/403.
@@ -109,17 +115,18 @@ class AdminAuthenticator:
         `request` ({"method", "path", "params", "body"}) is what the proof must be bound to.
         Fills `record.principal` and `record.account` as soon as they are proven.
         """
-        login = parse_admin_proof(_header(headers, PROOF_HEADER))
-        if self._proof_hash is not None:
-            self._replay.seen(self._proof_hash(login))  # as a login: a replayed proof costs no STS call
+        from .pipeline.proving import prove, spend
+
+        method = self._method()
+        login = parse_admin_proof(_header(headers, PROOF_HEADER), method, self._proof_fields)
         if request is None:
             raise InvalidProof("the request the proof is for is unknown")
-        check_binding(login, request)  # before STS is asked
-        identity = self._verify(login)
-        record.principal, record.account = identity.principal, identity.account
-        self._replay.admit(identity.proof_hash, request_id=request_id, method="aws", valid_until=identity.valid_until)
+        # as a login (looked up beside the cloud's verification), bound to `request` before the cloud is asked
+        identity, _ = prove(method, login, admission=self._replay, record=record,
+                            offline_check=lambda login: check_binding(login, request))
+        spend(self._replay, identity, record)
         canonical = identity.canonical_principal
-        if iam_caller_arn and canonical_principal(iam_caller_arn) != canonical:
+        if iam_caller_arn and self._identity.index_principal(iam_caller_arn) != canonical:
             raise NotAuthorized("the request's IAM signature and the signed proof name different principals",
                                 detail=f"API Gateway caller {iam_caller_arn}, proof of {identity.principal}")
         if not self._rules.is_security_principal(canonical):

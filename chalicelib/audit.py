@@ -59,13 +59,31 @@ class AuditRecord:
     # the rules the decision was made by: their serial and the SHA-256 of their text
     rules_serial: int | None = None
     rules_sha256: str | None = None
+    # The principal the by-principal index keys on, as the caller's method derived it
+    # (VerifiedCaller.canonical_principal: an AWS session's role ARN). Not an attribute of
+    # its own: it is the index key. Unset, the record's method spells it from `principal`.
+    index_principal: str | None = None
+
+    def proven(self, caller):
+        """Who the proof says the caller is: its principal, account, claimed machine."""
+        self.principal, self.account = caller.principal, caller.account
+        self.index_principal = caller.canonical_principal
+        self.instance = caller.claimed.id if caller.claimed else None
 
     def fields(self):
         """The record as plain data without empty fields (also what the log line shows).
         Shallow: its values are strings, numbers and JSON-like data nobody changes here
         (dataclasses.asdict's deep copy cost ~3 ms per issuance, twice)."""
-        values = ((f.name, getattr(self, f.name)) for f in fields(self))
+        values = ((f.name, getattr(self, f.name)) for f in fields(self) if f.name != "index_principal")
         return {k: v for k, v in values if v not in (None, "", {}, [])}
+
+
+def _index_principal(record):
+    if record.index_principal or not record.principal:
+        return record.index_principal
+    from .methods import index_principal_of
+
+    return index_principal_of(record.method, record.principal)
 
 
 class AuditStore:
@@ -87,7 +105,7 @@ class AuditStore:
             else:
                 item[key] = {"S": str(value)}
         epoch = item["epoch"]["N"]
-        for key, value in index_attributes(record.request_id, epoch, record.principal, record.role).items():
+        for key, value in index_attributes(record.request_id, epoch, _index_principal(record), record.role).items():
             item[key] = {"S": value}
         item[TTL_ATTRIBUTE] = {"N": str(int(record.epoch) + self._retention)}
         try:

@@ -30,10 +30,10 @@ from decimal import Decimal, InvalidOperation
 
 from .audit import OUTCOMES, item_to_record
 from .audit_schema import (AUDIT_INDEXES, INDEX_INSTANCE, INDEX_PRINCIPAL, INDEX_ROLE, INDEX_TIME, SORT_KEY,
-                           canonical_principal, day_of, partition_keys)
+                           day_of, partition_keys)
 from .aws_calls import call
 from .errors import InvalidRequest
-from .methods import REGISTRY
+from .methods import REGISTRY, index_principal
 
 METHODS = tuple(REGISTRY)  # every proof method the registry knows
 DEFAULT_LIMIT = 50
@@ -235,7 +235,7 @@ def plan(query):
             placeholders.append(f":{attr}{i}")
         conditions.append(template.format(name=f"#{attr}", values=", ".join(placeholders), value=placeholders[0]))
 
-    canonical = canonical_principal(query.principal) if query.principal else None
+    canonical = index_principal(query.principal) if query.principal else None
     if query.instance:
         index, key_value = INDEX_INSTANCE, query.instance
     elif query.principal:

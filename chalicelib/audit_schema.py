@@ -117,33 +117,18 @@ def day_of(epoch):
     return datetime.fromtimestamp(float(epoch), timezone.utc).strftime("%Y-%m-%d")
 
 
-def canonical_principal(principal):
-    """The principal the by-principal index is keyed on: the IAM role (or user) ARN of an
-    AWS session, so that a role's sessions share a key; anything else (a GCP service
-    account email) as it is."""
-    if not principal:
-        return None
-    if principal.startswith("arn:"):
-        from .methods.aws.arn import parse_principal_arn
-        from .errors import InvalidProof
-
-        try:
-            return parse_principal_arn(principal).canonical_arn
-        except InvalidProof:
-            return principal
-    return principal
-
-
 def index_attributes(request_id, epoch, principal=None, role=None):
     """The partition-key attributes of the sharded indexes for one record (strings).
+
+    `principal` is the one the by-principal index keys on, as the record's method derived
+    it (an AWS session's role ARN, so that a role's sessions share a key).
 
     `instance` needs none: the record's own `instance` attribute is the key. A record
     without a principal or role is simply absent from that index (a sparse index).
     """
     attributes = {"gsi_time": f"{day_of(epoch)}#{shard_of(request_id, TIME_SHARDS)}"}
-    canonical = canonical_principal(principal)
-    if canonical:
-        attributes["gsi_principal"] = f"{canonical}#{shard_of(request_id, PRINCIPAL_SHARDS)}"
+    if principal:
+        attributes["gsi_principal"] = f"{principal}#{shard_of(request_id, PRINCIPAL_SHARDS)}"
     if role:
         attributes["gsi_role"] = f"{role}#{shard_of(request_id, ROLE_SHARDS)}"
     return attributes

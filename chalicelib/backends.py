@@ -82,16 +82,15 @@ class Runtime:
         snapshot = snapshot_taken_after_init()
 
         def build():
-            # Without a snapshot, only what an AWS issuance needs (most of the traffic); the
-            # other methods are built on their first request. A snapshot holds them all.
-            for name in self.service.method_names if snapshot else ("aws",):
-                method = self.service.method(name)
-                if name == "aws":
-                    own = method.readers.for_account(method.readers.own_account)  # STS, unless configured
-                    for region in self._settings.aws.regions:
-                        own.client("ec2", region)
-                        own.client("ecs", region)
-                    own.client("iam")
+            # Without a snapshot, only the methods built at start (AWS: most of the traffic);
+            # the others are built on their first request. A snapshot holds them all.
+            from .methods import package
+
+            for name in self.service.method_names:
+                if snapshot or getattr(package(name), "BUILT_AT_START", False):
+                    warm_up = getattr(self.service.method(name), "warm_up", None)
+                    if warm_up is not None:
+                        warm_up()  # the clients an issuance needs, and their service models
             if snapshot:
                 self.service.security  # noqa: B018 - built now, so that the snapshot holds it
 
@@ -187,12 +186,13 @@ def _assemble(settings, pools, make, clients, dynamodb, minter, secret_fetcher, 
     methods = {name: _once(lambda name=name: package(name).build(settings, make, pools,
                                                                  lambda: live["rules"], stores=stores))
                for name in names}
-    # The AWS method is built now: every version of the rules is checked against the
-    # accounts it can read (a rule needing facts of an unreadable account is refused).
-    aws = methods["aws"]()
+    # The methods whose rules checks need them built are built now (AWS: every version of
+    # the rules is checked against the accounts it can read; a rule needing facts of an
+    # unreadable account is refused).
+    at_start = {name: methods[name]() for name in names if getattr(package(name), "BUILT_AT_START", False)}
 
     def deployment_problems(candidate):
-        return [p for name in names for p in package(name).check_rules(candidate, aws.readers.accounts())]
+        return [p for name in names for p in package(name).check_rules(candidate, at_start.get(name))]
 
     kind, location = settings.rules_source or ("file", settings.rules_file)
     source = RulesSource(kind, location, make)
@@ -268,12 +268,16 @@ def build_security(settings, rules, *, frame, audit, method, admission, minter, 
     from .admin_auth import AdminAuthenticator
     from .audit_query import AuditQueryEngine
     from .security import AuditReads, Incidents, Revocations, SecurityRoutes, TokenRegistrations
-    from .security.principals import AwsPrincipals
+    from .methods import admin_method, identity
     from .security.audited import SecurityRequests
 
-    requests = SecurityRequests(frame, AdminAuthenticator(rules, lambda login: method("aws").verify(login),
-                                                          admission,
-                                                          proof_hash=lambda login: method("aws").proof_hash(login)))
+    admins = admin_method(enabled_methods(settings))  # the method that proves the security team
+
+    def principals(name, parsed):
+        """A revocation target, as its method resolves it (an enabled method's, built on use)."""
+        return identity(name).resolve_principal(parsed, (lambda: method(name)) if settings.methods.get(name) else None)
+
+    requests = SecurityRequests(frame, AdminAuthenticator(rules, admins, lambda: method(admins), admission))
     query_engine = AuditQueryEngine(dynamodb, settings.audit_table)
     return SecurityRoutes(
         audit=AuditReads(requests=requests, audit=audit, query_engine=query_engine,
@@ -282,7 +286,7 @@ def build_security(settings, rules, *, frame, audit, method, admission, minter, 
                                        if settings.vault_audit_hash_path else None)),
         revocations=Revocations(requests=requests, audit=audit, query_engine=query_engine,
                                 quarantine=stores.quarantine, revocations=stores.revocations, revoker=revoker,
-                                secret_ids=minter, rules=rules, principals=AwsPrincipals(lambda: method("aws")),
+                                secret_ids=minter, rules=rules, principals=principals,
                                 token_max_ttl=settings.token_max_ttl,
                                 settle_seconds=settings.revocation_settle_seconds,
                                 retention_days=settings.audit_retention_days, tokens=stores.tokens,

@@ -68,18 +68,18 @@ class Settings:
     def issuance_window_seconds(self):
         return self.revocation_settle_seconds * 2 / 3
 
-    @property
-    def aws(self):
-        return self.methods["aws"]
+    def __getattr__(self, name):
+        """A method's settings by its registry name (`settings.aws`), None when it is off."""
+        from .methods import REGISTRY
 
-    @property
-    def gcp(self):
-        return self.methods.get("gcp")
+        methods = self.__dict__.get("methods")
+        if methods is not None and name in REGISTRY:
+            return methods.get(name)
+        raise AttributeError(name)
 
     @classmethod
     def from_env(cls, env=None):
-        from .methods.aws.settings import AwsSettings
-        from .methods.gcp.settings import GcpSettings
+        from .methods import settings_from_env
 
         env = os.environ if env is None else env
         region = _get(env, "BROKER_AWS_REGION", env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1")
@@ -103,7 +103,7 @@ class Settings:
             rules_file=_get(env, "BROKER_RULES_FILE", DEFAULT_RULES_FILE),
             audit_retention_days=int(_number(env, "BROKER_AUDIT_RETENTION_DAYS", 400, low=1, high=3650)),
             log_level=_get(env, "BROKER_LOG_LEVEL", "INFO").upper(),
-            methods={"aws": AwsSettings.from_env(env, region), "gcp": GcpSettings.from_env(env)},
+            methods=settings_from_env(env, region),
             quarantine_table=_get(env, "BROKER_QUARANTINE_TABLE"),
             vault_audit_hash_path=_audit_path(env, "BROKER_VAULT_AUDIT_HASH_PATH"),
             revoker_role_id=_get(env, "BROKER_REVOKER_ROLE_ID"),

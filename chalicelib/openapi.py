@@ -8,38 +8,12 @@ Keep it in chalicelib/ so that it ships in the Lambda zip.
 
 import copy
 
+from . import methods as _methods
+
 VERSION = "1"
 
 _ROLE = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
          "description": "The Vault AppRole asked for.", "example": "web"}
-_B64 = {"type": "string", "format": "byte"}
-
-
-def _b64(text):
-    import base64
-
-    return base64.b64encode(text.encode()).decode()
-
-
-# Well-formed but not genuine (an old date, a made-up signature): refused with 401, as it must be.
-_AWS_EXAMPLE = {
-    "role": "web",
-    "iam_http_request_method": "POST",
-    "iam_request_url": _b64("https://sts.amazonaws.com/"),
-    "iam_request_body": _b64("Action=GetCallerIdentity&Version=2011-06-15"),
-    "iam_request_headers": _b64(
-        '{"Host": ["sts.amazonaws.com"], "X-Amz-Date": ["20240101T000000Z"],'
-        ' "Content-Type": ["application/x-www-form-urlencoded; charset=utf-8"],'
-        ' "X-Vault-AWS-IAM-Server-ID": ["broker.example.com"],'
-        ' "Authorization": ["AWS4-HMAC-SHA256 Credential=AKIAEXAMPLEEXAMPLE00/20240101/us-east-1/sts/aws4_request,'
-        ' SignedHeaders=content-type;host;x-amz-date;x-vault-aws-iam-server-id, Signature=' + "0" * 64 + '"]}'),
-}
-_GCP_EXAMPLE = {
-    "role": "web",
-    "jwt": "eyJhbGciOiJSUzI1NiIsImtpZCI6ImV4YW1wbGUiLCJ0eXAiOiJKV1QifQ"  # {"alg":"RS256","kid":"example","typ":"JWT"}
-           ".eyJpc3MiOiJodHRwczovL2FjY291bnRzLmdvb2dsZS5jb20iLCJhdWQiOiJodHRwczovL2Jyb2tlci5leGFtcGxlLmNvbSJ9"
-           ".c2lnbmF0dXJl",
-}
 
 
 def _error(codes, description):
@@ -116,19 +90,11 @@ SPEC = {
         {"name": "operations", "description": "Health and this description."},
     ],
     "paths": {
-        "/v1/credentials/aws": _credentials(
-            "aws", "Exchange a signed sts:GetCallerIdentity request for wrapped AppRole credentials",
-            "The fields and encodings of Vault's aws auth method `iam` login. The "
-            "X-Vault-AWS-IAM-Server-ID header must carry the broker's server ID and be signed.",
-            "#/components/schemas/AwsLogin",
-            " (signature rejected by STS, wrong body, URL not an allowed STS endpoint, server ID, "
-            "X-Amz-Date skew, ...)"),
-        "/v1/credentials/gcp": _credentials(
-            "gcp", "Exchange a Google-signed ID token for wrapped AppRole credentials",
-            "An RS256 ID token signed by Google (a GCE instance identity token with format=full, "
-            "or a service account's ID token) whose audience is this broker.",
-            "#/components/schemas/GcpLogin",
-            " (alg, kid, signature, issuer, audience, age, ...)"),
+        # a method's own path where app.py keeps one (the first methods', for older clients);
+        # every method is served by /v1/credentials/{method}
+        **{f"/v1/credentials/{name}": _credentials(name, body.SUMMARY, body.DESCRIPTION,
+                                                   f"#/components/schemas/{body.SCHEMA}", body.REFUSALS)
+           for name, body in _methods.openapi_bodies().items() if getattr(body, "LITERAL_PATH", False)},
         "/v1/credentials/{method}": _credentials(
             "by_method", "Exchange any proof method's proof for wrapped AppRole credentials",
             "One path for every proof method of the broker (chalicelib/methods/): the body is that "
@@ -136,8 +102,8 @@ SPEC = {
             "#/components/schemas/AnyLogin",
             " (each method's checks)",
             parameters=[{"name": "method", "in": "path", "required": True,
-                         "schema": {"type": "string", "enum": ["aws", "gcp"]},
-                         "description": "The proof method: aws or gcp."}]),
+                         "schema": {"type": "string", "enum": list(_methods.names())},
+                         "description": "The proof method: " + " or ".join(_methods.names()) + "."}]),
         "/v1/health": {
             "get": {
                 "operationId": "health",
@@ -183,39 +149,9 @@ SPEC = {
                              "schema": {"type": "string", "enum": ["no-store"]}},
         },
         "schemas": {
-            "AwsLogin": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["role", "iam_http_request_method", "iam_request_url", "iam_request_body",
-                             "iam_request_headers"],
-                "example": _AWS_EXAMPLE,
-                "properties": {
-                    "role": _ROLE,
-                    "iam_http_request_method": {"type": "string", "maxLength": 16, "example": "POST",
-                                                "description": "Must be POST."},
-                    "iam_request_url": dict(_B64, description="base64 of the signed URL, e.g. https://sts.amazonaws.com/"),
-                    "iam_request_body": dict(_B64, description="base64 of Action=GetCallerIdentity&Version=2011-06-15"),
-                    "iam_request_headers": dict(_B64, description=(
-                        "base64 of a JSON object: header name -> string or [string] (at most 32 headers)")),
-                    "ecs_task_arn": {"type": "string", "maxLength": 512, "description": (
-                        "Optional, from inside an ECS task: its task ARN (task metadata endpoint v4). The "
-                        "broker honours it only when its ID is the session name and DescribeTasks finds the "
-                        "task RUNNING with the caller's role as its task role.")},
-                },
-            },
-            "AnyLogin": {"oneOf": [{"$ref": "#/components/schemas/AwsLogin"},
-                                   {"$ref": "#/components/schemas/GcpLogin"}]},
-            "GcpLogin": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["role", "jwt"],
-                "example": _GCP_EXAMPLE,
-                "properties": {
-                    "role": _ROLE,
-                    "jwt": {"type": "string", "maxLength": 8192, "pattern": "^[\\x00-\\x7f]*$",
-                            "description": "The ID token (header.claims.signature, base64url)."},
-                },
-            },
+            **{body.SCHEMA: body.schema(_ROLE) for body in _methods.openapi_bodies().values()},
+            "AnyLogin": {"oneOf": [{"$ref": f"#/components/schemas/{body.SCHEMA}"}
+                                   for body in _methods.openapi_bodies().values()]},
             "Wrap": {
                 "type": "object",
                 "additionalProperties": False,
@@ -285,7 +221,7 @@ from . import openapi_security as _security  # noqa: E402
 SPEC["tags"].append(_security.TAG)
 SPEC["paths"].update(_security.paths(_error, _unavailable))
 SPEC["components"]["schemas"].update(_security.schemas(
-    [SPEC["components"]["schemas"][name] for name in ("AwsLogin", "GcpLogin")]))
+    [SPEC["components"]["schemas"][body.SCHEMA] for body in _methods.openapi_bodies().values()]))
 
 
 def document():

@@ -17,14 +17,17 @@ import json
 import re
 from dataclasses import dataclass
 
+from chalicelib.methods import backends as method_backends
 from deploy.values import Values
 
 BROKER_NAMESPACE = "SecretZeroBroker"  # chalicelib/jsonlog.METRICS_NAMESPACE (a test compares)
 REGION = "${AWS::Region}"
-# The `backend` values of BackendErrors (chalicelib's Unavailable(backend=...); a test compares)
-BACKENDS = ("vault", "sts", "audit store", "replay store", "quarantine store", "secrets manager",
-            "ec2", "iam", "ecs", "google certs", "gcp compute", "gcp credentials", "configuration",
-            "hash for the audit log", "rules source")  # in the dashboard body: CloudFormation's Fn::Sub, Terraform's replace()
+# The `backend` values of BackendErrors (chalicelib's Unavailable(backend=...); a test compares):
+# the broker's own, then each proof method's (its package's BACKENDS, from the registry).
+# In the dashboard body: CloudFormation's Fn::Sub, Terraform's replace().
+BROKER_BACKENDS = ("vault", "audit store", "replay store", "quarantine store", "secrets manager", "configuration",
+                   "hash for the audit log", "rules source")
+BACKENDS = BROKER_BACKENDS + tuple(b for b in method_backends() if b not in BROKER_BACKENDS)
 
 # The `budget` values of BudgetExhausted (chalicelib/admission.py's scopes, the per-role cap's; a test compares)
 BUDGETS = ("issue-identity", "issue-principal", "issue-role")

@@ -53,9 +53,11 @@ class Entity:
 class VerifiedCaller:
     """Who the cloud says signed the proof. Built by a method's `verify`."""
 
-    method: str  # the registry name: "aws", "gcp"
+    method: str  # its name in the registry (chalicelib/methods/__init__.py)
     principal: str  # as the cloud signed it: STS ARN, service account email
-    canonical_principal: str  # IAM role/user ARN (no path, no session); the email as it is
+    # what the audit trail's by-principal index keys on: IAM role/user ARN (no path, no
+    # session); the email as it is
+    canonical_principal: str
     account: str | None  # AWS account ID or GCP project ID, when the proof names one
     proof_hash: str  # SHA-256 of the proof's signature: the replay key (not a secret)
     valid_until: float  # epoch seconds after which the proof is stale anyway
@@ -63,6 +65,12 @@ class VerifiedCaller:
     # ((budget, key), ...): the budgets this caller counts, derived by the method (AWS:
     # methods/aws/proof.py, GCP: methods/gcp/proof.py). Empty: the identity budget alone.
     budget_keys: tuple = ()
+    # ((kind, value), ...): the quarantine entries that refuse this caller, derived by its
+    # method (methods/<name>/identity.py): its own (its machine, its session: checked in the
+    # admission transaction) and those many callers share (a role, a service account: read
+    # beside it). The quarantine list takes them as they are and never parses a principal.
+    quarantine_own: tuple = ()
+    quarantine_shared: tuple = ()
 
     @property
     def budgets(self):

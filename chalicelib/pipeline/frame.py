@@ -70,7 +70,8 @@ class AuditedRequests:
         broker never rewrites one); best effort, the store was failing a moment ago."""
         follow = self.new_record(record.method, {"source_ip": record.source_ip,
                                                  "api_request_id": record.api_request_id},
-                                 role=record.role, principal=record.principal, account=record.account,
+                                 role=record.role, principal=record.principal,
+                                 index_principal=record.index_principal, account=record.account,
                                  instance=record.instance, related_request_id=record.request_id,
                                  action="take_back", outcome="error", code="unavailable",
                                  reason=f"issuance {record.request_id} taken back (wrapping tokens spent, secret ID "

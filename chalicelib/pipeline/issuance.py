@@ -36,7 +36,8 @@ from ..concurrency import settle
 from ..errors import InvalidRequest, NotAuthorized, Quarantined, Unavailable
 from ..jsonlog import log
 from ..policy import RateLimits
-from ..stores.quarantine import split_caller_keys
+from ..stores.quarantine import keys_of
+from .proving import prove
 
 
 def registration_key_sha256(key):
@@ -54,7 +55,7 @@ class BrokerService:
         # builds it on first use (an issuance never needs its modules: chalicelib/backends.py)
         self._security = security
         self._security_factory = security_factory
-        self._method_factories = methods  # {"aws": () -> Method, ...}, built on first use
+        self._method_factories = methods  # {name: () -> Method}, built on first use
         self._methods = {}
         self._methods_lock = threading.Lock()
         self._admission = admission
@@ -101,13 +102,7 @@ class BrokerService:
             # verification run at once, and both must pass before anything else is asked
             # (facts, budgets, Vault). A proof this process saw spent is refused here, with
             # no call at all.
-            lookup_call = self._admission.lookup_call(method.proof_hash(login))
-            # STS first, in this thread: the slower call goes out before the lookup is signed
-            (caller, proof_error), (lookup, lookup_error) = settle(lambda: method.verify(login), lookup_call)
-            if lookup_error or proof_error:
-                raise lookup_error or proof_error  # a replay is a replay, whatever STS said of it
-            record.principal, record.account = caller.principal, caller.account
-            record.instance = caller.claimed.id if caller.claimed else None
+            caller, lookup = prove(method, login, admission=self._admission, record=record)
             own, shared = self._quarantine_keys(caller)
             # Three leaf calls at once: the facts, the admission transaction (the proof spent,
             # the budget counted, the caller's own quarantine keys), the keys its role shares.
@@ -196,6 +191,7 @@ class BrokerService:
                           f"its record was written {elapsed:.2f} s after the quarantine reads it relied on, over "
                           f"its window of {window:.2f} s, and its quarantine keys read again: {refusal.detail}")
         follow = self._frame.new_record(record.method, context, role=record.role, principal=record.principal,
+                                        index_principal=record.index_principal,
                                         account=record.account, instance=record.instance,
                                         related_request_id=record.request_id, action="take_back")
 
@@ -218,8 +214,7 @@ class BrokerService:
         read beside it."""
         if self._quarantine is None:
             return [], []
-        return split_caller_keys(caller.claimed.id if caller.claimed else None, caller.principal,
-                                 caller.canonical_principal)
+        return keys_of(caller.quarantine_own), keys_of(caller.quarantine_shared)
 
     def _admit(self, caller, record, own_keys):
         """Spend the proof, check the caller's own quarantine keys and count its budgets

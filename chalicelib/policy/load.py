@@ -2,7 +2,6 @@
 every problem found, each naming the rule and the field."""
 
 import hashlib
-import re
 
 try:
     import tomllib
@@ -81,7 +80,7 @@ def parse_rules(text, source="<rules>", matchers=None):
         unknown_roles = sorted(set(limits.per_role) - {r.role for r in rules})
         if unknown_roles and len(rules) == len(raw_rules):
             problems.append(f"{source}: rate_limits.per_role names role(s) no rule grants: {', '.join(unknown_roles)}")
-    security = attempt(_parse_security, doc.get("security", {}), f"{source}: security")
+    security = attempt(_parse_security, doc.get("security", {}), f"{source}: security", matchers)
     if problems:
         error = RulesError("\n".join(problems))
         error.problems = problems
@@ -90,38 +89,18 @@ def parse_rules(text, source="<rules>", matchers=None):
                    sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 
-_SECURITY_ARN = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}):(role|user)/([\w+=,.@*?-]{1,128})$")
-
-
-def _parse_security(raw, where):
-    """[security]: who may read the audit trail and revoke (the security team).
-
-    Each entry is an exact IAM role or user ARN (without a path: the broker compares the
-    caller's canonical ARN, which has none), or a role ARN whose name, and only its name,
-    holds a glob (`*`, `?`) in a literal account: `arn:aws:iam::123456789012:role/sec-*`."""
+def _parse_security(raw, where, matchers):
+    """[security]: who may read the audit trail and revoke (the security team): principals
+    of the method that proves the security team's callers (its match module's
+    `parse_security_principal` checks each entry)."""
     if not isinstance(raw, dict):
         raise RulesError(f"{where}: must be a table ([security])")
     only_keys(raw, {"principal_arns"}, where)
     principals = string_list(raw, "principal_arns", where)
+    checks = [m.parse_security_principal for m in matchers.values() if hasattr(m, "parse_security_principal")]
     for p in principals:
-        if not p.startswith("arn:") or p.count(":") < 5:
-            raise RulesError(f"{where}.principal_arns: {p!r} is not an IAM ARN (glob)")
-        if ":assumed-role/" in p or p.startswith("arn:aws:sts:"):
-            raise RulesError(f"{where}.principal_arns: {p!r} must be an IAM role or user ARN "
-                             "(arn:aws:iam::ACCOUNT:role/NAME), not an STS session ARN")
-        parts = p.split(":", 5)
-        if any(c in parts[4] for c in "*?[") or parts[4] == "" or parts[5] in ("*", "role/*", "user/*") \
-                or any(c in parts[5].split("/", 1)[0] for c in "*?["):
-            raise RulesError(f"{where}.principal_arns: {p!r} is too broad: name the account and the role or user")
-        m = _SECURITY_ARN.match(p)
-        if not m:
-            raise RulesError(f"{where}.principal_arns: {p!r} must be arn:aws:iam::ACCOUNT:role/NAME or "
-                             "arn:aws:iam::ACCOUNT:user/NAME, without a path (a glob only in a role's name)")
-        kind, name = m.group(3), m.group(4)
-        if kind == "user" and any(c in name for c in "*?"):
-            raise RulesError(f"{where}.principal_arns: {p!r}: a user ARN must be exact (a glob only in a role's name)")
-        if name.strip("*?") == "":
-            raise RulesError(f"{where}.principal_arns: {p!r} is too broad: name the account and the role or user")
+        for check in checks:
+            check(p, f"{where}.principal_arns")
     return principals
 
 

@@ -6,7 +6,6 @@
 - revocations.py  `POST /v1/revocations`, `DELETE /v1/revocations/{id}`
 - incidents.py    `POST /v1/incidents`
 - token_registrations.py  `POST /v1/tokens`
-- principals.py   a revocation target's canonical spelling
 
 `SecurityRoutes` is what app.py calls; chalicelib/backends.py builds each part with
 named dependencies.

@@ -10,10 +10,12 @@ class SecurityRequests:
         self._frame = frame  # chalicelib.pipeline.frame.AuditedRequests
         self._admins = admins  # chalicelib.admin_auth.AdminAuthenticator
 
-    def run(self, action, context, work, *, admin=True, method="aws", outcome="admin", event="admin"):
+    def run(self, action, context, work, *, admin=True, method=None, outcome="admin", event="admin"):
         """Authenticate (admin routes), then `work(record, identity)` in the audited frame:
-        any refusal or failure is recorded too (outcome denied or error) before it goes up."""
-        record = self._frame.new_record(method, context, action=action, outcome=outcome, code="ok")
+        any refusal or failure is recorded too (outcome denied or error) before it goes up.
+        `method`: the proof method of the request's caller (None: the admin check's)."""
+        record = self._frame.new_record(method or self._admins.method_name, context, action=action,
+                                        outcome=outcome, code="ok")
 
         def audited():
             identity = None

@@ -40,22 +40,24 @@ def own_body(raw_body, route_fields, required, method_name):
 
 def method_of(issuance):
     """The proof's method is the issuance's (the audit trail's word), not a guess from
-    which fields the body carries."""
-    return (issuance or {}).get("method") or "aws"
+    which fields the body carries; with no issuance found, the registry's first (the
+    request is refused once its caller is proven: no such audit record)."""
+    from ..methods import names
+
+    return (issuance or {}).get("method") or names()[0]
 
 
 def prove_caller(*, method, method_name, admission, rate_limits, doc, record, issuance, placeholder_role,
                  scope, limit, window):
-    """Verify the body's proof like a login's (looked up before the cloud is asked, spent
-    once), count the caller's budget for `scope`, and refuse unless `issuance` is its own."""
+    """Verify the body's proof like a login's (chalicelib/pipeline/proving.py: looked up
+    beside the cloud's verification, spent once), count the caller's budget for `scope`,
+    and refuse unless `issuance` is its own."""
+    from ..pipeline.proving import prove, spend
+
     proof = {k: doc[k] for k in login_fields(method_name) if k in doc}
     login = method.parse(json.dumps(dict(proof, role=placeholder_role)).encode())
-    admission.seen(method.proof_hash(login))  # as a login: a replayed proof costs no cloud call
-    caller = method.verify(login)
-    record.principal, record.account = caller.principal, caller.account
-    record.instance = caller.claimed.id if caller.claimed else None
-    admission.admit(caller.proof_hash, request_id=record.request_id, method=method_name,
-                    valid_until=caller.valid_until)
+    caller, _ = prove(method, login, admission=admission, record=record)
+    spend(admission, caller, record)
     if rate_limits is not None:
         rate_limits.take_slot(scope, caller.principal, limit=limit, window=window)
     mismatch = not_the_callers(issuance, caller, record.instance)

@@ -2,7 +2,7 @@
 
 A revocation, in this order:
 
-1. resolves the target to its canonical spelling (principals.py) and refuses one that
+1. resolves the target to its canonical spelling (its method's, chalicelib/methods/) and refuses one that
    matches no issuance and no known principal unless `force` is given;
 2. places the quarantine (the admission transaction refuses the target from now on),
    and records the revocation;
@@ -36,9 +36,9 @@ from decimal import Decimal
 from ..audit_query import AuditQuery, decode_cursor, parse_query, valid_request_id
 from ..errors import InvalidRequest, NotFound, Unavailable
 from ..policy import SECRET_ID_TTL_BOUNDS
+from .. import methods
 from ..stores.quarantine import iso, quarantine_key
 from .inputs import parse_body, parse_duration, parse_reason
-from .principals import parse_principal, spelled
 from .audited import need
 
 # Secret IDs older than their TTL are dead; look back this much further (clock skew, slow writes).
@@ -59,7 +59,9 @@ class Revocations:
         self._revoker = revoker  # chalicelib.revoker.VaultRevoker, or None (secret IDs only, via secret_ids)
         self._secret_ids = secret_ids  # chalicelib.minter.VaultMinter: destroys secret IDs when no revoker
         self._rules = rules
-        self._principals = principals  # security.principals.AwsPrincipals
+        # (method name, parsed target) -> (canonical spelling, known): the target's method
+        # resolves it (the AWS method asks IAM how it spells a role); None: as parsed
+        self._principals = principals
         self._token_max_ttl = token_max_ttl
         self._settle = settle_seconds
         self._tokens = tokens  # stores: the token accessors clients registered, or None
@@ -102,8 +104,8 @@ class Revocations:
             record.revocation_id = revocation_id
             until = now + duration if duration else None
             placed = []
-            for q_kind, q_value in (target.quarantine if until else []):
-                entry = quarantine.place(quarantine_key(q_kind, q_value), revocation_id=revocation_id,
+            for q_kind, q_value, q_key in (target.quarantine if until else []):
+                entry = quarantine.place(quarantine_key(q_kind, q_key), revocation_id=revocation_id,
                                          until=until, reason=reason, by=identity.principal)
                 placed.append({"target": {q_kind: q_value}, "until": iso(entry.until),
                                "revocation_id": entry.revocation_id})
@@ -111,7 +113,7 @@ class Revocations:
             if placed:
                 record.quarantine_until = placed[0]["until"]
             revocations.put(revocation_id, target=(target.kind, target.value), reason=reason, by=identity.principal,
-                            until=until, keys=[quarantine_key(k, v) for k, v in target.quarantine] if until else [],
+                            until=until, keys=[quarantine_key(k, v) for k, _, v in target.quarantine] if until else [],
                             request_id=record.request_id)
 
             # 2. everything issued that may still be in use; 3. again once in-flight issuances have landed.
@@ -161,31 +163,26 @@ class Revocations:
             if not seen and not force:
                 raise NotFound(f"no audit record names instance {value}: check the ID, or set force "
                                "(--force) to quarantine it anyway")
-            target = Target("instance", value, [("instance", value)])
+            target = Target("instance", value, [("instance", value, value)])
             self._cover_service_accounts(target, seen)
             return target
-        form, parsed = parse_principal(value)
-        if form == "email":
-            canonical = parsed
-            known = False
+        name, parsed = methods.parse_principal(value)
+        if self._principals is not None:
+            canonical, known = self._principals(name, parsed)
         else:
-            iam_name = self._principals.iam_name(parsed) if self._principals is not None else None
-            known = iam_name is not None
-            canonical = spelled(parsed, iam_name or parsed.name)
+            canonical, known = methods.identity(name).resolve_principal(parsed, None)
         if not known and not self._records(principal=canonical, now=now) and not force:
             raise NotFound(f"principal {canonical} matches no issuance and no IAM role the broker can read: "
                            "check the spelling, or set force (--force) to quarantine it anyway")
-        return Target("principal", canonical, [("principal", canonical)])
+        return Target("principal", canonical, [("principal", canonical, methods.principal_key(name, canonical))])
 
     def _cover_service_accounts(self, target, records):
-        """A GCE instance's quarantine also refuses instance-less tokens of its service
-        account(s): whoever holds the instance can mint them from its metadata server."""
-        accounts = sorted({r["principal"] for r in records
-                           if r.get("method") == "gcp" and r.get("instance") and r.get("principal")})
-        for email in accounts:
-            target.quarantine.append(("instanceless", email))
-            target.notes.append(f"service account {email}: its tokens that name no instance are refused too "
-                                f"(whoever holds the instance can mint them from its metadata server)")
+        """What else a quarantine of these records' machine covers, as their method says (a
+        GCE instance's: its service accounts' tokens that name no instance, which whoever
+        holds the instance can mint from its metadata server)."""
+        for kind, value, key, note in methods.quarantine_covers(records):
+            target.quarantine.append((kind, value, key))
+            target.notes.append(note)
 
     def _records(self, *, now, **where):
         query = AuditQuery(since=_dec(now - self._retention_days * 86400), until=_dec(now + 60), limit=20, **where)
@@ -223,7 +220,7 @@ class Revocations:
         One of those admitted just before the quarantine is found by its principal and its
         lack of an instance, or nothing would reach it."""
         found = self._issued(target, int(self._clock())) if target.kind != "request_id" else []
-        for kind, value in (target.quarantine if placed else []):
+        for kind, value, _ in (target.quarantine if placed else []):
             if kind == "instanceless" or (target.kind == "request_id" and kind in ("instance", "principal")):
                 field = "instance" if kind == "instance" else "principal"
                 # every page: a busy service account issues more than one page in these minutes
@@ -348,7 +345,9 @@ class Target:
     def __init__(self, kind, value, quarantine, record=None):
         self.kind = kind  # request_id, instance, principal
         self.value = value  # canonical
-        self.quarantine = list(quarantine)  # [(kind, value)] of the quarantine list
+        # [(kind, value, key value)] of the quarantine list: the value as shown, and as its
+        # method spells it in the entry's key
+        self.quarantine = list(quarantine)
         self.record = record
         self.notes = []
 
@@ -361,22 +360,11 @@ def _quarantine_target_of(record):
     after someone else's instance or task, from any account). Quarantining it would lock
     the real machine out and leave the requester free."""
     instance, principal = record.get("instance"), record.get("principal")
-    if instance and _machine_verified(record):
-        return ("instance", instance)
+    if instance and methods.machine_verified(record):
+        return ("instance", instance, instance)
     if principal:
-        return ("principal", principal)
-    return ("instance", instance) if instance else None
-
-
-def _machine_verified(record):
-    facts = record.get("facts")
-    if isinstance(facts, dict):  # the facts step ran: the machine is verified when it holds it
-        return (not facts.get("claim_error") and not facts.get("claim_trust_error")
-                and any(isinstance(facts.get(k), dict) for k in ("instance", "task")))
-    from ..methods import REGISTRY, package
-
-    method = record.get("method")  # refused before the facts step: only a claim the cloud signed counts
-    return method in REGISTRY and bool(getattr(package(method), "CLAIMS_SIGNED", False))
+        return ("principal", principal, methods.principal_key(record.get("method"), principal))
+    return ("instance", instance, instance) if instance else None
 
 
 def _failed(entry):

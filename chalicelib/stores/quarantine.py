@@ -2,17 +2,18 @@
 
 Items (hash key `pk`, TTL on `expires_at`) named `quarantine#<kind>#<value>`:
 
-- `instance#<id>`: an EC2 or GCE instance, an ECS task: every caller claiming it;
-- `principal#<arn or email>`: an IAM role ARN covers every session of the role, a
-  session ARN only that session, a service account email every caller of it;
-- `instanceless#<email>`: only the callers of that service account that name no
-  instance (GCP service-account ID tokens): placed with a GCE instance's quarantine,
-  since whoever holds the instance can mint them from its metadata server.
+- `instance#<id>`: a machine (an EC2 or GCE instance, an ECS task): every caller claiming it;
+- `principal#<principal>`: a principal, as its method spells it (an IAM role ARN covers
+  every session of the role, a session ARN only that session, a service account email
+  every caller of it);
+- `instanceless#<principal>`: only the callers of that principal that name no machine
+  (GCP service-account ID tokens): placed with a GCE instance's quarantine, since whoever
+  holds the instance can mint them from its metadata server.
 
-AWS principals are keyed in one canonical spelling (`principal_key`): IAM user and
-role names are case-insensitive, so `role/Demo-Batch` and `role/demo-batch` are one
-key; a session name keeps its case. The admission transaction
-(chalicelib/admission.py) checks the same keys atomically with the proof's spending.
+Which entries refuse a caller, and how a principal is spelled in them, is its method's
+word (VerifiedCaller.quarantine_own / quarantine_shared, methods/<name>/identity.py):
+the list takes the keys as they are. The admission transaction (chalicelib/admission.py)
+checks a caller's own keys atomically with the proof's spending.
 
 An expired entry may linger until DynamoDB's TTL deletes it (up to a couple of days):
 every read checks `until` itself.
@@ -63,85 +64,17 @@ def iso(epoch):
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def principal_key(principal):
-    """The one spelling of a principal in the quarantine list: an AWS ARN with its user or
-    role name in lower case (IAM names are case-insensitive) and no path; anything else
-    (a service account email, lower-cased: emails are too) as it is."""
-    if not principal:
-        return principal
-    if principal.startswith("arn:"):
-        from ..errors import InvalidProof
-        from ..methods.aws.arn import parse_principal_arn
-
-        try:
-            arn = parse_principal_arn(principal)
-        except InvalidProof:
-            return principal
-        if arn.kind == "assumed-role":
-            return f"arn:{arn.partition}:sts::{arn.account}:assumed-role/{arn.name.lower()}/{arn.session_name}"
-        return f"arn:{arn.partition}:iam::{arn.account}:{arn.kind}/{arn.name.lower()}"
-    return principal.lower() if "@" in principal else principal
-
-
-def role_key(principal):
-    """The quarantine key of the IAM role (or user) behind an AWS principal, or None."""
-    if not principal or not principal.startswith("arn:"):
-        return None
-    from ..errors import InvalidProof
-    from ..methods.aws.arn import parse_principal_arn
-
-    try:
-        return principal_key(parse_principal_arn(principal).canonical_arn)
-    except InvalidProof:
-        return None
-
-
 def quarantine_key(kind, value):
+    """The item key of a quarantine entry; `value` is spelled by the method the entry is
+    about (methods/<name>/identity.py `principal_key`): the list never parses a principal."""
     if kind not in KINDS:
         raise ValueError(f"unknown quarantine kind {kind!r}")
-    return f"quarantine#{kind}#{principal_key(value) if kind != 'instance' else value}"
+    return f"quarantine#{kind}#{value}"
 
 
-def caller_keys(instance, principal, canonical=None):
-    """The quarantine entries that would refuse this caller: its machine (EC2 or GCE
-    instance, ECS task), its exact principal, its role (an AWS session's), and, for a
-    caller naming no machine, the instance-less entry of its principal."""
-    keys = []
-    if instance:
-        keys.append(quarantine_key("instance", instance))
-    if principal:
-        keys.append(quarantine_key("principal", principal))
-        role = role_key(canonical or principal)
-        if role and quarantine_key("principal", role) not in keys:
-            keys.append(quarantine_key("principal", role))
-        if not instance and not principal.startswith("arn:"):
-            keys.append(quarantine_key("instanceless", principal))
-    return keys
-
-
-def split_caller_keys(instance, principal, canonical=None):
-    """(own, shared): the caller's quarantine keys split by how many callers check them.
-
-    Own keys (its machine; an AWS session's exact ARN; else its AWS principal) are checked
-    in the admission transaction. Shared keys (an AWS role, a service account: every GCE
-    instance, Cloud Run instance or GKE pod running as it) are checked by every caller of
-    the role at once: in a transaction they would make concurrent boots cancel each other
-    (TransactionConflict), so they are read beside it instead. A service-account token
-    naming no instance has no own key."""
-    keys = caller_keys(instance, principal, canonical)
-    if not instance and principal and not principal.startswith("arn:"):
-        return [], keys
-    own = keys[:1]
-    if instance and principal and ":assumed-role/" in principal:
-        session = quarantine_key("principal", principal)
-        if session in keys and session != role_key_of(principal):
-            own.append(session)
-    return own, [k for k in keys if k not in own]
-
-
-def role_key_of(principal):
-    role = role_key(principal)
-    return quarantine_key("principal", role) if role else None
+def keys_of(entries):
+    """[item key] of ((kind, value), ...) entries (a VerifiedCaller's quarantine_own/_shared)."""
+    return [quarantine_key(kind, value) for kind, value in entries]
 
 
 @dataclass(frozen=True)

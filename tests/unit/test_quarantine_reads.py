@@ -1,12 +1,13 @@
-"""The quarantine keys a caller is checked against, and the recent reads of the keys a
-whole role shares (chalicelib/stores/quarantine.py): what is read, what is kept, and
-the time the issuance's window starts from."""
+"""The quarantine keys a caller is checked against (its method's: methods/<name>/identity.py),
+and the recent reads of the keys a whole role shares (chalicelib/stores/quarantine.py): what
+is read, what is kept, and the time the issuance's window starts from."""
 
 import pytest
 
 from chalicelib.errors import Quarantined
 from chalicelib.stores.memory import MemoryQuarantineList
-from chalicelib.stores.quarantine import RecentReads, quarantine_key, split_caller_keys
+from chalicelib.methods import identity
+from chalicelib.stores.quarantine import RecentReads, keys_of, quarantine_key
 
 ROLE = "arn:aws:iam::123456789012:role/demo-node"
 SESSION = "arn:aws:sts::123456789012:assumed-role/Demo-Node/i-0123456789abcdef0"
@@ -35,18 +36,25 @@ def world():
     return clocks, listing, reads
 
 
+def split_caller_keys(method, instance, principal, canonical=None):
+    own, shared = identity(method).quarantine_keys(principal, instance, canonical)
+    return keys_of(own), keys_of(shared)
+
+
 def test_an_instance_sessions_own_keys_are_its_machine_and_session_and_its_role_is_shared():
-    own, shared = split_caller_keys("i-0123456789abcdef0", SESSION, SESSION)
-    assert own == [quarantine_key("instance", "i-0123456789abcdef0"), quarantine_key("principal", SESSION)]
+    own, shared = split_caller_keys("aws", "i-0123456789abcdef0", SESSION, SESSION)
+    session = identity("aws").principal_key(SESSION)  # the role's name in lower case, the session's kept
+    assert session == "arn:aws:sts::123456789012:assumed-role/demo-node/i-0123456789abcdef0"
+    assert own == [quarantine_key("instance", "i-0123456789abcdef0"), quarantine_key("principal", session)]
     assert shared == [quarantine_key("principal", ROLE)]
 
 
 def test_a_service_accounts_keys_are_shared_and_a_token_without_instance_has_no_own_key():
     email = "app@proj.iam.gserviceaccount.com"
-    assert split_caller_keys("1234567890", email) == (
+    assert split_caller_keys("gcp", "1234567890", email) == (
         [quarantine_key("instance", "1234567890")], [quarantine_key("principal", email)])
     # Cloud Run, GKE, a service-account key: every caller of the account shares both keys
-    assert split_caller_keys(None, email) == (
+    assert split_caller_keys("gcp", None, email) == (
         [], [quarantine_key("principal", email), quarantine_key("instanceless", email)])
 
 

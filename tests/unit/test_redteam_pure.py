@@ -10,7 +10,8 @@ from chalicelib.methods.aws.proof import caller_from_arn
 from chalicelib.methods.aws.trust import EC2_SERVICE, ECS_TASKS_SERVICE, only_service_may_assume
 from chalicelib.methods.gcp.proof import caller_from_claims
 from chalicelib.policy import RateLimits
-from chalicelib.stores.quarantine import caller_keys
+from chalicelib.methods import identity
+from chalicelib.stores.quarantine import keys_of
 
 EC2_ONLY = {"Effect": "Allow", "Principal": {"Service": EC2_SERVICE}, "Action": "sts:AssumeRole"}
 
@@ -102,10 +103,12 @@ def test_identity_keys_of_an_ec2_instance_an_ecs_task_and_a_gce_instance_never_c
 
 def test_quarantine_keys_never_repeat_within_one_transaction():
     """DynamoDB refuses a transaction naming one item twice (a ValidationException, i.e. 503)."""
-    for args in (("i-1", "arn:aws:iam::123456789012:user/bob", "arn:aws:iam::123456789012:user/bob"),
-                 ("i-1", "arn:aws:sts::123456789012:assumed-role/r/i-1", "arn:aws:iam::123456789012:role/r"),
-                 (None, "a@b.iam.gserviceaccount.com", "a@b.iam.gserviceaccount.com")):
-        keys = caller_keys(*args)
+    for method, args in (("aws", ("arn:aws:iam::123456789012:user/bob", "i-1", "arn:aws:iam::123456789012:user/bob")),
+                         ("aws", ("arn:aws:sts::123456789012:assumed-role/r/i-1", "i-1",
+                                  "arn:aws:iam::123456789012:role/r")),
+                         ("gcp", ("a@b.iam.gserviceaccount.com", None, "a@b.iam.gserviceaccount.com"))):
+        own, shared = identity(method).quarantine_keys(*args)
+        keys = keys_of(own + shared)
         assert len(keys) == len(set(keys))
 
 

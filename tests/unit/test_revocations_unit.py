@@ -13,7 +13,8 @@ from chalicelib.errors import NotFound, Unavailable
 from chalicelib.revoker import Scan
 from chalicelib.security.revocations import Revocations
 from chalicelib.stores import memory
-from chalicelib.stores.quarantine import caller_keys
+from chalicelib.methods import identity
+from chalicelib.stores.quarantine import keys_of
 
 INSTANCE = "i-0123456789abcdef0"
 PRINCIPAL = f"arn:aws:sts::123456789012:assumed-role/demo-node/{INSTANCE}"
@@ -72,7 +73,7 @@ class Vault:
 
     def destroy_secret_id(self, role, accessor):
         try:
-            self._quarantine.check(caller_keys(INSTANCE, PRINCIPAL))
+            self._quarantine.check(keys_of(sum(identity("aws").quarantine_keys(PRINCIPAL, INSTANCE), ())))
             self.quarantined_at_destroy.append(False)
         except Exception:
             self.quarantined_at_destroy.append(True)

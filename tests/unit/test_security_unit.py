@@ -12,7 +12,8 @@ from chalicelib.audit_schema import (INDEX_INSTANCE, INDEX_PRINCIPAL, INDEX_ROLE
                                      ROLE_SHARDS, TIME_SHARDS, cloudformation_properties, index_attributes,
                                      table_definitions)
 from chalicelib.errors import InvalidRequest
-from chalicelib.stores.quarantine import caller_keys
+from chalicelib.methods import identity
+from chalicelib.stores.quarantine import keys_of, quarantine_key
 from chalicelib.policy import RulesError, parse_rules
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -178,11 +179,11 @@ def test_cursor_round_trip_and_tampering():
 
 def test_index_attributes_shard_the_shared_keys():
     rid = "5b1259de-0c4e-4c8e-9a47-0d6f1c2b3a4d"
-    attrs = index_attributes(rid, "1767225599.123", SESSION, "web")
+    attrs = index_attributes(rid, "1767225599.123", identity("aws").index_principal(SESSION), "web")
     assert attrs["gsi_time"].startswith("2025-12-31#")
     assert attrs["gsi_principal"].startswith(ROLE_ARN + "#")
     assert attrs["gsi_role"].startswith("web#")
-    assert index_attributes(rid, "1767225599.123", SESSION, "web") == attrs  # stable
+    assert index_attributes(rid, "1767225599.123", ROLE_ARN, "web") == attrs  # stable
     assert set(index_attributes(rid, "1767225599.123")) == {"gsi_time"}  # sparse
 
 
@@ -198,26 +199,32 @@ def test_table_definitions_agree_with_the_indexes():
         "AttributeName": "expires_at", "Enabled": True}
 
 
+def caller_keys(method, instance, principal):
+    """Every quarantine key of a caller, as its method derives them (own, then shared)."""
+    own, shared = identity(method).quarantine_keys(principal, instance)
+    return keys_of(own + shared)
+
+
 def test_quarantine_keys_cover_instance_session_and_role():
-    assert caller_keys("i-0123456789abcdef0", SESSION) == [
+    assert caller_keys("aws", "i-0123456789abcdef0", SESSION) == [
         "quarantine#instance#i-0123456789abcdef0", f"quarantine#principal#{SESSION}",
         f"quarantine#principal#{ROLE_ARN}"]
     # a service account's caller naming no instance: its instance-less entry too (a GCE quarantine places it)
-    assert caller_keys(None, "sa@p.iam.gserviceaccount.com") == [
+    assert caller_keys("gcp", None, "sa@p.iam.gserviceaccount.com") == [
         "quarantine#principal#sa@p.iam.gserviceaccount.com", "quarantine#instanceless#sa@p.iam.gserviceaccount.com"]
-    assert caller_keys("1234567890", "sa@p.iam.gserviceaccount.com") == [
+    assert caller_keys("gcp", "1234567890", "sa@p.iam.gserviceaccount.com") == [
         "quarantine#instance#1234567890", "quarantine#principal#sa@p.iam.gserviceaccount.com"]
 
 
 def test_quarantine_keys_spell_iam_names_in_one_case():
     """IAM role and user names are case-insensitive: role/Demo-Batch is role/demo-batch."""
-    from chalicelib.stores.quarantine import principal_key, quarantine_key
-
-    assert quarantine_key("principal", "arn:aws:iam::123456789012:role/Demo-Batch") == \
-        quarantine_key("principal", "arn:aws:iam::123456789012:role/path/demo-batch")
+    principal_key = identity("aws").principal_key
+    assert principal_key("arn:aws:iam::123456789012:role/Demo-Batch") == \
+        principal_key("arn:aws:iam::123456789012:role/path/demo-batch")
     session = "arn:aws:sts::123456789012:assumed-role/Demo-Batch/Nightly-1"
     assert principal_key(session) == "arn:aws:sts::123456789012:assumed-role/demo-batch/Nightly-1"  # session kept
-    assert caller_keys(None, session)[1] == quarantine_key("principal", "arn:aws:iam::123456789012:role/DEMO-BATCH")
+    assert caller_keys("aws", None, session)[1] == quarantine_key(
+        "principal", principal_key("arn:aws:iam::123456789012:role/DEMO-BATCH"))
 
 
 @pytest.mark.parametrize("params", [

@@ -46,6 +46,35 @@ class AwsConditions:
         return bool(self.require_instance or self.require_task or self.role_tags)
 
 
+_SECURITY_ARN = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}):(role|user)/([\w+=,.@*?-]{1,128})$")
+
+
+def parse_security_principal(p, where):
+    """One entry of [security] principal_arns (this method proves the security team:
+    chalicelib/admin_auth.py): an exact IAM role or user ARN (without a path: the broker
+    compares the caller's canonical ARN, which has none), or a role ARN whose name, and
+    only its name, holds a glob (`*`, `?`) in a literal account:
+    `arn:aws:iam::123456789012:role/sec-*`."""
+    if not p.startswith("arn:") or p.count(":") < 5:
+        raise RulesError(f"{where}: {p!r} is not an IAM ARN (glob)")
+    if ":assumed-role/" in p or p.startswith("arn:aws:sts:"):
+        raise RulesError(f"{where}: {p!r} must be an IAM role or user ARN "
+                         "(arn:aws:iam::ACCOUNT:role/NAME), not an STS session ARN")
+    parts = p.split(":", 5)
+    if any(c in parts[4] for c in "*?[") or parts[4] == "" or parts[5] in ("*", "role/*", "user/*") \
+            or any(c in parts[5].split("/", 1)[0] for c in "*?["):
+        raise RulesError(f"{where}: {p!r} is too broad: name the account and the role or user")
+    m = _SECURITY_ARN.match(p)
+    if not m:
+        raise RulesError(f"{where}: {p!r} must be arn:aws:iam::ACCOUNT:role/NAME or "
+                         "arn:aws:iam::ACCOUNT:user/NAME, without a path (a glob only in a role's name)")
+    kind, name = m.group(3), m.group(4)
+    if kind == "user" and any(c in name for c in "*?"):
+        raise RulesError(f"{where}: {p!r}: a user ARN must be exact (a glob only in a role's name)")
+    if name.strip("*?") == "":
+        raise RulesError(f"{where}: {p!r} is too broad: name the account and the role or user")
+
+
 def parse(raw, where):
     only_keys(raw, _FIELDS, where)
     accounts = string_list(raw, "accounts", where, required=True)

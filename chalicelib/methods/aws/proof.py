@@ -19,6 +19,7 @@ from ...errors import InvalidProof, Unavailable
 from ...http_client import HttpError
 from ..base import IDENTITY_BUDGET, PRINCIPAL_BUDGET, Entity, VerifiedCaller
 from .arn import parse_principal_arn
+from .identity import quarantine_keys
 
 GET_CALLER_IDENTITY_BODY = b"Action=GetCallerIdentity&Version=2011-06-15"
 SERVER_ID_HEADER = "x-vault-aws-iam-server-id"
@@ -224,7 +225,9 @@ def caller_from_arn(arn_text, *, proof_hash, valid_until):
         claimed = Entity("ecs-task", arn.session_task_id)
     fields = dict(method="aws", principal=arn_text, canonical_principal=arn.canonical_arn,
                   account=arn.account, proof_hash=proof_hash, valid_until=valid_until, claimed=claimed)
-    return VerifiedCaller(**fields, budget_keys=budget_keys(arn, VerifiedCaller(**fields)))
+    own, shared = quarantine_keys(arn_text, claimed.id if claimed else None, arn.canonical_arn)
+    return VerifiedCaller(**fields, budget_keys=budget_keys(arn, VerifiedCaller(**fields)),
+                          quarantine_own=own, quarantine_shared=shared)
 
 
 def budget_keys(arn, caller):

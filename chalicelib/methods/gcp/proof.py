@@ -102,9 +102,13 @@ def caller_from_claims(claims, proof_hash):
     # apart, and they share the principal's budget (per_principal, sized apart from the
     # per-machine one). docs/gcp.md says so.
     budget_keys = () if claimed is not None else ((PRINCIPAL_BUDGET, f"service-account:{principal}"),)
+    from .identity import quarantine_keys
+
+    own, shared = quarantine_keys(principal, claimed.id if claimed else None)
     return VerifiedCaller(method="gcp", principal=principal, canonical_principal=principal,
                           account=project or service_account_project(email), proof_hash=proof_hash,
-                          valid_until=float(claims["exp"]), claimed=claimed, budget_keys=budget_keys)
+                          valid_until=float(claims["exp"]), claimed=claimed, budget_keys=budget_keys,
+                          quarantine_own=own, quarantine_shared=shared)
 
 
 _SA_PROJECT = re.compile(r"^[^@]+@([a-z][a-z0-9-]{4,28}[a-z0-9])\.iam\.gserviceaccount\.com$")
