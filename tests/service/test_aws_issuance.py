@@ -43,7 +43,8 @@ def test_web_instance_gets_wrapped_credentials_that_work_once(broker, capsys):
     assert response.status_code == 200, response.body
     assert response.headers["Cache-Control"] == "no-store"
     doc = body_of(response)
-    assert set(doc) == {"request_id", "role", "vault_addr", "vault_namespace", "role_id_wrap", "secret_id_wrap"}
+    assert set(doc) == {"request_id", "role", "vault_addr", "vault_namespace", "role_id_wrap", "secret_id_wrap",
+                        "token_registration_key"}
     assert doc["role"] == "web" and doc["vault_addr"] == stack.vault_addr
     assert doc["vault_namespace"] == getattr(stack, "vault_namespace", None)  # null: the root namespace
     for name, path in (("role_id_wrap", "auth/approle/role/web/role-id"), ("secret_id_wrap", "auth/approle/role/web/secret-id")):
