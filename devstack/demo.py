@@ -262,17 +262,17 @@ def story(stack, keep=False):
     failures = 0
 
     step(0, "The operator sets up OpenBao for the broker")
+    if stack.vault_namespace:
+        say(f"""
+            Everything below is in the Vault namespace {stack.vault_namespace} (VAULT_NAMESPACE for setup and the
+            client, BROKER_VAULT_NAMESPACE for the broker); the root namespace holds none of it.
+        """)
     say("""
         `broker vault setup` writes what the broker needs in Vault/OpenBao (the approle mount, the
         policies of policies/vault, the broker's AppRole, one AppRole per role the rules serve with
         single-use secret IDs) and keeps the broker's secret ID in Secrets Manager; the stack's
         OpenBao was seeded by the same code. Then someone made web's secret IDs reusable by hand:
     """)
-    if stack.vault_namespace:
-        say(f"""
-            Everything is in the Vault namespace {stack.vault_namespace} (VAULT_NAMESPACE for setup and the
-            client, BROKER_VAULT_NAMESPACE for the broker); the root namespace holds none of it.
-        """)
     stack.vault().write_data("auth/approle/role/web", data={"secret_id_num_uses": 0})
     drift = ["update AppRole web: secret_id_num_uses=1"]
     code, plan = run_vault_setup(stack, "--dry-run")
