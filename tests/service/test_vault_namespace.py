@@ -70,6 +70,14 @@ def test_every_vault_object_of_the_stack_is_in_the_namespace(ns_stack, tmp_path)
     assert login.status_code in (400, 403, 404)
 
 
+@pytest.mark.xfail(strict=True, reason="the broker's health check asks sys/health with X-Vault-Namespace, which "
+                   "OpenBao answers with 400 in a namespace (sys/health is a root-namespace endpoint): "
+                   "chalicelib/minter.py health() should ask it without the namespace")
+def test_health_is_ok_in_a_namespace(broker):
+    response = broker.client.http.get("/v1/health")
+    assert response.status_code == 200, response.body
+
+
 def _login(env, *args):
     return subprocess.run([sys.executable, "-m", "broker", "login", "--role", "web", "--json", *args],
                           env=machines.process_env(env, base={"PATH": os.environ.get("PATH", "")}),
