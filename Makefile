@@ -30,14 +30,19 @@ checkov-venv: $(CHECKOV_STAMP)
 test: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest
 
+# VAULT_NAMESPACE=team-a (or admin/team-a): every Vault object of the stack (AppRoles, policies,
+# KV) inside that namespace, named in .stack/endpoints.json as vault_namespace; the same for the demo.
+VAULT_NAMESPACE ?=
+NAMESPACE_ARG := $(if $(strip $(VAULT_NAMESPACE)),--vault-namespace '$(strip $(VAULT_NAMESPACE))')
+
 stack-up: $(STAMP)
-	$(PY) -m devstack up
+	$(PY) -m devstack up $(NAMESPACE_ARG)
 
 stack-down:
 	$(PY) -m devstack down
 
 demo: $(STAMP)
-	$(PY) -m devstack.demo
+	$(PY) -m devstack.demo $(NAMESPACE_ARG)
 
 # The client (docs/client.md): dist/secret_zero_broker-VERSION-py3-none-any.whl and the single
 # file dist/broker.pyz (Python 3.9+, botocore inside), each with FILE.sha256 beside it; prints the sums.

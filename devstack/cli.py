@@ -1,7 +1,7 @@
 """``python -m devstack up|down|status|as-instance|as-task|as-gce|as-role|as-operator [--dir .stack]``.
 
 ``up`` starts OpenBao, moto (SigV4 on), the simulated Google, seeds them and starts the broker under
-``chalice local``, all detached, and writes ``DIR/endpoints.json`` (mode 0600:
+``chalice local``, all detached (``--vault-namespace team-a``: every Vault object in that namespace), and writes ``DIR/endpoints.json`` (mode 0600:
 it holds the root token and keys, which are never printed). ``down`` stops what
 ``up`` started and removes the state; ``status`` tells what runs.
 
@@ -98,7 +98,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         _remove_state(state_dir, quiet=True)  # stale state of a stack that died
     _say(f"Starting the local stack (state in {state_dir}) ...")
     try:
-        stack = Stack.start(state_dir, with_broker=not args.no_broker, detached=True, progress=_say)
+        stack = Stack.start(state_dir, with_broker=not args.no_broker, detached=True,
+                            vault_namespace=args.vault_namespace, progress=_say)
     except StackError as e:
         _say(f"Failed: {e}")
         _say("Everything that had started was stopped again.")
@@ -195,6 +196,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 detail += ", sealed" if h.get("sealed") else ", unsealed"
         except requests.RequestException as e:
             detail = f"not answering ({type(e).__name__})"
+        if name == "vault" and state.get("vault_namespace"):
+            detail += f"; the stack's objects in namespace {state['vault_namespace']}"
         _say(f"{label}: running, pid {pids[name]}, {url} ({detail})")
     for task, pid in _task_agents(state_dir).items():
         _say(f"simulated ECS agent of task {task}: running, pid {pid}")
@@ -343,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "up":
             p.add_argument("--no-broker", action="store_true",
                            help="OpenBao + moto + seed only, no chalice local")
+            p.add_argument("--vault-namespace", metavar="NS", default=None,
+                           help="put every Vault object of the stack in this namespace (created; e.g. team-a "
+                                "or admin/team-a), named in endpoints.json as vault_namespace (default: root)")
     accounts = (ACCOUNT_ID, SECOND_ACCOUNT_ID)
 
     p = sub.add_parser("as-instance", help="an EC2 instance of the running stack: its environment, or CMD in it")

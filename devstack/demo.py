@@ -12,10 +12,13 @@ An instance of a second AWS account bootstraps, read there through a reader role
 Then the security team's view: the audit trail searched with `broker audit search`,
 the web instance revoked and quarantined after an IDS alert, its Vault token refused
 (reading and renewing), and its next attempt refused. KEEP=1 leaves the stack running, and every command shown can be pasted.
+``--vault-namespace team-a`` (``make demo VAULT_NAMESPACE=team-a``): the same story with every Vault
+object of the stack in that namespace.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -139,7 +142,11 @@ def run_security(env, *args, as_cmd="as-role security-team --session alice"):
     return proc
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vault-namespace", metavar="NS", default=None,
+                        help="every Vault object of the stack in this namespace (default: the root namespace)")
+    args = parser.parse_args(argv)
     keep = os.environ.get("KEEP") == "1"
     say("""
         The secret-zero broker, on a local stack: OpenBao (Vault's open-source fork),
@@ -155,7 +162,8 @@ def main():
               file=sys.stderr)
         return 1
     try:
-        stack = Stack.start(STATE_DIR, with_broker=True, detached=keep, progress=lambda m: print(f"   {m}"))
+        stack = Stack.start(STATE_DIR, with_broker=True, detached=keep, vault_namespace=args.vault_namespace,
+                            progress=lambda m: print(f"   {m}"))
     except StackError as e:
         print(f"Could not start the local stack: {e}", file=sys.stderr)
         print("If one already runs, stop it first: make stack-down", file=sys.stderr)
@@ -254,6 +262,11 @@ def story(stack, keep=False):
     failures = 0
 
     step(0, "The operator sets up OpenBao for the broker")
+    if stack.vault_namespace:
+        say(f"""
+            Everything below is in the Vault namespace {stack.vault_namespace} (VAULT_NAMESPACE for setup and the
+            client, BROKER_VAULT_NAMESPACE for the broker); the root namespace holds none of it.
+        """)
     say("""
         `broker vault setup` writes what the broker needs in Vault/OpenBao (the approle mount, the
         policies of policies/vault, the broker's AppRole, one AppRole per role the rules serve with
@@ -299,7 +312,8 @@ def story(stack, keep=False):
         web_token = token_file.read_text().strip()  # kept (in memory) for the revocation, step 10
 
         step(3, "The application reads its secret with that token")
-        client = hvac.Client(url=stack.vault_addr, token=token_file.read_text().strip())
+        client = hvac.Client(url=stack.vault_addr, namespace=stack.vault_namespace,
+                             token=token_file.read_text().strip())
         secret = client.secrets.kv.v2.read_secret_version(path="web/config", raise_on_deleted_version=True)["data"]["data"]
         say(f"""
             GET secret/web/config -> keys {sorted(secret)}; api_url = {secret['api_url']}
@@ -348,7 +362,8 @@ def story(stack, keep=False):
             print(f"   The client failed with exit code {code}; see {stack.broker.log_path}")
             failures += 1
         else:
-            client = hvac.Client(url=stack.vault_addr, token=token_file.read_text().strip())
+            client = hvac.Client(url=stack.vault_addr, namespace=stack.vault_namespace,
+                                 token=token_file.read_text().strip())
             secret = client.secrets.kv.v2.read_secret_version(path="web/config",
                                                               raise_on_deleted_version=True)["data"]["data"]
             say(f"""
@@ -396,7 +411,7 @@ def story(stack, keep=False):
     """)
 
     step(11, "The token on the flagged instance stops working")
-    read = hvac.Client(url=stack.vault_addr, token=web_token)
+    read = hvac.Client(url=stack.vault_addr, namespace=stack.vault_namespace, token=web_token)
     try:
         read.secrets.kv.v2.read_secret_version(path="web/config", raise_on_deleted_version=True)
         print("   UNEXPECTED: the revoked token still reads secret/web/config")

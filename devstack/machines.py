@@ -9,7 +9,8 @@ What stands in for the real machine:
   - ECS task: the task's simulated ECS agent (devstack/ecs_sim.py):
     ECS_CONTAINER_METADATA_URI_V4 and AWS_CONTAINER_CREDENTIALS_FULL_URI.
   - GCE instance: BROKER_GCP_METADATA_URL, its metadata server on the simulated Google.
-Plus what the image would carry: BROKER_URL, BROKER_SERVER_ID and VAULT_ADDR.
+Plus what the image would carry: BROKER_URL, BROKER_SERVER_ID, VAULT_ADDR and, for a stack
+in a Vault namespace, VAULT_NAMESPACE (the client refuses an answer naming another one).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def client_env(stack: "Stack") -> dict[str, str]:
         "AWS_EC2_METADATA_DISABLED": "true",  # no IMDS on this laptop: the environment stands in for it
         "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     }
+    if stack.vault_namespace:
+        env["VAULT_NAMESPACE"] = stack.vault_namespace
     if stack.broker_url:
         env["BROKER_URL"] = stack.broker_url
     return env
@@ -86,12 +89,16 @@ def role_env(stack: "Stack", role: str, session: str, account: str | int | None 
 
 def operator_env(stack: "Stack") -> dict[str, str]:
     """The operator who runs ``broker vault setup``: Vault's root token, the AWS admin's
-    keys, and moto as the AWS endpoint (botocore reads AWS_ENDPOINT_URL)."""
-    return {"VAULT_ADDR": stack.vault_addr, "VAULT_TOKEN": stack.vault_root_token,
-            "AWS_ENDPOINT_URL": stack.aws_endpoint_url,
-            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            **credentials_env(stack.admin_keys.as_dict())}
+    keys, and moto as the AWS endpoint (botocore reads AWS_ENDPOINT_URL); VAULT_NAMESPACE
+    for a stack in a namespace (setup then works inside it)."""
+    env = {"VAULT_ADDR": stack.vault_addr, "VAULT_TOKEN": stack.vault_root_token,
+           "AWS_ENDPOINT_URL": stack.aws_endpoint_url,
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+           **credentials_env(stack.admin_keys.as_dict())}
+    if stack.vault_namespace:
+        env["VAULT_NAMESPACE"] = stack.vault_namespace
+    return env
 
 
 def process_env(machine: Mapping[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -20,7 +20,7 @@ from .aws import ACCOUNT_ID, REGION, SECOND_ACCOUNT_ID, AwsSeed, Keys, MotoServe
 from .broker import PROJECT_DIR, ChaliceLocal
 from .ecs import TaskMetadataServer
 from .procs import StackError, bypass_proxy_for_loopback, stop_all, wait_until
-from .vault import ROOT_TOKEN, OpenBaoServer, VaultSeed, seed_vault
+from .vault import ROOT_TOKEN, OpenBaoServer, VaultSeed, namespace_path, seed_vault
 
 SERVER_ID = "secret-zero-broker.local"
 STS_ENDPOINTS = "https://sts.amazonaws.com"
@@ -31,7 +31,8 @@ class Stack:
     (it is a context manager, and in-process stacks also stop at interpreter exit)."""
 
     def __init__(self, workdir: Path | str, *, detached: bool = False,
-                 project_dir: Path | str = PROJECT_DIR, moto_workaround: bool = True):
+                 project_dir: Path | str = PROJECT_DIR, moto_workaround: bool = True,
+                 vault_namespace: str | None = None):
         bypass_proxy_for_loopback()  # our own clients talk to 127.0.0.1 only
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -39,6 +40,9 @@ class Stack:
         self.project_dir = Path(project_dir).resolve()
         self.detached = detached
         self.moto_workaround = moto_workaround
+        # Every Vault object of the stack (AppRoles, policies, KV) lives in this namespace (None:
+        # the root namespace); the broker gets it as BROKER_VAULT_NAMESPACE, machines as VAULT_NAMESPACE.
+        self.vault_namespace = namespace_path(vault_namespace)
         self.openbao = OpenBaoServer(self.workdir, detached=detached)
         self.moto = MotoServer(self.workdir, detached=detached)
         self.google = gcp.GoogleSim(self.workdir, detached=detached)
@@ -60,14 +64,15 @@ class Stack:
     @classmethod
     def start(cls, workdir: Path | str, *, with_broker: bool = False, detached: bool = False,
               project_dir: Path | str = PROJECT_DIR, moto_workaround: bool = True,
-              progress=None) -> "Stack":
+              vault_namespace: str | None = None, progress=None) -> "Stack":
         """Start OpenBao and moto, seed both, and with ``with_broker`` start
-        ``chalice local``. On any failure everything started is stopped again.
+        ``chalice local``. With ``vault_namespace`` (``team-a``, ``admin/team-a``) OpenBao's
+        seed goes into that namespace, created first. On any failure everything started is stopped again.
         ``progress`` (a callable taking one str) hears short friendly lines."""
         say = progress or (lambda _msg: None)
         t0 = time.monotonic()
         stack = cls(workdir, detached=detached, project_dir=project_dir,
-                    moto_workaround=moto_workaround)
+                    moto_workaround=moto_workaround, vault_namespace=vault_namespace)
         try:
             stack.openbao.start()
             stack.moto.start()
@@ -76,8 +81,10 @@ class Stack:
                 fut_aws = pool.submit(stack._start_aws)
                 stack.openbao.wait_ready()
                 say(f"OpenBao dev server on {stack.openbao.addr}")
-                stack.vault_seed = seed_vault(stack.vault(), stack.project_dir / "policies" / "vault")
-                say("OpenBao seeded: approle auth, policies, AppRoles secret-zero-broker/web/batch, KV secrets")
+                stack._seed_vault()
+                where = f" in namespace {stack.vault_namespace}" if stack.vault_namespace else ""
+                say(f"OpenBao seeded{where}: approle auth, policies, AppRoles secret-zero-broker/web/batch, "
+                    "KV secrets")
                 fut_aws.result()
             say(f"moto server on {stack.moto.url} (SigV4 verified; admin user bootstrapped)")
             say("AWS seeded: roles demo-node/demo-batch/demo-other/demo-task/security-team, broker IAM user, "
@@ -121,7 +128,8 @@ class Stack:
         except FileNotFoundError:
             raise StackError(f"no local stack runs with its state in {state_dir} (no endpoints.json): "
                              "start one with `make stack-up` (or `KEEP=1 make demo`)") from None
-        stack = cls(state_dir, detached=True, project_dir=ep.get("project_dir", PROJECT_DIR))
+        stack = cls(state_dir, detached=True, project_dir=ep.get("project_dir", PROJECT_DIR),
+                    vault_namespace=ep.get("vault_namespace"))
         port = lambda url: int(url.rsplit(":", 1)[1])  # noqa: E731
         stack.moto.port = port(ep["aws_endpoint_url"])
         stack.google.port = port(ep["gcp_compute_url"])
@@ -138,6 +146,12 @@ class Stack:
             raise StackError(f"the local stack of {state_dir} does not answer (moto at {stack.moto.url}): "
                              "is it still running? `python -m devstack status`") from None
         return stack
+
+    def _seed_vault(self, previous: VaultSeed | None = None) -> None:
+        if self.vault_namespace:
+            self.openbao.create_namespace(self.vault_namespace)
+        self.vault_seed = seed_vault(self.vault(), self.project_dir / "policies" / "vault", previous=previous,
+                                     namespace=self.vault_namespace)
 
     def _start_aws(self) -> None:
         self.moto.wait_ready()
@@ -222,6 +236,7 @@ class Stack:
             "broker_url": self.broker_url,
             "broker_log": str(self.broker.log_path) if self.broker else str(self.workdir / "broker.log"),
             "vault_addr": self.vault_addr,
+            "vault_namespace": self.vault_namespace,  # null: the root namespace
             "vault_root_token": ROOT_TOKEN,
             "vault_unseal_key": self.openbao.unseal_key,
             "vault_log": str(self.openbao.log_path),
@@ -274,7 +289,7 @@ class Stack:
     def broker_env(self) -> dict[str, str]:
         """The broker's environment (docs/architecture.md), with its own AWS keys."""
         assert self.vault_seed is not None, "the stack is not seeded"
-        return {
+        env = {
             "BROKER_VAULT_ADDR": self.vault_addr,
             "BROKER_VAULT_ROLE_ID": self.vault_seed.broker_role_id,
             "BROKER_VAULT_SECRET_ID_SECRET": aws.VAULT_SECRET_ID_SECRET,
@@ -299,6 +314,12 @@ class Stack:
             "GOOGLE_APPLICATION_CREDENTIALS": str(self.gcp_credentials_path),
             "BROKER_ACCOUNT_READERS": json.dumps(self.account_readers, sort_keys=True),
         }
+        if self.vault_namespace:
+            env["BROKER_VAULT_NAMESPACE"] = self.vault_namespace
+            # Audit devices are objects of the root namespace: sys/audit-hash answers "operation only
+            # available in root namespace" to the broker's namespaced identity.
+            del env["BROKER_VAULT_AUDIT_HASH_PATH"]
+        return env
 
     # -- AWS (moto) --------------------------------------------------------------
 
@@ -690,7 +711,16 @@ class Stack:
     # -- Vault (OpenBao) ---------------------------------------------------------
 
     def vault(self, token: str | None = ROOT_TOKEN) -> hvac.Client:
-        return self.openbao.client(token)
+        """An hvac client in the stack's Vault namespace (the root token by default)."""
+        return self.openbao.client(token, namespace=self.vault_namespace)
+
+    def vault_headers(self, token: str | None = None) -> dict[str, str]:
+        """Headers of a raw HTTP call to OpenBao in the stack's namespace: X-Vault-Namespace
+        when there is one, X-Vault-Token with ``token``."""
+        headers = {"X-Vault-Namespace": self.vault_namespace} if self.vault_namespace else {}
+        if token:
+            headers["X-Vault-Token"] = token
+        return headers
 
     def seal_vault(self) -> None:
         self.openbao.seal()
@@ -717,8 +747,7 @@ class Stack:
             self.openbao.stop()
         self.openbao.start()
         self.openbao.wait_ready()
-        self.vault_seed = seed_vault(self.vault(), self.project_dir / "policies" / "vault",
-                                     previous=self.vault_seed if keep_ids else None)
+        self._seed_vault(previous=self.vault_seed if keep_ids else None)
         self._store_vault_secret_ids()
         after = self.broker_env()
         return {k: v for k, v in after.items() if before.get(k) != v}

@@ -1,4 +1,5 @@
-"""OpenBao dev server (in memory) and its seed: AppRoles, policies, KV secrets."""
+"""OpenBao dev server (in memory) and its seed: AppRoles, policies, KV secrets, in the root
+namespace or in a namespace of their own (``make stack-up VAULT_NAMESPACE=team-a``)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,20 @@ BROKER_ROLE = "secret-zero-broker"
 APPROLE_MOUNT = "approle"
 KV_MOUNT = "secret"
 _UNSEAL_RE = re.compile(r"^Unseal Key:\s*(\S+)\s*$", re.MULTILINE)
+_NAMESPACE_SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def namespace_path(value: str | None) -> str | None:
+    """A namespace path (``team-a``, ``admin/team-a``) without its slashes at the ends, or None
+    for the root namespace (unset, empty or ``root``), as the broker reads BROKER_VAULT_NAMESPACE."""
+    path = (value or "").strip().strip("/")
+    if not path or path == "root":
+        return None
+    parts = path.split("/")
+    if len(parts) > 8 or not all(_NAMESPACE_SEGMENT.match(p) for p in parts) or parts[0] in ("root", "sys"):
+        raise StackError(f"not a Vault namespace path: {value!r} (segments of letters, digits, '-' and '_', "
+                         "like team-a or admin/team-a)")
+    return path
 
 
 class OpenBaoServer:
@@ -107,8 +122,27 @@ class OpenBaoServer:
             self.proc.stop()
             self.proc = None
 
-    def client(self, token: str | None = ROOT_TOKEN) -> hvac.Client:
-        return hvac.Client(url=self.addr, token=token, timeout=5)
+    def client(self, token: str | None = ROOT_TOKEN, namespace: str | None = None) -> hvac.Client:
+        """An hvac client; ``namespace``: X-Vault-Namespace on every call (None: the root
+        namespace, where seal, unseal, health and the audit devices live)."""
+        return hvac.Client(url=self.addr, token=token, timeout=5, namespace=namespace or None)
+
+    def create_namespace(self, namespace: str) -> dict:
+        """Create ``namespace`` (each level of ``admin/team-a``; one that exists is kept) with the
+        root token, and in it what the dev server gives the root namespace: KV v2 at ``secret/``.
+        Returns the namespace's ``sys/namespaces`` entry (``id``, ``path``)."""
+        parent: str | None = None
+        entry: dict = {}
+        for segment in namespace.split("/"):
+            entry = _retry(lambda parent=parent, segment=segment: self.client(namespace=parent).adapter.post(
+                f"/v1/sys/namespaces/{segment}").get("data") or {}, f"namespace {segment}")
+            parent = f"{parent}/{segment}" if parent else segment
+        inside = self.client(namespace=namespace)
+        mounts = _retry(lambda: inside.sys.list_mounted_secrets_engines(), "mounts")
+        if f"{KV_MOUNT}/" not in (mounts.get("data") or mounts):
+            _retry(lambda: inside.sys.enable_secrets_engine("kv", path=KV_MOUNT, options={"version": "2"}),
+                   f"KV v2 at {KV_MOUNT}/")
+        return entry
 
     def health(self) -> dict:
         """``sys/health`` as JSON (sealed/standby answer with non-200 codes)."""
@@ -159,8 +193,10 @@ def seed_vault(
     *,
     previous: VaultSeed | None = None,
     rules_file: Path | None = None,
+    namespace: str | None = None,
 ) -> VaultSeed:
-    """Seed a fresh dev server with the root-token ``client``.
+    """Seed a fresh dev server with the root-token ``client``; with ``namespace`` (a namespace
+    :meth:`OpenBaoServer.create_namespace` made; ``client`` sends it) every object is made in it.
 
     The AppRole mount, the policies and the AppRoles are configured by ``broker vault
     setup``'s own steps (``broker/vault_setup.py``), for the roles the rules file serves
@@ -177,7 +213,7 @@ def seed_vault(
     from broker import vault_setup as setup
 
     policy_dir = Path(policy_dir)
-    vault = setup.Vault(client.url, client.token, timeout=5)
+    vault = setup.Vault(client.url, client.token, timeout=5, namespace=namespace)
     try:
         roles = setup.served_roles(str(rules_file or policy_dir.parent / "rules.toml"))
         policies = setup.check_policy_dir(policy_dir, roles, APPROLE_MOUNT, BROKER_ROLE)

@@ -40,6 +40,20 @@ def stack(tmp_path_factory):
         s.stop()
 
 
+NAMESPACE = "team-a"
+
+
+@pytest.fixture(scope="session")
+def ns_stack(tmp_path_factory):
+    """A second stack with every Vault object in the namespace team-a (the root namespace holds
+    none of it); started only for the tests that ask (tests/service/test_vault_namespace.py)."""
+    s = Stack.start(tmp_path_factory.mktemp("ns-stack"), vault_namespace=NAMESPACE)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
 @dataclass
 class LocalBroker:
     stack: Stack

@@ -265,6 +265,33 @@ def _authorized_session(env):
     return AuthorizedSession(creds)
 
 
+@pytest.mark.parametrize("value, path", [(None, None), ("", None), ("root", None), ("/team-a/", "team-a"),
+                                         ("admin/team-a", "admin/team-a")])
+def test_a_namespace_is_a_path_or_the_root(value, path):
+    from devstack.vault import namespace_path
+
+    assert namespace_path(value) == path
+
+
+@pytest.mark.parametrize("value", ["team a", "a//b", "root/x", "sys", "x;rm -rf ~", "a" * 65])
+def test_a_namespace_that_is_no_path_is_refused_before_anything_starts(value, tmp_path):
+    from devstack import Stack
+    from devstack.procs import StackError
+
+    with pytest.raises(StackError, match="not a Vault namespace path"):
+        Stack(tmp_path / "s", vault_namespace=value)
+
+
+def test_make_passes_vault_namespace_to_stack_up_and_the_demo():
+    for target in ("stack-up", "demo"):
+        dry = subprocess.run(["make", "-n", target, "VAULT_NAMESPACE=team-a"], cwd=PROJECT, capture_output=True,
+                             text=True, check=True).stdout
+        assert "--vault-namespace 'team-a'" in dry.splitlines()[-1]
+        dry = subprocess.run(["make", "-n", target], cwd=PROJECT, capture_output=True, text=True, check=True,
+                             env={k: v for k, v in os.environ.items() if k != "VAULT_NAMESPACE"}).stdout
+        assert "--vault-namespace" not in dry
+
+
 def test_gcp_seed_and_endpoints(stack):
     env, ep = stack.broker_env(), stack.endpoints
     # the broker's own URL while chalice local runs (the local_broker fixture), else a fixed name

@@ -46,7 +46,7 @@ def test_web_instance_gets_wrapped_credentials_that_work_once(broker, capsys):
     assert set(doc) == {"request_id", "role", "vault_addr", "vault_namespace", "role_id_wrap", "secret_id_wrap",
                         "token_registration_key"}
     assert doc["role"] == "web" and doc["vault_addr"] == stack.vault_addr
-    assert doc["vault_namespace"] == getattr(stack, "vault_namespace", None)  # null: the root namespace
+    assert doc["vault_namespace"] == stack.vault_namespace  # null: the root namespace
     for name, path in (("role_id_wrap", "auth/approle/role/web/role-id"), ("secret_id_wrap", "auth/approle/role/web/secret-id")):
         wrap = doc[name]
         assert set(wrap) == {"token", "accessor", "ttl", "creation_time", "creation_path"}
@@ -69,12 +69,13 @@ def test_web_instance_gets_wrapped_credentials_that_work_once(broker, capsys):
     expires = datetime.fromisoformat(props["expiration_time"].replace("Z", "+00:00"))
     assert timedelta(seconds=200) < expires - datetime.now(timezone.utc) <= timedelta(seconds=300)
 
-    app_client = hvac.Client(url=stack.vault_addr)
+    app_client = hvac.Client(url=stack.vault_addr, namespace=stack.vault_namespace)
     app_client.auth.approle.login(role_id=role_id, secret_id=secret_id)
     config = app_client.secrets.kv.v2.read_secret_version(path="web/config", raise_on_deleted_version=True)
     assert config["data"]["data"]["api_url"] == "https://web.internal"
     with pytest.raises(hvac.exceptions.VaultError):
-        hvac.Client(url=stack.vault_addr).auth.approle.login(role_id=role_id, secret_id=secret_id)
+        hvac.Client(url=stack.vault_addr, namespace=stack.vault_namespace).auth.approle.login(
+            role_id=role_id, secret_id=secret_id)
 
     record = broker.audit.get(doc["request_id"])
     assert record["outcome"] == "issued" and record["rule"] == "web-nodes" and record["role"] == "web"

@@ -44,7 +44,7 @@ def test_gce_instance_gets_web_credentials(broker, audience, capsys):
     assert doc["secret_id_wrap"]["creation_path"] == "auth/approle/role/web/secret-id"
     role_id = unwrap(stack.vault_addr, doc["role_id_wrap"]["token"])["role_id"]
     secret_id = unwrap(stack.vault_addr, doc["secret_id_wrap"]["token"])["secret_id"]
-    client = hvac.Client(url=stack.vault_addr)
+    client = hvac.Client(url=stack.vault_addr, namespace=stack.vault_namespace)
     client.auth.approle.login(role_id=role_id, secret_id=secret_id)
     assert client.secrets.kv.v2.read_secret_version(path="web/config", raise_on_deleted_version=True)["data"]["data"]
     record = broker.audit.get(doc["request_id"])

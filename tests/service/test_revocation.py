@@ -43,7 +43,7 @@ def unwrap_status(stack, doc, which="secret_id_wrap"):
 
 def approle_login(stack, role, secret_id):
     """The HTTP status of an AppRole login with the seeded role ID and this secret ID."""
-    response = requests.post(f"{stack.vault_addr}/v1/auth/approle/login",
+    response = requests.post(f"{stack.vault_addr}/v1/auth/approle/login", headers=stack.vault_headers(),
                              json={"role_id": stack.vault_seed.role_ids[role], "secret_id": secret_id}, timeout=10)
     return response.status_code
 
@@ -341,15 +341,15 @@ def test_gce_instances_report_incidents_and_are_quarantined_by_instance(broker, 
 
 def vault_login(stack, role, doc):
     """Unwrap and log in as the machine would: its Vault token (a secret: kept, never printed)."""
-    response = requests.post(f"{stack.vault_addr}/v1/auth/approle/login", timeout=10, json={
-        "role_id": stack.vault_seed.role_ids[role], "secret_id": unwrap_secret_id(stack, doc)})
+    response = requests.post(f"{stack.vault_addr}/v1/auth/approle/login", timeout=10, headers=stack.vault_headers(),
+                             json={"role_id": stack.vault_seed.role_ids[role], "secret_id": unwrap_secret_id(stack, doc)})
     assert response.status_code == 200, response.text
     return response.json()["auth"]
 
 
 def token_status(stack, token):
     return requests.get(f"{stack.vault_addr}/v1/auth/token/lookup-self", timeout=10,
-                        headers={"X-Vault-Token": token}).status_code
+                        headers=stack.vault_headers(token)).status_code
 
 
 def test_a_revocation_revokes_the_tokens_logged_in_with_its_secret_ids(broker, security):
@@ -359,8 +359,8 @@ def test_a_revocation_revokes_the_tokens_logged_in_with_its_secret_ids(broker, s
     doc = issue(broker, creds, "web")
     auth = vault_login(stack, "web", doc)
     assert auth["metadata"]["request_id"] == doc["request_id"]  # AppRole copied the secret ID's metadata
-    kv = requests.get(f"{stack.vault_addr}/v1/secret/data/web/config", headers={"X-Vault-Token": auth["client_token"]},
-                      timeout=10)
+    kv = requests.get(f"{stack.vault_addr}/v1/secret/data/web/config",
+                      headers=stack.vault_headers(auth["client_token"]), timeout=10)
     assert kv.status_code == 200
 
     revoked = body_of(security.post("/v1/revocations", {"instance": instance, "reason": "IDS", "quarantine": "1h"}))
@@ -371,9 +371,9 @@ def test_a_revocation_revokes_the_tokens_logged_in_with_its_secret_ids(broker, s
         assert entry["tokens"] == [{"accessor": auth["accessor"], "found_by": "scan", "result": "revoked"}]
         assert token_status(stack, auth["client_token"]) == 403
         assert requests.get(f"{stack.vault_addr}/v1/secret/data/web/config", timeout=10,
-                            headers={"X-Vault-Token": auth["client_token"]}).status_code == 403
+                            headers=stack.vault_headers(auth["client_token"])).status_code == 403
         renewed = requests.post(f"{stack.vault_addr}/v1/auth/token/renew-self", timeout=10,
-                                headers={"X-Vault-Token": auth["client_token"]})
+                                headers=stack.vault_headers(auth["client_token"]))
         assert renewed.status_code == 403
         assert auth["client_token"] not in json.dumps(revoked)
     finally:

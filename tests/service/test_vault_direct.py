@@ -23,7 +23,7 @@ ISSUANCE = SimpleNamespace(wrap_ttl=60, secret_id_ttl=120, secret_id_num_uses=1,
 def minter_for(stack, fetch=None):
     settings = SimpleNamespace(vault_addr=stack.vault_addr, vault_approle_mount="approle",
                                vault_role_id=stack.vault_seed.broker_role_id, vault_timeout=5.0,
-                               vault_namespace=getattr(stack, "vault_namespace", None))
+                               vault_namespace=stack.vault_namespace)
     return VaultMinter(settings, fetch or Fetches(stack.vault_seed.broker_secret_id))
 
 
