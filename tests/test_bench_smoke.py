@@ -67,6 +67,7 @@ def test_delay_profiles_and_handler_cpu(bench, collected):
     assert cpu["errors"] == 0 and cpu["cpu_ms"]["p50"] > 0
     t = collected["trace"] = overhead.trace_issuance(bench, 1)
     assert any(c["call"].startswith("vault ") for c in t["calls"])  # proxy ports named
+    assert [c["call"] for c in t["calls"] if c["call"].startswith("sts ")] == ["sts GetCallerIdentity (forwarded)"]
 
 
 def test_storm_of_six_from_two_cold_processes_reconciles(bench, collected):
