@@ -59,7 +59,7 @@ package: $(STAMP) client
 	$(PY) deploy/package.py --stage $(STAGE) --out dist --write-chalice-config \
 	  $(if $(filter-out 0,$(ALLOW_PLACEHOLDERS)),--allow-placeholders)
 
-# Benchmarks 1-9 (docs/performance.md), ending with the NAME VALUE lines; BENCH_QUICK=1 for short counts;
+# Benchmarks 1-10 (docs/performance.md), ending with the NAME VALUE lines; BENCH_QUICK=1 for short counts;
 # BENCH_ARGS="--save LABEL", "--rev REV", "--only 1,4"; `python -m bench compare A B`.
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)

@@ -77,8 +77,11 @@ def recording():
     original = HTTPConnectionPool.urlopen
     calls: list[Call] = []
     lock = threading.Lock()
+    inside = threading.local()  # in HttpClient.request: its urllib3 call is that request, recorded once
 
     def urlopen(pool, method, url, *args, **kwargs):
+        if getattr(inside, "http_client", False):
+            return original(pool, method, url, *args, **kwargs)
         body = kwargs.get("body", args[0] if len(args) > 0 else None)
         headers = kwargs.get("headers", args[1] if len(args) > 1 else None) or {}
         t0 = time.perf_counter()
@@ -90,7 +93,7 @@ def recording():
                 calls.append(Call(t0, time.perf_counter(), method, full, headers, body, pool.port))
 
     HTTPConnectionPool.urlopen = urlopen
-    try:  # the broker's own HTTP client (chalicelib/http_client.py: the lean AWS clients, Vault, STS)
+    try:  # the broker's own HTTP client (chalicelib/http_client.py: the STS forward, an issuer's keys)
         from chalicelib.http_client import HttpClient
     except ImportError:  # an older tree: urllib3 only
         HttpClient = None
@@ -99,9 +102,11 @@ def recording():
 
         def request(self, method, url, *args, **kwargs):
             t0 = time.perf_counter()
+            inside.http_client = True
             try:
                 return original_request(self, method, url, *args, **kwargs)
             finally:
+                inside.http_client = False
                 with lock:
                     calls.append(Call(t0, time.perf_counter(), method, url, kwargs.get("headers") or {},
                                       kwargs.get("body"), urlsplit(url).port))

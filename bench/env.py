@@ -373,8 +373,11 @@ def trace_http(ports: dict[int, str]):
     from urllib3.connectionpool import HTTPConnectionPool
 
     original = HTTPConnectionPool.urlopen
+    inside = threading.local()  # in the broker's HTTP client: its urllib3 call is that request, traced once
 
     def urlopen(pool, method, url, *args, **kwargs):
+        if getattr(inside, "pools", False):
+            return original(pool, method, url, *args, **kwargs)
         body = kwargs.get("body", args[0] if len(args) > 0 else None)
         headers = kwargs.get("headers", args[1] if len(args) > 1 else None) or {}
         t0 = time.perf_counter()
@@ -403,9 +406,11 @@ def trace_http(ports: dict[int, str]):
             rest = url.split("://", 1)[-1]
             port = int(rest.split("/", 1)[0].rsplit(":", 1)[-1]) if ":" in rest.split("/", 1)[0] else 80
             t0 = time.perf_counter()
+            inside.pools = True
             try:
                 return original_request(self, method, url, *args, **kwargs)
             finally:
+                inside.pools = False
                 calls.append((t0, time.perf_counter(), _label(ports.get(port, f":{port}"), method,
                                                               "/" + rest.split("/", 1)[-1], kwargs.get("body"),
                                                               kwargs.get("headers") or {})))

@@ -254,7 +254,7 @@ class Admission:
     def refund(self, identity_key=None, limit=None, *, budgets=()):
         """Give back the budget slots a successful admission counted (best effort): for a
         caller the keys its role shares refused after the transaction went through (a
-        quarantined caller must not use up its budget; issue 10)."""
+        quarantined caller must not use up its budget)."""
         now = int(self._clock())
         for scope, key, budget_limit in self._counted(identity_key, limit, budgets):
             try_call("quarantine store", ("ConditionalCheckFailedException",), self._db.update_item,

@@ -115,7 +115,7 @@ class AuditStore:
             # No answer to any attempt (read timeouts under load): the put's outcome is unknown,
             # and it may have landed. Taking back an issuance whose record landed would leave a
             # record that calls it issued, and the client's retry a second one (the boot storm
-            # of benchmark 4 found 4 such). One consistent read tells.
+            # of `make bench` found 4 such). One consistent read tells.
             if self._landed(record.request_id, epoch):
                 return
             raise

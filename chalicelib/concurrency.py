@@ -12,7 +12,7 @@ _pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="broker-io")
 
 class Ready:
     """A result already at hand (a cache hit) in a call list: `settle` hands it back as it
-    is. Sending it to the pool would cost two thread switches for nothing (issue 14)."""
+    is. Sending it to the pool would cost two thread switches for nothing."""
 
     __slots__ = ("value",)
 

@@ -1,4 +1,4 @@
-"""Parse the XML answers of AWS (STS, EC2, IAM) safely, with the C parser.
+"""Parse AWS's XML answers (the forwarded STS proof's) safely, with the C parser.
 
 AWS answers are UTF-8 documents with no DTD, no comments and no CDATA. Anything else
 is refused before parsing:

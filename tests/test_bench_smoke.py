@@ -44,8 +44,11 @@ def test_requests_are_counted_at_the_proxies_and_the_floor_makes_the_same_calls(
     assert {label for wave in o["callset"] for label in wave} <= set(q["per_operation"])
     assert sum(len(wave) for wave in o["callset"]) >= 7  # recorded at all (an empty set passed the line above)
 
-    # the floor makes exactly the requests it recorded from the broker, counted at the proxies
+    # what is recorded from the broker is what the proxies count of it (each call once)...
+    bench.latency.reset()
     recorded = overhead.record_callset(bench, 1)
+    assert sorted(bench.latency.counts().elements()) == sorted(c.label for c in recorded)
+    # ...and the floor makes exactly the requests it recorded, counted at the proxies
     floor = overhead.callset.Floor(bench, recorded)
     try:
         bench.latency.reset()
@@ -64,6 +67,7 @@ def test_delay_profiles_and_handler_cpu(bench, collected):
     assert cpu["errors"] == 0 and cpu["cpu_ms"]["p50"] > 0
     t = collected["trace"] = overhead.trace_issuance(bench, 1)
     assert any(c["call"].startswith("vault ") for c in t["calls"])  # proxy ports named
+    assert [c["call"] for c in t["calls"] if c["call"].startswith("sts ")] == ["sts GetCallerIdentity (forwarded)"]
 
 
 def test_storm_of_six_from_two_cold_processes_reconciles(bench, collected):

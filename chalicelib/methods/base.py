@@ -20,7 +20,7 @@ from typing import Protocol
 
 def plain(value):
     """Facts as nested dicts and lists (what `to_dict` gives): dataclasses.asdict's result
-    without its deep copy of every leaf, which cost ~1 ms per issuance (issue 14)."""
+    without its deep copy of every leaf, which cost ~1 ms per issuance."""
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):

@@ -237,7 +237,7 @@ def budget_keys(arn, caller):
       on the machine and its role (VerifiedCaller.identity_key);
     - an assumed-role session that claims none: its session's budget, and its role's, which
       every session of the role shares: whoever may assume the role picks session names,
-      and a new name must not be a new budget (issue 23);
+      and a new name must not be a new budget;
     - an IAM user: its principal's budget alone (no session tells its callers apart).
     """
     if caller.claimed is not None:
