@@ -90,6 +90,13 @@ def alarms(values: Values, api_stage: str) -> list[Alarm]:
         Alarm("RulesRejected", "A new version of the rules (BROKER_RULES_SOURCE) failed validation and was refused: "
               "the last good rules stay in force until a valid version is pushed.",
               BROKER_NAMESPACE, "RulesRejected", {}, "Sum", 300, 1, t.rules_rejected_per_5min),
+        Alarm("RulesRollbackRefused", "Rules older than the highest serial applied (an older file pushed again, "
+              "an older S3 object version restored) were refused: the newer rules stay in force. A mistake or "
+              "someone undoing a rules change: find who pushed them.",
+              BROKER_NAMESPACE, "RulesRollbackRefused", {}, "Sum", 300, 1, t.rules_rollback_per_5min),
+        Alarm("RulesRollbackForced", "Older rules were applied because BROKER_RULES_ALLOW_SERIAL lets that serial "
+              "in: a deliberate rollback, which someone who can change the function's configuration made.",
+              BROKER_NAMESPACE, "RulesRollbackForced", {}, "Sum", 300, 1, t.rules_rollback_per_5min),
         Alarm("RulesSourceUnavailable", "The rules source (S3 or SSM) could not be read: the last good rules stay "
               "in force, and a rules change does not take effect.",
               BROKER_NAMESPACE, "RulesSourceUnavailable", {}, "Sum", 300, 2, t.rules_source_unavailable_per_5min),
@@ -174,8 +181,9 @@ def dashboard_body(values: Values, api_stage: str) -> str:
         widget("Backend errors", [[BROKER_NAMESPACE, "BackendErrors", "backend", b]
                                   for b in BACKENDS],
                12, 18),
-        widget("Rules: refused versions, source unavailable", [
-            [BROKER_NAMESPACE, "RulesRejected"], [BROKER_NAMESPACE, "RulesSourceUnavailable"]], 0, 24),
+        widget("Rules: refused versions, rollbacks, source unavailable", [
+            [BROKER_NAMESPACE, "RulesRejected"], [BROKER_NAMESPACE, "RulesRollbackRefused"],
+            [BROKER_NAMESPACE, "RulesRollbackForced"], [BROKER_NAMESPACE, "RulesSourceUnavailable"]], 0, 24),
         widget("Budgets exhausted (429) by budget", [[BROKER_NAMESPACE, "BudgetExhausted", "budget", b]
                                                      for b in BUDGETS], 12, 24),
     ]

@@ -77,6 +77,7 @@ class Thresholds:
     lambda_throttles_per_min: int = 1
     dynamodb_throttles_per_5min: int = 1
     rules_rejected_per_5min: int = 1
+    rules_rollback_per_5min: int = 1
     rules_source_unavailable_per_5min: int = 1
     identity_budget_exhausted_per_5min: int = 5
     principal_budget_exhausted_per_5min: int = 1

@@ -68,3 +68,34 @@ def test_an_echoed_proof_is_never_printed(echoing_broker, tmp_path, status, exit
     assert "\x1b" not in printed and "\x07" not in printed and "\r" not in printed
     for line in proc.stderr.splitlines():
         assert len(line) < 800, "a broker message was printed uncapped"
+
+
+def test_a_security_command_never_prints_the_proofs_a_broker_echoes(echoing_broker, tmp_path):
+    """`broker revoke` signs a proof (X-Broker-Proof) and the request (execute-api SigV4) for
+    each attempt: a broker echoing both, and the session token, in its 500s gets none of them
+    printed on the retry lines or in the final error."""
+    def echo(body):
+        request = echoing_broker.requests[-1]
+        proof = json.loads(base64.b64decode(request["headers"]["X-Broker-Proof"]))
+        signed = _headers_of(proof)
+        message = (f"bad proof {request['headers']['X-Broker-Proof'][:120]} "
+                   f"{signed['Authorization'][0]} {request['headers']['Authorization']} "
+                   f"{request['headers'].get('X-Amz-Security-Token', '')[3:90]}")
+        return 500, {}, {"error": {"code": "internal_error", "message": message}}
+
+    echoing_broker.default = echo
+    env = client_env(tmp_path, AWS_SESSION_TOKEN=SESSION_TOKEN)
+    proc = run(["revoke", "--broker-url", echoing_broker.url, "--server-id", "secret-zero-broker.example.com",
+                "--principal", "arn:aws:iam::123456789012:role/demo-node", "--reason", "echo test"], env, tmp_path)
+    assert proc.returncode == 5, proc.stderr
+    assert "bad proof" in proc.stderr and echoing_broker.requests
+    printed = proc.stdout + proc.stderr
+    for request in echoing_broker.requests:
+        header = request["headers"]["X-Broker-Proof"]
+        for i in range(0, 120 - 16):
+            assert header[i:i + 16] not in printed, "a piece of the proof header was printed"
+        for signature in (_headers_of(json.loads(base64.b64decode(header)))["Authorization"][0],
+                          request["headers"]["Authorization"]):
+            assert signature.rsplit("Signature=", 1)[1][:16] not in printed
+    for i in range(0, len(SESSION_TOKEN) - 16):
+        assert SESSION_TOKEN[i:i + 16] not in printed, "a piece of the session token was printed"

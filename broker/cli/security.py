@@ -155,8 +155,13 @@ class SecurityApi:
     """Signed requests to the security routes, with a few retries on 429/5xx and replays."""
 
     def __init__(self, args: argparse.Namespace, *, credentials: Any = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 add_secrets: Callable[..., None] = lambda *values: None) -> None:
+        """`add_secrets`: the output's scrubber (broker/cli/common.py), handed each proof's
+        signature and session token, the proof header and the request's own signature."""
         from broker.clouds.aws import ProofSigner
+
+        self._add_secrets = add_secrets
 
         missing = [flag for flag, value in (("--broker-url/BROKER_URL", args.broker_url),
                                             ("--server-id/BROKER_SERVER_ID", args.server_id)) if not value]
@@ -178,8 +183,10 @@ class SecurityApi:
     def _proof(self, method: str, path: str, params: dict[str, str] | None, body: bytes | None) -> str:
         """A fresh proof bound to this one request (method, path, query, body, a random
         nonce): the broker refuses it for any other request, and no two are alike."""
-        fields = self._signer.sign({BINDING_HEADER: request_binding(method, path, params, body)}).login_fields()
-        return base64.b64encode(json.dumps(fields, separators=(",", ":")).encode()).decode()
+        proof = self._signer.sign({BINDING_HEADER: request_binding(method, path, params, body)})
+        header = base64.b64encode(json.dumps(proof.login_fields(), separators=(",", ":")).encode()).decode()
+        self._add_secrets(*proof.secret_values(), header)  # never printed, whatever a broker echoes
+        return header
 
     def _signed_request(self, method: str, url: str, body: bytes | None, path: str = "",
                         params: dict[str, str] | None = None) -> dict[str, str]:
@@ -192,6 +199,8 @@ class SecurityApi:
         aws_request = AWSRequest(method=method, url=url, data=body or b"", headers=headers)
         SigV4Auth(self._credentials.get_frozen_credentials(), "execute-api", self._api_region).add_auth(aws_request)
         signed = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in aws_request.headers.items()}
+        authorization = signed.get("Authorization") or ""
+        self._add_secrets(authorization.rpartition("Signature=")[2] or None, signed.get("X-Amz-Security-Token"))
         return signed
 
     def call(self, method: str, path: str, *, params: dict[str, str] | None = None,
@@ -233,7 +242,7 @@ class SecurityApi:
 
 
 def _api(args: argparse.Namespace, out: Any) -> SecurityApi:
-    return SecurityApi(args)
+    return SecurityApi(args, add_secrets=out.add_secrets)
 
 
 def _credentials() -> Any:
