@@ -60,7 +60,9 @@ class VaultMinter:
         self._session = VaultSession(settings.vault_addr, settings.vault_timeout,
                                      namespace=getattr(settings, "vault_namespace", None))
         self._client = self._session.client()  # its token: the broker's, set at each login
-        self._anonymous = self._session.client()  # never holds a token (login, health)
+        self._anonymous = self._session.client()  # never holds a token (login)
+        # sys/health is the server's, asked outside any namespace (OpenBao answers 400 inside one)
+        self._health = self._session.client(in_namespace=False)
         self._mount = settings.vault_approle_mount
         self._role_id = settings.vault_role_id
         self._fetch_secret_id = fetch_secret_id
@@ -275,7 +277,7 @@ class VaultMinter:
         """None when Vault is reachable, initialised and unsealed; else what is wrong."""
         try:
             # A performance standby answers 473 (hvac has no perfstandbyok): healthy too.
-            status, _ = outcome("health", self._anonymous.sys.read_health_status, method="GET", standby_ok=True)
+            status, _ = outcome("health", self._health.sys.read_health_status, method="GET", standby_ok=True)
         except Unavailable as e:
             return f"unreachable ({e.detail.rsplit(': ', 1)[-1]})"
         if status in (200, 429, 473):

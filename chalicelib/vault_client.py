@@ -79,10 +79,12 @@ class VaultSession:
         # Proxies from the environment, as requests reads them (HTTPS_PROXY, NO_PROXY).
         self.session.hooks["response"].append(_bounded(max_bytes_for or (lambda _path: MAX_ANSWER_BYTES)))
 
-    def client(self, token=None):
+    def client(self, token=None, *, in_namespace=True):
         """An hvac client of this session (shared connections); `token` is its X-Vault-Token.
-        Never None to hvac: it would read VAULT_TOKEN or ~/.vault-token instead."""
-        return self._hvac.Client(url=self.addr, token=token or "", timeout=self.timeout, namespace=self.namespace,
+        Never None to hvac: it would read VAULT_TOKEN or ~/.vault-token instead.
+        `in_namespace=False`: no X-Vault-Namespace (sys/health answers only outside one)."""
+        return self._hvac.Client(url=self.addr, token=token or "", timeout=self.timeout,
+                                 namespace=self.namespace if in_namespace else None,
                                  session=self.session, allow_redirects=False)
 
     def close(self):
