@@ -29,7 +29,7 @@ def test_demo_refuses_while_a_stack_runs_in_its_directory(tmp_path, monkeypatch,
         {"aws_endpoint_url": "http://127.0.0.1:45999", "pids": {"moto": fake_moto}}))
     monkeypatch.setattr(demo, "STATE_DIR", tmp_path)
     monkeypatch.setattr(demo.Stack, "start", lambda *a, **k: pytest.fail("a second stack was started"))
-    assert demo.main() == 1
+    assert demo.main([]) == 1
     err = capsys.readouterr().err
     assert "already runs" in err and "make stack-down" in err
     assert json.loads((tmp_path / "endpoints.json").read_text())["pids"] == {"moto": fake_moto}
