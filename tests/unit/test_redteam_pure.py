@@ -12,6 +12,8 @@ from chalicelib.methods.gcp.proof import caller_from_claims
 from chalicelib.policy import RateLimits
 from chalicelib.stores.quarantine import caller_keys
 
+pytestmark = pytest.mark.redteam  # a red-team case: `pytest -m redteam` runs them all
+
 EC2_ONLY = {"Effect": "Allow", "Principal": {"Service": EC2_SERVICE}, "Action": "sts:AssumeRole"}
 
 
