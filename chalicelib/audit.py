@@ -134,7 +134,8 @@ def record_item(record, retention_seconds):
             item[key] = {"N": str(value)}
         else:
             item[key] = {"S": str(value)}
-    for key, value in index_attributes(record.request_id, item["epoch"]["N"], record.principal, record.role).items():
+    indexed = index_attributes(record.request_id, item["epoch"]["N"], record.principal, record.role)
+    for key, value in indexed.items():
         item[key] = {"S": value}
     item[TTL_ATTRIBUTE] = {"N": str(int(record.epoch) + retention_seconds)}
     return item
