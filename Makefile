@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install checkov-venv test stack-up stack-down demo client package bench fuzz faults soak clean
+.PHONY: install checkov-venv test test-fast stack-up stack-down demo client package bench fuzz faults soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "$(PYTHON) is Python " + sys.version.split()[0] + ": the set-up needs Python 3.11+ (the pinned server requirements and tomllib); give one, e.g. make PYTHON=python3.11 ...")'
@@ -29,6 +29,13 @@ checkov-venv: $(CHECKOV_STAMP)
 
 test: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest
+
+# Everything that needs no server (no OpenBao, moto or broker started): the unit tests, the
+# stores', the admission's and the audit store's contract on their fakes, the issuance pipeline
+# on fakes. Under a minute; the tests marked `stack` (the same suites on DynamoDB) are left out.
+FAST_TESTS ?= tests/unit tests/service/test_stores.py tests/service/test_issuance_pipeline.py
+test-fast: $(STAMP)
+	$(PY) -m pytest $(FAST_TESTS) -m "not stack"
 
 # VAULT_NAMESPACE=team-a (or admin/team-a): every Vault object of the stack (AppRoles, policies,
 # KV) inside that namespace, named in .stack/endpoints.json as vault_namespace; the same for the demo.

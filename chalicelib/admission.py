@@ -43,6 +43,12 @@ def replayed():
     return ProofReplayed("this proof was already used; sign a new one")
 
 
+def over_budget(scope, key, budget_limit, now):
+    """The refusal (429) of a caller over the budget `scope` of `key`."""
+    return limited(scope, key, budget_limit.count, budget_limit.window, now, _BUDGET_MESSAGES.get(
+        scope, "too many credentials asked for by this caller recently; try again later"))
+
+
 @dataclass(frozen=True)
 class Lookup:
     """What an issuance's replay lookup found besides "not spent": when it was sent (both
@@ -239,8 +245,7 @@ class Admission:
         if quarantined:
             raise self._quarantined(quarantined[0])
         scope, key, budget_limit = counted[min(failed) - 1]
-        raise limited(scope, key, budget_limit.count, budget_limit.window, now, _BUDGET_MESSAGES.get(
-            scope, "too many credentials asked for by this caller recently; try again later"))
+        raise over_budget(scope, key, budget_limit, now)
 
     def _counted(self, identity_key, limit, budgets):
         """[(scope, key, Limit)] the transaction counts (none without a quarantine table)."""

@@ -94,20 +94,8 @@ class AuditStore:
 
     def write(self, record):
         """Write the record; Unavailable if the store can't take it (the caller then issues nothing)."""
-        item = {}
-        for key, value in record.fields().items():
-            if key in JSON_FIELDS or isinstance(value, (dict, list)):
-                item[key] = {"S": json.dumps(value, sort_keys=True, separators=(",", ":"))}
-            elif key == "epoch":
-                item[key] = {"N": f"{value:.3f}"}
-            elif isinstance(value, int) and not isinstance(value, bool):
-                item[key] = {"N": str(value)}
-            else:
-                item[key] = {"S": str(value)}
+        item = record_item(record, self._retention)
         epoch = item["epoch"]["N"]
-        for key, value in index_attributes(record.request_id, epoch, _index_principal(record), record.role).items():
-            item[key] = {"S": value}
-        item[TTL_ATTRIBUTE] = {"N": str(int(record.epoch) + self._retention)}
         try:
             _, exists = try_call("audit store", ("ConditionalCheckFailedException",), self._db.put_item,
                                  TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(request_id)")
@@ -149,6 +137,26 @@ class AuditStore:
             return None
         except Exception as e:
             return getattr(e, "detail", "unavailable")
+
+
+def record_item(record, retention_seconds):
+    """The audit table's item for `record` (its index attributes and its expiry included):
+    what AuditStore writes, and what its in-memory fake keeps (chalicelib/stores/memory.py)."""
+    item = {}
+    for key, value in record.fields().items():
+        if key in JSON_FIELDS or isinstance(value, (dict, list)):
+            item[key] = {"S": json.dumps(value, sort_keys=True, separators=(",", ":"))}
+        elif key == "epoch":
+            item[key] = {"N": f"{value:.3f}"}
+        elif isinstance(value, int) and not isinstance(value, bool):
+            item[key] = {"N": str(value)}
+        else:
+            item[key] = {"S": str(value)}
+    indexed = index_attributes(record.request_id, item["epoch"]["N"], _index_principal(record), record.role)
+    for key, value in indexed.items():
+        item[key] = {"S": value}
+    item[TTL_ATTRIBUTE] = {"N": str(int(record.epoch) + retention_seconds)}
+    return item
 
 
 def item_to_record(item):

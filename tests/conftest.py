@@ -30,6 +30,18 @@ _hypothesis.register_profile("fuzz", deadline=None, max_examples=3000, suppress_
 _hypothesis.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
+# The fixtures that start a server: a test using any of them (directly or through another
+# fixture) is marked `stack`, so `make test-fast` (-m "not stack") leaves it out. A test that
+# asks for the stack at run time (request.getfixturevalue) marks itself.
+STACK_FIXTURES = frozenset({"stack", "local_broker", "broker"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if STACK_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """OpenBao + moto (SigV4 verified) + seed; no broker process."""

@@ -1,6 +1,12 @@
 """In-memory stores with the DynamoDB stores' behaviour (the same contract tests pass on
-both): for unit tests of the security routes and of anything that uses the stores,
-in milliseconds and without a stack. Thread-safe; time comes from an injectable clock."""
+both: tests/service/test_stores.py): for unit tests of the security routes, of the
+issuance pipeline and of anything that uses the stores, in milliseconds and without a
+stack. Thread-safe; time comes from an injectable clock.
+
+Besides the stores of this package: the admission (chalicelib/admission.py: the replay
+store, the budgets, the quarantine checks, in one step) and the audit store
+(chalicelib/audit.py).
+"""
 
 import threading
 import time
@@ -171,6 +177,207 @@ class MemoryTrustHistory:
         if item.get("open_seen") is None or item["expires"] <= int(self._clock()):
             return None
         return Sighting(item["open_seen"], item.get("closed_seen"))
+
+    def health(self):
+        return None
+
+
+class MemoryReplayRecords:
+    """The replay table: proof hash -> the record of the request that spent it. Shared by
+    the MemoryAdmissions of one test that stand for several broker processes."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self._items = {}
+
+    def get(self, proof_hash):
+        with self.lock:
+            item = self._items.get(proof_hash)
+            return dict(item) if item else None
+
+    def put(self, proof_hash, record):
+        """Called with `lock` held, after `get` said there is none."""
+        self._items[proof_hash] = record
+
+
+class MemoryAdmission:
+    """chalicelib.admission.Admission in memory: the same contract.
+
+    - each proof is spent once (a second request with it is refused ProofReplayed; the
+      request that spent it, asking again, is admitted: its first answer was lost);
+    - `admit` spends the proof, checks the caller's own quarantine keys and counts its
+      budgets in one step: a refused admission counts no budget, and still spends the
+      proof; refusals in the order replayed, quarantined, over budget;
+    - `refund` gives back the slots a successful admission counted (never below zero);
+    - `check_shared` reads the keys many callers share through the same recent reads as
+      the DynamoDB admission (stores/quarantine.py RecentReads), vouched for by the
+      quarantine epoch its `look_up` read (MemoryQuarantineList.epoch).
+
+    `quarantine` (a MemoryQuarantineList) None: no quarantine checks and no budgets, as
+    the DynamoDB admission without a quarantine table. The budgets' counters are those
+    of `rate_limits` (a MemoryRateLimitStore), as both share the quarantine table in
+    DynamoDB. `replay` (MemoryReplayRecords) is shared by admissions standing for several
+    processes; each has its own memory of spent proofs and of recent reads.
+    """
+
+    def __init__(self, quarantine=None, rate_limits=None, *, replay=None, shared_key_max_age=0.0,
+                 clock=time.time, monotonic=time.monotonic):
+        from ..admission import SpentProofs
+        from .quarantine import RecentReads
+
+        self._quarantine = quarantine
+        self._counters = rate_limits if rate_limits is not None else MemoryRateLimitStore(clock)
+        self.replay = replay if replay is not None else MemoryReplayRecords()
+        self._shared = RecentReads(quarantine, shared_key_max_age, clock, monotonic) if quarantine else None
+        self._clock = clock
+        self._monotonic = monotonic
+        self._spent = SpentProofs()
+        self._seeded = False
+
+    # ---- the replay lookup -------------------------------------------------------------
+
+    def seen(self, proof_hash):
+        if proof_hash in self._spent or self.replay.get(proof_hash) is not None:
+            raise self._refused_replay(proof_hash)
+
+    def _refused_replay(self, proof_hash):
+        from ..admission import replayed
+
+        self._spent.add(proof_hash)
+        return replayed()
+
+    def lookup_call(self, proof_hash):
+        from ..admission import replayed
+
+        if proof_hash in self._spent:
+            raise replayed()
+        return lambda: self.look_up(proof_hash)
+
+    def look_up(self, proof_hash):
+        from ..admission import Lookup
+
+        sent, sent_wall = self._monotonic(), self._clock()
+        if self.replay.get(proof_hash) is not None:
+            raise self._refused_replay(proof_hash)
+        return Lookup(sent, sent_wall, self._quarantine.epoch if self._quarantine is not None else None)
+
+    # ---- the keys a role shares --------------------------------------------------------
+
+    def check_shared(self, keys, lookup=None):
+        if self._shared is None or not keys:
+            return self._monotonic()
+        if lookup is not None and lookup.epoch is None and not self._seeded:
+            lookup = self._seed_epoch(lookup)
+        return self._shared.check(keys, lookup)
+
+    def shared_check(self, keys, lookup=None):
+        from ..concurrency import Ready
+
+        if self._shared is None or not keys:
+            return Ready(self._monotonic())
+        sent = self._shared.recent(keys, lookup)
+        return Ready(sent) if sent is not None else (lambda: self.check_shared(keys, lookup))
+
+    def _seed_epoch(self, lookup):
+        from ..admission import Lookup
+
+        self._seeded = True
+        sent, sent_wall = self._monotonic(), self._clock()
+        epoch = self._quarantine.seed_epoch()
+        return Lookup(sent, sent_wall, epoch) if epoch is not None else lookup
+
+    # ---- the admission -----------------------------------------------------------------
+
+    def admit(self, proof_hash, *, request_id, method, valid_until, identity_key=None, limit=None,
+              quarantine_keys=(), budgets=()):
+        from ..admission import STS_SIGNATURE_LIFETIME, over_budget
+
+        sent = self._monotonic()
+        now = int(self._clock())
+        counted = self._counted(identity_key, limit, budgets)
+        checks = list(quarantine_keys) if self._quarantine is not None else []
+        hits = self._counters._hits
+        with self.replay.lock, self._counters._lock:
+            record = self.replay.get(proof_hash)
+            if record is not None:
+                if record["request_id"] != request_id:
+                    raise self._refused_replay(proof_hash)
+                self._spent.add(proof_hash)  # our own first attempt: admitted, counted once
+                return sent
+            entries = self._quarantine.entries(checks) if checks else {}
+            quarantined = [k for k in checks if entries.get(k) is not None and entries[k].until > now]
+            slots = [(scope, key, window_start(now, budget_limit.window)) for scope, key, budget_limit in counted]
+            over = [i for i, (slot, (_, _, budget_limit)) in enumerate(zip(slots, counted))
+                    if hits.get(slot, 0) >= budget_limit.count]
+            self.replay.put(proof_hash, {"proof_hash": proof_hash, "request_id": request_id, "method": method,
+                                         "spent_at": now,
+                                         "expires_at": int(max(valid_until, now)) + STS_SIGNATURE_LIFETIME})
+            if not quarantined and not over:
+                for slot in slots:
+                    hits[slot] = hits.get(slot, 0) + 1
+        self._spent.add(proof_hash)  # refused or not, the proof is used up
+        if quarantined:
+            raise self._quarantined(quarantined[0])
+        if over:
+            scope, key, budget_limit = counted[over[0]]
+            raise over_budget(scope, key, budget_limit, now)
+        return sent
+
+    def _counted(self, identity_key, limit, budgets):
+        from ..admission import IDENTITY_SCOPE
+
+        if self._quarantine is None:
+            return []
+        counted = [(IDENTITY_SCOPE, identity_key, limit)] if identity_key is not None and limit else []
+        counted += [(scope, key, budget_limit) for scope, key, budget_limit in budgets
+                    if key is not None and budget_limit]
+        return counted
+
+    def refund(self, identity_key=None, limit=None, *, budgets=()):
+        now = int(self._clock())
+        hits = self._counters._hits
+        with self._counters._lock:
+            for scope, key, budget_limit in self._counted(identity_key, limit, budgets):
+                slot = (scope, key, window_start(now, budget_limit.window))
+                if hits.get(slot, 0) > 0:
+                    hits[slot] -= 1
+
+    def _quarantined(self, key):
+        from ..errors import Quarantined
+        from .quarantine import quarantined_error
+
+        error = quarantined_error(self._quarantine.get(key), self._clock())
+        return error or Quarantined("this caller is quarantined by the security team", detail=f"quarantined: {key}")
+
+
+class MemoryAuditStore:
+    """chalicelib.audit.AuditStore in memory: each request ID's record written once (a
+    second write of it is our own retry, and changes nothing), read back as plain data
+    exactly as the DynamoDB store shows it. `written` lists the request IDs in the order
+    their records were written."""
+
+    def __init__(self, retention_days=400):
+        self._items = {}
+        self._lock = threading.Lock()
+        self._retention = retention_days * 86400
+        self.written = []
+
+    def write(self, record):
+        from ..audit import record_item
+
+        item = record_item(record, self._retention)
+        with self._lock:
+            if record.request_id in self._items:
+                return
+            self._items[record.request_id] = item
+            self.written.append(record.request_id)
+
+    def get(self, request_id):
+        from ..audit import item_to_record
+
+        with self._lock:
+            item = self._items.get(request_id)
+        return item_to_record(item) if item else None
 
     def health(self):
         return None

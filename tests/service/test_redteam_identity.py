@@ -17,6 +17,8 @@ from tests.service.security_helpers import SecurityClient, fresh_when
 from tests.service.test_aws_issuance import assert_error, body_of
 from tests.sigv4 import signed_login
 
+pytestmark = pytest.mark.redteam  # a red-team case: `pytest -m redteam` runs them all
+
 FIRST = "123456789012"
 
 

@@ -23,6 +23,8 @@ from tests.service.conftest import use_environment
 from tests.service.security_helpers import RevocationInFlight, SecurityClient, fresh_when
 from tests.sigv4 import signed_login
 
+pytestmark = pytest.mark.redteam  # a red-team case: `pytest -m redteam` runs them all
+
 ACCOUNT = "123456789012"
 BATCH_SA = "batch-runner@demo-project.iam.gserviceaccount.com"
 BATCH_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/demo-batch"

@@ -18,6 +18,8 @@ from tests.service.test_aws_issuance import assert_error, body_of
 from tests.service.aws_proxy import AnswerDropper
 from tests.sigv4 import login_body, sign
 
+pytestmark = pytest.mark.redteam  # a red-team case: `pytest -m redteam` runs them all
+
 
 # ---- X-Amz-Date through the real login route -------------------------------------------------
 

@@ -39,6 +39,8 @@ from devstack.faultproxy import Fault, FaultProxy
 from tests.service.conftest import use_environment
 from tests.sigv4 import signed_login
 
+pytestmark = pytest.mark.redteam  # a red-team case: `pytest -m redteam` runs them all
+
 ACCOUNT = stack_aws.ACCOUNT_ID
 ROLE_KEY = quarantine_key("principal", f"arn:aws:iam::{ACCOUNT}:role/demo-node")
 

@@ -13,6 +13,8 @@ from chalicelib.policy import RateLimits
 from chalicelib.methods import identity
 from chalicelib.stores.quarantine import keys_of
 
+pytestmark = pytest.mark.redteam  # a red-team case: `pytest -m redteam` runs them all
+
 EC2_ONLY = {"Effect": "Allow", "Principal": {"Service": EC2_SERVICE}, "Action": "sts:AssumeRole"}
 
 

@@ -12,6 +12,8 @@ import pytest
 from chalicelib.methods.aws.trust import _ASSUME_ACTIONS, _grants_assume, only_service_may_assume
 from chalicelib.policy.fields import glob_match
 
+pytestmark = pytest.mark.redteam  # a red-team case: `pytest -m redteam` runs them all
+
 IAM_NS = "https://iam.amazonaws.com/doc/2010-05-08/"
 
 

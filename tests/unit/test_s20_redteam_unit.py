@@ -3,8 +3,12 @@ SpentProofs) and the conflict retries of a placement (chalicelib/aws_calls.py tr
 
 import threading
 
+import pytest
+
 from chalicelib.admission import SpentProofs
 from chalicelib.aws_calls import CONFLICT_BACKOFF_MAX, transact
+
+pytestmark = pytest.mark.redteam  # a red-team case: `pytest -m redteam` runs them all
 
 
 def test_the_memo_of_spent_proofs_stays_bounded_and_keeps_the_newest():
