@@ -84,10 +84,13 @@ class Caller:
         return f"arn:aws:sts::{ACCOUNT}:assumed-role/{self.role_name}/{self.instance_id or 'session'}"
 
     def verified(self, proof_hash):
+        from chalicelib.methods.aws.identity import quarantine_keys
+
         claimed = Entity("ec2-instance", self.instance_id) if self.instance_id else None
+        own, shared = quarantine_keys(self.principal, self.instance_id, self.canonical)  # as the method derives them
         return VerifiedCaller(method="aws", principal=self.principal, canonical_principal=self.canonical,
                               account=ACCOUNT, proof_hash=proof_hash, valid_until=0, claimed=claimed,
-                              budget_keys=self.budget_keys)
+                              budget_keys=self.budget_keys, quarantine_own=own, quarantine_shared=shared)
 
     def facts(self):
         instance = (InstanceFacts(self.instance_id, "us-east-1", "running", tags=dict(self.tags))
