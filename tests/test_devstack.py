@@ -284,10 +284,12 @@ def test_a_namespace_that_is_no_path_is_refused_before_anything_starts(value, tm
 
 def test_make_passes_vault_namespace_to_stack_up_and_the_demo():
     for target in ("stack-up", "demo"):
-        dry = subprocess.run(["make", "-n", target, "VAULT_NAMESPACE=team-a"], cwd=PROJECT, capture_output=True,
-                             text=True, check=True).stdout
+        # --no-print-directory: under `make test` the nested make would add "Leaving directory" lines
+        dry = subprocess.run(["make", "--no-print-directory", "-n", target, "VAULT_NAMESPACE=team-a"], cwd=PROJECT,
+                             capture_output=True, text=True, check=True).stdout
         assert "--vault-namespace 'team-a'" in dry.splitlines()[-1]
-        dry = subprocess.run(["make", "-n", target], cwd=PROJECT, capture_output=True, text=True, check=True,
+        dry = subprocess.run(["make", "--no-print-directory", "-n", target], cwd=PROJECT, capture_output=True,
+                             text=True, check=True,
                              env={k: v for k, v in os.environ.items() if k != "VAULT_NAMESPACE"}).stdout
         assert "--vault-namespace" not in dry
 
