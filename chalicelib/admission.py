@@ -79,7 +79,45 @@ class SpentProofs:
                 self._hashes = dict.fromkeys(list(self._hashes)[self._limit // 2:])
 
 
-class Admission:
+def counted_budgets(has_quarantine_table, identity_key, limit, budgets):
+    """[(scope, key, Limit)] an admission counts (none without a quarantine table): the
+    identity's budget and every other budget the caller counts that has a key and a limit."""
+    if not has_quarantine_table:
+        return []
+    counted = [(IDENTITY_SCOPE, identity_key, limit)] if identity_key is not None and limit else []
+    counted += [(scope, key, budget_limit) for scope, key, budget_limit in budgets
+                if key is not None and budget_limit]
+    return counted
+
+
+class SharedKeyReads:
+    """The keys many callers share, read beside the admission transaction: Admission's, and
+    its in-memory fake's (chalicelib/stores/memory.py). Uses `_shared` (RecentReads or None),
+    `_monotonic`, `_seeded` and `_seed_epoch`."""
+
+    def check_shared(self, keys, lookup=None):
+        """Quarantined (403) if a key many callers share (a role's ARN, a service account
+        every instance runs as) is in force; else the monotonic time the oldest read relied
+        on was sent. Not in the transaction: every machine of a role would check the same
+        item, and concurrent transactions on one item cancel each other
+        (TransactionConflict) in a boot storm. Read through recent reads (see RecentReads),
+        which the quarantine epoch of `lookup` (answered before this call) vouches for."""
+        if self._shared is None or not keys:
+            return self._monotonic()
+        if lookup is not None and lookup.epoch is None and not self._seeded:
+            lookup = self._seed_epoch(lookup)
+        return self._shared.check(keys, lookup)
+
+    def shared_check(self, keys, lookup=None):
+        """`check_shared(keys, lookup)` as a call for `settle`: Ready when this process's
+        recent reads answer it, so a boot storm's logins don't hand a cache hit to a thread."""
+        if self._shared is None or not keys:
+            return Ready(self._monotonic())
+        sent = self._shared.recent(keys, lookup)
+        return Ready(sent) if sent is not None else (lambda: self.check_shared(keys, lookup))
+
+
+class Admission(SharedKeyReads):
     def __init__(self, dynamodb, replay_table, quarantine_table=None, *, shared_key_max_age=0.0, clock=time.time,
                  sleep=time.sleep, monotonic=time.monotonic):
         from .stores.quarantine import QuarantineList, RecentReads
@@ -159,27 +197,6 @@ class Admission:
                     ConsistentRead=True, ProjectionExpression="proof_hash, request_id")
         return page.get("Item")
 
-    def check_shared(self, keys, lookup=None):
-        """Quarantined (403) if a key many callers share (a role's ARN, a service account
-        every instance runs as) is in force; else the monotonic time the oldest read relied
-        on was sent. Not in the transaction: every machine of a role would check the same
-        item, and concurrent transactions on one item cancel each other
-        (TransactionConflict) in a boot storm. Read through recent reads (see RecentReads),
-        which the quarantine epoch of `lookup` (answered before this call) vouches for."""
-        if self._shared is None or not keys:
-            return self._monotonic()
-        if lookup is not None and lookup.epoch is None and not self._seeded:
-            lookup = self._seed_epoch(lookup)
-        return self._shared.check(keys, lookup)
-
-    def shared_check(self, keys, lookup=None):
-        """`check_shared(keys, lookup)` as a call for `settle`: Ready when this process's
-        recent reads answer it, so a boot storm's logins don't hand a cache hit to a thread."""
-        if self._shared is None or not keys:
-            return Ready(self._monotonic())
-        sent = self._shared.recent(keys, lookup)
-        return Ready(sent) if sent is not None else (lambda: self.check_shared(keys, lookup))
-
     def _seed_epoch(self, lookup):
         """A table with no quarantine epoch yet (no quarantine ever placed): write one, once
         per process, so that later logins' reads of shared keys are vouched for. Reads
@@ -248,13 +265,7 @@ class Admission:
         raise over_budget(scope, key, budget_limit, now)
 
     def _counted(self, identity_key, limit, budgets):
-        """[(scope, key, Limit)] the transaction counts (none without a quarantine table)."""
-        if self._quarantine is None:
-            return []
-        counted = [(IDENTITY_SCOPE, identity_key, limit)] if identity_key is not None and limit else []
-        counted += [(scope, key, budget_limit) for scope, key, budget_limit in budgets
-                    if key is not None and budget_limit]
-        return counted
+        return counted_budgets(self._quarantine is not None, identity_key, limit, budgets)
 
     def refund(self, identity_key=None, limit=None, *, budgets=()):
         """Give back the budget slots a successful admission counted (best effort): for a

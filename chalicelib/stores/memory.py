@@ -11,6 +11,8 @@ store, the budgets, the quarantine checks, in one step) and the audit store
 import threading
 import time
 
+from ..admission import SharedKeyReads
+
 from .quarantine import Entry, new_epoch, raise_if_quarantined
 from .rate_limits import limited, window_start
 
@@ -200,7 +202,7 @@ class MemoryReplayRecords:
         self._items[proof_hash] = record
 
 
-class MemoryAdmission:
+class MemoryAdmission(SharedKeyReads):
     """chalicelib.admission.Admission in memory: the same contract.
 
     - each proof is spent once (a second request with it is refused ProofReplayed; the
@@ -263,21 +265,6 @@ class MemoryAdmission:
 
     # ---- the keys a role shares --------------------------------------------------------
 
-    def check_shared(self, keys, lookup=None):
-        if self._shared is None or not keys:
-            return self._monotonic()
-        if lookup is not None and lookup.epoch is None and not self._seeded:
-            lookup = self._seed_epoch(lookup)
-        return self._shared.check(keys, lookup)
-
-    def shared_check(self, keys, lookup=None):
-        from ..concurrency import Ready
-
-        if self._shared is None or not keys:
-            return Ready(self._monotonic())
-        sent = self._shared.recent(keys, lookup)
-        return Ready(sent) if sent is not None else (lambda: self.check_shared(keys, lookup))
-
     def _seed_epoch(self, lookup):
         from ..admission import Lookup
 
@@ -324,14 +311,9 @@ class MemoryAdmission:
         return sent
 
     def _counted(self, identity_key, limit, budgets):
-        from ..admission import IDENTITY_SCOPE
+        from ..admission import counted_budgets
 
-        if self._quarantine is None:
-            return []
-        counted = [(IDENTITY_SCOPE, identity_key, limit)] if identity_key is not None and limit else []
-        counted += [(scope, key, budget_limit) for scope, key, budget_limit in budgets
-                    if key is not None and budget_limit]
-        return counted
+        return counted_budgets(self._quarantine is not None, identity_key, limit, budgets)
 
     def refund(self, identity_key=None, limit=None, *, budgets=()):
         now = int(self._clock())
