@@ -87,7 +87,7 @@ class Issued:
     vault_namespace: str | None = None
     names_namespace: bool = False
     # registers the logged-in token (POST /v1/tokens); None from a broker that sends none
-    registration_key: str | None = None
+    registration_key: str | None = field(default=None, repr=False)  # a secret: never in a repr
 
 
 @dataclass

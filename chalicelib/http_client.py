@@ -54,21 +54,32 @@ class Answer:
 
 
 class _Watch:
-    """One request's deadline: the connection it runs on, and whether the timer cut it."""
+    """One request's deadline: the connection it runs on, whether the timer cut it, and
+    whether the request ended first (then the timer does nothing)."""
 
-    __slots__ = ("connection", "cut", "lock")
+    __slots__ = ("connection", "cut", "done", "lock")
 
     def __init__(self):
-        self.connection, self.cut, self.lock = None, False, threading.Lock()
+        self.connection, self.cut, self.done, self.lock = None, False, False, threading.Lock()
+
+    def finish(self):
+        """The request ended: a timer firing from now on cuts nothing. True if it had cut."""
+        with self.lock:
+            self.done = True
+            return self.cut
 
     def expire(self):
         with self.lock:
+            if self.done:
+                return
             self.cut = True
-            sock = getattr(self.connection, "sock", None)
+            # The socket the connection opened: http.client drops `connection.sock` once an
+            # answer that closes the connection has its headers (the response holds it then).
+            sock = getattr(self.connection, "_deadline_socket", None) or getattr(self.connection, "sock", None)
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
+            except Exception:  # noqa: BLE001 - a socket already closed, or one that can't be shut down
                 pass
 
 
@@ -91,6 +102,12 @@ def _classes():
         def connect(self):  # a new connection: TCP, and TLS for https (before request)
             self._watched()
             super().connect()
+            # The TCP socket under any TLS (through an https proxy: TLS in TLS, whose wrapper
+            # has no shutdown): what the timer cuts, kept even when http.client lets go of it.
+            sock = self.sock
+            while sock is not None and not hasattr(sock, "shutdown") and hasattr(sock, "socket"):
+                sock = sock.socket
+            self._deadline_socket = sock
             self._watched()  # the socket now exists: the timer can cut it
 
         def request(self, *args, **kwargs):  # every request, on a new or a kept-alive connection
@@ -215,7 +232,7 @@ class HttpClient:
         finally:
             timer.cancel()
             _request_state.watch = None
-        if watch.cut:  # a close-delimited answer cut short reads as complete
+        if watch.finish():  # cut: a close-delimited answer cut short reads as complete
             response.close()
             raise HttpError("ReadTimeoutError (deadline: the answer came too slowly)")
         if len(data) > max_bytes:

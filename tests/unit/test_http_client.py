@@ -300,3 +300,40 @@ def test_the_environments_proxy_is_used_as_botocore_uses_it_and_no_proxy_bypasse
         HttpClient().request("GET", "http://bypassed.invalid/", connect_timeout=1)
     assert len(server.requests) == 1
     assert HttpClient(environ_proxies=False)._proxy("http", "sts.example.invalid") is None
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\nConnection: close\r\n\r\n",  # http.client lets go of the socket
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",  # framed by the close: no length at all
+])
+def test_an_answer_that_closes_its_connection_is_still_cut_at_its_deadline(head):
+    """Once an answer that closes the connection has its headers, http.client sets the
+    connection's socket to None (the response holds it): the deadline still cuts it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve():
+        conn, _ = listener.accept()
+        try:
+            conn.recv(65536)
+            conn.sendall(head)
+            for _ in range(40):
+                time.sleep(0.3)
+                conn.sendall(b"x")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    import threading
+
+    threading.Thread(target=serve, daemon=True).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(HttpError, match="deadline"):
+            HttpClient().request("GET", f"http://127.0.0.1:{listener.getsockname()[1]}/",
+                                 connect_timeout=0.5, read_timeout=1.0)  # the deadline: 2.5 s
+        assert time.monotonic() - started < 6  # the drip alone would take 12 s
+    finally:
+        listener.close()
