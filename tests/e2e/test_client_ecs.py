@@ -61,8 +61,10 @@ def test_a_task_tagged_for_web_gets_web_naming_its_task(local_broker, tmp_path):
     from chalicelib.audit import item_to_record
 
     db = stack.client("dynamodb", stack.admin_keys_for(None))
-    items = db.scan(TableName=stack.broker_env()["BROKER_AUDIT_TABLE"], FilterExpression="related_request_id = :r",
-                    ExpressionAttributeValues={":r": {"S": summary["request_id"]}}, ConsistentRead=True)["Items"]
+    items = [item for page in db.get_paginator("scan").paginate(  # every page: the table outgrows one
+                 TableName=stack.broker_env()["BROKER_AUDIT_TABLE"], FilterExpression="related_request_id = :r",
+                 ExpressionAttributeValues={":r": {"S": summary["request_id"]}}, ConsistentRead=True)
+             for item in page["Items"]]
     registrations = [item_to_record(i) for i in items]
     assert [(r["outcome"], r.get("code")) for r in registrations] == [("registration", "token_registered")]
     assert summary["token_accessor"] in registrations[0]["reason"]

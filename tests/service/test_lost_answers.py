@@ -107,8 +107,11 @@ def test_a_record_that_landed_unseen_is_named_by_a_take_back_record_once_its_iss
 
         with pytest.raises(Unavailable):  # no answer, no read-back: the caller is told 503
             frame.run(record, work, on_unrecorded=lambda: undone)
-        found = client.scan(TableName=stack_aws.AUDIT_TABLE, FilterExpression="related_request_id = :id",
-                            ExpressionAttributeValues={":id": {"S": record.request_id}})["Items"]
+        # every page of the scan: after a whole suite the table holds more than one page (1 MB)
+        found = [item for page in client.get_paginator("scan").paginate(
+                     TableName=stack_aws.AUDIT_TABLE, FilterExpression="related_request_id = :id",
+                     ExpressionAttributeValues={":id": {"S": record.request_id}})
+                 for item in page["Items"]]
         return reader.get(record.request_id), [reader.get(item["request_id"]["S"]) for item in found]
 
     landed, follows = run(undone=True)
